@@ -1,0 +1,38 @@
+"""tlviz: the router. Run with ``streamlit run app.py``."""
+
+from pathlib import Path
+
+import streamlit as st
+
+import ui
+
+PAGES_DIR = Path(__file__).parent / "pages"
+
+# (file, title, icon, section); a page appears once its file exists.
+PAGES = [
+    ("overview.py", "Model & images", ":material/dataset:", "Start"),
+    ("layers.py", "Freezing status", ":material/ac_unit:", "Fine-tuning"),
+    ("finetune.py", "Fine-tuning runs", ":material/model_training:", "Fine-tuning"),
+    ("normalization.py", "Normalization", ":material/tune:", "Inference pipeline"),
+    ("diagnose.py", "Diagnose", ":material/troubleshoot:", "Start"),
+]
+
+
+def navigation():
+    sections: dict[str, list] = {}
+    for file, title, icon, section in PAGES:
+        path = PAGES_DIR / file
+        if path.exists():
+            sections.setdefault(section, []).append(st.Page(str(path), title=title, icon=icon))
+    return st.navigation(sections)
+
+
+def main() -> None:
+    st.set_page_config(page_title="tlviz", page_icon=":material/troubleshoot:", layout="wide")
+    ui.init_state()
+    page = navigation()
+    ui.sidebar()
+    page.run()
+
+
+main()

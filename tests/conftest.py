@@ -1,0 +1,74 @@
+"""Shared fixtures: the committed samples, tiny models and image folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SAMPLES = ROOT / "sample_models"
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def base_model_path() -> Path:
+    return SAMPLES / "digits_base.keras"
+
+
+@pytest.fixture(scope="session")
+def frozen_model_path() -> Path:
+    return SAMPLES / "digits_frozen.keras"
+
+
+@pytest.fixture(scope="session")
+def digits_0_4() -> Path:
+    return SAMPLES / "digits_0_4"
+
+
+@pytest.fixture(scope="session")
+def digits_5_9() -> Path:
+    return SAMPLES / "digits_5_9"
+
+
+@pytest.fixture(scope="session")
+def loaded_base(base_model_path):
+    from tlviz.models import load_model
+
+    return load_model(base_model_path)
+
+
+@pytest.fixture(scope="session")
+def base_images(loaded_base, digits_0_4):
+    from tlviz.imagesets import load_image_set
+
+    return load_image_set(digits_0_4, loaded_base.image_size, loaded_base.channels)
+
+
+def write_image(path: Path, size=(20, 20), mode="RGB", color=(200, 30, 30), fmt=None) -> Path:
+    """Write a small image file; helper for tests that build image folders."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    if mode in ("RGB", "RGBA", "CMYK"):
+        n = len(mode)
+        arr = rng.integers(0, 255, (size[1], size[0], n), dtype=np.uint8)
+        img = Image.fromarray(arr, mode) if mode != "CMYK" else Image.fromarray(arr[..., :3], "RGB").convert("CMYK")
+    elif mode == "I;16":
+        arr = rng.integers(0, 65535, (size[1], size[0]), dtype=np.uint16)
+        img = Image.fromarray(arr, "I;16")
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8), "L").convert(mode)
+    img.save(path, format=fmt)
+    return path

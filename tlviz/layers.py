@@ -1,0 +1,314 @@
+"""The freezing-status table: every layer, nested models included.
+
+Keras rule this module encodes: a layer's weights train only if the layer *and
+every model containing it* have ``trainable=True``. BatchNormalization with
+``trainable=False`` also runs in inference mode (moving statistics).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tlviz.findings import Finding
+
+BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
+
+LAYER_COLUMNS = [
+    "depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params",
+    "own_trainable", "trainable", "is_bn", "role", "holds_weights",
+]
+
+
+@dataclass
+class _Leaf:
+    path: str
+    layer: object
+    ancestors: tuple  # containing models, outermost first (excluding the root)
+
+
+def iter_leaves(model, _prefix: str = "", _ancestors: tuple = ()):
+    """Yield every non-model layer, depth first, descending into nested models."""
+    import keras
+
+    for layer in model.layers:
+        if type(layer).__name__ == "InputLayer":
+            continue
+        path = f"{_prefix}{layer.name}"
+        if isinstance(layer, keras.Model):
+            yield from iter_leaves(layer, path + "/", _ancestors + (layer,))
+        else:
+            yield _Leaf(path, layer, _ancestors)
+
+
+def _size(v) -> int:
+    return int(np.prod(v.shape)) if len(v.shape) else 1
+
+
+def _output_shape(layer) -> str:
+    try:
+        return str(tuple(layer.output.shape))
+    except Exception:  # shared layers have several outputs
+        return "multiple"
+
+
+def _roles(model) -> dict[int, str]:
+    """Map id(layer) -> 'input' / 'base' / 'head' for every leaf.
+
+    A nested model (the last top-level one holding weights) is the base and the
+    top-level layers after it are the head. For a flat model, the base is
+    everything below the last Dense layer (or the last weighted layer).
+    """
+    import keras
+
+    top = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    roles: dict[int, str] = {}
+    nested = [i for i, layer in enumerate(top) if isinstance(layer, keras.Model) and layer.weights]
+    if nested:
+        cut = nested[-1]
+        for i, layer in enumerate(top):
+            role = "input" if i < cut else "base" if i == cut else "head"
+            if isinstance(layer, keras.Model):
+                for leaf in iter_leaves(layer):
+                    roles[id(leaf.layer)] = role
+            else:
+                roles[id(layer)] = role
+        return roles
+    leaves = list(iter_leaves(model))
+    dense = [i for i, leaf in enumerate(leaves) if type(leaf.layer).__name__ == "Dense"]
+    weighted = [i for i, leaf in enumerate(leaves) if leaf.layer.weights]
+    cut = dense[-1] if dense else (weighted[-1] if weighted else len(leaves))
+    for i, leaf in enumerate(leaves):
+        roles[id(leaf.layer)] = "base" if i < cut else "head"
+    return roles
+
+
+def layer_table(model) -> pd.DataFrame:
+    """One row per layer (nested models expanded), in order from input to output.
+
+    Returns:
+        DataFrame with columns `LAYER_COLUMNS`:
+        ``trainable`` is the *effective* trainability (layer and all containing
+        models trainable); parameter counts follow Keras (a frozen layer's
+        weights count as non-trainable; weights shared by two layers are
+        counted once, at the first).
+    """
+    roles = _roles(model)
+    seen: set[int] = set()
+    rows = []
+    for depth, leaf in enumerate(iter_leaves(model)):
+        layer = leaf.layer
+        effective = bool(layer.trainable and all(a.trainable for a in leaf.ancestors) and model.trainable)
+        trainable_ids = {id(v) for v in layer.trainable_weights} if effective else set()
+        t = nt = 0
+        for v in layer.weights:
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if id(v) in trainable_ids:
+                t += _size(v)
+            else:
+                nt += _size(v)
+        cls = type(layer).__name__
+        rows.append({
+            "depth": depth,
+            "path": leaf.path,
+            "class": cls,
+            "output_shape": _output_shape(layer),
+            "trainable_params": t,
+            "non_trainable_params": nt,
+            "own_trainable": bool(layer.trainable),
+            "trainable": effective,
+            "is_bn": cls in BN_CLASSES,
+            "role": roles.get(id(layer), "base"),
+            "holds_weights": bool(layer.weights),
+        })
+    return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+
+
+def totals(table: pd.DataFrame) -> dict[str, int]:
+    """Total / trainable / non-trainable parameters of a `layer_table`."""
+    t = int(table["trainable_params"].sum())
+    nt = int(table["non_trainable_params"].sum())
+    return {"total_params": t + nt, "trainable_params": t, "non_trainable_params": nt}
+
+
+def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]:
+    """Plain-language problems with the freezing setup, most severe first.
+
+    Returns:
+        Findings with ids ``no-trainable-weights``, ``head-frozen`` and
+        ``bn-trainable-in-base`` (each only when it applies).
+    """
+    table = layer_table(model) if table is None else table
+    out: list[Finding] = []
+    tot = totals(table)
+    weighted = table[table["holds_weights"]]
+    if tot["total_params"] > 0 and tot["trainable_params"] == 0:
+        frozen_models = sorted({p.split("/")[0] for p in table["path"] if "/" in p})
+        out.append(Finding(
+            id="no-trainable-weights", severity="error", area="finetuning",
+            title="No trainable weights — this model cannot learn",
+            evidence={"trainable_params": 0, "non_trainable_params": tot["non_trainable_params"],
+                      "frozen_layers": int(len(weighted))},
+            fix=("Every layer is frozen, so `fit` changes nothing. Make at least the classification head "
+                 "trainable (`model.layers[-1].trainable = True`), then call `model.compile(...)` again "
+                 "— a change of `trainable` only takes effect after `compile`."
+                 + (f" Nested models found: {', '.join(frozen_models)}; a layer inside one trains only if "
+                    "that model is trainable too." if frozen_models else "")),
+        ))
+        return out
+    head = weighted[weighted["role"] == "head"]
+    others = weighted[weighted["role"] != "head"]
+    if len(head) and head["trainable_params"].sum() == 0 and others["trainable_params"].sum() > 0:
+        out.append(Finding(
+            id="head-frozen", severity="error", area="finetuning",
+            title="The classification head is frozen",
+            evidence={"head_layers": list(head["path"]),
+                      "trainable_params_below_head": int(others["trainable_params"].sum())},
+            fix=("Layers below the head can train but the head cannot, so the outputs cannot adapt to your "
+                 f"classes. Set `trainable = True` on {', '.join(head['path'])} and compile again."),
+        ))
+    base_bn = table[(table["role"] == "base") & table["is_bn"] & table["trainable"]]
+    base_train = table[(table["role"] == "base") & table["holds_weights"] & table["trainable"]]
+    if len(base_bn) and len(base_train):
+        out.append(Finding(
+            id="bn-trainable-in-base", severity="warning", area="finetuning",
+            title="BatchNormalization layers are trainable inside an unfrozen base",
+            evidence={"trainable_bn_layers": int(len(base_bn)), "examples": list(base_bn["path"][:5])},
+            fix=("A trainable BatchNormalization layer updates its moving statistics from your small batches "
+                 "and can wreck what the base learned. Keep BN frozen (it then runs in inference mode): "
+                 "call the base with `base(x, training=False)` or set `layer.trainable = False` on every "
+                 "BatchNormalization layer, then compile again."),
+        ))
+    return out
+
+
+# -- unfreeze preview --------------------------------------------------------
+
+_BLOCK_PATTERNS = [
+    re.compile(r"^(conv\d+_block\d+)_"),          # ResNet: conv4_block2_1_conv
+    re.compile(r"^(block_?\d+[a-z]?)_"),          # MobileNetV2 block_3_expand, EfficientNet block2a_...
+    re.compile(r"^(expanded_conv(?:_\d+)?)_"),    # MobileNetV3
+    re.compile(r"^conv_(?:dw|pw)_(\d+)"),         # MobileNet v1
+    re.compile(r"^(mixed\d+)"),                   # Inception
+    re.compile(r"^(stage\d+(?:_unit\d+)?)_"),
+]
+
+
+def block_of(name: str) -> str | None:
+    """The named block a layer belongs to (``block_3`` for ``block_3_expand``), if any."""
+    leaf = name.rsplit("/", 1)[-1]
+    for pat in _BLOCK_PATTERNS:
+        m = pat.match(leaf)
+        if m:
+            return m.group(1)
+    return None
+
+
+def base_weight_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the base that hold weights, input to output (what unfreeze depth counts)."""
+    return table[(table["role"] == "base") & table["holds_weights"]]
+
+
+def block_boundaries(table: pd.DataFrame) -> list[tuple[int, str]]:
+    """Unfreeze depths that start exactly at a named block.
+
+    Returns:
+        ``[(depth, label), ...]`` sorted by depth, e.g. ``(3, "block_16")``;
+        empty when the architecture has no named blocks.
+    """
+    base = list(base_weight_layers(table)["path"])
+    n = len(base)
+    out = []
+    for i in range(n):
+        b = block_of(base[i])
+        if b is None:
+            continue
+        if i == 0 or block_of(base[i - 1]) != b:
+            out.append((n - i, b))
+    return sorted(out)
+
+
+def unfreeze_plan(model, depth: int, train_bn: bool = False, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Which layers *would* train with the last `depth` weighted base layers unfrozen.
+
+    The head always trains; ``depth=0`` trains only the head; a depth larger
+    than the base unfreezes all of it. The model is not changed.
+
+    Args:
+        model: the Keras model.
+        depth: number of weight-holding base layers, counted from the top.
+        train_bn: whether BatchNormalization layers in the unfrozen range train.
+            Defaults to `False` (they stay frozen, in inference mode, as the
+            Keras transfer-learning guide recommends).
+        table: a precomputed `layer_table(model)`. Defaults to computing it.
+
+    Returns:
+        The layer table with extra columns ``would_train`` (bool) and
+        ``would_train_params``.
+    """
+    if depth < 0:
+        raise ValueError(f"Unfreeze depth must be 0 or more, not {depth}.")
+    table = (layer_table(model) if table is None else table).copy()
+    base = base_weight_layers(table)
+    chosen = set(base["path"].iloc[len(base) - min(depth, len(base)):]) if depth > 0 else set()
+    trainable_size = _trainable_sizes(model)
+    would, params = [], []
+    for _, row in table.iterrows():
+        if not row["holds_weights"]:
+            would.append(False)
+            params.append(0)
+            continue
+        if row["role"] == "head":
+            w = True
+        elif row["role"] == "base":
+            w = row["path"] in chosen and (train_bn or not row["is_bn"])
+        else:
+            w = False
+        would.append(bool(w))
+        params.append(trainable_size.get(row["path"], 0) if w else 0)
+    table["would_train"] = would
+    table["would_train_params"] = params
+    return table
+
+
+def _trainable_sizes(model) -> dict[str, int]:
+    """Per leaf path, parameters in variables that can train (BN moving stats excluded)."""
+    seen: set[int] = set()
+    out = {}
+    for leaf in iter_leaves(model):
+        n = 0
+        for v in leaf.layer.weights:
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if getattr(v, "trainable", True):
+                n += _size(v)
+        out[leaf.path] = n
+    return out
+
+
+def apply_unfreeze(model, depth: int, train_bn: bool = False) -> None:
+    """Set ``trainable`` flags on `model` (a clone you own!) to follow `unfreeze_plan`.
+
+    Compile the model afterwards: Keras only honours ``trainable`` changes at compile.
+    """
+    import keras
+
+    plan = unfreeze_plan(model, depth, train_bn)
+    would = dict(zip(plan["path"], plan["would_train"]))
+
+    def _set_models(m):
+        m.trainable = True
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                _set_models(layer)
+
+    _set_models(model)
+    for leaf in iter_leaves(model):
+        if leaf.layer.weights:
+            leaf.layer.trainable = bool(would.get(leaf.path, False))

@@ -1,0 +1,195 @@
+"""Streamlit glue shared by the pages: session state, cached loading, the sidebar.
+
+The engine lives in ``tlviz``; this module only wires it to Streamlit.
+
+Session-state keys (initialised by `init_state`):
+
+- ``model``: the current `tlviz.models.LoadedModel` (never trained in place).
+- ``image_source``: the `tlviz.imagesets.ImageSource` of the current image set.
+- ``images``: the current `tlviz.imagesets.ImageSet` at the model's input size, or None.
+- ``model_error`` / ``images_error``: the last refusal message, shown until the next success.
+- ``best_preset``: the best preset found on the Normalization page (None until run).
+- ``inference_preset``: the preset the user says their inference code uses (default ``unit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import streamlit as st
+
+from tlviz.errors import ImageSetRefused, ModelRefused
+from tlviz.imagesets import ImageSet, ImageSource, open_source
+from tlviz.models import LoadedModel, load_model, max_model_bytes
+from tlviz.samples import SAMPLE_IMAGE_SETS, SAMPLE_MODELS, sample_path
+
+DEFAULT_MODEL = "digits_base.keras"
+DEFAULT_IMAGES = "digits_0_4"
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def _cached_model(sha256: str, filename: str, _data: bytes) -> LoadedModel:
+    # Keyed by content hash; the same object is shared by every session: never
+    # train or re-flag it in place — clone it first.
+    return load_model(_data, filename=filename)
+
+
+def _load_model_bytes(data: bytes, filename: str) -> LoadedModel:
+    sha = hashlib.sha256(data).hexdigest()
+    return _cached_model(sha, filename, data)
+
+
+def _load_sample_model(name: str) -> LoadedModel:
+    path = sample_path(name)
+    loaded = _load_model_bytes(path.read_bytes(), name)
+    return loaded
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _cached_images(key: str, size: tuple[int, int], channels: int, resize: str, _source: ImageSource) -> ImageSet:
+    return _source.load(size, channels, resize)
+
+
+def init_state() -> None:
+    """Initialise session state; on first start preload the sample model and image set."""
+    st.session_state.setdefault("model", None)
+    st.session_state.setdefault("image_source", None)
+    st.session_state.setdefault("image_source_key", None)
+    st.session_state.setdefault("images", None)
+    st.session_state.setdefault("model_error", None)
+    st.session_state.setdefault("images_error", None)
+    st.session_state.setdefault("best_preset", None)
+    st.session_state.setdefault("inference_preset", "unit")
+    st.session_state.setdefault("model_choice", DEFAULT_MODEL)
+    st.session_state.setdefault("images_choice", DEFAULT_IMAGES)
+    if st.session_state["model"] is None and st.session_state["model_error"] is None:
+        set_model(_load_sample_model(DEFAULT_MODEL))
+    if st.session_state["image_source"] is None and st.session_state["images_error"] is None:
+        set_image_source(open_source(sample_path(DEFAULT_IMAGES)), f"sample:{DEFAULT_IMAGES}")
+
+
+def set_model(loaded: LoadedModel) -> None:
+    """Make `loaded` current and re-decode the image set at its input size."""
+    st.session_state["model"] = loaded
+    st.session_state["model_error"] = None
+    st.session_state["best_preset"] = None
+    _reload_images()
+
+
+def set_image_source(source: ImageSource, key: str) -> None:
+    st.session_state["image_source"] = source
+    st.session_state["image_source_key"] = key
+    st.session_state["best_preset"] = None
+    _reload_images()
+
+
+def _reload_images() -> None:
+    source = st.session_state.get("image_source")
+    loaded = st.session_state.get("model")
+    if source is None or loaded is None:
+        return
+    try:
+        with st.spinner("Decoding images…"):
+            st.session_state["images"] = _cached_images(
+                st.session_state["image_source_key"], loaded.image_size, loaded.channels, "bilinear", source)
+        st.session_state["images_error"] = None
+    except ImageSetRefused as exc:
+        st.session_state["images_error"] = str(exc)
+
+
+def current() -> tuple[LoadedModel | None, ImageSet | None]:
+    """The current model and image set (either may be None)."""
+    return st.session_state.get("model"), st.session_state.get("images")
+
+
+def require_model() -> LoadedModel:
+    loaded = st.session_state.get("model")
+    if loaded is None:
+        st.info("Load a model in the sidebar first.")
+        st.stop()
+    return loaded
+
+
+def require_images() -> tuple[LoadedModel, ImageSet]:
+    loaded = require_model()
+    images = st.session_state.get("images")
+    if images is None:
+        st.info("Load an image set in the sidebar first (a .zip or a folder with one sub-folder per class).")
+        st.stop()
+    return loaded, images
+
+
+def image_source() -> ImageSource | None:
+    return st.session_state.get("image_source")
+
+
+# -- sidebar -----------------------------------------------------------------
+
+def sidebar() -> None:
+    """Model and image-set pickers plus a one-line summary of what is loaded."""
+    with st.sidebar:
+        st.subheader("Model")
+        kind = st.radio("Model source", ["Sample", "Upload"], horizontal=True, key="model_kind",
+                        label_visibility="collapsed")
+        if kind == "Sample":
+            choice = st.selectbox("Sample model", SAMPLE_MODELS, key="model_choice")
+            loaded = st.session_state.get("model")
+            if loaded is None or loaded.filename != choice:
+                set_model(_load_sample_model(choice))
+        else:
+            up = st.file_uploader(f"Keras model (.keras or .h5, up to {max_model_bytes() // 2**20} MB)",
+                                  type=["keras", "h5", "hdf5", "zip", "pb"], key="model_upload")
+            if up is not None and st.session_state.get("_model_upload_id") != up.file_id:
+                st.session_state["_model_upload_id"] = up.file_id
+                try:
+                    set_model(_load_model_bytes(up.getvalue(), up.name))
+                except ModelRefused as exc:
+                    st.session_state["model_error"] = str(exc)
+        if st.session_state.get("model_error"):
+            st.error(st.session_state["model_error"], icon=":material/block:")
+            if st.session_state.get("model") is not None:
+                st.caption(f"Still using the previous model: {st.session_state['model'].filename}")
+
+        st.subheader("Image set")
+        ikind = st.radio("Image source", ["Sample", "Upload .zip", "Server folder"], horizontal=True,
+                         key="images_kind", label_visibility="collapsed")
+        if ikind == "Sample":
+            ichoice = st.selectbox("Sample image set", SAMPLE_IMAGE_SETS, key="images_choice")
+            if st.session_state.get("image_source_key") != f"sample:{ichoice}":
+                set_image_source(open_source(sample_path(ichoice)), f"sample:{ichoice}")
+        elif ikind == "Upload .zip":
+            up = st.file_uploader("Zip of class folders", type=["zip"], key="images_upload")
+            if up is not None and st.session_state.get("_images_upload_id") != up.file_id:
+                st.session_state["_images_upload_id"] = up.file_id
+                data = up.getvalue()
+                try:
+                    src = ImageSource.from_zip(data, up.name)
+                    set_image_source(src, "zip:" + hashlib.sha256(data).hexdigest())
+                except ImageSetRefused as exc:
+                    st.session_state["images_error"] = str(exc)
+        else:
+            folder = st.text_input("Folder on the server", key="images_folder",
+                                   placeholder="/data/my_images (one sub-folder per class)")
+            if st.button("Load folder", key="images_folder_load") and folder:
+                try:
+                    src = open_source(Path(folder).expanduser())
+                    set_image_source(src, f"folder:{Path(folder).expanduser().resolve()}")
+                except ImageSetRefused as exc:
+                    st.session_state["images_error"] = str(exc)
+        if st.session_state.get("images_error"):
+            st.error(st.session_state["images_error"], icon=":material/block:")
+
+        st.divider()
+        loaded, images = current()
+        if loaded is not None:
+            st.markdown(f"**{loaded.name}** · input {_shape(loaded.input_shape)} · {loaded.n_outputs} outputs")
+        if images is not None:
+            note = "" if loaded is None or images.matches(loaded.n_outputs) else " · :orange[classes ≠ outputs]"
+            st.markdown(f"**{len(images)} images** · {len(images.class_names)} classes{note}")
+            if images.skipped:
+                st.caption(f"{len(images.skipped)} files skipped (see Model & images)")
+
+
+def _shape(shape) -> str:
+    return "×".join("?" if d is None else str(d) for d in shape)
