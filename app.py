@@ -32,6 +32,7 @@ def main() -> None:
     ui.init_state()
     page = navigation()
     ui.sidebar()
+    ui.mark_shell_drawn()
     page.run()
 
 

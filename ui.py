@@ -61,8 +61,10 @@ def init_state() -> None:
     st.session_state.setdefault("images_error", None)
     st.session_state.setdefault("best_preset", None)
     st.session_state.setdefault("inference_preset", "unit")
-    st.session_state.setdefault("model_choice", DEFAULT_MODEL)
-    st.session_state.setdefault("images_choice", DEFAULT_IMAGES)
+    st.session_state.setdefault("keep_model_kind", "Sample")
+    st.session_state.setdefault("keep_model_choice", DEFAULT_MODEL)
+    st.session_state.setdefault("keep_images_kind", "Sample")
+    st.session_state.setdefault("keep_images_choice", DEFAULT_IMAGES)
     if st.session_state["model"] is None and st.session_state["model_error"] is None:
         set_model(_load_sample_model(DEFAULT_MODEL))
     if st.session_state["image_source"] is None and st.session_state["images_error"] is None:
@@ -124,16 +126,51 @@ def image_source() -> ImageSource | None:
     return st.session_state.get("image_source")
 
 
+# -- page shell ----------------------------------------------------------------
+
+def mark_shell_drawn() -> None:
+    """Called by the router after it has drawn the sidebar for this script run."""
+    st.session_state["_shell_drawn"] = True
+
+
+def page_start() -> None:
+    """First call of every page.
+
+    The router (app.py) normally initialises state and draws the sidebar. When a
+    page script runs on its own — ``streamlit run pages/x.py``, or Streamlit's
+    AppTest, which reruns only the current page — this draws them instead.
+    """
+    if not st.session_state.pop("_shell_drawn", False):
+        init_state()
+        sidebar()
+
+
 # -- sidebar -----------------------------------------------------------------
+
+def _sticky(key: str) -> str:
+    """Widget key `key`, restored from ``keep_<key>`` if Streamlit dropped it.
+
+    Streamlit forgets a widget's value when a run does not draw it (e.g. after a
+    page switch drew it from another script context); the choice is kept
+    separately so the loaded model never silently changes.
+    """
+    st.session_state[key] = st.session_state["keep_" + key]
+    return key
+
+
+def _keep(key: str) -> None:
+    st.session_state["keep_" + key] = st.session_state[key]
+
 
 def sidebar() -> None:
     """Model and image-set pickers plus a one-line summary of what is loaded."""
     with st.sidebar:
         st.subheader("Model")
-        kind = st.radio("Model source", ["Sample", "Upload"], horizontal=True, key="model_kind",
-                        label_visibility="collapsed")
+        kind = st.radio("Model source", ["Sample", "Upload"], horizontal=True, key=_sticky("model_kind"),
+                        label_visibility="collapsed", on_change=_keep, args=("model_kind",))
         if kind == "Sample":
-            choice = st.selectbox("Sample model", SAMPLE_MODELS, key="model_choice")
+            choice = st.selectbox("Sample model", SAMPLE_MODELS, key=_sticky("model_choice"),
+                                  on_change=_keep, args=("model_choice",))
             loaded = st.session_state.get("model")
             if loaded is None or loaded.filename != choice:
                 set_model(_load_sample_model(choice))
@@ -153,9 +190,11 @@ def sidebar() -> None:
 
         st.subheader("Image set")
         ikind = st.radio("Image source", ["Sample", "Upload .zip", "Server folder"], horizontal=True,
-                         key="images_kind", label_visibility="collapsed")
+                         key=_sticky("images_kind"), label_visibility="collapsed",
+                         on_change=_keep, args=("images_kind",))
         if ikind == "Sample":
-            ichoice = st.selectbox("Sample image set", SAMPLE_IMAGE_SETS, key="images_choice")
+            ichoice = st.selectbox("Sample image set", SAMPLE_IMAGE_SETS, key=_sticky("images_choice"),
+                                   on_change=_keep, args=("images_choice",))
             if st.session_state.get("image_source_key") != f"sample:{ichoice}":
                 set_image_source(open_source(sample_path(ichoice)), f"sample:{ichoice}")
         elif ikind == "Upload .zip":

@@ -64,11 +64,11 @@ def write_image(path: Path, size=(20, 20), mode="RGB", color=(200, 30, 30), fmt=
     if mode in ("RGB", "RGBA", "CMYK"):
         n = len(mode)
         arr = rng.integers(0, 255, (size[1], size[0], n), dtype=np.uint8)
-        img = Image.fromarray(arr, mode) if mode != "CMYK" else Image.fromarray(arr[..., :3], "RGB").convert("CMYK")
+        img = Image.fromarray(arr) if mode != "CMYK" else Image.fromarray(arr[..., :3]).convert("CMYK")
     elif mode == "I;16":
         arr = rng.integers(0, 65535, (size[1], size[0]), dtype=np.uint16)
-        img = Image.fromarray(arr, "I;16")
+        img = Image.fromarray(arr)
     else:
-        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8), "L").convert(mode)
+        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8)).convert(mode)
     img.save(path, format=fmt)
     return path

@@ -19,7 +19,7 @@ BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
 
 LAYER_COLUMNS = [
     "depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params",
-    "own_trainable", "trainable", "is_bn", "role", "holds_weights",
+    "own_trainable", "trainable", "is_bn", "role", "holds_weights", "frozen_container",
 ]
 
 
@@ -97,12 +97,14 @@ def layer_table(model) -> pd.DataFrame:
         counted once, at the first).
     """
     roles = _roles(model)
+    # Keras 3 trains exactly the variables in the root model's trainable_weights:
+    # the root's flag and each layer's own flag count; a container's flag acts
+    # only when it is set (it propagates to the layers inside at that moment).
+    trainable_ids = {id(v) for v in model.trainable_weights}
     seen: set[int] = set()
     rows = []
     for depth, leaf in enumerate(iter_leaves(model)):
         layer = leaf.layer
-        effective = bool(layer.trainable and all(a.trainable for a in leaf.ancestors) and model.trainable)
-        trainable_ids = {id(v) for v in layer.trainable_weights} if effective else set()
         t = nt = 0
         for v in layer.weights:
             if id(v) in seen:
@@ -112,6 +114,11 @@ def layer_table(model) -> pd.DataFrame:
                 t += _size(v)
             else:
                 nt += _size(v)
+        if any(getattr(v, "trainable", False) for v in layer.weights):
+            effective = any(id(v) in trainable_ids for v in layer.weights)
+        else:
+            effective = bool(layer.trainable and all(a.trainable for a in leaf.ancestors) and model.trainable)
+        containers_frozen = [a.name for a in leaf.ancestors if not a.trainable]
         cls = type(layer).__name__
         rows.append({
             "depth": depth,
@@ -125,6 +132,7 @@ def layer_table(model) -> pd.DataFrame:
             "is_bn": cls in BN_CLASSES,
             "role": roles.get(id(layer), "base"),
             "holds_weights": bool(layer.weights),
+            "frozen_container": containers_frozen[0] if containers_frozen else "",
         })
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
@@ -172,9 +180,25 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
             fix=("Layers below the head can train but the head cannot, so the outputs cannot adapt to your "
                  f"classes. Set `trainable = True` on {', '.join(head['path'])} and compile again."),
         ))
+    odd = table[table["holds_weights"] & table["trainable"] & (table["frozen_container"] != "")]
+    if len(odd):
+        containers = sorted(set(odd["frozen_container"]))
+        out.append(Finding(
+            id="trainable-inside-frozen-model", severity="warning", area="finetuning",
+            title="Layers are trainable inside a model marked as frozen",
+            evidence={"layers": list(odd["path"][:10]), "n_layers": int(len(odd)), "frozen_models": containers},
+            fix=(f"{', '.join(containers)} has `trainable=False`, but {len(odd)} layers inside it were set "
+                 "trainable afterwards. Keras 3 trains them anyway (tf.keras 2 did not), so the flags say "
+                 "\"frozen\" while training changes these weights. Make the intent explicit: set "
+                 "`base.trainable = True`, then freeze the layers you want frozen one by one, and compile again."),
+        ))
     base_bn = table[(table["role"] == "base") & table["is_bn"] & table["trainable"]]
     base_train = table[(table["role"] == "base") & table["holds_weights"] & table["trainable"]]
-    if len(base_bn) and len(base_train):
+    base_frozen = table[(table["role"] == "base") & table["holds_weights"] & ~table["trainable"]]
+    nested_base = bool(table[table["role"] == "base"]["path"].str.contains("/").any())
+    # A plain model trained end to end has trainable BN by design; the warning is for a
+    # pre-trained base being fine-tuned: a nested base, or a base partly frozen.
+    if len(base_bn) and len(base_train) and (nested_base or len(base_frozen)):
         out.append(Finding(
             id="bn-trainable-in-base", severity="warning", area="finetuning",
             title="BatchNormalization layers are trainable inside an unfrozen base",
@@ -276,17 +300,29 @@ def unfreeze_plan(model, depth: int, train_bn: bool = False, table: pd.DataFrame
     return table
 
 
+def _capable_ids(layer) -> set[int]:
+    """Ids of the variables a layer would train if trainable (BN moving statistics excluded)."""
+    own = getattr(layer, "_trainable_variables", None)
+    if own is None:  # fall back on names
+        return {id(v) for v in layer.weights if "moving_" not in v.path}
+    ids = {id(v) for v in own}
+    for sub in getattr(layer, "_layers", []) or []:
+        ids |= _capable_ids(sub)
+    return ids
+
+
 def _trainable_sizes(model) -> dict[str, int]:
     """Per leaf path, parameters in variables that can train (BN moving stats excluded)."""
     seen: set[int] = set()
     out = {}
     for leaf in iter_leaves(model):
+        capable = _capable_ids(leaf.layer)
         n = 0
         for v in leaf.layer.weights:
             if id(v) in seen:
                 continue
             seen.add(id(v))
-            if getattr(v, "trainable", True):
+            if id(v) in capable:
                 n += _size(v)
         out[leaf.path] = n
     return out

@@ -1,0 +1,69 @@
+"""Freezing status: which layers will train, nested models included."""
+
+import streamlit as st
+
+import ui
+from tlviz.charts import params_by_depth
+from tlviz.layers import base_weight_layers, freezing_findings, layer_table, totals, unfreeze_plan
+
+
+@st.cache_data(show_spinner="Reading layers…", max_entries=16)
+def _table(sha256: str, _model):
+    return layer_table(_model)
+
+
+ui.page_start()
+st.title("Freezing status")
+loaded = ui.require_model()
+model = loaded.model
+table = _table(loaded.sha256, model)
+tot = totals(table)
+
+for f in freezing_findings(model, table):
+    (st.error if f.severity == "error" else st.warning)(f"**{f.title}.** {f.fix}", icon=":material/report:")
+
+c = st.columns(3)
+c[0].metric("Total params", f"{tot['total_params']:,}")
+c[1].metric("Trainable", f"{tot['trainable_params']:,}")
+c[2].metric("Non-trainable", f"{tot['non_trainable_params']:,}")
+st.caption("The *trainable (effective)* column shows what `fit` will really update: the weights in the model's "
+           "`trainable_weights`. Freezing a nested model (`base.trainable = False`) freezes every layer inside it; "
+           "parameters of frozen layers count as non-trainable, exactly as Keras counts them.")
+
+st.altair_chart(params_by_depth(table), width="stretch")
+
+n_bn = int(table["is_bn"].sum())
+if n_bn:
+    st.info(f"{n_bn} BatchNormalization layers (marked ✱ below). A frozen BatchNormalization layer runs in "
+            "inference mode: it normalizes with its stored moving mean/variance instead of the batch's "
+            "statistics, and does not update them.", icon=":material/info:")
+
+show = table.copy()
+show["path"] = [("✱ " if bn else "") + p for p, bn in zip(show["path"], show["is_bn"])]
+only_weights = st.toggle("Only layers with weights", value=False)
+if only_weights:
+    show = show[show["holds_weights"]]
+st.dataframe(
+    show[["depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params", "trainable", "role"]],
+    hide_index=True, width="stretch",
+    column_config={"trainable": st.column_config.CheckboxColumn("trainable (effective)")},
+)
+
+st.subheader("Preview: unfreeze the top of the base")
+base = base_weight_layers(table)
+if len(base) == 0:
+    st.caption("No base layers with weights: only the head can train.")
+else:
+    depth = st.slider("Unfreeze depth (layers with weights, counted from the top of the base)",
+                      0, len(base), min(2, len(base)), key="layers_preview_depth")
+    train_bn = st.checkbox("Also train BatchNormalization layers in that range", value=False,
+                           key="layers_preview_bn")
+    plan = unfreeze_plan(model, depth, train_bn, table=table)
+    n_layers = int(plan["would_train"].sum())
+    st.markdown(f"With depth **{depth}**, **{n_layers} layers** would train: "
+                f"**{int(plan['would_train_params'].sum()):,}** parameters "
+                f"(the loaded model is not changed).")
+    st.altair_chart(params_by_depth(plan, "would_train"), width="stretch")
+    with st.expander("Layers that would train"):
+        st.dataframe(plan[plan["would_train"]][["path", "class", "would_train_params", "role"]],
+                     hide_index=True, width="stretch")

@@ -1,0 +1,148 @@
+"""AppTest: the app starts with the sample preloaded; uploads go through the real engine."""
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+
+
+def _app() -> AppTest:
+    """The app after its first run.
+
+    AppTest reruns only the current page file after the first run (the router's
+    `ui.page_start()` fallback then draws the sidebar), so widget ids change once;
+    a second run makes them stable before a test interacts with them.
+    """
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption]
+    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
+    parts += [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_first_start_shows_sample_model_and_images():
+    at = _app()
+    assert at.title[0].value == "Model & images"
+    assert at.session_state["model"].name == "digits_base"
+    assert len(at.session_state["images"]) > 800
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Outputs"] == "5" and metrics["Classes"] == "5"
+    assert "match the model's 5 outputs" in _texts(at)
+
+
+def test_layers_page_with_sample():
+    at = _app()
+    at.switch_page("pages/layers.py")
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Freezing status"
+    table = at.dataframe[0].value
+    assert "block1_conv" in set(table["path"])
+    assert {m.label: m.value for m in at.metric}["Trainable"] == "24,021"
+    assert not at.error and not at.warning  # a healthy, fully trainable model: no alarms
+
+
+def test_layers_page_flags_frozen_sample():
+    at = _app()
+    at.selectbox(key="model_choice").set_value("digits_frozen.keras")
+    at.run()
+    assert at.session_state["model"].name == "digits_frozen"
+    at.switch_page("pages/layers.py")
+    at.run()
+    assert not at.exception
+    assert any("No trainable weights" in e.value for e in at.error)
+    assert {m.label: m.value for m in at.metric}["Trainable"] == "0"
+    assert any("digits_features/" in p for p in at.dataframe[0].value["path"])
+
+
+def test_unfreeze_preview_slider_does_not_change_model():
+    at = _app()
+    at.switch_page("pages/layers.py")
+    at.run()
+    before = at.session_state["model"].trainable_params
+    at.slider(key="layers_preview_depth").set_value(1)
+    at.run()
+    assert not at.exception
+    assert "would train" in _texts(at)
+    assert at.session_state["model"].trainable_params == before
+
+
+def test_upload_model_and_zip(tmp_path):
+    import keras
+
+    inp = keras.Input((20, 20, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="out")(x), name="uploaded_net")
+    path = tmp_path / "up.keras"
+    model.save(path)
+    buf = io.BytesIO()
+    digits = ROOT / "sample_models" / "digits_0_4"
+    with zipfile.ZipFile(buf, "w") as zf:
+        for cls in ("0", "1"):
+            for p in sorted((digits / cls).glob("*.png"))[:6]:
+                zf.write(p, f"two/{cls}/{p.name}")
+        zf.writestr("two/1/broken.png", b"not a png")
+
+    at = _app()
+    at.radio(key="model_kind").set_value("Upload")
+    at.run()
+    at.file_uploader(key="model_upload").set_value(("up.keras", path.read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert at.session_state["model"].name == "uploaded_net"
+    at.radio(key="images_kind").set_value("Upload .zip")
+    at.run()
+    at.file_uploader(key="images_upload").set_value(("two.zip", buf.getvalue(), "application/zip"))
+    at.run()
+    assert not at.exception
+    images = at.session_state["images"]
+    assert images.class_names == ["0", "1"] and len(images) == 12
+    assert images.images.shape[1:] == (20, 20, 3)
+    assert len(images.skipped) == 1 and images.skipped[0].file == "1/broken.png"
+    text = _texts(at)
+    assert "Rescaling" in text and "match the model's 2 outputs" in text
+    at.switch_page("pages/layers.py")
+    at.run()
+    assert "out" in set(at.dataframe[0].value["path"])
+
+
+def test_refused_upload_keeps_previous_model():
+    at = _app()
+    at.radio(key="model_kind").set_value("Upload")
+    at.run()
+    at.file_uploader(key="model_upload").set_value(("bad.keras", b"garbage bytes", "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert any("not a Keras model" in e.value for e in at.error)
+    assert at.session_state["model"].name == "digits_base"
+    assert "Still using the previous model" in "\n".join(c.value for c in at.caption)
+
+
+def test_refused_zip_keeps_previous_images():
+    at = _app()
+    before = len(at.session_state["images"])
+    at.radio(key="images_kind").set_value("Upload .zip")
+    at.run()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../evil/1.png", b"x")
+    at.file_uploader(key="images_upload").set_value(("evil.zip", buf.getvalue(), "application/zip"))
+    at.run()
+    assert not at.exception
+    assert any("outside the archive" in e.value for e in at.error)
+    assert len(at.session_state["images"]) == before

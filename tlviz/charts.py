@@ -1,0 +1,50 @@
+"""Altair chart builders for the foundation pages. Pure functions: DataFrame in, chart out."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+TRAINABLE_COLORS = alt.Scale(domain=["trainable", "frozen"], range=["#2e7d32", "#90a4ae"])
+
+
+def params_by_depth(table: pd.DataFrame, status_column: str = "trainable") -> alt.Chart:
+    """Bar chart of parameters per layer, in depth order, coloured trainable / frozen.
+
+    Args:
+        table: a `tlviz.layers.layer_table` (optionally with ``would_train``).
+        status_column: boolean column that decides the colour. Defaults to
+            `"trainable"` (effective trainability); use `"would_train"` for an
+            unfreeze preview.
+
+    Returns:
+        An Altair bar chart; layers without weights are left out.
+    """
+    if status_column not in table.columns:
+        raise ValueError(f"Column {status_column!r} not in the layer table; use 'trainable' or 'would_train'.")
+    df = table[table["holds_weights"]].copy()
+    df["params"] = df["trainable_params"] + df["non_trainable_params"]
+    df["status"] = df[status_column].map({True: "trainable", False: "frozen"})
+    return (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("depth:O", title="layer depth (input → output)",
+                    axis=alt.Axis(labelOverlap=True, labelAngle=0)),
+            y=alt.Y("params:Q", title="parameters"),
+            color=alt.Color("status:N", scale=TRAINABLE_COLORS, title=None),
+            tooltip=["path", "class", "params", "status", "role"],
+        )
+        .properties(height=240)
+    )
+
+
+def class_counts(counts: dict[str, int]) -> alt.Chart:
+    """Bar chart of images per class."""
+    df = pd.DataFrame({"class": list(counts), "images": list(counts.values())})
+    return (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(x=alt.X("class:N", sort=None), y="images:Q", tooltip=["class", "images"])
+        .properties(height=200)
+    )
