@@ -146,3 +146,26 @@ def test_refused_zip_keeps_previous_images():
     assert not at.exception
     assert any("outside the archive" in e.value for e in at.error)
     assert len(at.session_state["images"]) == before
+
+
+def test_server_folder_loads_and_bad_folder_is_explained(tmp_path):
+    from conftest import write_image
+
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            write_image(tmp_path / "pets" / cls / f"{i}.png")
+    at = _app()
+    at.radio(key="images_kind").set_value("Server folder")
+    at.run()
+    at.text_input(key="images_folder").set_value(str(tmp_path / "missing"))
+    at.button(key="images_folder_load").click()
+    at.run()
+    assert any("not found" in e.value for e in at.error)
+    assert len(at.session_state["images"]) > 800  # the sample is still loaded
+    at.text_input(key="images_folder").set_value(str(tmp_path / "pets"))
+    at.button(key="images_folder_load").click()
+    at.run()
+    assert not at.exception
+    images = at.session_state["images"]
+    assert images.class_names == ["cat", "dog"] and len(images) == 6
+    assert any("5 outputs" in w.value for w in at.warning)  # 2 classes vs 5 outputs explained
