@@ -1,0 +1,179 @@
+"""Normalization: find the preprocessing the model really expects.
+
+Thin page: widgets -> `tlviz.normalize` -> tables and `tlviz.normalize_charts`.
+Each setting's evaluation is cached (`st.cache_data`) by model hash, image-set
+key and setting, so changing the inference preset or revisiting the page is instant.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui
+from tlviz import normalize
+from tlviz.errors import TlvizError
+from tlviz import normalize_charts as charts
+from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
+
+GALLERY_SIZE = 12
+_SEVERITY_BOX = {"error": st.error, "warning": st.warning, "info": st.info}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _fingerprint(model_key: str, images_key: str, custom_key: str, _loaded, _images, _custom):
+    return normalize.fingerprint(_loaded, _images, custom=_custom)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _evaluate(model_key: str, images_key: str, setting_key: str, _loaded, _images, _source, _setting):
+    return normalize.evaluate_setting(_loaded, _images, _setting, source=_source)
+
+
+def _custom_preset():
+    """The custom preset the user typed (None when off or invalid; the error is shown)."""
+    with st.expander("Custom preset (optional)"):
+        st.caption("Also try `(x × scale − mean) / std` on 0–255 pixels, e.g. the mean and std from your "
+                   "training code.")
+        on = st.toggle("Include a custom preset", key="norm_custom_on")
+        c1, c2, c3 = st.columns(3)
+        scale = c1.text_input("scale", value="0.00392157", key="norm_custom_scale", help="1/255 = 0.00392157")
+        mean = c2.text_input("mean (one value or R, G, B)", value="0.5", key="norm_custom_mean")
+        std = c3.text_input("std (one value or R, G, B)", value="0.5", key="norm_custom_std")
+        if not on:
+            return None
+        try:
+            return normalize.custom_preset(scale, mean, std)
+        except normalize.NormalizationRefused as exc:
+            st.error(str(exc), icon=":material/block:")
+            return None
+
+
+def _table_view(table, accuracy_available: bool):
+    cols = ["rank", "setting", "accuracy", "mean_confidence", "agreement", "n"]
+    if not accuracy_available:
+        cols.remove("accuracy")
+    return table[cols]
+
+
+_COLUMN_CONFIG = {
+    "accuracy": st.column_config.NumberColumn("accuracy", format="percent"),
+    "mean_confidence": st.column_config.NumberColumn("mean confidence", format="percent",
+                                                     help="Mean probability of the predicted class"),
+    "agreement": st.column_config.NumberColumn("agreement", format="percent",
+                                               help="Share of images predicted as by the best setting"),
+    "n": st.column_config.NumberColumn("images"),
+}
+
+
+def _show_table(slot, table, accuracy_available: bool) -> None:
+    slot.dataframe(_table_view(table, accuracy_available), hide_index=True, column_config=_COLUMN_CONFIG,
+                   width="stretch")
+
+
+ui.page_start()
+loaded, images = ui.require_images()
+source = ui.image_source()
+model_key = loaded.sha256 or loaded.name
+images_key = f"{st.session_state.get('image_source_key')}|{images.image_size}|{len(images)}|{images.resize}"
+
+st.title("Normalization")
+st.caption("Which preprocessing does this model really expect? Each preset, resize method and channel order is "
+           "measured on your own images: the most common reason a model works in training and fails at "
+           "inference is that the inference code prepares images differently.")
+
+if loaded.builtin_preprocessing:
+    text = "The model has preprocessing layers at its input: " + "; ".join(loaded.builtin_preprocessing) + "."
+    if normalize.expects_raw_pixels(loaded.builtin_preprocessing):
+        text += (" It normalizes its input itself, so it expects **raw 0–255 pixels** (`raw`); feeding it an "
+                 "already normalized image is double normalization.")
+    st.info(text, icon=":material/input:")
+
+custom = _custom_preset()
+options = list(applicable_presets(loaded.channels)) + ([custom.name] if custom is not None else [])
+current = st.session_state.get("inference_preset") or "unit"
+if current not in options:
+    current = "unit" if "unit" in options else options[0]
+inference = st.selectbox(
+    "Preset your inference code uses", options, index=options.index(current), key="norm_inference_widget",
+    format_func=lambda p: f"{p} — {PRESET_DESCRIPTIONS[p]}" if p in PRESET_DESCRIPTIONS else p,
+    help="Compared with the best preset below: findings and the gallery of changed predictions.")
+st.session_state["inference_preset"] = inference
+
+left, right = st.columns([2, 3], gap="large")
+with left:
+    st.subheader("Label-free fingerprint")
+    try:
+        custom_key = normalize.Setting(custom).key if custom else ""
+        fp = _fingerprint(model_key, images_key, custom_key, loaded, images, custom)
+    except TlvizError as exc:
+        st.error(str(exc), icon=":material/block:")
+        st.stop()
+    if fp.ranking is None:
+        st.info(fp.reason, icon=":material/info:")
+    else:
+        st.altair_chart(charts.fingerprint_chart(fp.ranking), width="stretch")
+        st.caption(f"Activation statistics at `{fp.layer}` (the first BatchNormalization layer) on {fp.n_images} "
+                   "images, compared with the statistics it stored in training; the numbers are the distance "
+                   "(0 = identical). No labels needed.")
+with right:
+    st.subheader("Accuracy by setting")
+    bar = st.progress(0.0, text="Starting…")
+    table_slot = st.empty()
+    accuracy_shown = normalize.label_match(loaded, images).labels is not None
+    try:
+        report = normalize.analyze(
+            loaded, images, source=source, custom=custom, precomputed_fingerprint=fp,
+            evaluate=lambda s: _evaluate(model_key, images_key, s.key, loaded, images, source, s),
+            progress=lambda fraction, text: bar.progress(min(max(fraction, 0.0), 1.0), text=text),
+            on_result=lambda table: _show_table(table_slot, table, accuracy_shown))
+    except TlvizError as exc:
+        bar.empty()
+        st.error(str(exc), icon=":material/block:")
+        st.stop()
+    bar.empty()
+    _show_table(table_slot, report.results, report.accuracy_available)
+    if not report.accuracy_available:
+        st.info(report.accuracy_note, icon=":material/visibility_off:")
+
+st.session_state["best_preset"] = report.best_named_preset
+
+st.divider()
+if report.best_setting is None:
+    st.warning(report.agreement_note, icon=":material/help:")
+else:
+    row = report.results.iloc[0]
+    measured = (f"accuracy {row['accuracy']:.1%}" if report.accuracy_available
+                else "closest match to the BatchNormalization statistics")
+    st.success(f"**Best setting: {report.best_setting.label}** ({measured}). {report.agreement_note}",
+               icon=":material/check_circle:")
+    st.markdown("Prepare one image exactly this way:")
+    st.code(report.snippet(), language="python")
+
+metric = "accuracy" if report.accuracy_available else "mean_confidence"
+c1, c2 = st.columns(2, gap="large")
+c1.altair_chart(charts.ranking_chart(report.results, metric), width="stretch")
+if report.accuracy_available and len(report.per_class):
+    c2.altair_chart(charts.per_class_heatmap(report.per_class, report.presets), width="stretch")
+
+findings = normalize.normalization_findings(report, inference)
+if findings:
+    st.subheader("What this means for your inference code")
+    for f in findings:
+        _SEVERITY_BOX[f.severity](f"**{f.title}.**\n\n{f.fix}")
+
+st.subheader("Images whose prediction changes")
+best = report.best_preset
+if best is None:
+    st.caption("No best preset could be determined, so there is nothing to compare with.")
+elif inference == best:
+    st.caption(f"Your inference preset `{inference}` is the best one: no prediction changes.")
+else:
+    changes = normalize.changed_predictions(report, best, inference)
+    st.caption(f"{len(changes)} of {report.n_images} images get another prediction with `{inference}` than with "
+               f"`{best}`" + (f"; the first {GALLERY_SIZE} are shown." if len(changes) > GALLERY_SIZE else "."))
+    cols = st.columns(6)
+    for k, r in enumerate(changes.head(GALLERY_SIZE).itertuples()):
+        label = f"true {r.label} · " if r.label is not None else ""
+        cols[k % 6].image(images.images[r.index], width=96,
+                          caption=f"{label}{best}: {r.prediction_a} ({r.confidence_a:.0%}) → "
+                                  f"{inference}: {r.prediction_b} ({r.confidence_b:.0%})")
