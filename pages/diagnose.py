@@ -1,0 +1,154 @@
+"""Diagnose: one click from "it doesn't learn" to a ranked list of causes with fixes.
+
+Thin page: the inference-preset select box and a Diagnose button -> `tlviz.diagnose`
+-> finding cards grouped by area, skipped checks, Markdown / JSON downloads.
+The measurements are cached by model hash and image-set key (the preset only
+re-judges two checks, so changing it is instant); the sample runs on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+import ui
+from tlviz import diagnose as dg
+from tlviz import diagnose_charts as charts
+from tlviz.errors import TlvizError
+from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
+from tlviz.samples import SAMPLE_MODELS
+
+_BOX = {"error": st.error, "warning": st.warning, "info": st.info}
+_ICON = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
+_AREA_ICON = {"pretraining": ":material/school:", "finetuning": ":material/model_training:",
+              "inference": ":material/input:"}
+STRIP_WIDTH = 80
+
+
+def _throttled(bar):
+    """A progress callback that redraws the bar only when it moved visibly (fewer replayed messages)."""
+    last = {"f": -1.0, "check": None}
+
+    def update(fraction: float, text: str) -> None:
+        check = text.split(":", 1)[0]
+        if fraction - last["f"] >= 0.02 or check != last["check"] or fraction >= 1.0:
+            last.update(f=fraction, check=check)
+            bar.progress(min(max(fraction, 0.0), 1.0), text=text)
+
+    return update
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _measured(model_key: str, images_key: str, _loaded, _images, _source):
+    # The bar is created inside the cached function so that Streamlit can replay it on a cache hit.
+    bar = st.progress(0.0, text="Starting the checks…")
+    report = dg.diagnose(_loaded, _images, "unit", progress=_throttled(bar), source=_source)
+    bar.empty()
+    return report
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _diagnosis(model_key: str, images_key: str, preset: str, _loaded, _images, _source):
+    return _measured(model_key, images_key, _loaded, _images, _source).for_preset(preset)
+
+
+def _card(f, images, positions: dict) -> None:
+    with st.container(border=True):
+        _BOX[f.severity](f"**{f.title}**", icon=_ICON[f.severity])
+        st.caption(f"`{f.id}` · {dg.SEVERITY_TITLES[f.severity]} · {dg.AREA_TITLES[f.area]}")
+        with st.expander("Evidence and fix", expanded=f.severity == "error"):
+            table = charts.evidence_table(f.evidence)
+            if len(table):
+                st.dataframe(table, hide_index=True, width="stretch")
+            chart = charts.finding_chart(f)
+            if chart is not None:
+                st.altair_chart(chart, width="stretch")
+            shown = [(positions[x], x) for x in f.evidence.get("example_files") or [] if x in positions]
+            if shown:
+                st.image([images.images[i] for i, _ in shown], width=STRIP_WIDTH,
+                         caption=[Path(x).stem for _, x in shown])
+                st.caption("Example images: " + ", ".join(x for _, x in shown))
+            st.markdown(f"**Fix.** {f.fix}")
+
+
+ui.page_start()
+loaded, images = ui.require_images()
+source = ui.image_source()
+model_key = loaded.sha256 or loaded.name
+images_key = f"{st.session_state.get('image_source_key')}|{images.image_size}|{len(images)}|{images.resize}"
+
+st.title("Diagnose")
+st.caption(f"Runs every check tlviz has — {len(dg.CHECKS)} of them, on pre-training, fine-tuning and the inference "
+           "pipeline — on the loaded model and image set, and lists what it finds, most severe first, with the "
+           "evidence measured on your images and the fix.")
+
+def _keep_preset() -> None:
+    st.session_state["inference_preset"] = st.session_state["diag_inference_widget"]
+
+
+options = list(applicable_presets(loaded.channels))
+current = st.session_state.get("inference_preset") or "unit"
+left, right = st.columns([3, 1], vertical_alignment="bottom")
+preset = left.selectbox(
+    "Preset your inference code uses", options, index=options.index(current if current in options else "unit"),
+    key="diag_inference_widget", format_func=lambda p: f"{p} — {PRESET_DESCRIPTIONS[p]}", on_change=_keep_preset,
+    help="The normalization your own inference code applies; it is compared with the one the model expects.")
+if current in options:
+    st.session_state["inference_preset"] = preset
+else:  # a custom preset chosen on the Normalization page stays the session's choice
+    st.caption(f"Your inference preset `{current}` is a custom one; the diagnosis judges the named presets, "
+               f"here `{preset}`. The Normalization page compares custom presets.")
+clicked = right.button("Diagnose", type="primary", icon=":material/troubleshoot:", key="diag_run", width="stretch")
+
+pair = f"{model_key}|{images_key}"
+requested = st.session_state.setdefault("diag_requested", [])
+is_sample = (loaded.filename in SAMPLE_MODELS
+             and str(st.session_state.get("image_source_key") or "").startswith("sample:"))
+if (clicked or is_sample) and pair not in requested:
+    requested.append(pair)
+if pair not in requested:
+    st.info(f"Press **Diagnose** to check **{loaded.name}** on **{len(images)} images**. On a large model this "
+            "takes a while (every preset is evaluated, and a linear probe compares the base with random weights).",
+            icon=":material/troubleshoot:")
+    st.stop()
+
+try:
+    report = _diagnosis(model_key, images_key, preset, loaded, images, source)
+except TlvizError as exc:
+    st.error(str(exc), icon=":material/block:")
+    st.stop()
+st.session_state["diagnosis"] = report
+
+counts = report.counts_by_severity
+m = st.columns(4)
+m[0].metric("Errors", counts["error"])
+m[1].metric("Warnings", counts["warning"])
+m[2].metric("Info", counts["info"])
+m[3].metric("Checks skipped", len(report.skipped))
+if not counts["error"] and not counts["warning"]:
+    st.success("No errors or warnings: nothing tlviz can measure explains a model that does not learn"
+               + (f" (the model expects `{report.expected_preset}`, which is what you use)."
+                  if report.expected_preset == preset else "."), icon=":material/check_circle:")
+
+positions = {f: i for i, f in enumerate(images.files)}
+for area, items in report.by_area():
+    st.subheader(dg.AREA_TITLES[area], divider="gray")
+    for f in items:
+        _card(f, images, positions)
+
+if report.skipped:
+    st.subheader("Skipped checks", divider="gray")
+    st.markdown("\n".join(f"- **{s.title}** (`{s.id}`): {s.reason}" for s in report.skipped))
+
+st.subheader("Download the report", divider="gray")
+d1, d2 = st.columns(2)
+stem = f"tlviz-diagnosis-{loaded.name}"
+d1.download_button("Markdown", report.to_markdown(), file_name=f"{stem}.md", mime="text/markdown",
+                   icon=":material/description:", key="diag_download_md", width="stretch")
+d2.download_button("JSON", json.dumps(report.to_dict(), indent=2), file_name=f"{stem}.json",
+                   mime="application/json", icon=":material/data_object:", key="diag_download_json",
+                   width="stretch")
+st.caption(f"Checks took {report.seconds.get('total', 0):.1f} s. The same report from the command line: "
+           f"`python -m tlviz diagnose MODEL IMAGES --preset {preset} --json`.")

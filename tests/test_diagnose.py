@@ -1,0 +1,525 @@
+"""The Diagnose engine: every check fires on a planted fault and stays quiet on its clean counterpart.
+
+Tiny models are built here (32x32x3, like the samples, so the sample images fit);
+full diagnoses of the samples are shared at module scope.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import write_image
+from tlviz import diagnose_charts as charts
+from tlviz.cli import main as cli_main
+from tlviz.diagnose import (
+    CHECK_IDS, CHECKS, DiagnosisRefused, DiagnosisReport, _assignment_fallback, best_assignment,
+    clone_for_training_mode, diagnose, fresh_clone,
+)
+from tlviz.findings import AREAS, SEVERITIES
+from tlviz.imagesets import load_image_set, open_source
+from tlviz.layers import iter_leaves
+from tlviz.models import load_model, summarize
+
+ISSUE_IDS = (
+    "no-trainable-weights", "head-frozen", "class-count-mismatch", "normalization-mismatch", "double-normalization",
+    "label-order-mismatch", "bn-statistics-mismatch", "training-mode-inference", "bn-trainable-in-base",
+    "weights-not-finite", "pretraining-no-better-than-random", "class-imbalance", "too-few-images", "input-resized",
+)
+
+
+# -- helpers and fixtures ------------------------------------------------------------
+
+def ids(report: DiagnosisReport) -> set[str]:
+    return {f.id for f in report.findings}
+
+
+def finding(report: DiagnosisReport, fid: str):
+    found = [f for f in report.findings if f.id == fid]
+    assert found, f"{fid} not in {ids(report)}; skipped: {[(s.id, s.reason) for s in report.skipped]}"
+    return found[0]
+
+
+def skipped(report: DiagnosisReport) -> dict[str, str]:
+    return {s.id: s.reason for s in report.skipped}
+
+
+def subset(images, per_class: dict[int, int] | int):
+    """The first `per_class` images of each class (a dict gives a count per class)."""
+    keep = []
+    for c in range(len(images.class_names)):
+        n = per_class.get(c, 10**9) if isinstance(per_class, dict) else per_class
+        keep += list(np.flatnonzero(images.labels == c)[:n])
+    keep = np.array(sorted(keep))
+    return replace(images, images=images.images[keep], labels=images.labels[keep],
+                   files=[images.files[i] for i in keep],
+                   original_sizes=[images.original_sizes[i] for i in keep])
+
+
+def tiny(n_out: int = 5, rescaling: bool = False, dropout: bool = False, bn: bool = False, name: str = "tiny"):
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inp) if rescaling else inp
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    if bn:
+        x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(0.5, name="drop")(x)
+    out = keras.layers.Dense(n_out, activation="softmax", name="head")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def nested(base_trainable: bool, inner_trainable: bool | None = None):
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((32, 32, 3))
+    y = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    base = keras.Model(inp, y, name="base")
+    base.trainable = base_trainable
+    if inner_trainable is not None:
+        base.get_layer("conv").trainable = inner_trainable
+    i2 = keras.Input((32, 32, 3))
+    out = keras.layers.Dense(5, activation="softmax", name="head")(base(i2, training=False))
+    return keras.Model(i2, out, name="nested")
+
+
+def copy_of(loaded, metadata=None):
+    """A LoadedModel around a private copy of `loaded`'s model (same weights)."""
+    m = keras.models.clone_model(loaded.model)
+    m.set_weights(loaded.model.get_weights())
+    return summarize(m, filename="copy.keras", metadata=loaded.metadata if metadata is None else metadata)
+
+
+def weights_of(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+@pytest.fixture(scope="module")
+def base_source(digits_0_4):
+    return open_source(digits_0_4)
+
+
+@pytest.fixture(scope="module")
+def small(base_images):
+    return subset(base_images, 30)
+
+
+@pytest.fixture(scope="module")
+def clean_tf(loaded_base, base_images, base_source):
+    """The sample as it should be used, plus the model's weights and flags before and after."""
+    before = weights_of(loaded_base.model)
+    flags = [leaf.layer.trainable for leaf in iter_leaves(loaded_base.model)]
+    report = diagnose(loaded_base, base_images, "tf", source=base_source)
+    return {"report": report, "before": before, "after": weights_of(loaded_base.model), "flags": flags,
+            "flags_after": [leaf.layer.trainable for leaf in iter_leaves(loaded_base.model)]}
+
+
+@pytest.fixture(scope="module")
+def clean(clean_tf) -> DiagnosisReport:
+    return clean_tf["report"]
+
+
+@pytest.fixture(scope="module")
+def progress_calls() -> list:
+    return []
+
+
+@pytest.fixture(scope="module")
+def sample_unit(loaded_base, base_images, progress_calls) -> DiagnosisReport:
+    return diagnose(loaded_base, base_images, "unit", progress=lambda f, t: progress_calls.append((f, t)))
+
+
+@pytest.fixture(scope="module")
+def loaded_frozen(frozen_model_path):
+    return load_model(frozen_model_path)
+
+
+@pytest.fixture(scope="module")
+def frozen_report(loaded_frozen, base_images) -> DiagnosisReport:
+    model = loaded_frozen.model
+    before, flags = weights_of(model), [leaf.layer.trainable for leaf in iter_leaves(model)]
+    report = diagnose(loaded_frozen, base_images, "tf")
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model)))
+    assert flags == [leaf.layer.trainable for leaf in iter_leaves(model)]
+    return report
+
+
+@pytest.fixture(scope="module")
+def images_5_9(loaded_base, digits_5_9):
+    return load_image_set(digits_5_9, loaded_base.image_size, loaded_base.channels)
+
+
+@pytest.fixture(scope="module")
+def base_on_5_9(loaded_base, images_5_9) -> DiagnosisReport:
+    return diagnose(loaded_base, images_5_9, "tf")
+
+
+# -- the samples (the issue's acceptance checks) ------------------------------------------
+
+def test_clean_sample_with_tf_has_no_error_or_warning(clean):
+    assert [f for f in clean.findings if f.severity in ("error", "warning")] == []
+    assert clean.expected_preset == "tf" and clean.expected_by == "accuracy"
+    assert clean.exit_code == 0 and not clean.skipped
+    assert set(clean.checks_run) == set(CHECK_IDS)
+
+
+def test_sample_with_unit_gives_normalization_mismatch(sample_unit):
+    f = finding(sample_unit, "normalization-mismatch")
+    assert f.severity == "error" and f.area == "inference"
+    assert f.evidence["expected_preset"] == "tf" and f.evidence["inference_preset"] == "unit"
+    assert f.evidence["accuracy_expected"] > 0.95 > 0.6 > f.evidence["accuracy_inference"]
+    assert "x / 127.5 - 1.0" in f.fix  # the snippet that fixes it
+    assert len(f.evidence["example_files"]) == 8
+    assert sample_unit.findings[0].id == "normalization-mismatch"  # most severe first
+    assert sample_unit.exit_code == 1
+
+
+def test_progress_runs_over_the_checks(sample_unit, progress_calls):
+    fractions = [f for f, _ in progress_calls]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    texts = [t for _, t in progress_calls]
+    assert texts[0].startswith(f"Check 1 of {len(CHECKS)}")
+    assert any("Evaluating tf" in t for t in texts)  # the normalization comparison reports inside its check
+
+
+def test_frozen_sample_gives_no_trainable_weights_and_no_false_label_order(frozen_report):
+    f = finding(frozen_report, "no-trainable-weights")
+    assert f.severity == "error" and f.area == "finetuning"
+    # A random, frozen head maps classes somewhat consistently; that is no label-order problem.
+    assert "label-order-mismatch" not in ids(frozen_report)
+    assert "normalization-mismatch" not in ids(frozen_report)  # tf is what the base was trained with
+
+
+def test_loaded_model_is_not_modified(clean_tf):
+    assert all(np.array_equal(a, b) for a, b in zip(clean_tf["before"], clean_tf["after"]))
+    assert clean_tf["flags"] == clean_tf["flags_after"]
+
+
+# -- one planted fault per check, and its clean counterpart ----------------------------------
+
+def test_no_trainable_weights_on_a_tiny_frozen_model(small):
+    m = tiny()
+    m.trainable = False
+    assert "no-trainable-weights" in ids(diagnose(summarize(m), small, checks=["no-trainable-weights"]))
+    assert "no-trainable-weights" not in ids(diagnose(summarize(tiny()), small, checks=["no-trainable-weights"]))
+
+
+def test_head_frozen(small, clean):
+    m = tiny()
+    m.get_layer("head").trainable = False
+    f = finding(diagnose(summarize(m), small, checks=["head-frozen"]), "head-frozen")
+    assert f.evidence["head_layers"] == ["head"]
+    assert "head-frozen" not in ids(diagnose(summarize(tiny()), small, checks=["head-frozen"]))
+    assert "head-frozen" not in ids(clean)
+
+
+def test_bn_trainable_in_base_and_trainable_inside_frozen_model(small, clean):
+    checks = ["bn-trainable-in-base", "trainable-inside-frozen-model"]
+    assert "bn-trainable-in-base" in ids(diagnose(summarize(nested(True)), small, checks=checks))
+    odd = diagnose(summarize(nested(False, inner_trainable=True)), small, checks=checks)
+    assert "trainable-inside-frozen-model" in ids(odd)
+    assert ids(diagnose(summarize(nested(False)), small, checks=checks)) == set()
+    assert not ids(clean) & set(checks)
+
+
+def test_weights_not_finite_fires_and_model_checks_are_skipped(loaded_base, small, clean):
+    broken = copy_of(loaded_base)
+    w = broken.model.get_layer("block2_conv").kernel
+    arr = np.array(w)
+    arr[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    w.assign(arr)
+    report = diagnose(broken, small, "tf")
+    f = finding(report, "weights-not-finite")
+    assert f.evidence["nonfinite_values"] == 3 and f.evidence["layers"] == ["block2_conv"]
+    assert report.findings[0].severity == "error"
+    reasons = skipped(report)
+    for fid in ("normalization-mismatch", "label-order-mismatch", "bn-statistics-mismatch",
+                "pretraining-no-better-than-random"):
+        assert "NaN or infinite" in reasons[fid], fid
+    assert "weights-not-finite" not in ids(clean)
+
+
+def test_class_count_mismatch_by_count_and_by_name(small, base_on_5_9, clean):
+    f = finding(diagnose(summarize(tiny(n_out=3)), small, checks=["class-count-mismatch"]), "class-count-mismatch")
+    assert f.evidence["image_set_classes"] == 5 and f.evidence["model_outputs"] == 3
+    assert "Dense(5" in f.fix  # replace the head with one for the image set's classes
+    g = finding(base_on_5_9, "class-count-mismatch")
+    assert g.evidence["classes_not_in_model"] == ["5", "6", "7", "8", "9"]
+    assert "class-count-mismatch" not in ids(clean)
+
+
+def test_label_checks_are_skipped_with_a_sentence_when_classes_do_not_match(base_on_5_9):
+    reasons = skipped(base_on_5_9)
+    for fid in ("label-order-mismatch", "bn-statistics-mismatch"):
+        assert "are not the classes recorded with the model" in reasons[fid]
+    # The label-free fingerprint still judges the preset: tf is right, so nothing fires.
+    assert "normalization-mismatch" in base_on_5_9.checks_run
+    assert "normalization-mismatch" not in ids(base_on_5_9)
+
+
+def test_normalization_mismatch_from_the_fingerprint_without_labels(base_on_5_9):
+    f = finding(base_on_5_9.for_preset("unit"), "normalization-mismatch")
+    assert f.evidence["expected_preset"] == "tf"
+    assert f.evidence["fingerprint_distance"]["unit"] > f.evidence["fingerprint_distance"]["tf"]
+    assert "fingerprint" in f.title
+
+
+def test_for_preset_matches_a_fresh_run(clean, sample_unit):
+    rejudged = clean.for_preset("unit")
+    assert [f.id for f in rejudged.findings] == [f.id for f in sample_unit.findings]
+    expected = finding(sample_unit, "normalization-mismatch").evidence
+    assert finding(rejudged, "normalization-mismatch").evidence == expected
+    assert clean.for_preset("tf") is clean
+    with pytest.raises(DiagnosisRefused, match="Unknown inference preset"):
+        clean.for_preset("imagenet")
+
+
+def test_double_normalization(small, clean):
+    m = summarize(tiny(rescaling=True))
+    f = finding(diagnose(m, small, "unit", checks=["double-normalization"]), "double-normalization")
+    assert "Rescaling" in f.evidence["builtin_preprocessing"][0]
+    assert "raw" in f.fix
+    assert "double-normalization" not in ids(diagnose(m, small, "raw", checks=["double-normalization"]))
+    assert "double-normalization" not in ids(diagnose(summarize(tiny()), small, "unit",
+                                                      checks=["double-normalization"]))
+    assert "double-normalization" not in ids(clean)
+
+
+def test_double_normalization_not_claimed_when_the_model_was_trained_on_normalized_images(loaded_base, small):
+    """A Rescaling layer at the input, but the measurements show `tf` works and `raw` does not."""
+    inp = keras.Input((32, 32, 3))
+    wrapped = keras.Model(inp, copy_of(loaded_base).model(keras.layers.Rescaling(1.0, name="scale")(inp)))
+    m = summarize(wrapped, metadata=loaded_base.metadata)
+    assert m.builtin_preprocessing
+    report = diagnose(m, small, "unit", checks=["double-normalization", "normalization-mismatch"])
+    assert "double-normalization" not in ids(report)
+    assert finding(report, "normalization-mismatch").evidence["expected_preset"] == "tf"
+
+
+def test_label_order_mismatch_reports_the_mapping(loaded_base, base_images):
+    stripped = copy_of(loaded_base, metadata={})  # no recorded class names: classes match by position
+    q = np.array([1, 2, 0, 4, 3])  # images of digit d sit in folder q[d]
+    swapped = replace(base_images, labels=q[base_images.labels])
+    report = diagnose(stripped, swapped, "tf", checks=["label-order-mismatch", "normalization-mismatch"])
+    f = finding(report, "label-order-mismatch")
+    assert f.evidence["accuracy"] < 0.05 and f.evidence["accuracy_with_mapping"] > 0.99
+    assert f.evidence["model_output_order"] == ["1", "2", "0", "4", "3"]
+    assert f.evidence["mapping"] == {"0": 2, "1": 0, "2": 1, "3": 4, "4": 3}
+    assert "class_names = ['1', '2', '0', '4', '3']" in f.fix
+    # With the mapping applied, tf is still recognised as the right preset: no false normalization alarm.
+    assert "normalization-mismatch" not in ids(report) and report.expected_preset == "tf"
+    chart = charts.finding_chart(f).to_dict()
+    assert chart["layer"][0]["mark"]["type"] == "rect"
+    ok = diagnose(stripped, base_images, "tf", checks=["label-order-mismatch"])
+    assert "label-order-mismatch" in ok.checks_run and "label-order-mismatch" not in ids(ok)
+
+
+def test_bn_statistics_mismatch(loaded_base, base_images, clean):
+    broken = copy_of(loaded_base)
+    for name in ("block2_bn", "block3_bn"):  # the first BN (the fingerprint's) stays intact
+        bn = broken.model.get_layer(name)
+        std = np.sqrt(np.array(bn.moving_variance))
+        bn.moving_mean.assign(np.array(bn.moving_mean) + 3.0 * std)
+        bn.moving_variance.assign(np.array(bn.moving_variance) * 16.0)
+    report = diagnose(broken, base_images, "tf", checks=["bn-statistics-mismatch", "normalization-mismatch"])
+    f = finding(report, "bn-statistics-mismatch")
+    assert f.severity == "warning"
+    assert f.evidence["accuracy_batch_statistics"] > 0.95 and f.evidence["preset_batch_statistics"] == "tf"
+    # Accuracy now favours another preset, but the fingerprint (first BN, intact) says tf: no false alarm.
+    assert "normalization-mismatch" not in ids(report)
+    assert "evidence conflicts" in skipped(report)["normalization-mismatch"]
+    assert f.evidence["accuracy_batch_statistics"] - f.evidence["accuracy_inference_mode"] >= 0.1
+    assert "bn-statistics-mismatch" in clean.checks_run and "bn-statistics-mismatch" not in ids(clean)
+
+
+def test_bn_statistics_mismatch_is_skipped_without_batch_normalization(small):
+    reasons = skipped(diagnose(summarize(tiny()), small, checks=["bn-statistics-mismatch"]))
+    assert "no BatchNormalization layer" in reasons["bn-statistics-mismatch"]
+
+
+def test_training_mode_inference_names_the_layers(clean, small):
+    f = finding(clean, "training-mode-inference")
+    assert f.severity == "info"
+    layers = " ".join(f.evidence["layers"])
+    assert "dropout (Dropout rate=0.2)" in layers and "block1_bn (BatchNormalization" in layers
+    assert f.evidence["bn_layers_updated"] == 3 and 0 <= f.evidence["flipped_share"] <= 1
+    assert "training=False" in f.fix
+    plain = diagnose(summarize(tiny()), small, checks=["training-mode-inference"])
+    assert "training-mode-inference" in plain.checks_run and not plain.findings
+    noisy = diagnose(summarize(tiny(dropout=True)), small, checks=["training-mode-inference"])
+    assert finding(noisy, "training-mode-inference").evidence["flipped"] > 0
+
+
+def test_pretraining_no_better_than_random(loaded_base, base_images, clean, base_on_5_9):
+    random_base = summarize(fresh_clone(loaded_base.model, seed=7), metadata=loaded_base.metadata)
+    report = diagnose(random_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
+    f = finding(report, "pretraining-no-better-than-random")
+    assert f.evidence["probe_accuracy_pretrained"] - f.evidence["probe_accuracy_random"] < 0.1
+    assert f.area == "pretraining" and f.evidence["feature_layer"] == "dropout"  # the input of the head
+    # The real pre-trained base helps both on its own classes and on new ones.
+    for r in (clean, base_on_5_9):
+        assert "pretraining-no-better-than-random" in r.checks_run
+        assert "pretraining-no-better-than-random" not in ids(r)
+
+
+def test_class_imbalance_and_too_few_images(base_images, clean):
+    lopsided = subset(base_images, {0: 25})
+    report = diagnose(summarize(tiny()), lopsided, checks=["class-imbalance", "too-few-images"])
+    f = finding(report, "class-imbalance")
+    assert f.evidence["smallest"] == "0" and f.evidence["ratio"] > 3
+    assert "class_weight" in f.fix
+    assert "too-few-images" not in ids(report)
+    few = diagnose(summarize(tiny()), subset(base_images, {3: 10}), checks=["too-few-images"])
+    assert finding(few, "too-few-images").evidence["classes_below"] == {"3": 10}
+    assert not ids(clean) & {"class-imbalance", "too-few-images"}
+    chart = charts.finding_chart(f).to_dict()
+    assert chart["mark"]["type"] == "bar"
+
+
+def test_input_resized(tmp_path, clean):
+    for c in ("a", "b"):
+        write_image(tmp_path / c / "big.png", size=(48, 40), mode="RGB")
+        write_image(tmp_path / c / "gray.png", size=(32, 32), mode="L")
+    images = load_image_set(tmp_path, (32, 32), 3)
+    f = finding(diagnose(summarize(tiny(n_out=2)), images, checks=["input-resized"]), "input-resized")
+    assert f.severity == "info"
+    assert f.evidence["n_resized"] == 2 and f.evidence["original_sizes"] == {"48x40": 2}
+    assert f.evidence["converted_modes"] == {"L": 2} and f.evidence["target_size"] == "32x32"
+    assert "input-resized" in clean.checks_run and "input-resized" not in ids(clean)
+
+
+def test_unlabelled_image_set_skips_label_checks(loaded_base, base_images):
+    stripped = copy_of(loaded_base, metadata={})
+    one_folder = replace(subset(base_images, 20), class_names=["unsorted"])
+    one_folder = replace(one_folder, labels=np.zeros(len(one_folder), dtype=np.int64))
+    report = diagnose(stripped, one_folder, "unit")
+    reasons = skipped(report)
+    for fid in ("class-count-mismatch", "class-imbalance", "too-few-images", "label-order-mismatch",
+                "bn-statistics-mismatch", "pretraining-no-better-than-random"):
+        assert "single folder" in reasons[fid], fid
+    # Without labels the fingerprint still finds the wrong preset.
+    assert finding(report, "normalization-mismatch").evidence["expected_preset"] == "tf"
+
+
+# -- report, ordering, exports ---------------------------------------------------------------
+
+def test_registry_covers_the_issue_table():
+    assert set(ISSUE_IDS) <= set(CHECK_IDS)
+    table = {c.id: (c.severity, c.area) for c in CHECKS}
+    assert table["bn-statistics-mismatch"] == ("warning", "inference")
+    assert table["training-mode-inference"] == ("info", "inference")
+    assert table["pretraining-no-better-than-random"] == ("warning", "pretraining")
+
+
+def test_findings_sorted_and_grouped(loaded_frozen, frozen_report, sample_unit):
+    for r in (frozen_report, sample_unit):
+        ranks = [SEVERITIES.index(f.severity) for f in r.findings]
+        assert ranks == sorted(ranks)
+    groups = sample_unit.by_area()
+    assert [a for a, _ in groups] == ["inference"]
+    assert [f.severity for f in groups[0][1]][0] == "error"
+
+
+def test_json_and_markdown_exports(sample_unit):
+    obj = sample_unit.to_json()
+    assert list(obj) == ["findings"]
+    text = json.dumps(obj)
+    for f in json.loads(text)["findings"]:
+        assert list(f) == ["id", "severity", "area", "title", "evidence", "fix"]
+        assert f["severity"] in SEVERITIES and f["area"] in AREAS
+    full = json.loads(json.dumps(sample_unit.to_dict()))
+    assert full["findings"] == obj["findings"] and full["inference_preset"] == "unit"
+    assert full["summary"]["error"] == 1
+    md = sample_unit.to_markdown()
+    assert md.startswith("# tlviz diagnosis: digits_base")
+    assert "## Inference pipeline" in md and "### Error: Your inference preset `unit`" in md
+    assert "**Fix.**" in md and "```python" in md
+
+
+def test_markdown_lists_skipped_checks_and_confusion_matrix(loaded_base, base_images, base_on_5_9):
+    assert "## Skipped checks" in base_on_5_9.to_markdown()
+    stripped = copy_of(loaded_base, metadata={})
+    swapped = replace(base_images, labels=np.array([1, 0, 2, 3, 4])[base_images.labels])
+    md = diagnose(stripped, swapped, "tf", checks=["label-order-mismatch"]).to_markdown()
+    assert "Confusion matrix" in md and "labels.txt" in md
+
+
+def test_refusals(loaded_base, base_images, small):
+    with pytest.raises(DiagnosisRefused, match="expects 32x32x3"):
+        diagnose(loaded_base, replace(small, images=small.images[:, :16, :16]), "tf")
+    with pytest.raises(DiagnosisRefused, match="Use one of"):
+        diagnose(loaded_base, small, "imagenet")
+    with pytest.raises(ValueError, match="Unknown check id"):
+        diagnose(loaded_base, small, checks=["no-such-check"])
+    gray = replace(small, images=small.images[..., :1])
+    m = summarize(keras.Model(*_gray_io()))
+    with pytest.raises(DiagnosisRefused, match="needs 3-channel"):
+        diagnose(m, gray, "caffe")
+
+
+def _gray_io():
+    inp = keras.Input((32, 32, 1))
+    return inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inp))
+
+
+# -- building blocks --------------------------------------------------------------------------
+
+def test_best_assignment_is_exact():
+    rng = np.random.default_rng(1)
+    for k in (2, 3, 5, 7):
+        c = rng.integers(0, 20, (k, k))
+        perm = best_assignment(c)
+        brute = _assignment_fallback(c)
+        assert c[np.arange(k), perm].sum() == c[np.arange(k), brute].sum()
+        assert sorted(perm) == list(range(k))
+    big = np.eye(12, dtype=int)[np.random.default_rng(2).permutation(12)] * 50  # greedy path (k > 8)
+    perm = _assignment_fallback(big)
+    assert big[np.arange(12), perm].sum() == 600
+
+
+def test_training_mode_clone_keeps_flags_and_leaves_original_alone(loaded_frozen):
+    model = loaded_frozen.model
+    before = weights_of(model)
+    clone = clone_for_training_mode(model)
+    assert [leaf.layer.trainable for leaf in iter_leaves(clone)] == \
+        [leaf.layer.trainable for leaf in iter_leaves(model)]
+    assert clone.get_layer("digits_features").trainable is False
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype("float32")
+    clone(x, training=True)
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model)))
+
+
+def test_evidence_table_formats_fractions():
+    table = charts.evidence_table({"accuracy_expected": 1.0, "n": 3, "example_files": ["a.png"],
+                                   "layers": ["x", "y"], "accuracy_by_preset": {"tf": 0.5}, "distance": 0.25})
+    assert list(table["evidence"]) == ["accuracy expected", "n", "layers", "accuracy by preset", "distance"]
+    assert list(table["value"]) == ["100.0%", "3", "x, y", "tf: 50.0%", "0.25"]
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def test_cli_exit_codes_and_json(base_model_path, digits_0_4, capsys):
+    assert cli_main(["diagnose", str(base_model_path), str(digits_0_4), "--preset", "tf", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert list(obj) == ["findings"]
+    assert {f["severity"] for f in obj["findings"]} <= {"info"}
+    assert cli_main(["diagnose", str(base_model_path), str(digits_0_4), "--json"]) == 1
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["findings"][0]["id"] == "normalization-mismatch"
+    assert cli_main(["diagnose", str(base_model_path) + ".missing", str(digits_0_4)]) == 2
+    assert "error: Model file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["diagnose", str(base_model_path), str(digits_0_4), "--preset", "imagenet"])
+    assert exc.value.code == 2
+
+
+def test_cli_text_output(frozen_model_path, digits_0_4, capsys):
+    assert cli_main(["diagnose", str(frozen_model_path), str(digits_0_4), "--preset", "tf"]) == 1
+    out = capsys.readouterr().out
+    assert "# tlviz diagnosis: digits_frozen" in out and "no-trainable-weights" in out

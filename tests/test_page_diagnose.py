@@ -1,0 +1,136 @@
+"""The Diagnose page, driven through the router with the sample preloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.delta_generator import DeltaGenerator
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = "pages/diagnose.py"
+
+
+def _open_page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture(scope="module")
+def downloads():
+    """Records every download button's label and data (wiring check; the button itself still runs)."""
+    seen: list[dict] = []
+    original = DeltaGenerator.download_button
+
+    def recording(self, label, data, *args, **kwargs):
+        seen.append({"label": label, "data": data, "file_name": kwargs.get("file_name"), "mime": kwargs.get("mime")})
+        return original(self, label, data, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(DeltaGenerator, "download_button", recording)
+    yield seen
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def page(downloads) -> AppTest:
+    return _open_page()
+
+
+def test_first_visit_runs_on_the_sample_and_ranks_findings(page):
+    at = page
+    report = at.session_state["diagnosis"]
+    assert report.inference_preset == "unit"  # the session's default inference preset
+    assert [f.id for f in report.findings][0] == "normalization-mismatch"
+    assert any("Your inference preset `unit`" in e.value for e in at.error)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Errors"] == "1" and metrics["Warnings"] == "0"
+    assert "Inference pipeline" in [s.value for s in at.subheader]
+    # Evidence: a table and a chart of the accuracies; the fix with its snippet.
+    assert at.get("vega_lite_chart")
+    assert any(m.value.startswith("**Fix.**") and "x / 127.5 - 1.0" in m.value for m in at.markdown)
+    assert [e.label for e in at.expander] == ["Evidence and fix"] * len(report.findings)
+    strips = at.get("image")  # images whose prediction changes, then images that flip in training mode
+    assert len(strips) == 2 and len(strips[0].proto.imgs) == 8
+    assert strips[0].proto.imgs[0].caption == Path(report.findings[0].evidence["example_files"][0]).stem
+
+
+def test_markdown_and_json_downloads_carry_the_report(page, downloads):
+    report = page.session_state["diagnosis"]
+    last = {d["mime"]: d for d in downloads}
+    assert last["text/markdown"]["data"] == report.to_markdown()
+    assert last["text/markdown"]["file_name"] == "tlviz-diagnosis-digits_base.md"
+    obj = json.loads(last["application/json"]["data"])
+    assert obj == json.loads(json.dumps(report.to_dict()))
+    assert obj["findings"][0]["id"] == "normalization-mismatch"
+    assert len(page.get("download_button")) == 2
+
+
+def test_preset_select_box_is_bound_and_rejudges_instantly(page):
+    at = page
+    at.selectbox(key="diag_inference_widget").set_value("tf").run()
+    assert not at.exception
+    assert at.session_state["inference_preset"] == "tf"
+    assert not at.error and not at.warning
+    assert any("No errors or warnings" in s.value for s in at.success)
+    assert at.session_state["diagnosis"].inference_preset == "tf"
+    at.button(key="diag_run").click().run()  # the button re-runs (from the cache) without trouble
+    assert not at.exception
+    at.selectbox(key="diag_inference_widget").set_value("unit").run()
+
+
+def test_custom_inference_preset_from_the_normalization_page_is_kept(page):
+    at = page
+    custom = "custom(scale=0.00392157, mean=0.5, std=0.5)"
+    at.session_state["inference_preset"] = custom
+    at.run()
+    assert not at.exception
+    assert at.session_state["inference_preset"] == custom
+    assert any("is a custom one" in c.value for c in at.caption)
+    assert at.session_state["diagnosis"].inference_preset == "unit"
+    at.selectbox(key="diag_inference_widget").set_value("tf").run()
+    assert at.session_state["inference_preset"] == "tf"
+
+
+def test_skipped_checks_are_listed_and_frozen_sample_flagged():
+    at = _open_page()
+    at.selectbox(key="images_choice").set_value("digits_5_9").run()
+    assert not at.exception
+    report = at.session_state["diagnosis"]
+    assert "label-order-mismatch" in {s.id for s in report.skipped}
+    assert "Skipped checks" in [s.value for s in at.subheader]
+    assert any("label-order-mismatch" in m.value and "recorded with the model" in m.value for m in at.markdown)
+    assert any("classes are not among the model's outputs" in e.value for e in at.error)
+    at.selectbox(key="model_choice").set_value("digits_frozen.keras").run()
+    assert not at.exception
+    assert any("No trainable weights" in e.value for e in at.error)
+    assert "Fine-tuning" in [s.value for s in at.subheader]
+
+
+def test_uploaded_model_waits_for_the_button(tmp_path):
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(4, 3, name="conv")(x))
+    keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="head")(x), name="mine").save(
+        tmp_path / "mine.keras")
+    at = _open_page()
+    at.radio(key="model_kind").set_value("Upload").run()
+    at.file_uploader(key="model_upload").set_value(
+        ("mine.keras", (tmp_path / "mine.keras").read_bytes(), "application/octet-stream")).run()
+    assert not at.exception
+    assert at.session_state["model"].name == "mine"
+    assert any("Press **Diagnose**" in i.value for i in at.info)
+    assert not at.get("download_button")
+    at.button(key="diag_run").click().run()
+    assert not at.exception
+    assert at.session_state["diagnosis"].model_name == "mine"
+    assert any("normalizes its input itself" in e.value for e in at.error)  # double normalization with `unit`
+    assert len(at.get("download_button")) == 2

@@ -1,0 +1,40 @@
+"""``python -m tlviz diagnose MODEL IMAGES [--preset P] [--json]``: every check, ranked findings.
+
+Exit status: 0 when no finding is an error, 1 when at least one is (so a CI
+pipeline can gate on it), 2 for invalid input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tlviz.diagnose import diagnose
+from tlviz.imagesets import open_source
+from tlviz.models import load_model
+from tlviz.presets import PRESETS
+
+HELP = "run every check on a model and an image set; exit 1 when a finding is an error"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="a .keras or .h5 model file")
+    parser.add_argument("images", help="labelled images: a folder with one sub-folder per class, or a .zip of one")
+    parser.add_argument("--preset", default="unit", choices=PRESETS,
+                        help="the normalization preset your inference code applies (default: unit)")
+    parser.add_argument("--json", action="store_true",
+                        help='print one JSON object: {"findings": [{id, severity, area, title, evidence, fix}]}')
+
+
+def run(args) -> int:
+    loaded = load_model(args.model)
+    source = open_source(args.images)
+    images = source.load(loaded.image_size, loaded.channels)
+    report = diagnose(loaded, images, args.preset, source=source)
+    if args.json:
+        for s in report.skipped:
+            print(f"note: skipped {s.id}: {s.reason}", file=sys.stderr)
+        print(json.dumps(report.to_json()))
+    else:
+        print(report.to_markdown())
+    return report.exit_code
