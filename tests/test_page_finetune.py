@@ -1,0 +1,192 @@
+"""AppTest: the Fine-tuning page, with real runs in the worker process (short ones)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PAGE = "pages/finetune.py"
+
+
+@pytest.fixture()
+def runs(tmp_path, monkeypatch):
+    d = tmp_path / "runs"
+    monkeypatch.setenv("TLVIZ_RUNS_DIR", str(d))
+    return d
+
+
+def _page(images="digits_5_9", model=None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.run()
+    if model:
+        at.selectbox(key="model_choice").set_value(model)
+        at.run()
+    if images:
+        at.selectbox(key="images_choice").set_value(images)
+        at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption]
+    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
+    parts += [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+def _wait(at, timeout=120):
+    """Rerun the page (as the polling fragment would) until the session's job is done."""
+    deadline = time.monotonic() + timeout
+    while at.session_state["ft_job"] is not None:
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, at.exception
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_page_shows_config_with_defaults_and_no_runs(runs):
+    at = _page()
+    assert at.title[0].value == "Fine-tuning runs"
+    assert at.session_state["ft_preset"] == "tf"  # the model's recorded preset
+    assert "No runs yet" in _texts(at)
+    assert "New head: the model records other class names" in _texts(at)
+    head_box = [c for c in at.checkbox if c.label.startswith("New head")][0]
+    assert head_box.value and not head_box.disabled
+    # Block boundaries of the sample (block1..block3) drive the depth control.
+    assert at.select_slider(key="ft_depth_block").options == ["head only", "from block3 (2 layers)",
+                                                              "from block2 (4 layers)", "whole base (6 layers)"]
+    at.session_state["best_preset"] = "unit"  # as the Normalization page would set it
+    at.run()
+    assert at.session_state["ft_preset"] == "unit"
+    assert not at.button(key="ft_start").disabled
+
+
+def test_frozen_sample_refuses_until_user_opts_in(runs):
+    at = _page(model="digits_frozen.keras")
+    assert any("No trainable weights" in e.value for e in at.error)
+    assert at.button(key="ft_start").disabled
+    at.checkbox(key="ft_unfreeze_frozen").check()
+    at.run()
+    assert not at.button(key="ft_start").disabled
+
+
+def test_head_only_run_learns_and_results_show(runs):
+    at = _page()
+    at.number_input(key="ft_lr").set_value(1e-2)
+    at.number_input(key="ft_epochs").set_value(3)
+    at.button(key="ft_start").click()
+    at.run()
+    assert at.session_state["ft_job"] is not None
+    _wait(at)
+    text = _texts(at)
+    assert "completed" in text
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["Val accuracy"].rstrip("%")) > 40  # chance is 20 %
+    assert "frozen layers show exactly zero change" in text
+    assert at.get("download_button") and at.get("download_button")[0].label.startswith("Download")
+    # A confusion-matrix cell shows its images.
+    at.selectbox(key="ft_cell_true").set_value(0)
+    at.selectbox(key="ft_cell_pred").set_value(0)
+    at.run()
+    assert at.get("image"), "no images shown for the diagonal cell"
+
+
+def test_divergent_rate_is_marked_and_runs_compare_and_delete(runs):
+    at = _page()
+    at.select_slider(key="ft_depth_block").set_value(6)
+    at.number_input(key="ft_lr").set_value(1.0)
+    at.number_input(key="ft_epochs").set_value(2)
+    at.button(key="ft_start").click()
+    at.run()
+    _wait(at)
+    text = _texts(at)
+    assert "diverged" in text and "The run diverged" in text
+    # A second run to compare with.
+    at.select_slider(key="ft_depth_block").set_value(0)
+    at.number_input(key="ft_lr").set_value(1e-2)
+    at.number_input(key="ft_epochs").set_value(1)
+    at.button(key="ft_start").click()
+    at.run()
+    _wait(at)
+    assert len(at.dataframe[-1].value) == 2 or any(len(d.value) == 2 for d in at.dataframe)
+    assert len(at.multiselect(key="ft_compare").value) == 2
+    ids = at.multiselect(key="ft_compare").value
+    at.multiselect(key="ft_delete_ids").set_value(ids[:1])
+    at.run()
+    at.button(key="ft_delete").click()
+    at.run()
+    assert not at.exception
+    assert len([p for p in runs.iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_lr_finder_suggestion_copies_into_config(runs):
+    at = _page()
+    at.button(key="ft_lrfind").click()
+    at.run()
+    _wait(at)
+    assert "Suggested learning rate" in _texts(at)
+    use = at.button(key="ft_use_lr")
+    use.click()
+    at.run()
+    suggested = at.session_state["ft_lr_result"]["suggestion"]
+    assert at.session_state["ft_lr"] == pytest.approx(float(f"{suggested:.2g}"))
+
+
+def test_sweep_fills_heatmap(runs):
+    at = _page()
+    at.number_input(key="ft_epochs").set_value(1)
+    at.multiselect(key="ft_sweep_depths").set_value([0])
+    at.multiselect(key="ft_sweep_rates").set_value([1e-3, 1e-2])
+    at.run()
+    at.button(key="ft_sweep_start").click()
+    at.run()
+    _wait(at)
+    from tlviz.finetune.store import list_runs
+
+    df = list_runs()
+    assert len(df) == 2 and df["sweep_id"].nunique() == 1 and set(df["state"]) == {"completed"}
+    assert at.selectbox(key="ft_sweep_show").value == df["sweep_id"].iloc[0]
+
+
+def test_half_written_run_folders_show_as_failed(runs):
+    (runs / "20240101-000000-000aaaa").mkdir(parents=True)  # nothing in it
+    broken = runs / "20240101-000001-000bbbb"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"config": {"unfreeze": 2, "lr"')  # cut off mid-write
+    at = _page()
+    assert not at.exception
+    states = list(at.dataframe[-1].value["state"])
+    assert states == ["failed", "failed"]
+    assert "incomplete run folder" in _texts(at)
+
+
+def test_after_a_reload_the_page_can_follow_a_run_in_progress(runs):
+    from tlviz.finetune.config import RunConfig
+    from tlviz.finetune.worker import start_job
+    from tlviz.imagesets import load_image_set
+    from tlviz.models import load_model
+    from tlviz.samples import sample_path
+
+    loaded = load_model(sample_path("digits_base.keras"))
+    imgs = load_image_set(sample_path("digits_5_9"), loaded.image_size, loaded.channels)
+    job = start_job(loaded, imgs, [RunConfig(unfreeze=0, lr=1e-2, epochs=500, preset="tf")])  # "another tab"
+    at = _page()
+    assert "in progress" in _texts(at)
+    at.button(key="ft_follow").click()
+    at.run()
+    assert at.session_state["ft_job"] == job.job_id
+    at.button(key="ft_cancel").click()
+    at.run()
+    _wait(at)
+    assert "cancelled" in _texts(at)

@@ -1,0 +1,95 @@
+"""``python -m tlviz finetune MODEL IMAGES --unfreeze N --lr LR --epochs E ...``: one run, headless."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+HELP = "fine-tune a copy of the model on an image set and report the curves (the model file is not changed)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="a .keras or .h5 model file")
+    parser.add_argument("images", help="image set: a folder with one sub-folder per class, or a .zip of one")
+    parser.add_argument("--unfreeze", type=int, required=True, metavar="N",
+                        help="weight-holding base layers to train, counted from the top (0 = head only)")
+    parser.add_argument("--lr", type=float, required=True, metavar="LR", help="learning rate, e.g. 1e-3")
+    parser.add_argument("--epochs", type=int, required=True, metavar="E", help="epochs to train")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="images per batch (default 32)")
+    parser.add_argument("--preset", default=None, metavar="P",
+                        help="input normalization: raw, unit, tf, torch or caffe "
+                             "(default: the model's recorded preset, else unit)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="runs folder to store the run in (default: $TLVIZ_RUNS_DIR or ~/.tlviz/runs)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _num(v):
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def run(args) -> int:
+    from tlviz.finetune.config import RunConfig, default_preset
+    from tlviz.finetune.run import check_run, run_finetune
+    from tlviz.finetune.store import RunWriter, new_run_id, runs_dir
+    from tlviz.imagesets import load_image_set
+    from tlviz.models import load_model
+
+    loaded = load_model(args.model)
+    images = load_image_set(args.images, loaded.image_size, loaded.channels)
+    config = RunConfig(unfreeze=args.unfreeze, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                       preset=args.preset or default_preset(None, loaded.recorded_preset))
+    check_run(loaded, images, config)  # refuse before creating a run folder
+    writer = RunWriter(runs_dir(args.out) / new_run_id())
+    writer.write_config(config, {"name": loaded.name, "filename": loaded.filename, "sha256": loaded.sha256,
+                                 "metadata": loaded.metadata},
+                        {"source": images.source, "n": len(images), "class_names": images.class_names})
+    writer.status("running")
+    seen = [0]
+
+    def progress(info):
+        hist = info.get("history") or []
+        while not args.json and seen[0] < len(hist):
+            e = hist[seen[0]]
+            seen[0] += 1
+            print(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
+                  f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", flush=True)
+
+    try:
+        result = run_finetune(loaded, images, config, writer=writer, progress=progress)
+    except BaseException as exc:
+        writer.status("failed", str(exc))
+        raise
+    writer.status(result.state, result.findings[0].title if result.findings else "")
+    progress({"history": result.history.to_dict(orient="records")})
+    if args.json:
+        print(json.dumps({
+            "history": [{"epoch": int(r.epoch), "loss": _num(r.loss), "accuracy": _num(r.accuracy),
+                         "val_loss": _num(r.val_loss), "val_accuracy": _num(r.val_accuracy)}
+                        for r in result.history.itertuples()],
+            "trainable_params": int(result.trainable_params),
+            "final": {"val_accuracy": _num(result.final["val_accuracy"]), "val_loss": _num(result.final["val_loss"])},
+            "frozen_layers_changed": list(result.frozen_layers_changed),
+            "model_path": str(result.model_path),
+        }))
+        return 0
+    print(f"\n{result.state.upper()}: final val accuracy {_fmt(result.final['val_accuracy'])}, "
+          f"val loss {_fmt(result.final['val_loss'])}, trainable params {result.trainable_params:,}"
+          f"{' (cached activations)' if result.cache_used else ''}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    for f in result.findings:
+        print(f"{f.severity.upper()}: {f.title}. {f.fix}".rstrip(". ") + ".")
+    if result.frozen_layers_changed:
+        print(f"WARNING: frozen layers changed: {', '.join(result.frozen_layers_changed)}", file=sys.stderr)
+    print(f"Run folder: {writer.dir}\nModel: {result.model_path}")
+    return 0
+
+
+def _fmt(v) -> str:
+    v = _num(v)
+    return "  nan " if v is None else f"{v:.4f}"

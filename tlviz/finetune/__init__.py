@@ -1,0 +1,27 @@
+"""Fine-tuning runs: short what-if experiments on a clone of the loaded model.
+
+Public API (TensorFlow is imported only when a run starts):
+
+- `RunConfig`, `RunRefused`, `default_preset` — what a run does (``config``).
+- `run_finetune(loaded, images, config, ...) -> RunResult` — one run, in this
+  process (``run``); `linear_probe` — a fresh head on the frozen base;
+  `stratified_split`.
+- `start_job`, `start_lr_finder`, `poll_job`, `cancel_job`, `wait_job` — the
+  same in a worker process (``worker``), as the app uses them.
+- `list_runs`, `load_run`, `delete_run`, `runs_dir` — the runs on disk (``store``).
+- `lr_range_test` (``lrfinder``), `sweep_configs` / `sweep_table` (``sweep``).
+- Charts live in `tlviz.finetune.charts` (Altair; import it where needed).
+"""
+
+from tlviz.finetune.config import RunConfig, RunRefused, default_preset
+from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
+from tlviz.finetune.run import RunResult, linear_probe, run_finetune, stratified_split
+from tlviz.finetune.store import delete_run, list_runs, load_run, runs_dir
+from tlviz.finetune.sweep import sweep_configs, sweep_table
+from tlviz.finetune.worker import Job, JobStatus, cancel_job, poll_job, start_job, start_lr_finder, wait_job
+
+__all__ = [
+    "RunConfig", "RunRefused", "default_preset", "LRFinderResult", "lr_range_test", "RunResult", "linear_probe",
+    "run_finetune", "stratified_split", "delete_run", "list_runs", "load_run", "runs_dir", "sweep_configs",
+    "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
+]

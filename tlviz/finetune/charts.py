@@ -1,0 +1,134 @@
+"""Altair charts of runs. Pure functions: DataFrames in, charts out."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+SPLIT_LABELS = {"": "train", "val_": "validation"}
+
+
+def history_long(history: pd.DataFrame, run: str | None = None) -> pd.DataFrame:
+    """Per-epoch history in long form: ``epoch, metric, split, value`` (and ``run`` when given)."""
+    rows = []
+    for _, r in history.iterrows():
+        for metric in ("loss", "accuracy"):
+            for prefix, split in SPLIT_LABELS.items():
+                v = r.get(prefix + metric)
+                if v is None or (isinstance(v, float) and not np.isfinite(v)):
+                    continue
+                row = {"epoch": int(r["epoch"]), "metric": metric, "split": split, "value": float(v),
+                       "phase": r.get("phase", "")}
+                if run is not None:
+                    row["run"] = run
+                rows.append(row)
+    cols = ["epoch", "metric", "split", "value", "phase"] + (["run"] if run is not None else [])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _metric_chart(long: pd.DataFrame, metric: str, color: str, dash: str | None, width: int = 320):
+    data = long[long["metric"] == metric]
+    y_scale = alt.Scale(domain=[0, 1]) if metric == "accuracy" else alt.Scale(zero=False, type="symlog")
+    enc = {
+        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        "y": alt.Y("value:Q", title=metric, scale=y_scale),
+        "color": alt.Color(f"{color}:N", title=color),
+        "tooltip": [f"{c}:{t}" for c, t in (("run", "N"), ("split", "N"), ("epoch", "Q"), ("value", "Q"),
+                                                ("phase", "N")) if c in data.columns],
+    }
+    if dash:
+        enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash)
+    return alt.Chart(data).mark_line(point=True).encode(**enc).properties(title=metric, width=width, height=220)
+
+
+def curves_chart(history: pd.DataFrame) -> alt.HConcatChart:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    long = history_long(history)
+    return alt.hconcat(_metric_chart(long, "loss", "split", None), _metric_chart(long, "accuracy", "split", None))
+
+
+def compare_chart(histories: dict[str, pd.DataFrame]) -> alt.HConcatChart:
+    """Overlaid curves of several runs: colour = run, dash = train / validation."""
+    frames = [history_long(h, run=name) for name, h in histories.items()]
+    long = pd.concat(frames, ignore_index=True) if frames else history_long(pd.DataFrame(), run="")
+    return alt.hconcat(_metric_chart(long, "loss", "run", "split"), _metric_chart(long, "accuracy", "run", "split"))
+
+
+def confusion_frame(confusion: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """Confusion counts in long form: ``true, predicted, count, share`` (share of the true class)."""
+    cm = np.asarray(confusion)
+    rows = []
+    for i, t in enumerate(class_names):
+        total = cm[i].sum()
+        for j, p in enumerate(class_names):
+            rows.append({"true": str(t), "predicted": str(p), "count": int(cm[i, j]),
+                         "share": float(cm[i, j] / total) if total else 0.0})
+    return pd.DataFrame(rows, columns=["true", "predicted", "count", "share"])
+
+
+def confusion_chart(confusion: np.ndarray, class_names: list[str]) -> alt.LayerChart:
+    """Heatmap of the validation confusion matrix with the counts written in."""
+    df = confusion_frame(confusion, class_names)
+    order = [str(c) for c in class_names]
+    base = alt.Chart(df).encode(
+        x=alt.X("predicted:N", sort=order, title="predicted"),
+        y=alt.Y("true:N", sort=order, title="true class"),
+    )
+    rect = base.mark_rect().encode(color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                                                   title="share of class"),
+                                   tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".0%")])
+    text = base.mark_text().encode(text="count:Q",
+                                   color=alt.condition("datum.share > 0.5", alt.value("white"), alt.value("black")))
+    side = max(180, 28 * len(order))
+    return (rect + text).properties(width=side, height=side, title="validation confusion matrix")
+
+
+def weight_change_chart(report: pd.DataFrame) -> alt.Chart:
+    """Relative weight change per layer, in model order; frozen layers sit at exactly zero."""
+    df = report.copy()
+    df["status"] = np.where(df["trainable"].astype(bool), "trained", "frozen")
+    df["rel_change"] = df["rel_change"].astype(float).replace([np.inf, -np.inf], np.nan)
+    order = list(df["path"])
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("path:N", sort=order, title="layer (input → output)", axis=alt.Axis(labelAngle=-45, labelLimit=160)),
+        y=alt.Y("rel_change:Q", title="relative L2 change"),
+        color=alt.Color("status:N", scale=alt.Scale(domain=["trained", "frozen"], range=["#d62728", "#1f77b4"])),
+        tooltip=["path", "class", "status", alt.Tooltip("rel_change:Q", format=".4g"), "params"],
+    ).properties(height=240, title="how far each layer's weights moved")
+
+
+def sweep_heatmap(table: pd.DataFrame) -> alt.LayerChart:
+    """Best validation accuracy per (unfreeze depth, learning rate); pending cells show their state."""
+    df = table.copy()
+    df["rate"] = df["lr"].map(lambda v: f"{float(v):.0e}")
+    df["text"] = [f"{v:.0%}" if v is not None and np.isfinite(v) else s
+                  for v, s in zip(pd.to_numeric(df["best_val_accuracy"], errors="coerce"), df["state"])]
+    rates = [f"{v:.0e}" for v in sorted(df["lr"].astype(float).unique())]
+    base = alt.Chart(df).encode(x=alt.X("rate:O", sort=rates, title="learning rate"),
+                                y=alt.Y("unfreeze:O", title="unfreeze depth", sort="descending"))
+    rect = base.mark_rect().encode(
+        color=alt.Color("best_val_accuracy:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]),
+                        title="best val accuracy"),
+        tooltip=["unfreeze", "rate", "state", alt.Tooltip("best_val_accuracy:Q", format=".1%"), "run_id"])
+    text = base.mark_text(color="white").encode(text="text:N")
+    return (rect + text).properties(title="sweep: best validation accuracy", width=max(200, 70 * len(rates)),
+                                    height=max(120, 40 * df["unfreeze"].nunique()))
+
+
+def lr_finder_chart(curve: pd.DataFrame, suggestion: float | None = None) -> alt.LayerChart:
+    """Loss against learning rate (log axis): raw loss as dots, smoothed loss as a line, the suggestion as a rule."""
+    df = curve.copy()
+    df = df[np.isfinite(df["loss"].astype(float)) & (df["loss"].astype(float) < 1e6)]
+    x = alt.X("lr:Q", scale=alt.Scale(type="log"), title="learning rate (log scale)", axis=alt.Axis(format=".0e"))
+    raw = alt.Chart(df).mark_circle(opacity=0.3, size=15).encode(x=x, y=alt.Y("loss:Q", title="loss"))
+    smooth = alt.Chart(df).mark_line().encode(x=x, y="smoothed:Q", tooltip=[alt.Tooltip("lr:Q", format=".2e"),
+                                                                           alt.Tooltip("smoothed:Q", format=".3f")])
+    layers = [raw, smooth]
+    title = "learning-rate range test"
+    if suggestion:
+        sug = pd.DataFrame({"lr": [suggestion], "label": [f"suggested {suggestion:.1e}"]})
+        layers.append(alt.Chart(sug).mark_rule(color="red", strokeDash=[4, 3], size=2).encode(
+            x="lr:Q", tooltip=["label"]))
+        title += f" (red line: suggested rate {suggestion:.1e})"
+    return alt.layer(*layers).properties(title=title, height=260, width=520)

@@ -1,0 +1,561 @@
+"""One fine-tuning run: clone, (new head), unfreeze, train, measure.
+
+`run_finetune` is synchronous and self-contained: the CLI and tests call it
+directly; the app calls it in a worker process (see `tlviz.finetune.worker`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tlviz.finetune.build import (BuiltModel, HeadDecision, build_run_model, check_trainable, decide_head,
+                                  trainable_params)
+from tlviz.finetune.cache import ActivationCache, Cut, compute_activations, find_cut, images_key, weights_key
+from tlviz.finetune.config import RunConfig, RunRefused
+from tlviz.finetune.store import HISTORY_COLUMNS, RunWriter, clean_json
+from tlviz.finetune.summary import (chance_level, describe_curves, frozen_changed, snapshot, weight_change)
+from tlviz.findings import Finding
+from tlviz.presets import apply_preset
+
+#: The running training loss above this many times the reference loss means divergence.
+DIVERGE_FACTOR = 4.0
+#: Most steps one compiled call runs when training a small head on cached activations.
+CACHED_STEPS_PER_EXECUTION = 32
+#: Models with at most this many layers count as small: their training uses `CACHED_STEPS_PER_EXECUTION`.
+#: Larger ones run one step per call (tracing a multi-step loop over a large graph costs more than it saves).
+SMALL_MODEL_LAYERS = 8
+#: Up to this many images, final predictions use eager calls instead of a traced predict function.
+EAGER_PREDICT_MAX = 4096
+#: Seconds between two progress reports within an epoch.
+PROGRESS_EVERY_S = 0.5
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        config: the configuration it ran with.
+        state: ``completed``, ``cancelled`` or ``diverged``.
+        history: per-epoch DataFrame with `HISTORY_COLUMNS`.
+        initial: validation ``val_loss`` / ``val_accuracy`` before training.
+        final: ``loss`` / ``accuracy`` (last epoch, training mode) and
+            ``val_loss`` / ``val_accuracy`` (the final model on the validation images).
+        class_names: the image set's classes.
+        val_indices: indices into the image set of the validation images.
+        val_true / val_pred: their labels and the final model's predictions.
+        per_class: DataFrame ``class, n, correct, accuracy`` on validation.
+        confusion: ``(n_classes, n_classes)`` counts, rows true, columns predicted.
+        weight_change: the weight-change report (see `summary.weight_change`).
+        frozen_layers_changed: frozen layers whose weights moved (should be empty).
+        findings: what the curves show, in words.
+        trainable_params: trainable parameters of the last phase.
+        head: the new-head decision.
+        cache_used: whether training ran on cached activations.
+        notes: remarks (cache fallback reason, skipped layers, ...).
+        elapsed_s: wall time.
+        model: the trained Keras model (a clone; the loaded model is untouched).
+        model_path / run_dir: where it was saved, when a writer was given.
+    """
+
+    config: RunConfig
+    state: str
+    history: pd.DataFrame
+    initial: dict
+    final: dict
+    class_names: list[str]
+    val_indices: np.ndarray
+    val_true: np.ndarray
+    val_pred: np.ndarray
+    per_class: pd.DataFrame
+    confusion: np.ndarray
+    weight_change: pd.DataFrame
+    frozen_layers_changed: list[str]
+    findings: list[Finding]
+    trainable_params: int
+    head: HeadDecision
+    cache_used: bool
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    model: object = None
+    model_path: str | None = None
+    run_dir: str | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.state == "diverged"
+
+    @property
+    def best_val_accuracy(self) -> float:
+        v = self.history["val_accuracy"].astype(float)
+        return float(v.max()) if len(v) and not v.isna().all() else float("nan")
+
+    def to_metrics(self) -> dict:
+        """The JSON-able content of ``metrics.json``."""
+        return clean_json({
+            "state": self.state, "initial": self.initial, "final": self.final,
+            "best_val_accuracy": self.best_val_accuracy, "class_names": self.class_names,
+            "val_indices": self.val_indices, "val_true": self.val_true, "val_pred": self.val_pred,
+            "per_class": self.per_class.to_dict(orient="records"), "confusion": self.confusion,
+            "frozen_layers_changed": self.frozen_layers_changed,
+            "findings": [f.to_dict() for f in self.findings], "trainable_params": self.trainable_params,
+            "new_head": self.head.new_head, "head_reason": self.head.reason, "cache_used": self.cache_used,
+            "notes": self.notes, "elapsed_s": self.elapsed_s, "model_path": self.model_path,
+        })
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into train and validation, the same share of every class.
+
+    Args:
+        labels: class index per image.
+        val_fraction: share of each class held out. Defaults to `0.2`.
+        seed: seeds the shuffle. Defaults to `0`.
+
+    Returns:
+        ``(train_idx, val_idx)``, sorted. A class with a single image goes to
+        training; every class with two or more has at least one image in each part.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        else:
+            n_val = 0
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(train).astype(np.int64), cat(val).astype(np.int64)
+
+
+def check_run(loaded, images, config: RunConfig) -> HeadDecision:
+    """Everything that can refuse a run before any training.
+
+    Returns:
+        The head decision.
+
+    Raises:
+        RunRefused: what is wrong and what to do.
+    """
+    config.validate()
+    check_trainable(loaded, config)
+    if len(images) == 0:
+        raise RunRefused("The image set holds no images. Load an image set with one sub-folder per class.")
+    present = np.unique(images.labels)
+    if len(present) < 2:
+        raise RunRefused("Fine-tuning needs images of at least two classes; this image set has "
+                         f"{len(present)}. Add class folders.")
+    if tuple(images.image_size) != tuple(loaded.image_size) or images.images.shape[-1] != loaded.channels:
+        raise RunRefused(f"The images are {images.image_size} × {images.images.shape[-1]} but the model takes "
+                         f"{loaded.image_size} × {loaded.channels}. Decode the image set at the model's input size.")
+    counts = np.bincount(images.labels, minlength=len(images.class_names))
+    if counts[counts > 0].min() < 2:
+        small = [images.class_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
+        raise RunRefused(f"Class(es) {', '.join(small)} have a single image: a validation split needs at least two "
+                         "per class. Add images.")
+    return decide_head(loaded.n_outputs, loaded.class_names, images.class_names, config.new_head)
+
+
+def _optimizer(config: RunConfig, lr: float):
+    import keras
+
+    wd = config.weight_decay or None
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, weight_decay=wd)
+
+
+def tf_preset(x, preset: str):
+    """`tlviz.presets.apply_preset` as TensorFlow ops (for a ``tf.data`` pipeline on ``uint8`` batches)."""
+    import tensorflow as tf
+
+    x = tf.cast(x, tf.float32)
+    if preset == "raw":
+        return x
+    if preset == "unit":
+        return x / 255.0
+    if preset == "tf":
+        return x / 127.5 - 1.0
+    from keras.applications import imagenet_utils
+
+    return imagenet_utils.preprocess_input(x, data_format="channels_last", mode=preset)
+
+
+def _dataset(x, y, batch_size, seed=None, augment=False, preset=None):
+    """Batches of (x, y): shuffled with `seed` (None: in order), normalized with `preset`, then augmented."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if seed is not None:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if preset is not None:
+        ds = ds.map(lambda a, b: (tf_preset(a, preset), b), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        import keras
+
+        aug = keras.Sequential([
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 1),
+        ], name="tlviz_augment")
+        ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class _Stop:
+    def __init__(self):
+        self.reason = None  # "cancelled" / "diverged"
+
+
+def _tracker(run, phase, stop: _Stop):
+    """A Keras callback: progress, cancel after the current batch, divergence, history."""
+    import keras
+
+    class Tracker(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            run.epoch += 1
+            run.batch = 0
+            run.report(phase.name, force=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            run.batch = batch + 1
+            run.batches_done = run.batches_before + (run.epoch - phase.first_epoch) * phase.steps + batch + 1
+            loss = (logs or {}).get("loss")
+            if loss is not None:
+                loss = float(loss)
+                if not math.isfinite(loss) or loss > run.diverge_above:
+                    stop.reason = "diverged"
+                    run.diverged_loss = loss
+                    self.model.stop_training = True
+            if stop.reason is None and run.should_cancel is not None and run.should_cancel():
+                stop.reason = "cancelled"
+                self.model.stop_training = True
+            run.report(phase.name)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            entry = {
+                "epoch": run.epoch, "phase": phase.name,
+                "loss": _f(logs.get("loss")), "accuracy": _f(logs.get("accuracy")),
+                "val_loss": _f(logs.get("val_loss")), "val_accuracy": _f(logs.get("val_accuracy")),
+                "lr": phase.lr, "elapsed_s": round(time.monotonic() - run.t0, 3),
+                "partial": stop.reason is not None and run.batch < phase.steps,
+            }
+            for k in ("loss", "val_loss"):
+                v = entry[k]
+                if stop.reason is None and (v is None or not math.isfinite(v)
+                                            or (k == "loss" and v > run.diverge_above)):
+                    stop.reason = "diverged"
+                    self.model.stop_training = True
+            run.history.append(entry)
+            if run.writer is not None:
+                run.writer.epoch(run.history)
+            run.report(phase.name, force=True)
+
+    return Tracker()
+
+
+def _f(v):
+    if v is None:
+        return None
+    v = float(v)
+    return v
+
+
+@dataclass
+class _Phase:
+    name: str
+    depth: int
+    lr: float
+    epochs: int
+    steps: int = 0
+    first_epoch: int = 0
+
+
+class _Run:
+    """Mutable state of one run in progress (progress reporting and history)."""
+
+    def __init__(self, config, n_train, writer, progress, should_cancel):
+        self.config = config
+        self.t0 = time.monotonic()
+        self.writer = writer
+        self.on_progress = progress
+        self.should_cancel = should_cancel
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.batch = 0
+        self.batches_before = 0
+        self.batches_done = 0
+        self.steps = max(1, math.ceil(n_train / config.batch_size))
+        self.total_batches = self.steps * config.total_epochs
+        self.diverge_above = float("inf")
+        self.diverged_loss = None
+        self.train_started = None
+        self._last = 0.0
+        self.stage = "preparing"
+
+    def report(self, phase: str, force: bool = False, message: str = "") -> None:
+        now = time.monotonic()
+        if not force and now - self._last < PROGRESS_EVERY_S:
+            return
+        self._last = now
+        elapsed = now - self.t0
+        eta = None
+        if self.train_started is not None and self.batches_done > 0:
+            per = (now - self.train_started) / self.batches_done
+            eta = per * max(self.total_batches - self.batches_done, 0)
+        info = {"stage": phase, "epoch": self.epoch, "epochs": self.config.total_epochs, "batch": self.batch,
+                "batches": self.steps, "batches_done": self.batches_done, "total_batches": self.total_batches,
+                "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 1),
+                "message": message, "history": self.history}
+        if self.writer is not None:
+            self.writer.progress(info)
+        if self.on_progress is not None:
+            self.on_progress(info)
+
+
+def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None = None, progress=None,
+                 should_cancel=None, cache: ActivationCache | None = None, image_key: str | None = None,
+                 save: bool | None = None) -> RunResult:
+    """Fine-tune a clone of `loaded` on `images` as `config` says.
+
+    Args:
+        loaded: a `tlviz.models.LoadedModel`; never modified.
+        images: a `tlviz.imagesets.ImageSet` at the model's input size.
+        config: the `RunConfig`.
+        writer: a `RunWriter` to record the run on disk (history every epoch,
+            metrics, weight changes, model.keras, TensorBoard). Defaults to `None`.
+        progress: called with a progress dict (stage, epoch, batch, elapsed,
+            eta, history) at most every 0.5 s and at each epoch. Defaults to `None`.
+        should_cancel: called after every batch (every compiled chunk on
+            cached activations); returning True stops the run cleanly and keeps
+            what was measured. Defaults to `None`.
+        cache: an `ActivationCache` shared between runs (a sweep). Defaults to
+            a fresh one.
+        image_key: a content hash of the image array. Defaults to computing it.
+        save: save ``model.keras`` into the writer's folder. Defaults to `True`
+            when a writer is given.
+
+    Returns:
+        A `RunResult`; a diverged or cancelled run returns normally with that state.
+
+    Raises:
+        RunRefused: the run cannot start (no trainable weights, class count, ...).
+    """
+    import keras
+
+    head = check_run(loaded, images, config)
+    cache = cache if cache is not None else ActivationCache()
+    save = writer is not None if save is None else save
+    try:
+        apply_preset(images.images[:1], config.preset)  # refuse a preset that cannot apply, before any work
+    except ValueError as exc:
+        raise RunRefused(str(exc)) from None
+    u8 = images.images  # the preset is applied batch by batch: no float copy of the whole set
+    y = np.asarray(images.labels, dtype=np.int64)
+    n_classes = len(images.class_names)
+    train_idx, val_idx = stratified_split(y, config.val_fraction, config.seed)
+    vbs = max(config.batch_size, 64)
+    run = _Run(config, len(train_idx), writer, progress, should_cancel)
+    run.report("preparing", force=True, message="building the model")
+
+    keras.utils.set_random_seed(config.seed)
+    built: BuiltModel = build_run_model(loaded, n_classes, config, head)
+    model = built.model
+    notes = list(built.notes)
+    if head.forced or head.new_head:
+        notes.insert(0, head.reason)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=built.from_logits)
+    before = snapshot(model)
+
+    phases = []
+    if config.two_phase:
+        phases.append(_Phase("head", 0, config.head_lr, config.head_epochs))
+    phases.append(_Phase("main", config.unfreeze, config.lr, config.epochs))
+    from tlviz.layers import apply_unfreeze, iter_leaves
+
+    trained_paths: set[str] = set()
+    model_key = loaded.sha256 or weights_key(loaded.model)
+    img_key = image_key or images_key(images.images)
+    stop = _Stop()
+    initial: dict = {}
+    cache_used_any = False
+    last_cut: Cut | None = None
+    last_feats = None
+    tparams = 0
+    for phase in phases:
+        apply_unfreeze(model, phase.depth, train_bn=config.train_bn)
+        tparams = trainable_params(model)
+        if tparams == 0:
+            raise RunRefused("Nothing would train: the model has no layer holding weights in its head or in the "
+                             "unfrozen part of the base. Increase the unfreeze depth.")
+        for leaf in iter_leaves(model):
+            if leaf.layer.trainable and leaf.layer.trainable_weights:
+                trained_paths.add(leaf.path)
+        cut, cut_msg = (None, "cached activations are off for this run")
+        if config.use_cache and not config.augment:
+            cut, cut_msg = find_cut(model)
+        elif config.augment:
+            cut_msg = "augmentation changes the images every epoch, so activations cannot be cached"
+        feats = None
+        if cut is not None:
+            need = cut.bytes_for(len(u8))
+            if not cache.fits(need):
+                notes.append(f"Cached activations at '{cut.name}' would take {need / 2**20:,.0f} MB, over the "
+                             f"{cache.budget / 2**20:,.0f} MB budget (TLVIZ_ACTIVATION_CACHE_MB): training the "
+                             "whole model instead (slower, same results).")
+                cut = None
+            else:
+                key = cache.key(model_key, img_key, config.preset, cut.name)
+                feats = cache.get(key)
+                if feats is None:
+                    run.report("caching", force=True, message=f"computing activations at '{cut.name}' once")
+                    feats = compute_activations(cut.lower, u8, preset=config.preset)
+                    cache.put(key, feats)
+                notes.append(f"Phase '{phase.name}': {cut_msg}.")
+                cache_used_any = True
+        elif config.use_cache:
+            notes.append(f"Phase '{phase.name}': no activation cache ({cut_msg}).")
+        fit_model = cut.upper if cut is not None else model
+        if cut is not None:  # activations are already normalized
+            train_ds = _dataset(feats[train_idx], y[train_idx], config.batch_size, config.seed)
+            val_ds = _dataset(feats[val_idx], y[val_idx], vbs)
+        else:
+            train_ds = _dataset(u8[train_idx], y[train_idx], config.batch_size, config.seed, config.augment,
+                                preset=config.preset)
+            val_ds = _dataset(u8[val_idx], y[val_idx], vbs, preset=config.preset)
+        phase.steps = run.steps
+        phase.first_epoch = run.epoch + 1
+        spe = min(run.steps, CACHED_STEPS_PER_EXECUTION) if cut is not None and _small(cut.upper) else 1
+        fit_model.compile(optimizer=_optimizer(config, phase.lr), loss=loss_fn, metrics=["accuracy"],
+                          steps_per_execution=spe)
+        if not initial:
+            ev = fit_model.evaluate(val_ds, verbose=0, return_dict=True)
+            initial = {"val_loss": _f(ev["loss"]), "val_accuracy": _f(ev["accuracy"])}
+            ref = initial["val_loss"] if initial["val_loss"] is not None and math.isfinite(initial["val_loss"]) \
+                else math.log(n_classes)
+            run.diverge_above = DIVERGE_FACTOR * max(ref, math.log(max(n_classes, 2)))
+        if run.train_started is None:
+            run.train_started = time.monotonic()
+        run.batches_before = run.batches_done
+        fit_model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, verbose=0,
+                      callbacks=[_tracker(run, phase, stop)], shuffle=False)
+        last_cut, last_feats = cut, feats
+        if stop.reason is not None:
+            break
+
+    state = stop.reason or "completed"
+    run.report("evaluating", force=True, message="scoring the validation images")
+    if last_cut is not None:
+        probs = _predict(last_cut.upper, last_feats[val_idx])
+    else:
+        probs = _predict(model, u8[val_idx], preset=config.preset)
+    finite = np.all(np.isfinite(probs), axis=1)
+    pred = np.where(finite, np.argmax(np.nan_to_num(probs, nan=-np.inf), axis=1), -1).astype(np.int64)
+    y_val = y[val_idx]
+    val_acc = float(np.mean(pred == y_val)) if len(y_val) else float("nan")
+    last = run.history[-1] if run.history else {}
+    # Keras validated the final weights at the end of the last (or cancelled) epoch.
+    final = {"loss": last.get("loss"), "accuracy": last.get("accuracy"), "val_loss": last.get("val_loss"),
+             "val_accuracy": val_acc}
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    for t, q in zip(y_val, pred):
+        if q >= 0:
+            confusion[t, q] += 1
+    per_class = pd.DataFrame([
+        {"class": name, "n": int((y_val == i).sum()), "correct": int(((y_val == i) & (pred == i)).sum())}
+        for i, name in enumerate(images.class_names)], columns=["class", "n", "correct"])
+    per_class["accuracy"] = np.where(per_class["n"] > 0, per_class["correct"] / per_class["n"].clip(lower=1), np.nan)
+
+    report = weight_change(before, model, trained_paths)
+    history = pd.DataFrame(run.history, columns=HISTORY_COLUMNS)
+    findings = describe_curves(history, state, chance_level(y_val, n_classes), config, initial)
+    result = RunResult(
+        config=config, state=state, history=history, initial=initial, final=final,
+        class_names=list(images.class_names), val_indices=val_idx, val_true=y_val, val_pred=pred,
+        per_class=per_class, confusion=confusion, weight_change=report,
+        frozen_layers_changed=frozen_changed(report), findings=findings, trainable_params=tparams, head=head,
+        cache_used=cache_used_any, notes=notes, elapsed_s=round(time.monotonic() - run.t0, 3), model=model,
+        run_dir=str(writer.dir) if writer is not None else None,
+    )
+    if writer is not None and save:
+        run.report("saving", force=True, message="saving model.keras")
+        save_model(model, writer.model_path, config.preset, list(images.class_names),
+                   {"finetuned_from": loaded.filename, "run_id": writer.run_id, "state": state})
+        result.model_path = str(writer.model_path)
+    if writer is not None:
+        writer.finish(result.to_metrics(), report)
+    return result
+
+
+def _small(model) -> bool:
+    """A model small enough that Keras's per-step overhead dominates (a head on cached activations)."""
+    return len(model.layers) <= SMALL_MODEL_LAYERS
+
+
+def _predict(model, x: np.ndarray, preset: str | None = None) -> np.ndarray:
+    """Class probabilities (or logits) in inference mode.
+
+    A few thousand images go through eager calls: tracing a predict function
+    for a large network costs more than it saves on a validation set.
+
+    Args:
+        model: the model.
+        x: its input; ``uint8`` images when `preset` is given.
+        preset: applied chunk by chunk. Defaults to `None` (x is ready).
+    """
+    prep = (lambda a: a) if preset is None else (lambda a: apply_preset(a, preset))
+    if len(x) > EAGER_PREDICT_MAX:
+        out = [np.asarray(model.predict(prep(x[i:i + 4096]), batch_size=256, verbose=0), dtype=np.float64)
+               for i in range(0, len(x), 4096)]
+    else:
+        out = [np.asarray(model(prep(x[i:i + 256]), training=False), dtype=np.float64)
+               for i in range(0, len(x), 256)]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def save_model(model, path, preset: str, class_names: list[str], extra: dict | None = None) -> None:
+    """Save a fine-tuned model as ``.keras`` with tlviz metadata (preset, class names) embedded."""
+    from pathlib import Path
+
+    from tlviz.samples import embed_metadata
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    embed_metadata(tmp, {"preset": preset, "class_names": list(class_names), **(extra or {})})
+    tmp.replace(path)
+
+
+def linear_probe(loaded, images, preset: str, *, epochs: int = 10, lr: float = 1e-2, val_fraction: float = 0.2,
+                 seed: int = 0, cache: ActivationCache | None = None) -> RunResult:
+    """Train a fresh softmax head on the frozen base: how separable are the classes?
+
+    A quick measure of how useful the base's features are for these classes
+    (the base is never trained, activations are computed once).
+
+    Args:
+        loaded: the `LoadedModel` (not modified).
+        images: the `ImageSet`.
+        preset: the input normalization.
+        epochs: epochs of head training. Defaults to `10`.
+        lr: Adam learning rate. Defaults to `1e-2`.
+        val_fraction: stratified validation share. Defaults to `0.2`.
+        seed: seed. Defaults to `0`.
+        cache: an `ActivationCache` to reuse. Defaults to a fresh one.
+
+    Returns:
+        A `RunResult` (``final["val_accuracy"]`` is the probe accuracy).
+    """
+    cfg = RunConfig(unfreeze=0, lr=lr, epochs=epochs, preset=preset, val_fraction=val_fraction, seed=seed,
+                    new_head=True, head_dropout=0.0, unfreeze_frozen=True, batch_size=32)
+    return run_finetune(loaded, images, cfg, cache=cache)

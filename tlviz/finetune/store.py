@@ -1,0 +1,370 @@
+"""Runs on disk: one folder per run, readable while it is being written.
+
+Location: ``TLVIZ_RUNS_DIR`` if set, else ``~/.tlviz/runs`` (or
+``./tlviz_runs`` when the home folder is not writable).
+
+A run folder holds:
+
+- ``config.json`` — the `RunConfig`, the model and the image set it ran on (written first);
+- ``status.json`` — ``state`` (queued / running / completed / cancelled /
+  diverged / failed / refused), a message, times, the worker's pid;
+- ``progress.json`` — epoch, batch, elapsed and remaining time (while running);
+- ``history.json`` — per-epoch metrics, rewritten after every epoch;
+- ``metrics.json`` — final metrics, per-class accuracy, confusion matrix,
+  findings (at the end);
+- ``weight_change.csv`` — the weight-change report;
+- ``model.keras`` — the fine-tuned model, with tlviz metadata (preset, class names);
+- ``tb/`` — TensorBoard event files (``tensorboard --logdir <runs dir>``).
+
+A folder that is missing files it should have (a crash, a half-written copy)
+reads as ``failed`` with the reason, never as an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tlviz.errors import TlvizError
+
+ENV_RUNS_DIR = "TLVIZ_RUNS_DIR"
+STATES = ("queued", "running", "completed", "cancelled", "diverged", "failed", "refused")
+FINAL_STATES = ("completed", "cancelled", "diverged", "failed", "refused")
+ACTIVE_STATES = ("queued", "running")
+HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "elapsed_s", "partial"]
+RUN_COLUMNS = [
+    "run_id", "created", "state", "message", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer",
+    "preset", "new_head", "two_phase", "bn", "augment", "head_dropout", "weight_decay", "sweep_id",
+    "best_val_accuracy", "final_val_accuracy", "final_val_loss", "time_s", "model", "images", "cache_used",
+]
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+
+
+def runs_dir(path: str | os.PathLike | None = None) -> Path:
+    """The runs folder (created if needed).
+
+    Args:
+        path: an explicit folder. Defaults to ``TLVIZ_RUNS_DIR``, else
+            ``~/.tlviz/runs``, else ``./tlviz_runs``.
+    """
+    if path is None:
+        path = os.environ.get(ENV_RUNS_DIR) or None
+    candidates = [Path(path).expanduser()] if path else [Path.home() / ".tlviz" / "runs", Path.cwd() / "tlviz_runs"]
+    last_exc = None
+    for p in candidates:
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            if os.access(p, os.W_OK):
+                return p
+        except OSError as exc:
+            last_exc = exc
+    raise TlvizError(f"Cannot write to the runs folder {candidates[0]} ({last_exc}). Set the environment variable "
+                     f"{ENV_RUNS_DIR} to a writable folder.")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id such as ``20250101-120000-123a1b2``."""
+    now = _dt.datetime.now()
+    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}" + secrets.token_hex(2)
+
+
+def check_run_id(run_id: str) -> str:
+    """Refuse ids that are not plain folder names (no paths, no hidden folders)."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise TlvizError(f"{run_id!r} is not a run id. Pick a run from the list.")
+    return run_id
+
+
+def run_path(run_id: str, root: str | os.PathLike | None = None) -> Path:
+    return runs_dir(root) / check_run_id(run_id)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+# -- JSON that survives NaN and numpy ---------------------------------------------
+
+def clean_json(obj):
+    """Make `obj` JSON-safe: numpy to Python, NaN / inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return clean_json(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """Write atomically (temp file + rename), so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(clean_json(obj), indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+# -- writing -------------------------------------------------------------------
+
+class RunWriter:
+    """Writes one run's folder as the run progresses.
+
+    Args:
+        run_dir: the run's folder (created if needed).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+
+    @property
+    def run_id(self) -> str:
+        return self.dir.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / "model.keras"
+
+    def write_config(self, config, model_info: dict | None = None, images_info: dict | None = None) -> None:
+        write_json(self.dir / "config.json", {"run_id": self.run_id, "created": now_iso(), "config": config.to_dict(),
+                                              "model": model_info or {}, "images": images_info or {}})
+
+    def status(self, state: str, message: str = "", **extra) -> None:
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, not {state!r}")
+        old = read_json(self.dir / "status.json", {}) or {}
+        data = {**old, **extra, "state": state, "message": message, "updated": now_iso()}
+        if state == "running" and "started" not in old:
+            data["started"] = now_iso()
+        if state in FINAL_STATES:
+            data["ended"] = now_iso()
+        write_json(self.dir / "status.json", data)
+
+    def progress(self, info: dict) -> None:
+        write_json(self.dir / "progress.json", info)
+
+    def epoch(self, history: list[dict]) -> None:
+        """Record the history so far (after every epoch) and its last entry in TensorBoard."""
+        write_json(self.dir / "history.json", history)
+        if history:
+            self._tensorboard(history[-1])
+
+    def _tensorboard(self, entry: dict) -> None:
+        try:
+            import tensorflow as tf
+
+            if self._tb is None:
+                self._tb = (tf.summary.create_file_writer(str(self.dir / "tb" / "train")),
+                            tf.summary.create_file_writer(str(self.dir / "tb" / "validation")))
+            step = int(entry["epoch"])
+            for writer, prefix in zip(self._tb, ("", "val_")):
+                with writer.as_default():
+                    for name in ("loss", "accuracy"):
+                        v = entry.get(prefix + name)
+                        if v is not None and math.isfinite(float(v)):
+                            tf.summary.scalar(f"epoch_{name}", float(v), step=step)
+                    if prefix == "" and entry.get("lr") is not None:
+                        tf.summary.scalar("learning_rate", float(entry["lr"]), step=step)
+                writer.flush()
+        except Exception:  # TensorBoard files are a convenience; never fail a run for them
+            pass
+
+    def finish(self, metrics: dict, weight_change: pd.DataFrame | None = None) -> None:
+        if weight_change is not None:
+            tmp = self.dir / f".weight_change.{os.getpid()}.tmp"
+            weight_change.to_csv(tmp, index=False)
+            os.replace(tmp, self.dir / "weight_change.csv")
+        write_json(self.dir / "metrics.json", metrics)
+        self.close()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            for w in self._tb:
+                try:
+                    w.close()
+                except Exception:
+                    pass
+            self._tb = None
+
+
+# -- reading -------------------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    """Everything stored about one run (whatever could be read).
+
+    Attributes:
+        run_id / path: where it lives.
+        state / message: from ``status.json``, or ``failed`` with the reason
+            when the folder is incomplete or its worker is gone.
+        config: the stored config dict (``{}`` when unreadable).
+        model / images: what it ran on.
+        history: per-epoch DataFrame (`HISTORY_COLUMNS`).
+        metrics: ``metrics.json`` (``{}`` until the run ends).
+        progress: ``progress.json`` (``{}`` when none).
+        weight_change: the report, or None.
+        status: the raw status dict.
+    """
+
+    run_id: str
+    path: Path
+    state: str
+    message: str
+    config: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HISTORY_COLUMNS))
+    metrics: dict = field(default_factory=dict)
+    progress: dict = field(default_factory=dict)
+    weight_change: pd.DataFrame | None = None
+    status: dict = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def model_path(self) -> Path | None:
+        p = self.path / "model.keras"
+        return p if p.exists() else None
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        if self.history.empty:
+            return None
+        v = pd.to_numeric(self.history["val_accuracy"], errors="coerce")
+        return None if v.isna().all() else float(v.max())
+
+
+def pid_alive(pid) -> bool:
+    """Whether a process with this id runs on this machine (zombies count as dead)."""
+    try:
+        pid = int(pid)
+        os.kill(pid, 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def load_run(run_id: str, root: str | os.PathLike | None = None) -> RunRecord:
+    """Read one run folder; never raises for a damaged folder (it reads as failed).
+
+    Raises:
+        TlvizError: the id is not a run id or no such run exists.
+    """
+    path = run_path(run_id, root)
+    if not path.is_dir():
+        raise TlvizError(f"No run {run_id} in {path.parent}. It may have been deleted; refresh the list.")
+    return _read(path)
+
+
+def _read(path: Path) -> RunRecord:
+    cfg = read_json(path / "config.json")
+    status = read_json(path / "status.json", {}) or {}
+    hist = read_json(path / "history.json", []) or []
+    metrics = read_json(path / "metrics.json", {}) or {}
+    progress = read_json(path / "progress.json", {}) or {}
+    state = status.get("state", "failed")
+    message = status.get("message", "")
+    if not isinstance(cfg, dict) or "config" not in cfg:
+        state, message = "failed", "incomplete run folder: config.json is missing or unreadable"
+        cfg = {}
+    elif not status:
+        state, message = "failed", "incomplete run folder: status.json is missing or unreadable"
+    elif state not in STATES:
+        state, message = "failed", f"unknown state {state!r} in status.json"
+    elif state in ("completed", "diverged") and not metrics:
+        state, message = "failed", "incomplete run folder: metrics.json is missing (the run stopped while saving)"
+    elif state in ACTIVE_STATES and status.get("pid") is not None and not pid_alive(status.get("pid")):
+        state, message = "failed", ("the worker process stopped before the run finished (a crash, or the server "
+                                    "restarted); what was recorded is kept")
+    try:
+        history = pd.DataFrame(hist, columns=HISTORY_COLUMNS) if isinstance(hist, list) else pd.DataFrame(columns=HISTORY_COLUMNS)
+        for c in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "elapsed_s"):
+            history[c] = pd.to_numeric(history[c], errors="coerce")
+    except (ValueError, TypeError):
+        history = pd.DataFrame(columns=HISTORY_COLUMNS)
+    wc = None
+    if (path / "weight_change.csv").exists():
+        try:
+            wc = pd.read_csv(path / "weight_change.csv")
+        except (OSError, ValueError, pd.errors.ParserError):
+            wc = None
+    return RunRecord(run_id=path.name, path=path, state=state, message=message, config=cfg.get("config", {}),
+                     model=cfg.get("model", {}), images=cfg.get("images", {}), history=history, metrics=metrics,
+                     progress=progress, weight_change=wc, status=status, created=cfg.get("created", ""))
+
+
+def list_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """All runs, newest first, one row each (`RUN_COLUMNS`); damaged folders read as failed."""
+    base = runs_dir(root)
+    rows = []
+    for p in sorted(base.iterdir(), reverse=True):
+        if not p.is_dir() or p.name.startswith(".") or not _RUN_ID.match(p.name):
+            continue
+        r = _read(p)
+        c = r.config
+        final = r.metrics.get("final", {}) if r.metrics else {}
+        rows.append({
+            "run_id": r.run_id, "created": r.created, "state": r.state, "message": r.message,
+            "label": c.get("label", ""), "unfreeze": c.get("unfreeze"), "lr": c.get("lr"),
+            "epochs": c.get("epochs"), "batch_size": c.get("batch_size"), "optimizer": c.get("optimizer"),
+            "preset": c.get("preset"), "new_head": r.metrics.get("new_head", c.get("new_head")),
+            "two_phase": c.get("two_phase"), "bn": c.get("bn"), "augment": c.get("augment"),
+            "head_dropout": c.get("head_dropout"), "weight_decay": c.get("weight_decay"),
+            "sweep_id": c.get("sweep_id"), "best_val_accuracy": r.best_val_accuracy,
+            "final_val_accuracy": final.get("val_accuracy"), "final_val_loss": final.get("val_loss"),
+            "time_s": r.metrics.get("elapsed_s", r.history["elapsed_s"].max() if len(r.history) else None),
+            "model": r.model.get("filename", ""), "images": r.images.get("source", ""),
+            "cache_used": r.metrics.get("cache_used"),
+        })
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def delete_run(run_id: str, root: str | os.PathLike | None = None, force: bool = False) -> None:
+    """Delete a run folder.
+
+    Args:
+        run_id: the run.
+        root: the runs folder. Defaults to `runs_dir()`.
+        force: delete even while it is queued or running. Defaults to `False`.
+
+    Raises:
+        TlvizError: unknown run, or a run still in progress without `force`.
+    """
+    path = run_path(run_id, root)
+    if not path.is_dir():
+        raise TlvizError(f"No run {run_id} to delete; it may already be gone.")
+    rec = _read(path)
+    if rec.state in ACTIVE_STATES and not force:
+        raise TlvizError(f"Run {run_id} is still {rec.state}. Cancel it first, then delete it.")
+    shutil.rmtree(path, ignore_errors=True)

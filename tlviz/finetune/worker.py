@@ -1,0 +1,399 @@
+"""Run jobs in a worker process, so the app stays responsive and its memory flat.
+
+A *job* is a queue of runs (one run, or the runs of a sweep) or a
+learning-rate range test. `start_job` / `start_lr_finder` save the inputs
+(the model as ``.keras``, the images as ``.npz``) under the runs folder,
+create the run folders and start a ``multiprocessing`` process with the
+``spawn`` start method (a fresh interpreter: no TensorFlow state is shared
+with the server, and all its memory is returned when it exits). The worker
+writes progress into the run folders; `poll_job` reads it back and
+`cancel_job` drops a flag file that the worker checks after every batch.
+
+Job folders live in ``<runs dir>/.jobs/<job id>/``: ``job.json``,
+``status.json``, ``cancel`` (the flag), ``worker.log`` and, for a range test,
+``progress.json`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tlviz.errors import TlvizError
+from tlviz.finetune.config import RunConfig, RunRefused
+from tlviz.finetune.store import (ACTIVE_STATES, RunRecord, RunWriter, check_run_id, load_run, new_run_id, now_iso,
+                                  pid_alive, read_json, runs_dir, write_json)
+
+JOB_KINDS = ("runs", "lrfind")
+
+# Handles of the worker processes this server started (to reap them and see
+# them die). Keyed by job id; a lock guards it because Streamlit runs one
+# script thread per session.
+_PROCS: dict[str, multiprocessing.Process] = {}
+_PROCS_LOCK = threading.Lock()
+
+
+@dataclass
+class Job:
+    """A started job.
+
+    Attributes:
+        job_id: its id.
+        kind: ``"runs"`` or ``"lrfind"``.
+        run_ids: the run folders it fills, in order (empty for a range test).
+        root: the runs folder.
+    """
+
+    job_id: str
+    kind: str
+    run_ids: list[str]
+    root: str
+
+
+@dataclass
+class JobStatus:
+    """What `poll_job` found.
+
+    Attributes:
+        job_id / kind: the job.
+        state: ``running``, ``done``, ``failed`` or ``cancelled``.
+        message: why it failed, if it did.
+        runs: the `RunRecord` of every run of the job, in order.
+        current: the run in progress (or None).
+        progress: the progress dict of the run (or range test) in progress.
+        result: for a range test, the `LRFinderResult` dict once done.
+    """
+
+    job_id: str
+    kind: str
+    state: str
+    message: str = ""
+    runs: list[RunRecord] = field(default_factory=list)
+    current: RunRecord | None = None
+    progress: dict = field(default_factory=dict)
+    result: dict | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def done_runs(self) -> int:
+        return sum(r.state not in ACTIVE_STATES for r in self.runs)
+
+
+def _jobs_dir(root) -> Path:
+    d = runs_dir(root) / ".jobs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _job_dir(job_id: str, root=None) -> Path:
+    return _jobs_dir(root) / check_run_id(job_id)
+
+
+#: Saved inputs and job folders unused for this many days are removed when a new job starts.
+KEEP_DAYS = 7
+
+
+def tidy(root=None, keep_days: float = KEEP_DAYS) -> int:
+    """Remove saved inputs, cached activations and finished job folders not used for `keep_days`.
+
+    Run folders are never touched. Returns the number of entries removed.
+    """
+    import shutil
+    import time
+
+    base = runs_dir(root)
+    cutoff = time.time() - keep_days * 86400
+    removed = 0
+    for folder in (base / ".inputs", base / ".cache" / "activations"):
+        for p in folder.glob("*") if folder.is_dir() else []:
+            try:
+                if p.is_file() and p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+            except OSError:
+                pass
+    jobs = base / ".jobs"
+    for j in jobs.iterdir() if jobs.is_dir() else []:
+        try:
+            st = read_json(j / "status.json", {}) or {}
+            if j.stat().st_mtime < cutoff and (st.get("state") != "running" or not pid_alive(st.get("pid"))):
+                shutil.rmtree(j, ignore_errors=True)
+                removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def prepare_inputs(loaded, images, root=None) -> dict:
+    """Save the model and the images where a worker can load them (once per content).
+
+    Returns:
+        ``{"model_file", "images_file", "image_key", "model_key"}``.
+    """
+    from tlviz.finetune.cache import images_key, weights_key
+
+    inputs = runs_dir(root) / ".inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    model_key = loaded.sha256 or weights_key(loaded.model)
+    model_file = inputs / f"{model_key[:32]}.keras"
+    if not model_file.exists():
+        tmp = inputs / f".{model_key[:32]}.{os.getpid()}.{threading.get_ident()}.keras"
+        loaded.model.save(tmp)
+        os.replace(tmp, model_file)
+    os.utime(model_file)  # recently used: kept by `tidy`
+    image_key = images_key(images.images)
+    images_file = inputs / f"{image_key}.npz"
+    if not images_file.exists():
+        tmp = inputs / f".{image_key}.{os.getpid()}.{threading.get_ident()}.npz"
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images.images, labels=images.labels,
+                     class_names=np.array(images.class_names, dtype=object).astype(str),
+                     files=np.array(list(images.files), dtype=object).astype(str))
+        os.replace(tmp, images_file)
+    os.utime(images_file)
+    return {"model_file": str(model_file), "images_file": str(images_file), "image_key": image_key,
+            "model_key": model_key}
+
+
+def _model_info(loaded) -> dict:
+    return {"name": loaded.name, "filename": loaded.filename, "sha256": loaded.sha256,
+            "metadata": loaded.metadata}
+
+
+def _images_info(images, image_key) -> dict:
+    return {"source": images.source, "n": len(images), "class_names": list(images.class_names),
+            "image_key": image_key, "resize": images.resize}
+
+
+def start_job(loaded, images, configs: list[RunConfig], *, root=None) -> Job:
+    """Queue one or more runs and start a worker process for them.
+
+    Args:
+        loaded: the `LoadedModel` (only read: saved once under ``.inputs``).
+        images: the `ImageSet`.
+        configs: one `RunConfig` per run, run in this order.
+        root: the runs folder. Defaults to `runs_dir()`.
+
+    Returns:
+        The `Job`; its run folders exist (state ``queued``) when this returns.
+    """
+    if not configs:
+        raise RunRefused("No run to start: give at least one configuration.")
+    for c in configs:
+        c.validate()
+    tidy(root)
+    inputs = prepare_inputs(loaded, images, root)
+    run_ids = []
+    for c in configs:
+        rid = new_run_id()
+        while (runs_dir(root) / rid).exists():
+            rid = new_run_id()
+        w = RunWriter(runs_dir(root) / rid)
+        w.write_config(c, _model_info(loaded), _images_info(images, inputs["image_key"]))
+        w.status("queued", "waiting for the worker")
+        run_ids.append(rid)
+    return _launch("runs", {"run_ids": run_ids, "configs": [c.to_dict() for c in configs]}, loaded, images,
+                   inputs, root)
+
+
+def start_lr_finder(loaded, images, config: RunConfig, *, root=None, steps: int = 100) -> Job:
+    """Start the learning-rate range test for `config` in a worker process."""
+    config.validate()
+    inputs = prepare_inputs(loaded, images, root)
+    return _launch("lrfind", {"run_ids": [], "configs": [config.to_dict()], "steps": int(steps)}, loaded, images,
+                   inputs, root)
+
+
+def _launch(kind, spec, loaded, images, inputs, root) -> Job:
+    job_id = new_run_id()
+    jdir = _job_dir(job_id, root)
+    jdir.mkdir(parents=True)
+    write_json(jdir / "job.json", {"job_id": job_id, "kind": kind, "root": str(runs_dir(root)), "created": now_iso(),
+                                   "model": _model_info(loaded), "images": _images_info(images, inputs["image_key"]),
+                                   **inputs, **spec})
+    write_json(jdir / "status.json", {"state": "running", "message": "starting the worker", "updated": now_iso()})
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=worker_main, args=(str(jdir),), name=f"tlviz-job-{job_id}", daemon=True)
+    proc.start()
+    with _PROCS_LOCK:
+        _PROCS[job_id] = proc
+    status = read_json(jdir / "status.json", {}) or {}
+    if "pid" not in status:
+        status["pid"] = proc.pid
+        write_json(jdir / "status.json", status)
+    for rid in spec["run_ids"]:
+        w = RunWriter(runs_dir(root) / rid)
+        w.status("queued", "waiting for the worker", pid=proc.pid, job_id=job_id)
+    return Job(job_id, kind, list(spec["run_ids"]), str(runs_dir(root)))
+
+
+def cancel_job(job_id: str, root=None) -> None:
+    """Ask a job to stop after the current batch; queued runs are not started."""
+    jdir = _job_dir(job_id, root)
+    if not jdir.is_dir():
+        raise TlvizError(f"No job {job_id}; it may have been cleaned up.")
+    (jdir / "cancel").write_text(now_iso())
+
+
+def _reap():
+    multiprocessing.active_children()  # joins finished children (no zombies)
+    with _PROCS_LOCK:
+        for jid, p in list(_PROCS.items()):
+            if not p.is_alive():
+                p.join(timeout=0)
+                _PROCS.pop(jid, None)
+
+
+def poll_job(job_id: str, root=None) -> JobStatus:
+    """Read a job's state and the progress of its runs from disk (cheap; call it often)."""
+    _reap()
+    jdir = _job_dir(job_id, root)
+    job = read_json(jdir / "job.json")
+    if not isinstance(job, dict):
+        return JobStatus(job_id, "runs", "failed", "the job folder is missing or damaged")
+    status = read_json(jdir / "status.json", {}) or {}
+    state = status.get("state", "failed")
+    message = status.get("message", "")
+    if state == "running" and not _alive(job_id, status.get("pid")):
+        status = read_json(jdir / "status.json", {}) or {}  # it may have just finished
+        state = status.get("state", "failed")
+        if state == "running":
+            state, message = "failed", "the worker process stopped unexpectedly (see worker.log in the job folder)"
+            write_json(jdir / "status.json", {**status, "state": state, "message": message, "updated": now_iso()})
+    runs = []
+    for rid in job.get("run_ids", []):
+        try:
+            runs.append(load_run(rid, job.get("root")))
+        except TlvizError:
+            continue  # deleted meanwhile
+    current = next((r for r in runs if r.state == "running"), None)
+    progress = current.progress if current is not None else (read_json(jdir / "progress.json", {}) or {})
+    result = read_json(jdir / "result.json") if job.get("kind") == "lrfind" else None
+    return JobStatus(job_id, job.get("kind", "runs"), state, message, runs, current, progress, result)
+
+
+def _alive(job_id, pid) -> bool:
+    with _PROCS_LOCK:
+        p = _PROCS.get(job_id)
+    if p is not None:
+        return p.is_alive()
+    return pid_alive(pid)
+
+
+def wait_job(job_id: str, root=None, timeout: float = 600.0, interval: float = 0.5) -> JobStatus:
+    """Poll until the job ends (for scripts and tests)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        st = poll_job(job_id, root)
+        if not st.active or time.monotonic() > deadline:
+            return st
+        time.sleep(interval)
+
+
+# -- the worker process --------------------------------------------------------
+
+def worker_main(job_dir: str) -> None:
+    """Entry point of the worker process: run the job described in ``job.json``."""
+    import logging
+
+    jdir = Path(job_dir)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(filename=str(jdir / "worker.log"), level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("tlviz.worker")
+    job = read_json(jdir / "job.json", {})
+    status = {"state": "running", "pid": os.getpid(), "message": "loading the model", "updated": now_iso()}
+    write_json(jdir / "status.json", status)
+
+    def cancelled() -> bool:
+        return (jdir / "cancel").exists()
+
+    try:
+        import warnings
+
+        warnings.filterwarnings("ignore", module="keras")
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+        loaded, images = _load_inputs(job)
+        from tlviz.finetune.cache import ActivationCache
+
+        cache = ActivationCache(disk_dir=Path(job["root"]) / ".cache" / "activations")
+        if job["kind"] == "lrfind":
+            _run_lrfind(job, jdir, loaded, images, cache, cancelled)
+            final = "cancelled" if cancelled() else "done"
+        else:
+            _run_queue(job, loaded, images, cache, cancelled, log)
+            final = "cancelled" if cancelled() else "done"
+        write_json(jdir / "status.json", {**status, "state": final, "message": "", "updated": now_iso()})
+    except BaseException as exc:  # the worker must always leave a readable state behind
+        log.error("job failed:\n%s", traceback.format_exc())
+        msg = str(exc) if isinstance(exc, TlvizError) else f"{type(exc).__name__}: {exc}"
+        write_json(jdir / "status.json", {**status, "state": "failed", "message": msg, "updated": now_iso()})
+        for rid in job.get("run_ids", []):
+            p = Path(job["root"]) / rid
+            st = read_json(p / "status.json", {}) or {}
+            if st.get("state") in ACTIVE_STATES:
+                RunWriter(p).status("failed", msg, pid=os.getpid())
+
+
+def _load_inputs(job):
+    from tlviz.imagesets import ImageSet
+    from tlviz.models import load_model
+
+    loaded = load_model(job["model_file"], filename=job["model"].get("filename") or None)
+    loaded.metadata = dict(job["model"].get("metadata") or {})
+    loaded.sha256 = job.get("model_key") or loaded.sha256
+    with np.load(job["images_file"], allow_pickle=False) as z:
+        images = ImageSet(images=z["images"], labels=z["labels"].astype(np.int64),
+                          class_names=[str(c) for c in z["class_names"]], files=[str(f) for f in z["files"]],
+                          source=job["images"].get("source", ""), resize=job["images"].get("resize", "bilinear"))
+    return loaded, images
+
+
+def _run_queue(job, loaded, images, cache, cancelled, log):
+    from tlviz.finetune.run import run_finetune
+
+    for rid, cfg_dict in zip(job["run_ids"], job["configs"]):
+        writer = RunWriter(Path(job["root"]) / rid)
+        if not writer.dir.exists() or not (writer.dir / "config.json").exists():
+            continue  # deleted while queued
+        if cancelled():
+            writer.status("cancelled", "cancelled before it started", pid=os.getpid())
+            continue
+        writer.status("running", "", pid=os.getpid())
+        try:
+            cfg = RunConfig.from_dict(cfg_dict)
+            res = run_finetune(loaded, images, cfg, writer=writer, should_cancel=cancelled, cache=cache,
+                               image_key=job.get("image_key"))
+            top = res.findings[0].title if res.findings else ""
+            writer.status(res.state, top, pid=os.getpid())
+            log.info("run %s: %s", rid, res.state)
+        except RunRefused as exc:
+            writer.status("refused", str(exc), pid=os.getpid())
+        except Exception as exc:
+            log.error("run %s failed:\n%s", rid, traceback.format_exc())
+            writer.status("failed", f"{type(exc).__name__}: {exc}", pid=os.getpid())
+        finally:
+            writer.close()
+
+
+def _run_lrfind(job, jdir, loaded, images, cache, cancelled):
+    from tlviz.finetune.lrfinder import lr_range_test
+
+    cfg = RunConfig.from_dict(job["configs"][0])
+    res = lr_range_test(loaded, images, cfg, steps=int(job.get("steps", 100)), should_cancel=cancelled,
+                        progress=lambda info: write_json(jdir / "progress.json", info), cache=cache,
+                        image_key=job.get("image_key"))
+    write_json(jdir / "result.json", res.to_dict())
