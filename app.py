@@ -6,7 +6,10 @@ import streamlit as st
 
 import ui
 
-PAGES_DIR = Path(__file__).parent / "pages"
+# Page scripts live in views/, not pages/: Streamlit still auto-discovers a
+# folder named pages/ when a page URL is opened directly or reloaded, and then
+# runs that page without this router (wrong navigation, no sidebar).
+PAGES_DIR = Path(__file__).parent / "views"
 
 # (file, title, icon, section); a page appears once its file exists.
 PAGES = [

@@ -137,7 +137,7 @@ def page_start() -> None:
     """First call of every page.
 
     The router (app.py) normally initialises state and draws the sidebar. When a
-    page script runs on its own — ``streamlit run pages/x.py``, or Streamlit's
+    page script runs on its own — ``streamlit run views/x.py``, or Streamlit's
     AppTest, which reruns only the current page — this draws them instead.
     """
     if not st.session_state.pop("_shell_drawn", False):

@@ -10,7 +10,7 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = "pages/diagnose.py"
+PAGE = "views/diagnose.py"
 
 
 def _open_page() -> AppTest:

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PAGE = "pages/finetune.py"
+PAGE = "views/finetune.py"
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = "pages/normalization.py"
+PAGE = "views/normalization.py"
 
 
 def _open_page() -> AppTest:

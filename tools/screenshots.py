@@ -26,7 +26,7 @@ def main(only=None) -> None:
         for path, (name, wait_text, extra) in PAGES.items():
             if only and path not in only:
                 continue
-            if path and not (ROOT / "pages" / f"{path}.py").exists():
+            if path and not (ROOT / "views" / f"{path}.py").exists():
                 continue
             page.goto(f"{url}/{path}")
             try:
