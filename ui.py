@@ -122,6 +122,14 @@ def require_images() -> tuple[LoadedModel, ImageSet]:
     return loaded, images
 
 
+def images_key() -> str:
+    """A cache key for the current image set (its source and how it was decoded)."""
+    images = st.session_state.get("images")
+    if images is None:
+        return ""
+    return f"{st.session_state.get('image_source_key')}|{images.image_size}|{len(images)}|{images.resize}"
+
+
 def image_source() -> ImageSource | None:
     return st.session_state.get("image_source")
 

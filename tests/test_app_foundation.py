@@ -5,46 +5,24 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from apptest_helpers import open_app, texts
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 
 
-def _app() -> AppTest:
-    """The app after its first run.
-
-    AppTest reruns only the current page file after the first run (the router's
-    `ui.page_start()` fallback then draws the sidebar), so widget ids change once;
-    a second run makes them stable before a test interacts with them.
-    """
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, at.exception
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [m.value for m in at.caption]
-    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
-    parts += [i.value for i in at.info]
-    return "\n".join(str(p) for p in parts)
-
-
 def test_first_start_shows_sample_model_and_images():
-    at = _app()
+    at = open_app()
     assert at.title[0].value == "Model & images"
     assert at.session_state["model"].name == "digits_base"
     assert len(at.session_state["images"]) > 800
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Outputs"] == "5" and metrics["Classes"] == "5"
-    assert "match the model's 5 outputs" in _texts(at)
+    assert "match the model's 5 outputs" in texts(at)
 
 
 def test_layers_page_with_sample():
-    at = _app()
+    at = open_app()
     at.switch_page("views/layers.py")
     at.run()
     assert not at.exception
@@ -56,7 +34,7 @@ def test_layers_page_with_sample():
 
 
 def test_layers_page_flags_frozen_sample():
-    at = _app()
+    at = open_app()
     at.selectbox(key="model_choice").set_value("digits_frozen.keras")
     at.run()
     assert at.session_state["model"].name == "digits_frozen"
@@ -69,14 +47,14 @@ def test_layers_page_flags_frozen_sample():
 
 
 def test_unfreeze_preview_slider_does_not_change_model():
-    at = _app()
+    at = open_app()
     at.switch_page("views/layers.py")
     at.run()
     before = at.session_state["model"].trainable_params
     at.slider(key="layers_preview_depth").set_value(1)
     at.run()
     assert not at.exception
-    assert "would train" in _texts(at)
+    assert "would train" in texts(at)
     assert at.session_state["model"].trainable_params == before
 
 
@@ -98,7 +76,7 @@ def test_upload_model_and_zip(tmp_path):
                 zf.write(p, f"two/{cls}/{p.name}")
         zf.writestr("two/1/broken.png", b"not a png")
 
-    at = _app()
+    at = open_app()
     at.radio(key="model_kind").set_value("Upload")
     at.run()
     at.file_uploader(key="model_upload").set_value(("up.keras", path.read_bytes(), "application/octet-stream"))
@@ -114,7 +92,7 @@ def test_upload_model_and_zip(tmp_path):
     assert images.class_names == ["0", "1"] and len(images) == 12
     assert images.images.shape[1:] == (20, 20, 3)
     assert len(images.skipped) == 1 and images.skipped[0].file == "1/broken.png"
-    text = _texts(at)
+    text = texts(at)
     assert "Rescaling" in text and "match the model's 2 outputs" in text
     at.switch_page("views/layers.py")
     at.run()
@@ -122,7 +100,7 @@ def test_upload_model_and_zip(tmp_path):
 
 
 def test_refused_upload_keeps_previous_model():
-    at = _app()
+    at = open_app()
     at.radio(key="model_kind").set_value("Upload")
     at.run()
     at.file_uploader(key="model_upload").set_value(("bad.keras", b"garbage bytes", "application/octet-stream"))
@@ -134,7 +112,7 @@ def test_refused_upload_keeps_previous_model():
 
 
 def test_refused_zip_keeps_previous_images():
-    at = _app()
+    at = open_app()
     before = len(at.session_state["images"])
     at.radio(key="images_kind").set_value("Upload .zip")
     at.run()
@@ -154,7 +132,7 @@ def test_server_folder_loads_and_bad_folder_is_explained(tmp_path):
     for cls in ("cat", "dog"):
         for i in range(3):
             write_image(tmp_path / "pets" / cls / f"{i}.png")
-    at = _app()
+    at = open_app()
     at.radio(key="images_kind").set_value("Server folder")
     at.run()
     at.text_input(key="images_folder").set_value(str(tmp_path / "missing"))

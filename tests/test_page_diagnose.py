@@ -7,19 +7,14 @@ from pathlib import Path
 
 import pytest
 from streamlit.delta_generator import DeltaGenerator
+from apptest_helpers import open_page
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = "views/diagnose.py"
 
 
-def _open_page() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def downloads():
 
 @pytest.fixture(scope="module")
 def page(downloads) -> AppTest:
-    return _open_page()
+    return open_page(PAGE)
 
 
 def test_first_visit_runs_on_the_sample_and_ranks_findings(page):
@@ -99,7 +94,7 @@ def test_custom_inference_preset_from_the_normalization_page_is_kept(page):
 
 
 def test_skipped_checks_are_listed_and_frozen_sample_flagged():
-    at = _open_page()
+    at = open_page(PAGE)
     at.selectbox(key="images_choice").set_value("digits_5_9").run()
     assert not at.exception
     report = at.session_state["diagnosis"]
@@ -121,7 +116,7 @@ def test_uploaded_model_waits_for_the_button(tmp_path):
     x = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(4, 3, name="conv")(x))
     keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="head")(x), name="mine").save(
         tmp_path / "mine.keras")
-    at = _open_page()
+    at = open_page(PAGE)
     at.radio(key="model_kind").set_value("Upload").run()
     at.file_uploader(key="model_upload").set_value(
         ("mine.keras", (tmp_path / "mine.keras").read_bytes(), "application/octet-stream")).run()

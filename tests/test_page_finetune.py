@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from apptest_helpers import open_page, texts
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -20,27 +20,7 @@ def runs(tmp_path, monkeypatch):
     return d
 
 
-def _page(images="digits_5_9", model=None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    at.run()
-    if model:
-        at.selectbox(key="model_choice").set_value(model)
-        at.run()
-    if images:
-        at.selectbox(key="images_choice").set_value(images)
-        at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
-
-def _texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [m.value for m in at.caption]
-    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
-    parts += [i.value for i in at.info]
-    return "\n".join(str(p) for p in parts)
 
 
 def _wait(at, timeout=120):
@@ -56,11 +36,11 @@ def _wait(at, timeout=120):
 
 
 def test_page_shows_config_with_defaults_and_no_runs(runs):
-    at = _page()
+    at = open_page(PAGE, images="digits_5_9")
     assert at.title[0].value == "Fine-tuning runs"
     assert at.session_state["ft_preset"] == "tf"  # the model's recorded preset
-    assert "No runs yet" in _texts(at)
-    assert "New head: the model records other class names" in _texts(at)
+    assert "No runs yet" in texts(at)
+    assert "New head: the model records other class names" in texts(at)
     head_box = [c for c in at.checkbox if c.label.startswith("New head")][0]
     assert head_box.value and not head_box.disabled
     # Block boundaries of the sample (block1..block3) drive the depth control.
@@ -73,7 +53,7 @@ def test_page_shows_config_with_defaults_and_no_runs(runs):
 
 
 def test_frozen_sample_refuses_until_user_opts_in(runs):
-    at = _page(model="digits_frozen.keras")
+    at = open_page(PAGE, model="digits_frozen.keras", images="digits_5_9")
     assert any("No trainable weights" in e.value for e in at.error)
     assert at.button(key="ft_start").disabled
     at.checkbox(key="ft_unfreeze_frozen").check()
@@ -82,14 +62,14 @@ def test_frozen_sample_refuses_until_user_opts_in(runs):
 
 
 def test_head_only_run_learns_and_results_show(runs):
-    at = _page()
+    at = open_page(PAGE, images="digits_5_9")
     at.number_input(key="ft_lr").set_value(1e-2)
     at.number_input(key="ft_epochs").set_value(3)
     at.button(key="ft_start").click()
     at.run()
     assert at.session_state["ft_job"] is not None
     _wait(at)
-    text = _texts(at)
+    text = texts(at)
     assert "completed" in text
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["Val accuracy"].rstrip("%")) > 40  # chance is 20 %
@@ -103,14 +83,14 @@ def test_head_only_run_learns_and_results_show(runs):
 
 
 def test_divergent_rate_is_marked_and_runs_compare_and_delete(runs):
-    at = _page()
+    at = open_page(PAGE, images="digits_5_9")
     at.select_slider(key="ft_depth_block").set_value(6)
     at.number_input(key="ft_lr").set_value(1.0)
     at.number_input(key="ft_epochs").set_value(2)
     at.button(key="ft_start").click()
     at.run()
     _wait(at)
-    text = _texts(at)
+    text = texts(at)
     assert "diverged" in text and "The run diverged" in text
     # A second run to compare with.
     at.select_slider(key="ft_depth_block").set_value(0)
@@ -131,11 +111,11 @@ def test_divergent_rate_is_marked_and_runs_compare_and_delete(runs):
 
 
 def test_lr_finder_suggestion_copies_into_config(runs):
-    at = _page()
+    at = open_page(PAGE, images="digits_5_9")
     at.button(key="ft_lrfind").click()
     at.run()
     _wait(at)
-    assert "Suggested learning rate" in _texts(at)
+    assert "Suggested learning rate" in texts(at)
     use = at.button(key="ft_use_lr")
     use.click()
     at.run()
@@ -144,7 +124,7 @@ def test_lr_finder_suggestion_copies_into_config(runs):
 
 
 def test_sweep_fills_heatmap(runs):
-    at = _page()
+    at = open_page(PAGE, images="digits_5_9")
     at.number_input(key="ft_epochs").set_value(1)
     at.multiselect(key="ft_sweep_depths").set_value([0])
     at.multiselect(key="ft_sweep_rates").set_value([1e-3, 1e-2])
@@ -164,11 +144,11 @@ def test_half_written_run_folders_show_as_failed(runs):
     broken = runs / "20240101-000001-000bbbb"
     broken.mkdir()
     (broken / "config.json").write_text('{"config": {"unfreeze": 2, "lr"')  # cut off mid-write
-    at = _page()
+    at = open_page(PAGE, images="digits_5_9")
     assert not at.exception
     states = list(at.dataframe[-1].value["state"])
     assert states == ["failed", "failed"]
-    assert "incomplete run folder" in _texts(at)
+    assert "incomplete run folder" in texts(at)
 
 
 def test_after_a_reload_the_page_can_follow_a_run_in_progress(runs):
@@ -181,12 +161,12 @@ def test_after_a_reload_the_page_can_follow_a_run_in_progress(runs):
     loaded = load_model(sample_path("digits_base.keras"))
     imgs = load_image_set(sample_path("digits_5_9"), loaded.image_size, loaded.channels)
     job = start_job(loaded, imgs, [RunConfig(unfreeze=0, lr=1e-2, epochs=500, preset="tf")])  # "another tab"
-    at = _page()
-    assert "in progress" in _texts(at)
+    at = open_page(PAGE, images="digits_5_9")
+    assert "in progress" in texts(at)
     at.button(key="ft_follow").click()
     at.run()
     assert at.session_state["ft_job"] == job.job_id
     at.button(key="ft_cancel").click()
     at.run()
     _wait(at)
-    assert "cancelled" in _texts(at)
+    assert "cancelled" in texts(at)

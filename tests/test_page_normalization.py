@@ -5,24 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from apptest_helpers import open_page
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = "views/normalization.py"
 
 
-def _open_page() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception
-    return at
+
 
 
 @pytest.fixture(scope="module")
 def page() -> AppTest:
-    return _open_page()
+    return open_page(PAGE)
 
 
 def test_page_ranks_tf_first_and_sets_best_preset(page):
@@ -67,7 +62,7 @@ def test_custom_preset_is_compared_and_bad_values_are_explained(page):
 
 
 def test_mismatched_classes_hide_accuracy():
-    at = _open_page()
+    at = open_page(PAGE)
     at.selectbox(key="images_choice").set_value("digits_5_9").run()
     assert not at.exception
     assert any("accuracy cannot be measured" in i.value for i in at.info)
@@ -79,7 +74,7 @@ def test_mismatched_classes_hide_accuracy():
 
 def test_frozen_sample_model_with_a_nested_base():
     """The fingerprint follows the nested feature extractor of digits_frozen.keras."""
-    at = _open_page()
+    at = open_page(PAGE)
     at.selectbox(key="model_choice").set_value("digits_frozen.keras").run()
     assert not at.exception
     assert any("digits_features/block1_bn" in c.value for c in at.caption)

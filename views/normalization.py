@@ -74,7 +74,7 @@ ui.page_start()
 loaded, images = ui.require_images()
 source = ui.image_source()
 model_key = loaded.sha256 or loaded.name
-images_key = f"{st.session_state.get('image_source_key')}|{images.image_size}|{len(images)}|{images.resize}"
+images_key = ui.images_key()
 
 st.title("Normalization")
 st.caption("Which preprocessing does this model really expect? Each preset, resize method and channel order is "

@@ -1,0 +1,48 @@
+"""Shared helpers for the AppTest page tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+
+
+def open_app(model: str | None = None, images: str | None = None) -> AppTest:
+    """The app after its first runs, optionally with another sample model / image set chosen.
+
+    The first run goes through the router; a second run makes the sidebar's
+    widget ids stable before a test interacts with them.
+    """
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    at.run()
+    assert not at.exception, at.exception
+    if model:
+        at.selectbox(key="model_choice").set_value(model)
+        at.run()
+    if images:
+        at.selectbox(key="images_choice").set_value(images)
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_page(page: str, model: str | None = None, images: str | None = None) -> AppTest:
+    """`open_app`, then switch to `page` (e.g. ``"views/layers.py"``)."""
+    at = open_app(model, images)
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """All markdown, captions and alerts of the last run, as one string."""
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption]
+    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
+    parts += [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
