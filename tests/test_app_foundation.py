@@ -4,7 +4,6 @@ import io
 import zipfile
 from pathlib import Path
 
-import pytest
 from apptest_helpers import open_app, texts
 
 ROOT = Path(__file__).resolve().parent.parent

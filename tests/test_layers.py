@@ -140,7 +140,6 @@ def test_base_sample_is_clean(loaded_base):
 
 
 def test_head_frozen_and_bn_warnings():
-    import keras
 
     model, base = _mobilenet(10)
     model.get_layer("head").trainable = False

@@ -76,7 +76,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -87,6 +86,7 @@ import numpy as np
 from tlviz.errors import TlvizError
 from tlviz.findings import AREAS, SEVERITIES, Finding, sort_findings
 from tlviz.imagesets import RESIZE_DESCRIPTIONS, ImageSet
+from tlviz.jsonsafe import json_safe
 from tlviz.presets import PRESETS, applicable_presets, apply_preset, preset_snippet
 
 AREA_TITLES = {"pretraining": "Pre-training", "finetuning": "Fine-tuning", "inference": "Inference pipeline"}
@@ -172,21 +172,8 @@ class SkippedCheck:
 # -- helpers ----------------------------------------------------------------------
 
 def _jsonable(v):
-    """Evidence values as plain JSON types (numpy scalars/arrays converted, NaN -> None)."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return None if math.isnan(f) or math.isinf(f) else round(f, 6)
-    return v
+    """Evidence values as plain JSON types, floats rounded to 6 digits."""
+    return json_safe(v, digits=6)
 
 
 def _finding(id: str, severity: str, area: str, title: str, evidence: dict, fix: str) -> Finding:

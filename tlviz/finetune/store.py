@@ -32,10 +32,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tlviz.errors import TlvizError
+from tlviz.jsonsafe import json_safe
 
 ENV_RUNS_DIR = "TLVIZ_RUNS_DIR"
 STATES = ("queued", "running", "completed", "cancelled", "diverged", "failed", "refused")
@@ -97,20 +97,7 @@ def now_iso() -> str:
 
 def clean_json(obj):
     """Make `obj` JSON-safe: numpy to Python, NaN / inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return clean_json(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+    return json_safe(obj)
 
 
 def write_json(path: Path, obj) -> None:
