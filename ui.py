@@ -21,6 +21,7 @@ import streamlit as st
 
 from tlviz.errors import ImageSetRefused, ModelRefused
 from tlviz.imagesets import ImageSet, ImageSource, open_source
+from tlviz.layers import layer_table
 from tlviz.models import LoadedModel, load_model, max_model_bytes
 from tlviz.samples import SAMPLE_IMAGE_SETS, SAMPLE_MODELS, sample_path
 
@@ -120,6 +121,16 @@ def require_images() -> tuple[LoadedModel, ImageSet]:
         st.info("Load an image set in the sidebar first (a .zip or a folder with one sub-folder per class).")
         st.stop()
     return loaded, images
+
+
+@st.cache_data(show_spinner="Reading layers…", max_entries=16)
+def _cached_layer_table(model_key: str, _model):
+    return layer_table(_model)
+
+
+def current_layer_table(loaded: LoadedModel):
+    """`tlviz.layers.layer_table` of the loaded model, computed once per model."""
+    return _cached_layer_table(loaded.sha256 or loaded.name, loaded.model)
 
 
 def images_key() -> str:

@@ -23,7 +23,7 @@ from tlviz.finetune.store import ACTIVE_STATES, delete_run, list_runs, load_run,
 from tlviz.finetune.summary import confusion_cell, largest_movers
 from tlviz.finetune.sweep import sweep_configs, sweep_table
 from tlviz.finetune.worker import cancel_job, poll_job, start_job, start_lr_finder
-from tlviz.layers import base_weight_layers, freezing_findings, layer_table, unfreeze_plan
+from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 
 RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
@@ -33,11 +33,6 @@ _BOX = {"error": st.error, "warning": st.warning, "info": st.info}
 _STATE_ICON = {"completed": ":material/check_circle:", "cancelled": ":material/stop_circle:",
                "diverged": ":material/warning:", "failed": ":material/error:", "refused": ":material/block:",
                "running": ":material/hourglass_top:", "queued": ":material/schedule:"}
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _table(sha256: str, _model):
-    return layer_table(_model)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -336,7 +331,7 @@ def _show_run(rec, images, current_images_key: str) -> None:
 
 ui.page_start()
 loaded, images = ui.require_images()
-table = _table(loaded.sha256 or loaded.name, loaded.model)
+table = ui.current_layer_table(loaded)
 current_key = _images_key(str(st.session_state.get("image_source_key")), images.images.shape, images)
 st.session_state.setdefault("ft_job", None)
 

@@ -4,19 +4,14 @@ import streamlit as st
 
 import ui
 from tlviz.charts import params_by_depth
-from tlviz.layers import base_weight_layers, freezing_findings, layer_table, totals, unfreeze_plan
-
-
-@st.cache_data(show_spinner="Reading layers…", max_entries=16)
-def _table(sha256: str, _model):
-    return layer_table(_model)
+from tlviz.layers import base_weight_layers, freezing_findings, totals, unfreeze_plan
 
 
 ui.page_start()
 st.title("Freezing status")
 loaded = ui.require_model()
 model = loaded.model
-table = _table(loaded.sha256, model)
+table = ui.current_layer_table(loaded)
 tot = totals(table)
 
 for f in freezing_findings(model, table):
