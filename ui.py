@@ -10,11 +10,14 @@ Session-state keys (initialised by `init_state`):
 - ``model_error`` / ``images_error``: the last refusal message, shown until the next success.
 - ``best_preset``: the best preset found on the Normalization page (None until run).
 - ``inference_preset``: the preset the user says their inference code uses (default ``unit``).
+- ``workspace``: this browser session's workspace token (see `workspace`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 from pathlib import Path
 
 import streamlit as st
@@ -66,6 +69,7 @@ def init_state() -> None:
     st.session_state.setdefault("keep_model_choice", DEFAULT_MODEL)
     st.session_state.setdefault("keep_images_kind", "Sample")
     st.session_state.setdefault("keep_images_choice", DEFAULT_IMAGES)
+    workspace()
     if st.session_state["model"] is None and st.session_state["model_error"] is None:
         set_model(_load_sample_model(DEFAULT_MODEL))
     if st.session_state["image_source"] is None and st.session_state["images_error"] is None:
@@ -146,6 +150,26 @@ def image_source() -> ImageSource | None:
 
 
 # -- page shell ----------------------------------------------------------------
+
+_WORKSPACE = re.compile(r"^[0-9a-f]{24}$")
+
+
+def workspace() -> str:
+    """This session's workspace token: the owner of the fine-tuning runs it starts.
+
+    Every browser session gets a random token, so people sharing a server never
+    see each other's runs. It is kept in the page's address (``?ws=…``) so a
+    reload or a bookmarked link finds its runs again.
+    """
+    ws = st.session_state.get("workspace")
+    if ws is None:
+        asked = st.query_params.get("ws", "")
+        ws = asked if _WORKSPACE.match(asked) else secrets.token_hex(12)
+        st.session_state["workspace"] = ws
+    if st.query_params.get("ws") != ws:
+        st.query_params["ws"] = ws
+    return ws
+
 
 def mark_shell_drawn() -> None:
     """Called by the router after it has drawn the sidebar for this script run."""

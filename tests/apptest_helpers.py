@@ -10,13 +10,15 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 
 
-def open_app(model: str | None = None, images: str | None = None) -> AppTest:
+def open_app(model: str | None = None, images: str | None = None, query: dict | None = None) -> AppTest:
     """The app after its first runs, optionally with another sample model / image set chosen.
 
     The first run goes through the router; a second run makes the sidebar's
-    widget ids stable before a test interacts with them.
+    widget ids stable before a test interacts with them. `query` sets the
+    page address's query parameters (e.g. ``{"ws": token}`` as after a reload).
     """
     at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update(query or {})
     at.run()
     assert not at.exception, at.exception
     at.run()
@@ -31,9 +33,9 @@ def open_app(model: str | None = None, images: str | None = None) -> AppTest:
     return at
 
 
-def open_page(page: str, model: str | None = None, images: str | None = None) -> AppTest:
+def open_page(page: str, model: str | None = None, images: str | None = None, query: dict | None = None) -> AppTest:
     """`open_app`, then switch to `page` (e.g. ``"views/layers.py"``)."""
-    at = open_app(model, images)
+    at = open_app(model, images, query)
     at.switch_page(page)
     at.run()
     assert not at.exception, at.exception

@@ -160,8 +160,12 @@ def test_after_a_reload_the_page_can_follow_a_run_in_progress(runs):
 
     loaded = load_model(sample_path("digits_base.keras"))
     imgs = load_image_set(sample_path("digits_5_9"), loaded.image_size, loaded.channels)
-    job = start_job(loaded, imgs, [RunConfig(unfreeze=0, lr=1e-2, epochs=500, preset="tf")])  # "another tab"
-    at = open_page(PAGE, images="digits_5_9")
+    ws = "0123456789abcdef01234567"  # the workspace token kept in the page's address
+    job = start_job(loaded, imgs, [RunConfig(unfreeze=0, lr=1e-2, epochs=500, preset="tf")], owner=ws)
+    other = open_page(PAGE, images="digits_5_9")  # another person's session: not theirs to see
+    assert "in progress" not in texts(other) and "No runs yet" in texts(other)
+    at = open_page(PAGE, images="digits_5_9", query={"ws": ws})  # the same person after a reload
+    assert at.session_state["workspace"] == ws
     assert "in progress" in texts(at)
     at.button(key="ft_follow").click()
     at.run()

@@ -179,9 +179,9 @@ def _config(loaded, images, table) -> RunConfig | None:
 def _start(kind: str, loaded, images, config, configs=None) -> None:
     try:
         if kind == "lrfind":
-            job = start_lr_finder(loaded, images, config)
+            job = start_lr_finder(loaded, images, config, owner=ui.workspace())
         else:
-            job = start_job(loaded, images, configs or [config])
+            job = start_job(loaded, images, configs or [config], owner=ui.workspace())
     except TlvizError as exc:
         st.error(str(exc), icon=":material/block:")
         return
@@ -226,7 +226,7 @@ def _job_panel() -> None:
                     st.altair_chart(charts.curves_chart(cur.history))
             sweep_ids = {r.config.get("sweep_id") for r in status.runs} - {None}
             if len(sweep_ids) == 1:
-                table = sweep_table(list_runs(), sweep_ids.pop())
+                table = sweep_table(list_runs(owner=ui.workspace()), sweep_ids.pop())
                 if len(table):
                     st.altair_chart(charts.sweep_heatmap(table))
         st.button("Cancel", key="ft_cancel", icon=":material/stop:", on_click=cancel_job, args=(job_id,),
@@ -384,10 +384,10 @@ if lr_result:
             st.button(f"Use {res.suggestion:.1e} as the learning rate", key="ft_use_lr", on_click=_set_lr,
                       args=(res.suggestion,))
 
-runs = list_runs()
+runs = list_runs(owner=ui.workspace())
 active = runs[runs["state"].isin(ACTIVE_STATES)]
 if len(active) and not st.session_state.get("ft_job"):
-    job_ids = sorted({load_run(r).status.get("job_id") for r in active["run_id"]} - {None})
+    job_ids = sorted({load_run(r, owner=ui.workspace()).status.get("job_id") for r in active["run_id"]} - {None})
     st.info(f"{len(active)} run(s) in progress (started before a reload, or in another tab).",
             icon=":material/hourglass_top:")
     if job_ids and st.button("Follow the runs in progress", key="ft_follow"):
@@ -408,14 +408,15 @@ if st.session_state.get("ft_show_run") not in ids:
     st.session_state["ft_show_run"] = ids[0]
 show = st.selectbox("Run", ids, format_func=labels.get, key="ft_show_run")
 try:
-    _show_run(load_run(show), images, current_key)
+    _show_run(load_run(show, owner=ui.workspace()), images, current_key)
 except TlvizError as exc:
     st.warning(str(exc))
 
 st.divider()
 st.subheader("All runs")
-st.caption(f"Stored in `{runs_dir()}` (set `TLVIZ_RUNS_DIR` to move it). Open them in TensorBoard with "
-           f"`tensorboard --logdir {runs_dir()}`.")
+st.caption(f"Only the runs started in this browser session are listed; the page's address (`?ws=…`) keeps them "
+           f"across reloads, so share it only with people who may see them. Stored in `{runs_dir()}` (set "
+           f"`TLVIZ_RUNS_DIR` to move it). Open them in TensorBoard with `tensorboard --logdir {runs_dir()}`.")
 view = runs[["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset", "new_head",
              "two_phase", "bn", "augment", "best_val_accuracy", "final_val_accuracy", "time_s", "model", "images"]]
 st.dataframe(view, hide_index=True, key="ft_runs_table", column_config={
@@ -434,7 +435,7 @@ compare = st.multiselect("Overlay the curves of", ids, format_func=labels.get, k
 histories = {}
 for rid in compare:
     try:
-        histories[labels[rid]] = load_run(rid).history
+        histories[labels[rid]] = load_run(rid, owner=ui.workspace()).history
     except TlvizError:
         continue
 if histories:
@@ -446,7 +447,7 @@ with st.expander("Delete runs"):
         errors = []
         for rid in doomed:
             try:
-                delete_run(rid)
+                delete_run(rid, owner=ui.workspace())
             except TlvizError as exc:
                 errors.append(str(exc))
         for e in errors:

@@ -5,7 +5,8 @@ Location: ``TLVIZ_RUNS_DIR`` if set, else ``~/.tlviz/runs`` (or
 
 A run folder holds:
 
-- ``config.json`` — the `RunConfig`, the model and the image set it ran on (written first);
+- ``config.json`` — the `RunConfig`, the model and the image set it ran on, and the
+  workspace (``owner``) that started it (written first);
 - ``status.json`` — ``state`` (queued / running / completed / cancelled /
   diverged / failed / refused), a message, times, the worker's pid;
 - ``progress.json`` — epoch, batch, elapsed and remaining time (while running);
@@ -18,6 +19,12 @@ A run folder holds:
 
 A folder that is missing files it should have (a crash, a half-written copy)
 reads as ``failed`` with the reason, never as an error.
+
+Workspaces: the app gives every browser session a workspace token and lists,
+opens and deletes only the runs whose ``owner`` is that token, so people
+sharing one server never see each other's runs. Runs started without an
+owner (the CLI, scripts) have ``owner`` None and are listed only when no
+owner is asked for.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ RUN_COLUMNS = [
     "run_id", "created", "state", "message", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer",
     "preset", "new_head", "two_phase", "bn", "augment", "head_dropout", "weight_decay", "sweep_id",
     "best_val_accuracy", "final_val_accuracy", "final_val_loss", "time_s", "model", "images", "cache_used",
+    "owner",
 ]
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
@@ -136,9 +144,11 @@ class RunWriter:
     def model_path(self) -> Path:
         return self.dir / "model.keras"
 
-    def write_config(self, config, model_info: dict | None = None, images_info: dict | None = None) -> None:
+    def write_config(self, config, model_info: dict | None = None, images_info: dict | None = None,
+                     owner: str | None = None) -> None:
         write_json(self.dir / "config.json", {"run_id": self.run_id, "created": now_iso(), "config": config.to_dict(),
-                                              "model": model_info or {}, "images": images_info or {}})
+                                              "model": model_info or {}, "images": images_info or {},
+                                              "owner": owner})
 
     def status(self, state: str, message: str = "", **extra) -> None:
         if state not in STATES:
@@ -215,6 +225,8 @@ class RunRecord:
         progress: ``progress.json`` (``{}`` when none).
         weight_change: the report, or None.
         status: the raw status dict.
+        created: when it was queued (ISO time).
+        owner: the workspace that started it (None: the CLI or a script).
     """
 
     run_id: str
@@ -230,6 +242,7 @@ class RunRecord:
     weight_change: pd.DataFrame | None = None
     status: dict = field(default_factory=dict)
     created: str = ""
+    owner: str | None = None
 
     @property
     def model_path(self) -> Path | None:
@@ -262,16 +275,24 @@ def pid_alive(pid) -> bool:
         return True
 
 
-def load_run(run_id: str, root: str | os.PathLike | None = None) -> RunRecord:
+def load_run(run_id: str, root: str | os.PathLike | None = None, owner: str | None = None) -> RunRecord:
     """Read one run folder; never raises for a damaged folder (it reads as failed).
 
+    Args:
+        run_id: the run.
+        root: the runs folder. Defaults to `runs_dir()`.
+        owner: when given, only a run of this workspace is returned.
+
     Raises:
-        TlvizError: the id is not a run id or no such run exists.
+        TlvizError: the id is not a run id, no such run exists, or it belongs to another workspace.
     """
     path = run_path(run_id, root)
     if not path.is_dir():
         raise TlvizError(f"No run {run_id} in {path.parent}. It may have been deleted; refresh the list.")
-    return _read(path)
+    rec = _read(path)
+    if owner is not None and rec.owner != owner:
+        raise TlvizError(f"Run {run_id} was started in another session; only that session can open it.")
+    return rec
 
 
 def _read(path: Path) -> RunRecord:
@@ -308,17 +329,25 @@ def _read(path: Path) -> RunRecord:
             wc = None
     return RunRecord(run_id=path.name, path=path, state=state, message=message, config=cfg.get("config", {}),
                      model=cfg.get("model", {}), images=cfg.get("images", {}), history=history, metrics=metrics,
-                     progress=progress, weight_change=wc, status=status, created=cfg.get("created", ""))
+                     progress=progress, weight_change=wc, status=status, created=cfg.get("created", ""),
+                     owner=cfg.get("owner"))
 
 
-def list_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """All runs, newest first, one row each (`RUN_COLUMNS`); damaged folders read as failed."""
+def list_runs(root: str | os.PathLike | None = None, owner: str | None = None) -> pd.DataFrame:
+    """Runs, newest first, one row each (`RUN_COLUMNS`); damaged folders read as failed.
+
+    Args:
+        root: the runs folder. Defaults to `runs_dir()`.
+        owner: when given, only the runs of this workspace. Defaults to all runs.
+    """
     base = runs_dir(root)
     rows = []
     for p in sorted(base.iterdir(), reverse=True):
         if not p.is_dir() or p.name.startswith(".") or not _RUN_ID.match(p.name):
             continue
         r = _read(p)
+        if owner is not None and r.owner != owner:
+            continue
         c = r.config
         final = r.metrics.get("final", {}) if r.metrics else {}
         rows.append({
@@ -332,26 +361,30 @@ def list_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
             "final_val_accuracy": final.get("val_accuracy"), "final_val_loss": final.get("val_loss"),
             "time_s": r.metrics.get("elapsed_s", r.history["elapsed_s"].max() if len(r.history) else None),
             "model": r.model.get("filename", ""), "images": r.images.get("source", ""),
-            "cache_used": r.metrics.get("cache_used"),
+            "cache_used": r.metrics.get("cache_used"), "owner": r.owner,
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def delete_run(run_id: str, root: str | os.PathLike | None = None, force: bool = False) -> None:
+def delete_run(run_id: str, root: str | os.PathLike | None = None, force: bool = False,
+               owner: str | None = None) -> None:
     """Delete a run folder.
 
     Args:
         run_id: the run.
         root: the runs folder. Defaults to `runs_dir()`.
         force: delete even while it is queued or running. Defaults to `False`.
+        owner: when given, only a run of this workspace may be deleted.
 
     Raises:
-        TlvizError: unknown run, or a run still in progress without `force`.
+        TlvizError: unknown run, another workspace's run, or a run still in progress without `force`.
     """
     path = run_path(run_id, root)
     if not path.is_dir():
         raise TlvizError(f"No run {run_id} to delete; it may already be gone.")
     rec = _read(path)
+    if owner is not None and rec.owner != owner:
+        raise TlvizError(f"Run {run_id} was started in another session; only that session can delete it.")
     if rec.state in ACTIVE_STATES and not force:
         raise TlvizError(f"Run {run_id} is still {rec.state}. Cancel it first, then delete it.")
     shutil.rmtree(path, ignore_errors=True)

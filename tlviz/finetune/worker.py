@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -36,7 +37,11 @@ JOB_KINDS = ("runs", "lrfind")
 # them die). Keyed by job id; a lock guards it because Streamlit runs one
 # script thread per session.
 _PROCS: dict[str, multiprocessing.Process] = {}
+# Exit codes of reaped workers, so a death can be explained after the handle is gone.
+_EXITCODES: dict[str, int | None] = {}
 _PROCS_LOCK = threading.Lock()
+# Sessions may save the same shared model at once; one writer per inputs folder.
+_INPUTS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -139,6 +144,11 @@ def prepare_inputs(loaded, images, root=None) -> dict:
     Returns:
         ``{"model_file", "images_file", "image_key", "model_key"}``.
     """
+    with _INPUTS_LOCK:
+        return _prepare_inputs(loaded, images, root)
+
+
+def _prepare_inputs(loaded, images, root) -> dict:
     from tlviz.finetune.cache import images_key, weights_key
 
     inputs = runs_dir(root) / ".inputs"
@@ -174,7 +184,7 @@ def _images_info(images, image_key) -> dict:
             "image_key": image_key, "resize": images.resize}
 
 
-def start_job(loaded, images, configs: list[RunConfig], *, root=None) -> Job:
+def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str | None = None) -> Job:
     """Queue one or more runs and start a worker process for them.
 
     Args:
@@ -182,6 +192,7 @@ def start_job(loaded, images, configs: list[RunConfig], *, root=None) -> Job:
         images: the `ImageSet`.
         configs: one `RunConfig` per run, run in this order.
         root: the runs folder. Defaults to `runs_dir()`.
+        owner: the workspace starting it (the app's session token); recorded in every run.
 
     Returns:
         The `Job`; its run folders exist (state ``queued``) when this returns.
@@ -198,19 +209,20 @@ def start_job(loaded, images, configs: list[RunConfig], *, root=None) -> Job:
         while (runs_dir(root) / rid).exists():
             rid = new_run_id()
         w = RunWriter(runs_dir(root) / rid)
-        w.write_config(c, _model_info(loaded), _images_info(images, inputs["image_key"]))
+        w.write_config(c, _model_info(loaded), _images_info(images, inputs["image_key"]), owner=owner)
         w.status("queued", "waiting for the worker")
         run_ids.append(rid)
-    return _launch("runs", {"run_ids": run_ids, "configs": [c.to_dict() for c in configs]}, loaded, images,
-                   inputs, root)
+    return _launch("runs", {"run_ids": run_ids, "configs": [c.to_dict() for c in configs], "owner": owner},
+                   loaded, images, inputs, root)
 
 
-def start_lr_finder(loaded, images, config: RunConfig, *, root=None, steps: int = 100) -> Job:
+def start_lr_finder(loaded, images, config: RunConfig, *, root=None, steps: int = 100,
+                    owner: str | None = None) -> Job:
     """Start the learning-rate range test for `config` in a worker process."""
     config.validate()
     inputs = prepare_inputs(loaded, images, root)
-    return _launch("lrfind", {"run_ids": [], "configs": [config.to_dict()], "steps": int(steps)}, loaded, images,
-                   inputs, root)
+    return _launch("lrfind", {"run_ids": [], "configs": [config.to_dict()], "steps": int(steps), "owner": owner},
+                   loaded, images, inputs, root)
 
 
 def _launch(kind, spec, loaded, images, inputs, root) -> Job:
@@ -250,6 +262,7 @@ def _reap():
         for jid, p in list(_PROCS.items()):
             if not p.is_alive():
                 p.join(timeout=0)
+                _EXITCODES[jid] = p.exitcode
                 _PROCS.pop(jid, None)
 
 
@@ -267,8 +280,9 @@ def poll_job(job_id: str, root=None) -> JobStatus:
         status = read_json(jdir / "status.json", {}) or {}  # it may have just finished
         state = status.get("state", "failed")
         if state == "running":
-            state, message = "failed", "the worker process stopped unexpectedly (see worker.log in the job folder)"
+            state, message = "failed", death_reason(_exitcode(job_id))
             write_json(jdir / "status.json", {**status, "state": state, "message": message, "updated": now_iso()})
+            _fail_active_runs(job, message)
     runs = []
     for rid in job.get("run_ids", []):
         try:
@@ -279,6 +293,44 @@ def poll_job(job_id: str, root=None) -> JobStatus:
     progress = current.progress if current is not None else (read_json(jdir / "progress.json", {}) or {})
     result = read_json(jdir / "result.json") if job.get("kind") == "lrfind" else None
     return JobStatus(job_id, job.get("kind", "runs"), state, message, runs, current, progress, result)
+
+
+def death_reason(exitcode: int | None) -> str:
+    """Why a worker that stopped without recording an end most likely stopped.
+
+    Args:
+        exitcode: the process's exit code (negative: killed by that signal), or
+            None when this server did not start it (e.g. after a restart).
+    """
+    tail = ("Earlier runs are kept; start the run again (with a smaller batch size or fewer images if memory "
+            "was short).")
+    if exitcode is None:
+        return "the worker process stopped unexpectedly (a crash, or the server restarted). " + tail
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if -exitcode == signal.SIGKILL:
+            return (f"the worker process was killed ({name}): most often the machine ran out of memory and the "
+                    "system stopped it, or someone stopped it by hand. " + tail)
+        return f"the worker process was stopped by {name}. " + tail
+    return f"the worker process exited with code {exitcode} before the run finished (see worker.log). " + tail
+
+
+def _exitcode(job_id: str) -> int | None:
+    _reap()
+    with _PROCS_LOCK:
+        return _EXITCODES.get(job_id)
+
+
+def _fail_active_runs(job: dict, message: str) -> None:
+    """Mark the job's queued and running runs as failed with `message` (what they recorded is kept)."""
+    for rid in job.get("run_ids", []):
+        path = Path(job.get("root") or runs_dir()) / rid
+        status = read_json(path / "status.json", {}) or {}
+        if path.is_dir() and status.get("state") in ACTIVE_STATES:
+            RunWriter(path).status("failed", message)
 
 
 def _alive(job_id, pid) -> bool:

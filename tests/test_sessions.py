@@ -1,0 +1,147 @@
+"""Many users on one server: separate sessions, a worker that dies, the shared model cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+
+import pytest
+from apptest_helpers import open_page, texts
+
+from tlviz.finetune.store import list_runs, load_run
+from tlviz.finetune.worker import death_reason
+
+PAGE = "views/finetune.py"
+
+
+@pytest.fixture()
+def runs(tmp_path, monkeypatch):
+    d = tmp_path / "runs"
+    monkeypatch.setenv("TLVIZ_RUNS_DIR", str(d))
+    return d
+
+
+def weights_hash(model) -> str:
+    h = hashlib.sha256()
+    for w in model.weights:  # trainable and not (BatchNormalization statistics too)
+        h.update(w.path.encode())
+        h.update(w.numpy().tobytes())
+    return h.hexdigest()
+
+
+def start(at, lr=1e-2, epochs=2):
+    at.select_slider(key="ft_depth_block").set_value(0)
+    at.number_input(key="ft_lr").set_value(lr)
+    at.number_input(key="ft_epochs").set_value(epochs)
+    at.button(key="ft_start").click()
+    at.run()
+    assert not at.exception, at.exception
+    job = at.session_state["ft_job"]
+    assert job is not None, texts(at)
+    return job
+
+
+def wait(*sessions, timeout=180):
+    deadline = time.monotonic() + timeout
+    pending = list(sessions)
+    while pending:
+        assert time.monotonic() < deadline, "a job did not finish"
+        time.sleep(0.5)
+        for at in list(pending):
+            at.run()
+            assert not at.exception, at.exception
+            if at.session_state["ft_job"] is None:
+                at.run()
+                pending.remove(at)
+
+
+def test_two_sessions_fine_tune_side_by_side_without_seeing_each_other(runs):
+    a = open_page(PAGE, images="digits_5_9")
+    b = open_page(PAGE, images="digits_0_4")
+    model_a, model_b = a.session_state["model"], b.session_state["model"]
+    assert model_a.model is model_b.model, "the sample should be one cached model shared by both sessions"
+    before = weights_hash(model_a.model)
+    assert a.session_state["workspace"] != b.session_state["workspace"]
+
+    start(a)
+    start(b, lr=3e-3)  # both workers run at the same time
+    wait(a, b)
+
+    ws_a, ws_b = a.session_state["workspace"], b.session_state["workspace"]
+    runs_a, runs_b = list_runs(owner=ws_a), list_runs(owner=ws_b)
+    assert len(runs_a) == 1 and len(runs_b) == 1
+    assert set(runs_a["state"]) == {"completed"} and set(runs_b["state"]) == {"completed"}
+    assert runs_a["lr"].iloc[0] == pytest.approx(1e-2) and runs_b["lr"].iloc[0] == pytest.approx(3e-3)
+    # Each session's own run on its own images; the other's is not listed on its page.
+    assert load_run(runs_a["run_id"].iloc[0]).images["class_names"] == ["5", "6", "7", "8", "9"]
+    assert load_run(runs_b["run_id"].iloc[0]).images["class_names"] == ["0", "1", "2", "3", "4"]
+    (shown_a,), (shown_b,) = a.selectbox(key="ft_show_run").options, b.selectbox(key="ft_show_run").options
+    assert shown_a.startswith(runs_a["run_id"].iloc[0]) and shown_b.startswith(runs_b["run_id"].iloc[0])
+    # Neither session can open or delete the other's run, even by id.
+    from tlviz.errors import TlvizError
+    from tlviz.finetune.store import delete_run
+    with pytest.raises(TlvizError, match="another session"):
+        load_run(runs_b["run_id"].iloc[0], owner=ws_a)
+    with pytest.raises(TlvizError, match="another session"):
+        delete_run(runs_b["run_id"].iloc[0], owner=ws_a)
+
+    # The shared model was never trained in place.
+    assert weights_hash(model_a.model) == before
+    assert all(layer.trainable == layer2.trainable for layer, layer2 in zip(model_a.model.layers,
+                                                                           model_b.model.layers))
+
+    # One session changing its model and images leaves the other's alone.
+    b.selectbox(key="model_choice").set_value("digits_frozen.keras")
+    b.run()
+    a.run()
+    assert b.session_state["model"].name == "digits_frozen"
+    assert a.session_state["model"].name == "digits_base"
+    assert a.session_state["images"].class_names == ["5", "6", "7", "8", "9"]
+    assert b.session_state["images"].class_names == ["0", "1", "2", "3", "4"]
+
+
+def _running_pid(run_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = load_run(run_id)
+        if rec.state == "running" and rec.status.get("pid"):
+            return int(rec.status["pid"])
+        assert rec.state in ("queued", "running"), rec.message
+        time.sleep(0.3)
+    raise AssertionError("the run never started")
+
+
+def test_killed_worker_is_reported_and_the_next_run_works(runs):
+    at = open_page(PAGE, images="digits_5_9")
+    other = open_page(PAGE, images="digits_0_4")  # another user on the same server
+    start(at, epochs=500)
+    run_id = list_runs(owner=at.session_state["workspace"])["run_id"].iloc[0]
+    pid = _running_pid(run_id)
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)  # what the out-of-memory killer does
+    wait(at)
+    text = texts(at)
+    assert "killed (SIGKILL)" in text and "ran out of memory" in text
+    rec = load_run(run_id)
+    assert rec.state == "failed" and "SIGKILL" in rec.message
+
+    # The other session is unaffected and the next run in the same session works.
+    other.run()
+    assert not other.exception
+    start(at, epochs=2)
+    wait(at)
+    df = list_runs(owner=at.session_state["workspace"])
+    assert list(df["state"]) == ["completed", "failed"]  # newest first; the failed run is kept
+
+
+@pytest.mark.parametrize("code, words", [
+    (-signal.SIGKILL, "ran out of memory"),
+    (-signal.SIGTERM, "SIGTERM"),
+    (3, "exited with code 3"),
+    (None, "server restarted"),
+])
+def test_death_reasons_say_what_happened_and_what_to_do(code, words):
+    msg = death_reason(code)
+    assert words in msg and "start the run again" in msg
