@@ -205,6 +205,18 @@ def _keep(key: str) -> None:
     st.session_state["keep_" + key] = st.session_state[key]
 
 
+def _upload_mb() -> int:
+    """Streamlit's per-file upload limit (``server.maxUploadSize``, MB)."""
+    return int(st.get_option("server.maxUploadSize"))
+
+
+def _upload_limit_note() -> None:
+    model_mb = max_model_bytes() // 2**20
+    if _upload_mb() < model_mb:
+        st.caption(f"TLVIZ_MAX_MODEL_MB allows {model_mb} MB but the server accepts uploads up to {_upload_mb()} MB: "
+                   f"start it with `--server.maxUploadSize {model_mb}` to upload larger models.")
+
+
 def sidebar() -> None:
     """Model and image-set pickers plus a one-line summary of what is loaded."""
     with st.sidebar:
@@ -218,8 +230,9 @@ def sidebar() -> None:
             if loaded is None or loaded.filename != choice:
                 set_model(_load_sample_model(choice))
         else:
-            up = st.file_uploader(f"Keras model (.keras or .h5, up to {max_model_bytes() // 2**20} MB)",
+            up = st.file_uploader(f"Keras model (.keras or .h5, up to {min(max_model_bytes() // 2**20, _upload_mb())} MB)",
                                   type=["keras", "h5", "hdf5", "zip", "pb"], key="model_upload")
+            _upload_limit_note()
             if up is not None and st.session_state.get("_model_upload_id") != up.file_id:
                 st.session_state["_model_upload_id"] = up.file_id
                 try:
@@ -241,7 +254,7 @@ def sidebar() -> None:
             if st.session_state.get("image_source_key") != f"sample:{ichoice}":
                 set_image_source(open_source(sample_path(ichoice)), f"sample:{ichoice}")
         elif ikind == "Upload .zip":
-            up = st.file_uploader("Zip of class folders", type=["zip"], key="images_upload")
+            up = st.file_uploader(f"Zip of class folders (up to {_upload_mb()} MB)", type=["zip"], key="images_upload")
             if up is not None and st.session_state.get("_images_upload_id") != up.file_id:
                 st.session_state["_images_upload_id"] = up.file_id
                 data = up.getvalue()

@@ -25,11 +25,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(env: dict | None = None, timeout: float = 90):
-    """Start `streamlit run app.py` on a free port; yield its base URL."""
+    """Start `streamlit run app.py` on a free port; yield its base URL.
+
+    Only the port and address are given on the command line: every other
+    setting comes from the project's ``.streamlit/config.toml``, as in use.
+    """
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+           "--server.port", str(port), "--server.address", "127.0.0.1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -52,6 +55,24 @@ def streamlit_server(env: dict | None = None, timeout: float = 90):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def screenshot_dir() -> Path:
+    """Where the browser tests save their screenshots: ``TLVIZ_SCREENSHOT_DIR``, else a temp folder.
+
+    ``python tools/screenshots.py`` points it at ``docs/`` so the README's
+    page tour shows exactly what the tests saw.
+    """
+    d = Path(os.environ.get("TLVIZ_SCREENSHOT_DIR") or Path(os.environ.get("TMPDIR", "/tmp")) / "tlviz_screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def save_screenshot(page, name: str) -> Path:
+    """Save a PNG of the visible page as `name` in `screenshot_dir()`."""
+    path = screenshot_dir() / name
+    page.screenshot(path=str(path), full_page=False)
+    return path
 
 
 @contextlib.contextmanager

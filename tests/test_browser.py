@@ -1,50 +1,187 @@
-"""End to end in a real browser: the served app shows the sample and reacts to the sidebar."""
+"""End to end in a real browser (Debian's Chromium driven by Playwright) against a served app.
 
+One server is started for the module on a free localhost port with the project's
+`.streamlit/config.toml`; each test opens its own page, i.e. its own session.
+Every test saves a screenshot (see `browser.screenshot_dir`); the README's page
+tour is made from them by ``python tools/screenshots.py``.
+"""
+
+from __future__ import annotations
+
+import io
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
 
 import pytest
 
-from browser import CHROMIUM, browser_page, streamlit_server
+from browser import CHROMIUM, browser_page, save_screenshot, streamlit_server
 
 pytestmark = pytest.mark.browser
 
 if not os.path.exists(CHROMIUM):  # CI installs it; say loudly why it did not run elsewhere
     pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
 
+# page title in the navigation -> (url path, text that shows the page finished, screenshot name)
+PAGES = {
+    "Model & images": ("", "5 classes match the model's 5 outputs", "overview.png"),
+    "Freezing status": ("layers", "Preview: unfreeze", "layers.png"),
+    "Fine-tuning runs": ("finetune", "No runs yet", None),  # its screenshot shows a finished run (below)
+    "Normalization": ("normalization", "Best setting", "normalization.png"),
+    "Diagnose": ("diagnose", "Checks skipped", "diagnose.png"),
+}
 
-def test_sample_loaded_and_frozen_model_flagged():
-    with streamlit_server() as url, browser_page() as page:
-        page.goto(url)
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    with streamlit_server(env={"TLVIZ_RUNS_DIR": str(runs)}) as url:
+        yield url
+
+
+def no_exception(page):
+    shown = page.locator('[data-testid="stException"]')
+    assert shown.count() == 0, shown.first.inner_text()
+
+
+def sidebar(page):
+    return page.locator('[data-testid="stSidebar"]')
+
+
+def test_sample_preloaded_and_every_page_renders(server):
+    with browser_page(1400, 1100) as page:
+        page.goto(server)
         page.get_by_role("heading", name="Model & images").wait_for()
-        page.get_by_text("5 classes match the model's 5 outputs").wait_for()
-        # navigate to the freezing page through the sidebar navigation
-        page.get_by_role("link", name="Freezing status").click()
-        page.get_by_role("heading", name="Freezing status").wait_for()
-        page.get_by_text("24,021").first.wait_for()
-        # switch to the frozen sample in the sidebar
-        page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-        page.get_by_role("option", name="digits_frozen.keras").click()
-        page.get_by_text("No trainable weights").first.wait_for()
-        assert page.get_by_text("Freezing status").count() >= 1
+        for title, (path, done_text, shot) in PAGES.items():
+            sidebar(page).get_by_role("link", name=title).click()
+            page.get_by_role("heading", name=title).first.wait_for()
+            page.get_by_text(done_text).first.wait_for(timeout=120_000)
+            page.wait_for_timeout(800)  # let charts finish drawing
+            no_exception(page)
+            url = urllib.parse.urlparse(page.url)
+            assert url.path.strip("/") == path, page.url
+            assert "ws=" in url.query, page.url  # the workspace token stays in the address
+            if shot:
+                save_screenshot(page, shot)
 
 
-def test_page_url_opened_directly_keeps_router_and_sidebar():
+def test_normalization_ranks_tf_first_for_the_sample(server):
+    with browser_page() as page:
+        page.goto(server + "/normalization")
+        best = page.locator('[data-testid="stAlert"]', has_text="Best setting:").first
+        best.wait_for(timeout=120_000)
+        text = best.inner_text()
+        assert "Best setting: tf (accuracy" in text and "both put tf first" in text, text
+        page.locator('[data-testid="stDataFrame"]').first.wait_for()  # the ranked table
+        no_exception(page)
+        save_screenshot(page, "browser_normalization_tf_first.png")
+
+
+def test_page_url_opened_directly_keeps_router_and_sidebar(server):
     """A bookmarked or reloaded page URL must still go through app.py's navigation."""
-    with streamlit_server() as url, browser_page() as page:
-        page.goto(url + "/normalization")
-        page.get_by_role("heading", name="Normalization").wait_for()
-        page.get_by_text("Best setting").first.wait_for()
+    with browser_page() as page:
+        page.goto(server + "/layers")
+        page.get_by_role("heading", name="Freezing status").wait_for()
         nav = page.locator('[data-testid="stSidebarNav"]')
-        nav.get_by_text("Freezing status").wait_for()
+        nav.get_by_text("Normalization").wait_for()
         assert nav.get_by_text("app", exact=True).count() == 0  # no legacy auto-discovered list
-        assert page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').count() >= 2
+        sidebar(page).locator('[data-testid="stSelectbox"]').nth(1).wait_for()  # model and image pickers
+        page.get_by_text("Preview: unfreeze").first.wait_for()
+        save_screenshot(page, "browser_direct_url.png")
 
 
-def test_fine_tuning_run_in_the_browser(tmp_path):
-    with streamlit_server(env={"TLVIZ_RUNS_DIR": str(tmp_path / "runs")}) as url, browser_page() as page:
-        page.goto(url + "/finetune")
+def _tiny_model_file(tmp_path):
+    import keras
+
+    inp = keras.Input((24, 24, 3), name="pixels")
+    x = keras.layers.Conv2D(4, 3, name="uploaded_conv")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(2, activation="softmax", name="two_way")(x)
+    model = keras.Model(inp, out, name="uploaded_net")
+    model.layers[1].trainable = False
+    path = tmp_path / "uploaded_net.keras"
+    model.save(path)
+    return path, model.count_params()
+
+
+def _zip_of_two_classes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for cls in ("cats", "dogs"):
+            for i in range(6):
+                img = Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8))
+                b = io.BytesIO()
+                img.save(b, "PNG")
+                zf.writestr(f"pets/{cls}/{i}.png", b.getvalue())
+        zf.writestr("pets/dogs/broken.jpg", b"\xff\xd8\xff not really a jpeg")
+    path = tmp_path / "pets.zip"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def test_upload_model_and_zip_through_the_file_inputs(server, tmp_path):
+    model_path, n_params = _tiny_model_file(tmp_path)
+    zip_path = _zip_of_two_classes(tmp_path)
+    with browser_page(1400, 1100) as page:
+        page.goto(server + "/layers")
+        page.get_by_text("24,021").first.wait_for()  # the sample's parameters
+        sidebar(page).get_by_text("Upload", exact=True).first.click()
+        sidebar(page).locator('input[type="file"]').first.set_input_files(str(model_path))
+        # the freezing table (a canvas grid; its cells are in an accessible hidden table)
+        page.get_by_text("uploaded_conv").first.wait_for(state="attached", timeout=60_000)
+        page.get_by_text(f"{n_params:,}").first.wait_for()
+        assert page.get_by_text("24,021").count() == 0
+        sidebar(page).get_by_text("Upload .zip", exact=True).click()
+        zip_input = sidebar(page).locator('input[type="file"]').nth(1)  # the model's is the first
+        zip_input.wait_for(state="attached")
+        zip_input.set_input_files(str(zip_path))
+        sidebar(page).get_by_text("12 images").wait_for(timeout=60_000)
+        sidebar(page).get_by_text("1 files skipped").wait_for()
+        no_exception(page)
+        save_screenshot(page, "browser_upload.png")
+
+
+def test_fine_tuning_progress_curves_and_cancel(server):
+    with browser_page(1400, 1100) as page:
+        page.goto(server + "/finetune")
         page.get_by_role("heading", name="Fine-tuning runs").wait_for()
+        epochs = page.get_by_label("Epochs", exact=True)
+        epochs.fill("2")
+        epochs.press("Enter")
         page.get_by_role("button", name="Start run").click()
+        # While it runs: a progress bar and the Cancel button.
+        page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
         page.get_by_text("freezing works").first.wait_for(timeout=180_000)
         page.get_by_text("Download the fine-tuned model").first.wait_for(timeout=30_000)
-        assert any((tmp_path / "runs").iterdir())
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 1  # the curves
+        no_exception(page)
+        page.wait_for_timeout(1000)
+        page.get_by_text("Weight changes").first.scroll_into_view_if_needed()
+        save_screenshot(page, "finetune.png")
+
+        # A longer run, stopped with Cancel.
+        page.evaluate("window.scrollTo(0, 0)")
+        epochs.fill("300")
+        epochs.press("Enter")
+        page.get_by_role("button", name="Start run").click()
+        page.get_by_text("epoch 1/300").first.wait_for(timeout=120_000)
+        page.get_by_role("button", name="Cancel").click()
+        page.get_by_text("cancelled").first.wait_for(timeout=60_000)
+        no_exception(page)
+        assert page.get_by_text("epoch 300/300").count() == 0
+        save_screenshot(page, "browser_finetune_cancelled.png")
+
+
+def test_uploads_without_the_xsrf_token_are_refused(server):
+    """XSRF protection is on: a forged upload (no token from the page) gets 403."""
+    req = urllib.request.Request(server + "/_stcore/upload_file/some-session/some-file", method="PUT",
+                                 data=b"--x--", headers={"Content-Type": "multipart/form-data; boundary=x"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 403

@@ -1,50 +1,34 @@
-"""Take the README screenshots: ``python tools/screenshots.py`` (needs /usr/bin/chromium).
+"""Refresh the README's page tour: ``python tools/screenshots.py`` (needs /usr/bin/chromium).
 
-Starts the app on a free port with the preloaded sample and saves one PNG per page in docs/.
+The pictures are the ones the real-browser tests take (tests/test_browser.py):
+this runs those tests with their screenshots going to a temporary folder and
+copies the tour's pictures into docs/. A failing test means no new pictures.
 """
 
+import os
+import shutil
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from browser import browser_page, streamlit_server  # noqa: E402
-
-PAGES = {  # url path -> (file name, text to wait for, extra seconds for long computations)
-    "": ("overview.png", "match the model", 2),
-    "layers": ("layers.png", "Preview: unfreeze", 2),
-    "normalization": ("normalization.png", "Best setting", 3),
-    "finetune": ("finetune.png", "Fine-tuning runs", 2),
-    "diagnose": ("diagnose.png", "Checks skipped", 3),
-}
+TOUR = ("overview.png", "layers.png", "finetune.png", "normalization.png", "diagnose.png")
 
 
-def main(only=None) -> None:
-    import tempfile
-
-    runs = tempfile.mkdtemp(prefix="tlviz_shots_")
-    with streamlit_server(env={"TLVIZ_RUNS_DIR": runs}) as url, browser_page(1400, 1100) as page:
-        for path, (name, wait_text, extra) in PAGES.items():
-            if only and path not in only:
-                continue
-            if path and not (ROOT / "views" / f"{path}.py").exists():
-                continue
-            page.goto(f"{url}/{path}")
-            try:
-                page.get_by_text(wait_text).first.wait_for(timeout=120_000)
-            except Exception:
-                print(f"{path or 'overview'}: '{wait_text}' did not appear; screenshot anyway")
-            if path == "finetune":  # show a finished run, not an empty form
-                page.get_by_role("button", name="Start run").click()
-                page.get_by_text("freezing works").first.wait_for(timeout=180_000)
-                time.sleep(2)
-                page.get_by_text("Weight changes").first.scroll_into_view_if_needed()
-            time.sleep(extra)
-            page.screenshot(path=str(ROOT / "docs" / name), full_page=False)
-            print("saved", name)
+def main() -> int:
+    shots = Path(tempfile.mkdtemp(prefix="tlviz_shots_"))
+    env = {**os.environ, "TLVIZ_SCREENSHOT_DIR": str(shots)}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "browser", "tests/test_browser.py"],
+                          cwd=ROOT, env=env)
+    if done.returncode != 0:
+        print("The browser tests failed; docs/ left unchanged.", file=sys.stderr)
+        return done.returncode
+    for name in TOUR:
+        shutil.copyfile(shots / name, ROOT / "docs" / name)
+        print("docs/" + name)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or None)
+    sys.exit(main())
