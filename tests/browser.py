@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,6 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServerURL(str):
+    """The served app's base URL; ``.pid`` is the server process's id."""
+
+    pid: int
+
+
 @contextlib.contextmanager
 def streamlit_server(env: dict | None = None, timeout: float = 90):
     """Start `streamlit run app.py` on a free port; yield its base URL.
@@ -33,9 +40,11 @@ def streamlit_server(env: dict | None = None, timeout: float = 90):
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    # The server's output goes to a file: a pipe nobody reads would fill up and block it.
+    log = tempfile.NamedTemporaryFile(prefix="tlviz_server_", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    url = ServerURL(f"http://127.0.0.1:{port}")
+    url.pid = proc.pid
     try:
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -45,7 +54,7 @@ def streamlit_server(env: dict | None = None, timeout: float = 90):
             except OSError:
                 time.sleep(0.5)
             if proc.poll() is not None:
-                raise RuntimeError("streamlit exited:\n" + proc.stdout.read().decode(errors="replace"))
+                raise RuntimeError("streamlit exited:\n" + Path(log.name).read_text(errors="replace")[-5000:])
         else:
             raise RuntimeError("streamlit did not start in time")
         yield url
@@ -55,6 +64,8 @@ def streamlit_server(env: dict | None = None, timeout: float = 90):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
 
 
 def screenshot_dir() -> Path:

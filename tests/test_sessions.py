@@ -145,3 +145,28 @@ def test_killed_worker_is_reported_and_the_next_run_works(runs):
 def test_death_reasons_say_what_happened_and_what_to_do(code, words):
     msg = death_reason(code)
     assert words in msg and "start the run again" in msg
+
+
+def test_worker_output_cannot_block_on_an_undrained_pipe(tmp_path):
+    """A worker writes its output to its own log, so a server whose pipe nobody reads never hangs it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, os\n"
+        "from pathlib import Path\n"
+        "from tlviz.finetune.worker import _own_output\n"
+        f"_own_output(Path({str(tmp_path / 'worker.log')!r}))\n"
+        "chunk = 'x' * 1023 + '\\n'\n"
+        "for _ in range(1024):\n"  # 1 MB on each stream: far more than a pipe buffer holds
+        "    sys.stdout.write(chunk); sys.stderr.write(chunk)\n"
+        "sys.stdout.flush(); os.write(2, b'C-level write\\n')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert proc.wait(timeout=60) == 0  # without the redirect it blocks once 64 KB sit in the pipe
+    finally:
+        proc.kill()
+    log = (tmp_path / "worker.log").read_text()
+    assert log.count("x" * 1023) == 2048 and "C-level write" in log

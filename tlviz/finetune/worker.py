@@ -355,11 +355,35 @@ def wait_job(job_id: str, root=None, timeout: float = 600.0, interval: float = 0
 
 # -- the worker process --------------------------------------------------------
 
+def _own_output(path: Path) -> None:
+    """Send this process's stdout and stderr (TensorFlow's C++ logs too) to `path`.
+
+    A worker inherits the server's output; when that is a pipe nobody drains
+    (a process manager, a test harness) a chatty worker would block on a full
+    pipe and hang. Its own log file cannot fill up that way.
+    """
+    import sys
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        return
+    for stream, target in ((sys.stdout, 1), (sys.stderr, 2)):
+        try:
+            if stream is not None:
+                stream.flush()
+            os.dup2(fd, target)
+        except (OSError, ValueError):
+            pass
+    os.close(fd)
+
+
 def worker_main(job_dir: str) -> None:
     """Entry point of the worker process: run the job described in ``job.json``."""
     import logging
 
     jdir = Path(job_dir)
+    _own_output(jdir / "worker.log")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(filename=str(jdir / "worker.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
