@@ -89,6 +89,10 @@ class LoadedModel:
 def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -> LoadedModel:
     """Load a `.keras` or legacy `.h5` model with ``safe_mode=True``.
 
+    Nothing from the file runs: before Keras sees it, the file is checked (size,
+    format, damage, unsafe archive entries) and every object its architecture
+    names is checked against Keras's own modules (see `_check_config`).
+
     Args:
         source: a path, or the file's bytes (an upload).
         filename: the original file name; needed with bytes to know the format.
@@ -100,45 +104,52 @@ def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -
     Raises:
         ModelRefused: with a message that says what is wrong and what to do.
     """
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         filename = filename or "upload"
+        shown = _clean(filename, 120)  # the name as quoted in messages
         sidecar = None
     else:
         path = Path(source)
         filename = filename or path.name
+        shown = _clean(filename, 120)
         if path.is_dir():
-            if (path / "saved_model.pb").exists():
-                raise ModelRefused(_savedmodel_message(filename))
-            raise ModelRefused(f"{filename} is a folder, not a model file. Upload a `.keras` or `.h5` file.")
+            if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
+                raise ModelRefused(_savedmodel_message(shown))
+            raise ModelRefused(f"{shown} is a folder, not a model file. Upload a `.keras` or `.h5` file.")
         if not path.exists():
-            raise ModelRefused(f"Model file not found: {path}. Check the path.")
+            raise ModelRefused(f"Model file not found: {_clean(path, 200)}. Check the path.")
+        if not path.is_file():
+            raise ModelRefused(f"{shown} is not a regular file (a device or a pipe?). Give the path of a "
+                               "`.keras` or `.h5` file.")
         size = path.stat().st_size
         if size > max_model_bytes():
-            raise ModelRefused(_too_big_message(filename, size))
-        data = path.read_bytes()
+            raise ModelRefused(_too_big_message(shown, size))
+        with open(path, "rb") as f:
+            data = f.read(max_model_bytes() + 1)  # the file may have grown since stat()
         sidecar = path.with_suffix(".json")
 
     if len(data) > max_model_bytes():
-        raise ModelRefused(_too_big_message(filename, len(data)))
+        raise ModelRefused(_too_big_message(shown, len(data)))
     if not data:
-        raise ModelRefused(f"{filename} is empty (0 bytes). Upload the saved model file again.")
+        raise ModelRefused(f"{shown} is empty (0 bytes). Upload the saved model file again.")
 
-    kind = _sniff(data, filename)
+    kind = _sniff(data, shown)
     metadata: dict = {}
     if kind == "keras":
-        config, metadata = _read_keras_archive(data, filename)
+        config, metadata = _read_keras_archive(data, shown)
     else:
-        config = _read_h5_config(data, filename)
-    _check_config(config, filename)
+        config = _read_h5_config(data, shown)
+    _check_config(config, shown)
     if sidecar is not None and sidecar.exists() and not metadata:
         try:
             metadata = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             metadata = {}
 
-    model = _keras_load(data, kind, filename)
-    return summarize(model, filename=filename, sha256=hashlib.sha256(data).hexdigest(), metadata=metadata)
+    model = _keras_load(data, kind, shown)
+    return summarize(model, filename=filename, sha256=hashlib.sha256(data).hexdigest(),
+                     metadata=metadata if isinstance(metadata, dict) else {})
 
 
 def summarize(model, filename: str = "", sha256: str = "", metadata: dict | None = None) -> LoadedModel:
@@ -146,17 +157,17 @@ def summarize(model, filename: str = "", sha256: str = "", metadata: dict | None
     import keras
 
     if not isinstance(model, keras.Model):
-        raise ModelRefused(f"{filename or 'The file'} holds a {type(model).__name__}, not a Keras model.")
+        raise ModelRefused(f"{_clean(filename or 'The file', 120)} holds a {type(model).__name__}, not a Keras model.")
     inputs = model.inputs
     if len(inputs) != 1:
         raise ModelRefused(
-            f"{model.name} has {len(inputs)} inputs; tlviz handles image classifiers with exactly one "
+            f"{_clean(model.name)} has {len(inputs)} inputs; tlviz handles image classifiers with exactly one "
             "image input. Save a model that takes one image tensor."
         )
     shape = tuple(inputs[0].shape[1:])
     if len(shape) != 3 or shape[-1] not in (1, 3, None):
         raise ModelRefused(
-            f"{model.name} expects input of shape {shape}; tlviz needs an image input of shape "
+            f"{_clean(model.name)} expects input of shape {shape}; tlviz needs an image input of shape "
             "(height, width, 1 or 3) in channels-last order."
         )
     out_shape = model.outputs[0].shape
@@ -247,15 +258,27 @@ def _count(weights) -> int:
 
 # -- file checks -------------------------------------------------------------
 
+#: Largest `config.json` / `tlviz.json` read from a `.keras` archive (real configs are < 5 MB).
+_MAX_CONFIG_BYTES = 32 * 2**20
+
+#: First bytes of a Python pickle, protocols 2 to 5 (``pickle``, ``joblib``, ``torch.save``).
+_PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
+
+
 def _sniff(data: bytes, filename: str) -> str:
     lower = filename.lower()
     if data[:4] == b"PK\x03\x04":
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = zf.namelist()
-        if any(n.endswith("saved_model.pb") for n in names):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise ModelRefused(_damaged_message(filename, exc)) from None
+        if any(n.endswith(("saved_model.pb", "saved_model.pbtxt")) for n in names):
             raise ModelRefused(_savedmodel_message(filename))
         if "config.json" in names:
             return "keras"
+        if any(n.endswith(".pkl") for n in names):
+            raise ModelRefused(_pickle_message(filename, "a zip of Python pickles (for example a PyTorch checkpoint)"))
         raise ModelRefused(
             f"{filename} is a zip archive but not a Keras model (no config.json inside). "
             "If it is an image set, upload it under 'Image set' instead; a model must be saved "
@@ -263,11 +286,28 @@ def _sniff(data: bytes, filename: str) -> str:
         )
     if data[:8] == b"\x89HDF\r\n\x1a\n":
         return "h5"
-    if lower.endswith(".pb") or b"saved_model" in data[:200]:
+    if data[:2] in _PICKLE_MAGIC:
+        raise ModelRefused(_pickle_message(filename, "a Python pickle"))
+    if lower.endswith((".pb", ".pbtxt")) or b"saved_model" in data[:200]:
         raise ModelRefused(_savedmodel_message(filename))
     raise ModelRefused(
         f"{filename} is not a Keras model: it is neither a `.keras` archive nor an HDF5 `.h5` file. "
         "Save your model with `model.save('model.keras')` and upload that file."
+    )
+
+
+def _pickle_message(filename: str, what: str) -> str:
+    return (
+        f"{filename} is not a Keras model: it is {what}. Opening a pickle runs code stored in it, so "
+        "tlviz never opens one. Save the Keras model itself with `model.save('model.keras')` and "
+        "upload that file."
+    )
+
+
+def _damaged_message(filename: str, exc: BaseException) -> str:
+    return (
+        f"{filename} looks like a `.keras` archive but is damaged or cut short ({_clean(exc, 120)}). "
+        "Save the model again with `model.save('model.keras')` and upload the new file."
     )
 
 
@@ -280,30 +320,73 @@ def _savedmodel_message(filename: str) -> str:
     )
 
 
+def _mb(n: float) -> str:
+    """Bytes as MB (2**20): 0.01, 1.5, 42.3, 500, 2000."""
+    mb = n / 2**20
+    return f"{mb:.0f}" if mb >= 100 else f"{mb:.3g}"
+
+
 def _too_big_message(filename: str, size: int) -> str:
     return (
-        f"{filename} is {size / 1e6:.0f} MB, over the {max_model_bytes() / 1024 / 1024:.0f} MB limit. "
+        f"{filename} is {_mb(size)} MB, over the {_mb(max_model_bytes())} MB limit. "
         "Use a smaller model, or raise the limit with the environment variable TLVIZ_MAX_MODEL_MB "
         "when starting tlviz."
     )
 
 
+def _clean(text, limit: int = 80) -> str:
+    """`text` made safe to quote in a message: no control characters, at most `limit` characters."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _read_keras_archive(data: bytes, filename: str) -> tuple[dict, dict]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            _check_archive_entries(zf, filename)
             config = json.loads(zf.read("config.json"))
             metadata = {}
             if EMBEDDED_METADATA in zf.namelist():
                 try:
                     metadata = json.loads(zf.read(EMBEDDED_METADATA))
-                except ValueError:
+                except (ValueError, zipfile.BadZipFile, OSError):
                     metadata = {}
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise ModelRefused(
-            f"{filename} looks like a `.keras` archive but is damaged ({exc}). Save the model again "
-            "with `model.save('model.keras')` and upload the new file."
-        ) from None
+    except ModelRefused:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, RuntimeError) as exc:
+        raise ModelRefused(_damaged_message(filename, exc)) from None
     return config, metadata if isinstance(metadata, dict) else {}
+
+
+def _check_archive_entries(zf: zipfile.ZipFile, filename: str) -> None:
+    """Refuse entries that could escape a folder, links, and archives that unpack far beyond the limit."""
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+            raise ModelRefused(
+                f"{filename} is not a plain Keras archive: its entry '{_clean(name)}' points outside the "
+                "archive. Keras never writes such entries; save the model again with "
+                "`model.save('model.keras')` and upload the new file."
+            )
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise ModelRefused(
+                f"{filename} is not a plain Keras archive: its entry '{_clean(name)}' is a symbolic link. "
+                "Save the model again with `model.save('model.keras')` and upload the new file."
+            )
+        if name in ("config.json", EMBEDDED_METADATA) and info.file_size > _MAX_CONFIG_BYTES:
+            raise ModelRefused(
+                f"{filename}: its {name} unpacks to {_mb(info.file_size)} MB; a real model's is a few MB at "
+                "most. Save the model again with `model.save('model.keras')` and upload the new file."
+            )
+        total += info.file_size
+    if total > 2 * max_model_bytes():
+        raise ModelRefused(
+            f"{filename} unpacks to {_mb(total)} MB, more than twice the {_mb(max_model_bytes())} MB model "
+            "limit. Use a smaller model, or raise the limit with the environment variable "
+            "TLVIZ_MAX_MODEL_MB when starting tlviz."
+        )
 
 
 def _read_h5_config(data: bytes, filename: str) -> dict:
@@ -312,56 +395,215 @@ def _read_h5_config(data: bytes, filename: str) -> dict:
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
             raw = f.attrs.get("model_config")
-    except OSError as exc:
-        raise ModelRefused(f"{filename} is a damaged HDF5 file ({exc}). Save the model again.") from None
+            if raw is not None and not isinstance(raw, (bytes, str)):
+                raw = str(raw)
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError... on damaged files
+        raise ModelRefused(
+            f"{filename} is a damaged HDF5 file ({_clean(exc, 120)}). Save the model again and upload "
+            "the new file."
+        ) from None
     if raw is None:
         raise ModelRefused(
             f"{filename} is an HDF5 file without a model architecture (probably weights only, from "
             "`save_weights`). Save the whole model with `model.save('model.keras')` and upload that."
         )
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
+        raw = raw.decode("utf-8", errors="replace")
     try:
         return json.loads(raw)
     except ValueError:
-        raise ModelRefused(f"{filename}: the model architecture stored in the file is unreadable.") from None
+        raise ModelRefused(f"{filename}: the model architecture stored in the file is unreadable. "
+                           "Save the model again and upload the new file.") from None
 
 
-_KERAS_MODULE_PREFIXES = ("keras", "tf_keras", "tensorflow")
+#: Modules an object in a model config may come from: Keras itself (and Keras 2's ``tf_keras``).
+#: Files saved by Keras 3.15 name only ``keras``, ``keras.layers``, ``keras.initializers``,
+#: ``keras.regularizers``, ``keras.constraints``, ``keras.optimizers``,
+#: ``keras.optimizers.schedules`` and ``keras.src.models.functional``, plus ``builtins`` for
+#: Keras's own loss/metric functions in ``compile_config``; legacy `.h5` files name no module.
+_ALLOWED_PACKAGES = ("keras", "tf_keras")
+
+#: Where a function-valued field (``"class_name": "function"``) may point. Keras writes its own
+#: losses/metrics as ``"module": "builtins"`` plus the function's name; those names must exist in
+#: the first three.
+_ALLOWED_FUNCTION_MODULES = ("activations", "losses", "metrics", "ops")
+
+#: Keras layers that carry or fetch code/programs from outside the architecture.
+_CODE_LAYERS = {
+    "TFSMLayer": "loads a TensorFlow SavedModel program from a path on this server",
+    "JaxLayer": "wraps a Python/JAX function",
+    "FlaxLayer": "wraps a Python/Flax module",
+}
+
+_FIX = ("Replace it with built-in Keras layers and functions (or upload the model without it, for "
+        "example the base model alone), save the model again and upload it.")
 
 
-def _check_config(config: dict, filename: str) -> None:
-    """Refuse Lambda layers and custom classes before Keras tries to build them."""
-    for cls, name, module, registered in _iter_layer_configs(config):
-        if cls == "Lambda":
-            raise ModelRefused(
-                f"{filename} contains a Lambda layer ('{name}'). A Lambda layer stores Python code "
-                "that would run on this server when the model loads, so tlviz refuses it. Replace it "
-                "with a built-in layer (for example Rescaling for scaling) or move that step into your "
-                "input pipeline, save the model again and upload it."
-            )
-        custom = (registered and ">" in str(registered)) or (
-            module is not None and not str(module).startswith(_KERAS_MODULE_PREFIXES)
+def _module_allowed(module: str) -> bool:
+    return any(module == pkg or module.startswith(pkg + ".") for pkg in _ALLOWED_PACKAGES)
+
+
+def _function_module_allowed(module: str) -> bool:
+    parts = module.split(".")
+    if parts[0] not in _ALLOWED_PACKAGES:
+        return False
+    rest = parts[2:] if len(parts) > 2 and parts[1] == "src" else parts[1:]
+    return bool(rest) and rest[0] in _ALLOWED_FUNCTION_MODULES
+
+
+def _keras_builtin_function(name) -> bool:
+    """Whether `name` is a function of keras.activations / keras.losses / keras.metrics."""
+    import inspect
+
+    import keras
+
+    if not isinstance(name, str) or name in ("get", "serialize", "deserialize"):
+        return False
+    return any(inspect.isfunction(getattr(getattr(keras, mod), name, None)) for mod in _ALLOWED_FUNCTION_MODULES[:3])
+
+
+def _check_config(config, filename: str) -> None:
+    """Refuse anything in a model config that would make Keras import or run code.
+
+    Every dict in the config tree that has a ``module``, ``class_name`` or
+    ``registered_name`` key is checked, not only layers: Lambda layers,
+    serialized Python lambdas (``__lambda__``), custom registered names
+    (``"package>Name"``), and any module other than ``keras`` / ``keras.*``
+    (or ``tf_keras`` / ``tf_keras.*``) are refused, as are function references
+    outside Keras's activations, losses, metrics and ops (``"module": "builtins"``
+    is accepted only for a function that Keras itself has under that name), and
+    layers that fetch programs from elsewhere (TFSMLayer, JaxLayer, FlaxLayer).
+
+    Args:
+        config: the parsed architecture (``config.json`` or the `.h5` ``model_config``).
+        filename: the file's name, for messages.
+
+    Raises:
+        ModelRefused: naming the layer, the field and the offending module or class.
+    """
+    if not isinstance(config, dict):
+        raise ModelRefused(
+            f"{filename}: its architecture is a {type(config).__name__}, not a Keras model description. "
+            "Save the model with `model.save('model.keras')` and upload that file."
         )
-        if custom:
+    # tlviz loads with compile=False and Keras then drops the top-level compile_config
+    # unread, so a model compiled with a custom loss or metric still opens.
+    architecture = {k: v for k, v in config.items() if k != "compile_config"}
+    for obj, layer, fieldpath in _iter_objects(architecture, "", ""):
+        _check_object(obj, layer, fieldpath, filename)
+    if not isinstance(config.get("config"), dict) or not isinstance(config.get("class_name"), str):
+        raise ModelRefused(
+            f"{filename}: its architecture does not describe a Keras model (the top-level object has no "
+            "layer configuration). Save the model with `model.save('model.keras')` and upload that file."
+        )
+
+
+def _where(layer: str, fieldpath: str) -> str:
+    owner = f"layer '{layer}'" if layer else "the model itself"
+    return f"field '{fieldpath}' of {owner}" if fieldpath else owner
+
+
+def _check_object(obj: dict, layer: str, fieldpath: str, filename: str) -> None:
+    cls, module, registered = obj.get("class_name"), obj.get("module"), obj.get("registered_name")
+    inner = obj.get("config")
+    for key, value in (("class_name", cls), ("module", module), ("registered_name", registered)):
+        if value is not None and not isinstance(value, str):
             raise ModelRefused(
-                f"{filename} contains a custom layer '{name}' of class '{registered or cls}', which is not "
-                "part of Keras. tlviz does not run code from uploaded files, so it cannot rebuild that "
-                "layer. Replace it with built-in Keras layers, or upload the model without it (for "
-                "example the base model alone)."
+                f"{filename}: the '{key}' of an object in {_where(layer, fieldpath)} is a "
+                f"{type(value).__name__}, not a name; the architecture is malformed. Save the model again "
+                "with `model.save('model.keras')` and upload the new file."
             )
+    where = _where(layer, fieldpath)
+    is_layer = not fieldpath
+    if cls == "Lambda":
+        parent, _, inner_name = layer.rpartition("/")
+        inside = f" inside '{_clean(parent)}'" if parent else ""
+        raise ModelRefused(
+            f"{filename} contains a Lambda layer ('{_clean(inner_name or '?')}'){inside}. A Lambda layer "
+            "stores Python code that would run on this server when the model loads, so tlviz refuses it. "
+            "Replace it with a built-in layer (for example Rescaling for scaling) or move that step into "
+            "your input pipeline, save the model again and upload it."
+        )
+    if cls == "__lambda__":
+        raise ModelRefused(
+            f"{filename} contains Python code (a serialized lambda) in {_clean(where, 160)}. Code stored in a "
+            "model file would run on this server when the model loads, so tlviz refuses it. " + _FIX
+        )
+    if cls in _CODE_LAYERS and (module is None or _module_allowed(module)):
+        raise ModelRefused(
+            f"{filename} contains a {cls} layer ('{_clean(layer.rpartition('/')[2] or '?')}'), which "
+            f"{_CODE_LAYERS[cls]}; tlviz only rebuilds self-contained models. " + _FIX
+        )
+    if cls == "function":
+        ident = (inner if isinstance(inner, str) else None) or registered or "?"
+        what = f"function '{_clean(ident)}'"
+    elif is_layer:
+        what = f"layer '{_clean(layer.rpartition('/')[2] or '?')}' of class '{_clean(registered or cls)}'"
+    else:
+        what = f"object of class '{_clean(registered or cls)}'"
+    from_module = f" from module '{_clean(module)}'" if module else ""
+    place = "" if is_layer else f" in {_clean(where, 160)}"
+    custom_name = bool(
+        (registered and ">" in registered)
+        or (cls and ">" in cls)
+        or (registered and cls != "function" and registered != cls)
+        or (registered and cls == "function" and registered not in (inner, "function"))
+    )
+    if not custom_name and cls == "function" and module == "builtins":
+        # How Keras writes its own losses/metrics/activations (it looks the name up in its
+        # own modules, never in Python's builtins).
+        if _keras_builtin_function(inner):
+            return
+        raise ModelRefused(
+            f"{filename} refers to the {what}{from_module}{place}, which is not a Keras activation, loss "
+            "or metric; tlviz refuses functions it cannot find in Keras. " + _FIX
+        )
+    if custom_name or (module is not None and not _module_allowed(module)):
+        raise ModelRefused(
+            f"{filename} contains a custom {what}{from_module}{place}, which is not part of Keras. "
+            "tlviz only rebuilds objects from Keras's own modules (`keras` and `keras.*`): anything else "
+            "would mean importing and running code named by the file. " + _FIX
+        )
+    if cls == "function" and module is not None and not _function_module_allowed(module):
+        raise ModelRefused(
+            f"{filename} refers to the {what}{from_module}{place}, which is not an activation, loss, "
+            "metric or op; a model file has no reason to name other functions, so tlviz refuses it. "
+            + _FIX
+        )
 
 
-def _iter_layer_configs(node):
+def _iter_objects(node, layer: str, fieldpath: str):
+    """Yield ``(dict, layer path, field path)`` for every dict that names a class, module or function.
+
+    The layer path is the chain of layer names from the model down ("base/conv1"); the field
+    path is the chain of keys inside that layer's config ("kernel_initializer").
+    """
     if isinstance(node, dict):
-        if "class_name" in node and isinstance(node.get("config"), dict):
-            cfg = node["config"]
-            yield node["class_name"], cfg.get("name", "?"), node.get("module"), node.get("registered_name")
-        for value in node.values():
-            yield from _iter_layer_configs(value)
+        if any(k in node for k in ("module", "class_name", "registered_name")):
+            yield node, layer, fieldpath
+        for key, value in node.items():
+            if key == "layers" and isinstance(value, list):
+                for item in value:
+                    name = _layer_name(item)
+                    yield from _iter_objects(item, f"{layer}/{name}" if layer else name, "")
+            elif key == "config":
+                yield from _iter_objects(value, layer, fieldpath)
+            else:
+                sub = f"{fieldpath}.{key}" if fieldpath else str(key)
+                yield from _iter_objects(value, layer, sub)
     elif isinstance(node, list):
         for value in node:
-            yield from _iter_layer_configs(value)
+            yield from _iter_objects(value, layer, fieldpath)
+
+
+def _layer_name(item) -> str:
+    if isinstance(item, dict):
+        cfg = item.get("config")
+        name = cfg.get("name") if isinstance(cfg, dict) else None
+        name = name or item.get("name")
+        if isinstance(name, str) and name:
+            return name.replace("/", "_")
+    return "?"
 
 
 def _keras_load(data: bytes, kind: str, filename: str):
@@ -377,7 +619,7 @@ def _keras_load(data: bytes, kind: str, filename: str):
         msg = str(exc).split("\n")[0]
         msg = msg.replace("you can override this error by passing `safe_mode=False`", "")
         raise ModelRefused(
-            f"Keras could not load {filename}: {msg[:300]}. Check that it was saved with "
+            f"Keras could not load {filename}: {_clean(msg, 300)}. Check that it was saved with "
             "`model.save('model.keras')` by Keras 3 (or as `.h5` by Keras 2) and uses only built-in layers."
         ) from None
     finally:
