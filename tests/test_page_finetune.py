@@ -140,11 +140,21 @@ def test_sweep_fills_heatmap(runs):
 
 
 def test_half_written_run_folders_show_as_failed(runs):
-    (runs / "20240101-000000-000aaaa").mkdir(parents=True)  # nothing in it
-    broken = runs / "20240101-000001-000bbbb"
-    broken.mkdir()
-    (broken / "config.json").write_text('{"config": {"unfreeze": 2, "lr"')  # cut off mid-write
+    import json
+
     at = open_page(PAGE, images="digits_5_9")
+    ws = at.session_state["workspace"]
+    no_status = runs / "20240101-000000-000aaaa"  # stopped right after writing its config
+    no_status.mkdir(parents=True)
+    (no_status / "config.json").write_text(json.dumps({"config": {"unfreeze": 2, "lr": 0.01}, "owner": ws}))
+    no_metrics = runs / "20240101-000001-000bbbb"  # stopped while saving its results
+    no_metrics.mkdir()
+    (no_metrics / "config.json").write_text(json.dumps({"config": {"unfreeze": 0, "lr": 0.01}, "owner": ws}))
+    (no_metrics / "status.json").write_text('{"state": "completed"}')
+    cut = runs / "20240101-000002-000cccc"  # config cut off mid-write: nobody's run, so not on this page
+    cut.mkdir()
+    (cut / "config.json").write_text('{"config": {"unfreeze": 2, "lr"')
+    at.run()
     assert not at.exception
     states = list(at.dataframe[-1].value["state"])
     assert states == ["failed", "failed"]
