@@ -23,7 +23,7 @@ from pathlib import Path
 import streamlit as st
 
 from tlviz.errors import ImageSetRefused, ModelRefused
-from tlviz.imagesets import ImageSet, ImageSource, open_source
+from tlviz.imagesets import ImageSet, ImageSource, check_server_folder, open_source, server_folder_roots
 from tlviz.layers import layer_table
 from tlviz.models import LoadedModel, load_model, max_model_bytes
 from tlviz.samples import SAMPLE_IMAGE_SETS, SAMPLE_MODELS, sample_path
@@ -245,7 +245,10 @@ def sidebar() -> None:
                 st.caption(f"Still using the previous model: {st.session_state['model'].filename}")
 
         st.subheader("Image set")
-        ikind = st.radio("Image source", ["Sample", "Upload .zip", "Server folder"], horizontal=True,
+        kinds = ["Sample", "Upload .zip"] + (["Server folder"] if server_folder_roots() != [] else [])
+        if st.session_state.get("keep_images_kind") not in kinds:
+            st.session_state["keep_images_kind"] = "Sample"
+        ikind = st.radio("Image source", kinds, horizontal=True,
                          key=_sticky("images_kind"), label_visibility="collapsed",
                          on_change=_keep, args=("images_kind",))
         if ikind == "Sample":
@@ -264,12 +267,15 @@ def sidebar() -> None:
                 except ImageSetRefused as exc:
                     st.session_state["images_error"] = str(exc)
         else:
+            roots = server_folder_roots()
             folder = st.text_input("Folder on the server", key="images_folder",
-                                   placeholder="/data/my_images (one sub-folder per class)")
+                                   placeholder="/data/my_images (one sub-folder per class)",
+                                   help=None if roots is None else
+                                   "This server shares: " + ", ".join(f"`{r}`" for r in roots))
             if st.button("Load folder", key="images_folder_load") and folder:
                 try:
-                    src = open_source(Path(folder).expanduser())
-                    set_image_source(src, f"folder:{Path(folder).expanduser().resolve()}")
+                    path = check_server_folder(folder)
+                    set_image_source(open_source(path), f"folder:{path}")
                 except ImageSetRefused as exc:
                     st.session_state["images_error"] = str(exc)
         if st.session_state.get("images_error"):
@@ -280,8 +286,14 @@ def sidebar() -> None:
         if loaded is not None:
             st.markdown(f"**{loaded.name}** · input {_shape(loaded.input_shape)} · {loaded.n_outputs} outputs")
         if images is not None:
-            note = "" if loaded is None or images.matches(loaded.n_outputs) else " · :orange[classes ≠ outputs]"
-            st.markdown(f"**{len(images)} images** · {len(images.class_names)} classes{note}")
+            n_classes = len(images.class_names)
+            if n_classes < 2:
+                note = " · :orange[one class only]"
+            elif loaded is not None and not images.matches(loaded.n_outputs):
+                note = " · :orange[classes ≠ outputs]"
+            else:
+                note = ""
+            st.markdown(f"**{len(images)} images** · {n_classes} class{'es' if n_classes != 1 else ''}{note}")
             if images.skipped:
                 st.caption(f"{len(images.skipped)} files skipped (see Model & images)")
 

@@ -602,3 +602,74 @@ def test_app_upload_of_a_mixed_zip_lists_every_bad_file(bomb_png):
         rel = rel.removeprefix("mixed/")
         assert rel in shown and reason in shown[rel], (rel, shown.get(rel))
     assert {m.label: m.value for m in at.metric}["Skipped files"] == str(len(bad))
+
+
+# -- server folders: TLVIZ_IMAGE_ROOTS ------------------------------------------------
+
+def test_server_folders_are_limited_to_the_shared_roots(tmp_path, monkeypatch):
+    from tlviz.imagesets import check_server_folder
+
+    shared = tmp_path / "shared"
+    (shared / "set" / "cats").mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (shared / "escape").symlink_to(secret, target_is_directory=True)
+
+    monkeypatch.delenv("TLVIZ_IMAGE_ROOTS", raising=False)
+    assert check_server_folder(secret) == secret.resolve()  # unset: a laptop, anything readable
+
+    monkeypatch.setenv("TLVIZ_IMAGE_ROOTS", str(shared))
+    assert check_server_folder(shared / "set") == (shared / "set").resolve()
+    for outside in (secret, shared / ".." / "secret", shared / "escape", "/etc"):
+        with pytest.raises(ImageSetRefused, match="outside the folders this server shares"):
+            check_server_folder(outside)
+
+    monkeypatch.setenv("TLVIZ_IMAGE_ROOTS", "off")
+    with pytest.raises(ImageSetRefused, match="turned off"):
+        check_server_folder(shared / "set")
+
+
+def test_app_refuses_a_folder_outside_the_shared_roots_and_keeps_the_images(tmp_path, monkeypatch):
+    from apptest_helpers import open_app
+
+    monkeypatch.setenv("TLVIZ_IMAGE_ROOTS", str(tmp_path / "shared"))
+    at = open_app()
+    before = len(at.session_state["images"])
+    at.radio(key="images_kind").set_value("Server folder")
+    at.run()
+    at.text_input(key="images_folder").set_value("/etc")
+    at.button(key="images_folder_load").click()
+    at.run()
+    assert not at.exception
+    assert any("outside the folders this server shares" in e.value for e in at.error)
+    assert len(at.session_state["images"]) == before
+
+    monkeypatch.setenv("TLVIZ_IMAGE_ROOTS", "off")
+    at2 = open_app()
+    assert "Server folder" not in at2.radio(key="images_kind").options
+
+
+def test_one_class_set_is_flagged_and_fine_tuning_waits_for_a_second_class(tmp_path):
+    from apptest_helpers import open_app, texts
+
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(6):
+            b = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(b, "PNG")
+            zf.writestr(f"only_cats/{i}.png", b.getvalue())
+    at = open_app()
+    at.radio(key="images_kind").set_value("Upload .zip")
+    at.run()
+    at.file_uploader(key="images_upload").set_value(("cats.zip", buf.getvalue(), "application/zip"))
+    at.run()
+    assert not at.exception
+    assert "1 class · :orange[one class only]" in texts(at)
+    assert any("Only one class has images ('only_cats')" in w.value for w in at.warning)
+    assert not any("Fine-tune with a new head" in w.value for w in at.warning)  # wrong advice for one class
+    at.switch_page("views/finetune.py")
+    at.run()
+    assert not at.exception
+    assert at.button(key="ft_start").disabled and at.button(key="ft_lrfind").disabled
+    assert any("at least two classes" in w.value for w in at.warning)

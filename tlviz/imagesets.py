@@ -23,6 +23,12 @@ Limits (override with environment variables):
   Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, twice of which is a hard
   error) applies on top.
 
+Server folders (the app's "Server folder" option reads a folder on the machine
+tlviz runs on): ``TLVIZ_IMAGE_ROOTS`` lists the folders it may read, separated
+by ``:`` (``os.pathsep``); ``off`` turns the option off; unset, any folder
+the server can read is allowed, which suits a laptop but not a shared server.
+See `check_server_folder`.
+
 What is promised for untrusted uploads:
 
 - Nothing is ever extracted or written to disk: archive entries are read into
@@ -839,3 +845,48 @@ def open_source(source: str | os.PathLike | bytes, name: str | None = None) -> I
                                   "sub-folder per class, or a .zip of such a folder.")
         return ImageSource.from_zip(path.read_bytes(), path.name)
     return ImageSource.from_folder(path)
+
+
+ENV_IMAGE_ROOTS = "TLVIZ_IMAGE_ROOTS"
+
+
+def server_folder_roots() -> list[Path] | None:
+    """The folders the app may read image sets from (``TLVIZ_IMAGE_ROOTS``).
+
+    Returns:
+        None when unset (any folder is allowed), ``[]`` when set to ``off`` or
+        empty (the option is off), else the resolved roots.
+    """
+    raw = os.environ.get(ENV_IMAGE_ROOTS)
+    if raw is None:
+        return None
+    if raw.strip().lower() in ("", "off", "none"):
+        return []
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def check_server_folder(folder: str | os.PathLike) -> Path:
+    """Resolve a folder typed by a user and check that the server may read it.
+
+    Links and ``..`` are resolved first, so a path cannot climb out of an
+    allowed root.
+
+    Returns:
+        The resolved folder.
+
+    Raises:
+        ImageSetRefused: server folders are off, or the folder is outside every
+            allowed root.
+    """
+    roots = server_folder_roots()
+    path = Path(folder).expanduser().resolve()
+    if roots is None:
+        return path
+    if not roots:
+        raise ImageSetRefused(f"Reading folders on the server is turned off here ({ENV_IMAGE_ROOTS}=off). "
+                              "Upload the image set as a .zip instead.")
+    if not any(path == r or r in path.parents for r in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise ImageSetRefused(f"{path} is outside the folders this server shares ({allowed}). Pick a folder "
+                              f"under one of them, or upload the image set as a .zip.")
+    return path

@@ -341,8 +341,12 @@ st.caption("What if you unfreeze the last N layers at this learning rate? Each r
            "comparison. When everything below the trained layers is frozen, their output is computed once and "
            "reused: same results, much faster.")
 
+for warning in images.class_warnings():
+    st.warning(warning, icon=":material/warning:")
 config = _config(loaded, images, table)
-busy = st.session_state.get("ft_job") is not None
+# One class cannot be fine-tuned: say so now rather than after starting a worker.
+too_few_classes = sum(n > 0 for n in images.counts.values()) < 2
+busy = st.session_state.get("ft_job") is not None or too_few_classes
 b1, b2, _ = st.columns([1, 1, 2])
 if b1.button("Start run", type="primary", key="ft_start", disabled=busy or config is None,
              icon=":material/play_arrow:"):

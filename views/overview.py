@@ -45,10 +45,12 @@ c[2].metric("Skipped files", len(images.skipped))
 if images.matches(loaded.n_outputs):
     st.success(f"{len(images.class_names)} classes match the model's {loaded.n_outputs} outputs.",
                icon=":material/check_circle:")
-else:
+elif len(images.class_names) >= 2:
     st.warning(f"The image set has {len(images.class_names)} classes but the model has {loaded.n_outputs} "
                "outputs: accuracy cannot be measured with this head. Fine-tune with a new head, or load the "
                "matching image set.", icon=":material/warning:")
+for warning in images.class_warnings():
+    st.warning(warning, icon=":material/warning:")
 order = "from labels.txt" if images.label_order_from_file else "sorted folder names"
 st.caption(f"Source: {images.source} · class order {order} · resized to "
            f"{images.image_size[0]}×{images.image_size[1]} ({images.resize})")
