@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from pathlib import Path
 
 import streamlit as st
 

@@ -55,6 +55,14 @@ def base_images(loaded_base, digits_0_4):
     return load_image_set(digits_0_4, loaded_base.image_size, loaded_base.channels)
 
 
+@pytest.fixture()
+def runs(tmp_path, monkeypatch) -> Path:
+    """A fresh runs folder (``TLVIZ_RUNS_DIR``) for one test."""
+    d = tmp_path / "runs"
+    monkeypatch.setenv("TLVIZ_RUNS_DIR", str(d))
+    return d
+
+
 def write_image(path: Path, size=(20, 20), mode="RGB", color=(200, 30, 30), fmt=None) -> Path:
     """Write a small image file; helper for tests that build image folders."""
     from PIL import Image

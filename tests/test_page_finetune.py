@@ -13,15 +13,6 @@ APP = str(ROOT / "app.py")
 PAGE = "views/finetune.py"
 
 
-@pytest.fixture()
-def runs(tmp_path, monkeypatch):
-    d = tmp_path / "runs"
-    monkeypatch.setenv("TLVIZ_RUNS_DIR", str(d))
-    return d
-
-
-
-
 
 def _wait(at, timeout=120):
     """Rerun the page (as the polling fragment would) until the session's job is done."""

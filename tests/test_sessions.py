@@ -16,12 +16,6 @@ from tlviz.finetune.worker import death_reason
 PAGE = "views/finetune.py"
 
 
-@pytest.fixture()
-def runs(tmp_path, monkeypatch):
-    d = tmp_path / "runs"
-    monkeypatch.setenv("TLVIZ_RUNS_DIR", str(d))
-    return d
-
 
 def weights_hash(model) -> str:
     h = hashlib.sha256()
