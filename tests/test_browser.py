@@ -178,6 +178,16 @@ def test_fine_tuning_progress_curves_and_cancel(server):
         assert page.get_by_text("epoch 500/500").count() == 0
         save_screenshot(page, "browser_finetune_cancelled.png")
 
+        # A reload keeps the workspace (in the address), so both runs are still listed ...
+        page.reload()
+        page.get_by_role("heading", name="Fine-tuning runs").wait_for()
+        page.get_by_text(re.compile(r"· cancelled · depth")).first.wait_for(timeout=60_000)
+        # ... while someone else opening the page gets an empty workspace of their own.
+        other = page.context.browser.new_page()
+        other.goto(server + "/finetune")
+        other.get_by_text("No runs yet").wait_for(timeout=60_000)
+        assert other.get_by_text("· cancelled · depth").count() == 0
+
 
 def test_uploads_without_the_xsrf_token_are_refused(server):
     """XSRF protection is on: a forged upload (no token from the page) gets 403."""
