@@ -48,3 +48,19 @@ def texts(at: AppTest) -> str:
     parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
     parts += [i.value for i in at.info]
     return "\n".join(str(p) for p in parts)
+
+
+def upload_model(at: AppTest, name: str, data: bytes) -> AppTest:
+    """Choose 'Upload' as the model source and upload `data` as file `name` (runs the app)."""
+    at.radio(key="model_kind").set_value("Upload")
+    at.run()
+    at.file_uploader(key="model_upload").set_value((name, data, "application/octet-stream"))
+    return at.run()
+
+
+def upload_zip(at: AppTest, name: str, data: bytes) -> AppTest:
+    """Choose 'Upload .zip' as the image source and upload `data` as file `name` (runs the app)."""
+    at.radio(key="images_kind").set_value("Upload .zip")
+    at.run()
+    at.file_uploader(key="images_upload").set_value((name, data, "application/zip"))
+    return at.run()

@@ -4,7 +4,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from apptest_helpers import open_app, texts
+from apptest_helpers import open_app, texts, upload_model, upload_zip
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -75,17 +75,10 @@ def test_upload_model_and_zip(tmp_path):
                 zf.write(p, f"two/{cls}/{p.name}")
         zf.writestr("two/1/broken.png", b"not a png")
 
-    at = open_app()
-    at.radio(key="model_kind").set_value("Upload")
-    at.run()
-    at.file_uploader(key="model_upload").set_value(("up.keras", path.read_bytes(), "application/octet-stream"))
-    at.run()
+    at = upload_model(open_app(), "up.keras", path.read_bytes())
     assert not at.exception
     assert at.session_state["model"].name == "uploaded_net"
-    at.radio(key="images_kind").set_value("Upload .zip")
-    at.run()
-    at.file_uploader(key="images_upload").set_value(("two.zip", buf.getvalue(), "application/zip"))
-    at.run()
+    upload_zip(at, "two.zip", buf.getvalue())
     assert not at.exception
     images = at.session_state["images"]
     assert images.class_names == ["0", "1"] and len(images) == 12
@@ -99,11 +92,7 @@ def test_upload_model_and_zip(tmp_path):
 
 
 def test_refused_upload_keeps_previous_model():
-    at = open_app()
-    at.radio(key="model_kind").set_value("Upload")
-    at.run()
-    at.file_uploader(key="model_upload").set_value(("bad.keras", b"garbage bytes", "application/octet-stream"))
-    at.run()
+    at = upload_model(open_app(), "bad.keras", b"garbage bytes")
     assert not at.exception
     assert any("not a Keras model" in e.value for e in at.error)
     assert at.session_state["model"].name == "digits_base"
@@ -113,13 +102,10 @@ def test_refused_upload_keeps_previous_model():
 def test_refused_zip_keeps_previous_images():
     at = open_app()
     before = len(at.session_state["images"])
-    at.radio(key="images_kind").set_value("Upload .zip")
-    at.run()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("../evil/1.png", b"x")
-    at.file_uploader(key="images_upload").set_value(("evil.zip", buf.getvalue(), "application/zip"))
-    at.run()
+    upload_zip(at, "evil.zip", buf.getvalue())
     assert not at.exception
     assert any("outside the archive" in e.value for e in at.error)
     assert len(at.session_state["images"]) == before

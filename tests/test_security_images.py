@@ -572,7 +572,7 @@ def test_fifo_in_a_folder_is_skipped_without_blocking(tmp_path):
 # -- the app ---------------------------------------------------------------------
 
 def test_app_upload_of_a_mixed_zip_lists_every_bad_file(bomb_png):
-    from apptest_helpers import open_app
+    from apptest_helpers import open_app, upload_zip
 
     entries = {}
     for cls in ("0", "1"):
@@ -587,11 +587,7 @@ def test_app_upload_of_a_mixed_zip_lists_every_bad_file(bomb_png):
         "mixed/1/bomb.png": (bomb_png, "decompression bomb"),
     }
     entries.update({k: v[0] for k, v in bad.items()})
-    at = open_app()
-    at.radio(key="images_kind").set_value("Upload .zip")
-    at.run()
-    at.file_uploader(key="images_upload").set_value(("mixed.zip", _zip(entries), "application/zip"))
-    at.run()
+    at = upload_zip(open_app(), "mixed.zip", _zip(entries))
     assert not at.exception
     images = at.session_state["images"]
     assert images.class_names == ["0", "1"] and len(images) == 10
@@ -650,7 +646,7 @@ def test_app_refuses_a_folder_outside_the_shared_roots_and_keeps_the_images(tmp_
 
 
 def test_one_class_set_is_flagged_and_fine_tuning_waits_for_a_second_class(tmp_path):
-    from apptest_helpers import open_app, texts
+    from apptest_helpers import open_app, texts, upload_zip
 
     rng = np.random.default_rng(1)
     buf = io.BytesIO()
@@ -659,11 +655,7 @@ def test_one_class_set_is_flagged_and_fine_tuning_waits_for_a_second_class(tmp_p
             b = io.BytesIO()
             Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(b, "PNG")
             zf.writestr(f"only_cats/{i}.png", b.getvalue())
-    at = open_app()
-    at.radio(key="images_kind").set_value("Upload .zip")
-    at.run()
-    at.file_uploader(key="images_upload").set_value(("cats.zip", buf.getvalue(), "application/zip"))
-    at.run()
+    at = upload_zip(open_app(), "cats.zip", buf.getvalue())
     assert not at.exception
     assert "1 class · :orange[one class only]" in texts(at)
     assert any("Only one class has images ('only_cats')" in w.value for w in at.warning)
