@@ -164,3 +164,40 @@ def test_worker_output_cannot_block_on_an_undrained_pipe(tmp_path):
         proc.kill()
     log = (tmp_path / "worker.log").read_text()
     assert log.count("x" * 1023) == 2048 and "C-level write" in log
+
+
+def test_sessions_measuring_the_shared_model_at_once_get_their_own_answers(loaded_base, digits_0_4, digits_5_9):
+    """Streamlit runs each session in its own thread on the one cached model: results must not mix."""
+    import threading
+
+    import numpy as np
+
+    from tlviz import normalize
+    from tlviz.imagesets import load_image_set
+
+    sets = {name: load_image_set(path, loaded_base.image_size, loaded_base.channels)
+            for name, path in (("0-4", digits_0_4), ("5-9", digits_5_9))}
+    alone = {name: normalize.analyze(loaded_base, s) for name, s in sets.items()}
+    before = weights_hash(loaded_base.model)
+    together, errors = {}, []
+
+    def session(key, name):
+        try:
+            together[key] = (name, normalize.analyze(loaded_base, sets[name]))
+        except Exception as exc:  # surfaced below with the thread's name
+            errors.append(f"{key}: {exc!r}")
+
+    threads = [threading.Thread(target=session, args=(f"s{i}", name)) for i, name in enumerate(["0-4", "5-9"] * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert len(together) == 4
+    for name, report in together.values():
+        ref = alone[name]
+        assert list(report.evaluations) == list(ref.evaluations)
+        for key, ev in ref.evaluations.items():
+            assert np.array_equal(report.evaluations[key].predictions, ev.predictions), (name, key)
+    assert alone["0-4"].best_setting.label == "tf"
+    assert weights_hash(loaded_base.model) == before
