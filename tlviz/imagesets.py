@@ -612,7 +612,11 @@ def _read_file(path: Path, cap: int, labels: bool = False) -> bytes:
             raise _SkipImage("not a regular file (FIFO, device or socket): not opened")
         if st_.st_size > cap:
             raise _oversize(st_.st_size, cap, labels)
-        data = f.read(cap + 1)
+        # Ask for the size fstat gave, not for `cap`: a read of n bytes allocates n up front.
+        want = min(cap, st_.st_size) + 1
+        data = f.read(want)
+        if len(data) == want and want <= cap:  # it grew since fstat: read on, still bounded
+            data += f.read(cap + 1 - len(data))
     if len(data) > cap:
         raise _oversize(len(data), cap, labels)
     return data
