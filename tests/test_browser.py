@@ -196,3 +196,27 @@ def test_uploads_without_the_xsrf_token_are_refused(server):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=10)
     assert info.value.code == 403
+
+
+def test_hostile_model_upload_is_refused_and_the_sample_stays(server, tmp_path):
+    import keras
+
+    marker = tmp_path / "ran.txt"
+    inp = keras.Input((8, 8, 3))
+    touch = str(marker)
+    x = keras.layers.Lambda(lambda t: (__import__("pathlib").Path(touch).touch(), t)[1], name="sneaky")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    path = tmp_path / "innocent.keras"
+    model.save(path)
+    marker.unlink(missing_ok=True)  # building the model ran the function once; loading must not
+    with browser_page() as page:
+        page.goto(server + "/layers")
+        page.get_by_text("24,021").first.wait_for()
+        sidebar(page).get_by_text("Upload", exact=True).first.click()
+        sidebar(page).locator('input[type="file"]').first.set_input_files(str(path))
+        sidebar(page).get_by_text("Lambda layer ('sneaky')").wait_for(timeout=60_000)
+        sidebar(page).get_by_text("Still using the previous model: digits_base.keras").wait_for()
+        page.get_by_text("24,021").first.wait_for()  # the freezing table still shows the sample
+        no_exception(page)
+        save_screenshot(page, "browser_hostile_model.png")
+    assert not marker.exists()
