@@ -330,6 +330,7 @@ def _show_run(rec, images, current_images_key: str) -> None:
 # -- the page ---------------------------------------------------------------------
 
 ui.page_start()
+ws = ui.workspace()  # this session's runs only
 loaded, images = ui.require_images()
 table = ui.current_layer_table(loaded)
 current_key = _images_key(str(st.session_state.get("image_source_key")), images.images.shape, images)
@@ -388,10 +389,10 @@ if lr_result:
             st.button(f"Use {res.suggestion:.1e} as the learning rate", key="ft_use_lr", on_click=_set_lr,
                       args=(res.suggestion,))
 
-runs = list_runs(owner=ui.workspace())
+runs = list_runs(owner=ws)
 active = runs[runs["state"].isin(ACTIVE_STATES)]
 if len(active) and not st.session_state.get("ft_job"):
-    job_ids = sorted({load_run(r, owner=ui.workspace()).status.get("job_id") for r in active["run_id"]} - {None})
+    job_ids = sorted({load_run(r, owner=ws).status.get("job_id") for r in active["run_id"]} - {None})
     st.info(f"{len(active)} run(s) in progress (started before a reload, or in another tab).",
             icon=":material/hourglass_top:")
     if job_ids and st.button("Follow the runs in progress", key="ft_follow"):
@@ -412,7 +413,7 @@ if st.session_state.get("ft_show_run") not in ids:
     st.session_state["ft_show_run"] = ids[0]
 show = st.selectbox("Run", ids, format_func=labels.get, key="ft_show_run")
 try:
-    _show_run(load_run(show, owner=ui.workspace()), images, current_key)
+    _show_run(load_run(show, owner=ws), images, current_key)
 except TlvizError as exc:
     st.warning(str(exc))
 
@@ -439,7 +440,7 @@ compare = st.multiselect("Overlay the curves of", ids, format_func=labels.get, k
 histories = {}
 for rid in compare:
     try:
-        histories[labels[rid]] = load_run(rid, owner=ui.workspace()).history
+        histories[labels[rid]] = load_run(rid, owner=ws).history
     except TlvizError:
         continue
 if histories:
@@ -451,7 +452,7 @@ with st.expander("Delete runs"):
         errors = []
         for rid in doomed:
             try:
-                delete_run(rid, owner=ui.workspace())
+                delete_run(rid, owner=ws)
             except TlvizError as exc:
                 errors.append(str(exc))
         for e in errors:

@@ -291,7 +291,7 @@ def load_run(run_id: str, root: str | os.PathLike | None = None, owner: str | No
         raise TlvizError(f"No run {run_id} in {path.parent}. It may have been deleted; refresh the list.")
     rec = _read(path)
     if owner is not None and rec.owner != owner:
-        raise TlvizError(f"Run {run_id} was started in another session; only that session can open it.")
+        raise TlvizError(f"Run {run_id} was started in another session; only that session can open or delete it.")
     return rec
 
 
@@ -379,12 +379,7 @@ def delete_run(run_id: str, root: str | os.PathLike | None = None, force: bool =
     Raises:
         TlvizError: unknown run, another workspace's run, or a run still in progress without `force`.
     """
-    path = run_path(run_id, root)
-    if not path.is_dir():
-        raise TlvizError(f"No run {run_id} to delete; it may already be gone.")
-    rec = _read(path)
-    if owner is not None and rec.owner != owner:
-        raise TlvizError(f"Run {run_id} was started in another session; only that session can delete it.")
+    rec = load_run(run_id, root, owner)
     if rec.state in ACTIVE_STATES and not force:
         raise TlvizError(f"Run {run_id} is still {rec.state}. Cancel it first, then delete it.")
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(rec.path, ignore_errors=True)
