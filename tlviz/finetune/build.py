@@ -89,7 +89,7 @@ def decide_head(n_outputs: int, model_class_names: list[str] | None, image_class
                 f"The model has {n_outputs} outputs but the image set has {n} classes, so its head cannot be "
                 "fine-tuned as it is. Choose 'new head' (or leave it automatic) to replace the head by a fresh "
                 f"one with {n} outputs.")
-        return HeadDecision(True, True, f"new head forced: the model has {n_outputs} outputs, the image set {n} classes")
+        return HeadDecision(True, True, f"new head forced: the model has {n_outputs} outputs, the image set {n} class{'es' if n != 1 else ''}")
     if requested is not None:
         return HeadDecision(bool(requested), False, "new head chosen" if requested else "the model's own head is fine-tuned")
     if model_class_names and list(model_class_names) != list(image_class_names):
