@@ -523,3 +523,60 @@ def test_cli_text_output(frozen_model_path, digits_0_4, capsys):
     assert cli_main(["diagnose", str(frozen_model_path), str(digits_0_4), "--preset", "tf"]) == 1
     out = capsys.readouterr().out
     assert "# tlviz diagnosis: digits_frozen" in out and "no-trainable-weights" in out
+
+
+# -- at chance: honest when nothing works (issue 10) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def dead_head_report(loaded_base, base_images) -> DiagnosisReport:
+    """The sample's trained base under a new head whose kernel is zero: one answer for every image."""
+    base = keras.Model(loaded_base.model.inputs[0], loaded_base.model.get_layer("dropout").output, name="features")
+    inp = keras.Input((32, 32, 3))
+    head = keras.layers.Dense(5, activation="softmax", name="new_head")
+    model = keras.Model(inp, head(base(inp)), name="dead_head")
+    head.kernel.assign(np.zeros(head.kernel.shape, np.float32))
+    head.bias.assign(np.array([0.3, 0.1, 0.0, 0.2, 0.0], np.float32))
+    return diagnose(summarize(model, metadata=loaded_base.metadata), base_images, "unit")
+
+
+def test_untrained_head_on_a_working_base_is_no_better_than_chance(dead_head_report):
+    """Every preset is at chance; the probe finds signal in the base, so the head is named."""
+    r = dead_head_report
+    f = finding(r, "no-better-than-chance")
+    assert f.severity == "error" and f.area == "finetuning"
+    ev = f.evidence
+    assert ev["interval"][0] <= ev["chance"] and ev["n_images"] == r.n_images
+    assert ev["features_carry_signal"] is True and ev["probe_interval"][0] > ev["probe_chance"]
+    assert "head is what fails" in f.fix and "95 % interval" in f.fix
+    assert "normalization-mismatch" not in ids(r)
+    assert "better than chance" in skipped(r)["normalization-mismatch"]
+    assert r.expected_preset is None and r.normalization.best_preset is None and r.normalization.inconclusive
+    for preset in ("raw", "tf", "torch"):  # no preset is claimed, whatever the user says they use
+        assert "normalization-mismatch" not in ids(r.for_preset(preset))
+
+
+def test_trained_model_is_not_at_chance(clean, sample_unit):
+    for r in (clean, sample_unit):
+        assert "no-better-than-chance" in r.checks_run and "no-better-than-chance" not in ids(r)
+
+
+def test_probe_evidence_states_the_sample_and_the_signal(loaded_base, base_images):
+    random_base = summarize(fresh_clone(loaded_base.model, seed=7), metadata=loaded_base.metadata)
+    report = diagnose(random_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
+    f = finding(report, "pretraining-no-better-than-random")
+    assert "class-balanced" in f.evidence["sample"] and isinstance(f.evidence["features_carry_signal"], bool)
+    assert "The base's features carry" in f.fix
+
+
+def test_a_measured_normalization_is_reused_not_recomputed(loaded_base, base_images, clean, monkeypatch):
+    from tlviz import normalize
+
+    measured = clean.normalization
+    monkeypatch.setattr(normalize, "analyze", lambda *a, **k: pytest.fail("the normalization was measured again"))
+    report = diagnose(loaded_base, base_images, "tf", normalization=measured,
+                      checks=["normalization-mismatch", "label-order-mismatch", "no-better-than-chance"])
+    assert report.normalization is measured
+    assert report.expected_preset == clean.expected_preset == "tf"
+    other = subset(base_images, 10)
+    with pytest.raises(ValueError, match="another model or image set"):
+        diagnose(loaded_base, other, "tf", normalization=measured)

@@ -188,8 +188,8 @@ def test_snippet_prepares_an_image_exactly_like_the_winner(base_report, base_ima
 
 def test_json_object_shape(base_report):
     obj = base_report.to_json()
-    assert set(obj) == {"results", "best", "fingerprint", "builtin_preprocessing"}
-    assert [set(r) for r in obj["results"]] == [{"preset", "accuracy", "mean_confidence", "n"}] * len(PRESETS)
+    assert set(obj) == {"results", "best", "inconclusive", "chance", "fingerprint", "builtin_preprocessing"}
+    assert [set(r) for r in obj["results"]] == [{"preset", "accuracy", "interval", "mean_confidence", "n"}] * len(PRESETS)
     accs = [r["accuracy"] for r in obj["results"]]
     assert accs == sorted(accs, reverse=True)
     assert obj["best"] == "tf" and obj["results"][0]["preset"] == "tf"
@@ -238,8 +238,34 @@ def test_model_without_batchnorm_has_no_fingerprint(base_images):
     assert "has no BatchNormalization layer" in fp.reason
     report = nz.analyze(model, base_images, variants=False)
     assert report.to_json()["fingerprint"] is None
-    assert report.best_by == "accuracy"
-    assert "No label-free fingerprint" in report.agreement_note
+    assert report.best_by is None  # untrained: at chance under every preset (see the inconclusive tests)
+
+
+def test_untrained_head_is_inconclusive_and_names_no_best(base_images):
+    """All presets at chance: no "best", the sentence says what that points to, no variants are run."""
+    report = nz.analyze(_tiny_model(bn=False, name="untrained"), base_images)
+    assert report.accuracy_available
+    assert report.best_preset is None and report.best_by is None and report.best_setting is None
+    assert report.best_named_preset is None
+    assert not report.results["is_best"].any()
+    assert set(report.results["kind"]) == {"preset"}  # no resize / channel-order variants against "no best"
+    assert report.chance == pytest.approx(np.bincount(base_images.labels).max() / len(base_images))
+    # every preset's interval reaches down to chance
+    assert (report.results["accuracy_low"] <= report.chance).all()
+    assert "better than chance" in report.inconclusive and "head not trained" in report.inconclusive
+    assert f"these {len(base_images)} images" in report.inconclusive
+    obj = report.to_json()
+    assert obj["best"] is None and obj["inconclusive"] == report.inconclusive
+    assert all(len(r["interval"]) == 2 and r["interval"][0] <= r["accuracy"] <= r["interval"][1]
+               for r in obj["results"])
+    assert nz.normalization_findings(report, "unit") == []
+
+
+def test_trained_model_is_conclusive_with_intervals(base_report):
+    assert base_report.inconclusive is None
+    top = base_report.results.iloc[0]
+    assert top["accuracy_low"] > base_report.chance
+    assert top["accuracy_low"] <= top["accuracy"] <= top["accuracy_high"]
 
 
 def test_untrained_batchnorm_gives_no_fingerprint(base_images):
@@ -325,8 +351,8 @@ def test_custom_preset_equal_to_tf_ties_and_the_named_preset_wins(loaded_base, b
     assert "(x * " in report.snippet(nz.Setting(custom))
 
 
-def test_equal_accuracy_is_settled_by_the_fingerprint(base_images):
-    """A model that predicts one class for everything ties on accuracy; the fingerprint decides."""
+def test_one_class_predictor_is_inconclusive_but_keeps_the_fingerprint(base_images):
+    """A model that predicts one class for everything ties at chance: no best preset, the fingerprint is reported."""
     import keras
 
     model = _tiny_model(bn=True, name="one_class")
@@ -341,7 +367,8 @@ def test_equal_accuracy_is_settled_by_the_fingerprint(base_images):
     report = nz.analyze(model, base_images, variants=False)
     assert report.results["accuracy"].nunique() == 1
     assert report.fingerprint.best == "torch"
-    assert report.best_preset == "torch" and report.best_by == "accuracy"
+    assert report.best_preset is None and report.best_by is None and report.inconclusive
+    assert "`torch`" in report.agreement_note and "cannot be confirmed" in report.agreement_note
 
 
 @pytest.mark.parametrize("right_under_unit, expected_top", [(52, "tf"), (70, "unit")])
@@ -443,7 +470,7 @@ def test_cli_json_ranks_tf_first(base_model_path, digits_0_4, capsys):
     rc, out, err = _cli([base_model_path, digits_0_4, "--json"], capsys)
     assert rc == 0
     obj = json.loads(out)
-    assert set(obj) == {"results", "best", "fingerprint", "builtin_preprocessing"}
+    assert set(obj) == {"results", "best", "inconclusive", "chance", "fingerprint", "builtin_preprocessing"}
     assert obj["best"] == "tf"
     assert [r["preset"] for r in obj["results"]][0] == "tf"
     assert len(obj["results"]) == len(PRESETS)  # variants are not part of the JSON

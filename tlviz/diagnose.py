@@ -42,6 +42,14 @@ Checks (stable id — severity, area — fires when):
   accuracy depends on the resize method / RGB vs BGR (from
   `tlviz.normalize.normalization_findings`, as information: not a fault by itself).
 - ``input-resized`` — info, inference — images were resized or converted to fit the model.
+- ``no-better-than-chance`` — error, finetuning — no preset's accuracy is clearly above
+  chance (95 % Wilson interval above the share of the most common class); the
+  evidence says whether the base's features carry signal (probe), which points
+  at the head or at the pre-training. ``normalization-mismatch`` is then skipped.
+
+Every model pass runs compiled, in batches planned from ``TLVIZ_MEMORY_MB`` and
+the model's activation sizes (`tlviz.memory`); the probe uses a seeded,
+class-balanced sample of at most `PROBE_MAX_IMAGES` images.
 
 The loaded model is never changed: checks that run it in training mode work on
 a clone (`keras.models.clone_model` + `set_weights`). Checks that need labels
@@ -88,6 +96,7 @@ from tlviz.findings import AREAS, SEVERITIES, Finding, sort_findings
 from tlviz.imagesets import RESIZE_DESCRIPTIONS, ImageSet
 from tlviz.jsonsafe import json_safe
 from tlviz.presets import PRESETS, applicable_presets, apply_preset, preset_snippet
+from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
 
 AREA_TITLES = {"pretraining": "Pre-training", "finetuning": "Fine-tuning", "inference": "Inference pipeline"}
 SEVERITY_TITLES = {"error": "Error", "warning": "Warning", "info": "Info"}
@@ -106,7 +115,8 @@ PERMUTATION_MIN_ACCURACY = 0.8
 PERMUTATION_GAIN = 0.2
 #: bn-statistics-mismatch: batch statistics beat moving statistics by at least this accuracy.
 BN_GAP = 0.10
-#: Images per batch when the model runs in training mode (batch statistics).
+#: Images per batch when the model runs in training mode (batch statistics); smaller when the
+#: memory budget (`tlviz.memory.plan_batch`) allows fewer (the evidence records the batch used).
 TRAINING_BATCH = 64
 #: pretraining-no-better-than-random: the pre-trained probe must beat the random one by this much.
 PROBE_MARGIN = 0.10
@@ -184,14 +194,6 @@ def _names(items, limit: int = 6) -> str:
     items = [str(i) for i in items]
     text = ", ".join(items[:limit])
     return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _first_output(out):
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return np.asarray(out)
 
 
 def _classes_of(out: np.ndarray) -> np.ndarray:
@@ -398,6 +400,28 @@ class _Probe:
     shots: int
     feature_layer: str
     feature_dim: int
+    n_test: int = 0
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / max(self.n_classes, 1)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95 % interval of the pre-trained probe's accuracy (on one split's test images: conservative)."""
+        return wilson_interval(int(round(self.pretrained * self.n_test)), self.n_test)
+
+    @property
+    def signal(self) -> bool:
+        """Whether the base's features carry signal: the probe is clearly above chance."""
+        return self.interval[0] > self.chance
+
+    def signal_sentence(self) -> str:
+        lo, hi = self.interval
+        what = "carry signal for these classes" if self.signal else "carry no clear signal for these classes"
+        return (f"The base's features {what}: a nearest-class-mean probe on them reaches {self.pretrained:.1%} "
+                f"(95 % interval {format_interval(lo, hi)}, {self.n_test} test images) against {self.chance:.1%} "
+                f"chance, on a seeded, class-balanced sample of {self.n_images} images.")
 
 
 @dataclass
@@ -425,6 +449,9 @@ class PresetEvidence:
         label_note: why accuracy is unavailable (None when available).
         weights_finite: False when the model holds NaN / infinite weights.
         image_size / resize: how the images were decoded (for snippets).
+        chance: accuracy of always answering the most common class (None without labels).
+        at_chance: when no preset's accuracy is clearly above `chance` (95 % Wilson
+            interval), the sentence saying so; `best` is then None.
     """
 
     report: object | None
@@ -438,6 +465,8 @@ class PresetEvidence:
     resize: str
     files: list
     channels: int = 3
+    chance: float | None = None
+    at_chance: str | None = None
 
 
 class DiagnosisContext:
@@ -589,7 +618,12 @@ class DiagnosisContext:
                                   self.match.reason, True, **base)
         accuracy = {p: float(np.mean(report.predictions[p] == labels)) for p in _preset_order(report)}
         best, best_by = _best_by_accuracy(accuracy, report.fingerprint.order)
-        return PresetEvidence(report, labels, accuracy, best, best_by, None, True, **base)
+        chance = chance_level(labels, self.k)
+        at_chance = _at_chance(accuracy, len(labels), chance)
+        if at_chance:
+            best, best_by = None, None
+        return PresetEvidence(report, labels, accuracy, best, best_by, None, True, **base, chance=chance,
+                              at_chance=at_chance)
 
     @property
     def working_preset(self) -> str:
@@ -611,15 +645,19 @@ class DiagnosisContext:
             preset: defaults to `working_preset`.
             start / span: the part of the check's progress this covers.
         """
+        from tlviz.memory import forward, plan_batch
+
         arr = self.images.images
         n = len(arr)
         preset = preset or self.working_preset
         order = np.random.default_rng(SEED).permutation(n)
         out = np.empty(n, dtype=np.int64)
-        for i in range(0, n, TRAINING_BATCH):
-            idx = order[i:i + TRAINING_BATCH]
-            x = apply_preset(arr[idx], preset)
-            out[idx] = _classes_of(_first_output(clone(x, training=True)))
+        batch = plan_batch(clone, "training_forward", n=n, max_batch=TRAINING_BATCH).batch_size
+        self.training_batch = batch
+        run = forward(clone, training=True)
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            out[idx] = _classes_of(run(apply_preset(arr[idx], preset)))
             self.say(start + span * (i + len(idx)) / n, text)
         return out
 
@@ -627,6 +665,20 @@ class DiagnosisContext:
     @functools.cached_property
     def probe(self) -> _Probe:
         return _run_probe(self)
+
+
+def _at_chance(accuracy: dict, n: int, chance: float) -> str | None:
+    """The sentence saying no preset is clearly above chance, or None when one is."""
+    if not accuracy or not n:
+        return None
+    top = max(accuracy, key=accuracy.get)
+    correct = int(round(accuracy[top] * n))
+    if clearly_above(correct, n, chance):
+        return None
+    lo, hi = wilson_interval(correct, n)
+    return (f"No preset makes the model better than chance on these {n} images: the most accurate, `{top}`, "
+            f"scores {accuracy[top]:.1%} (95 % interval {format_interval(lo, hi)}) against {chance:.1%} for always "
+            "answering the most common class, so no preset can be said to be the one the model expects.")
 
 
 def _preset_order(report) -> list[str]:
@@ -684,10 +736,13 @@ def check_pretraining_no_better_than_random(ctx: DiagnosisContext) -> list[Findi
         {"probe_accuracy_pretrained": p.pretrained, "probe_accuracy_random": p.random,
          "chance": 1.0 / p.n_classes, "n_images": p.n_images, "n_classes": p.n_classes,
          "train_images_per_class": p.shots, "feature_layer": p.feature_layer, "feature_dim": p.feature_dim,
+         "probe_interval": list(p.interval), "features_carry_signal": p.signal,
+         "sample": (f"seeded, class-balanced: at most {PROBE_MAX_PER_CLASS} images per class, "
+                    f"{PROBE_MAX_IMAGES} in all"),
          "preset": ctx.working_preset},
-        (f"A nearest-class-mean probe trained on {p.shots} images per class reaches {p.pretrained:.1%} on the "
-         f"base's features and {p.random:.1%} on the same architecture with fresh random weights: the "
-         "pre-training gives this task little. Check that the pre-trained weights really loaded (e.g. "
+        (f"{p.signal_sentence()} A nearest-class-mean probe trained on {p.shots} images per class reaches "
+         f"{p.pretrained:.1%} on the base's features and {p.random:.1%} on the same architecture with fresh random "
+         "weights: the pre-training gives this task little. Check that the pre-trained weights really loaded (e.g. "
          "`weights=\"imagenet\"` downloaded, `load_weights` pointed at the right file, no layer silently "
          "re-initialised), use a base pre-trained on images closer to yours, or unfreeze more of the base so "
          "its features can adapt."),
@@ -725,17 +780,21 @@ def _feature_tensor(model):
     raise CheckSkipped("No classification head was found on top of the base, so there is no feature layer to probe.")
 
 
-def _features(model, idx: int, images: np.ndarray, preset: str, batch: int = 128) -> np.ndarray:
+def _features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:
+    """Features at the head's input, in batches planned from the memory budget (compiled passes)."""
     import keras
+
+    from tlviz.memory import forward, plan_batch
 
     t = model.layers[idx].input
     extractor = keras.Model(model.inputs[0], t)
+    batch = plan_batch(extractor, "inference", n=len(images)).batch_size
+    run = forward(extractor)
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i in range(0, len(images), batch):
-            f = np.asarray(_first_output(extractor(apply_preset(images[i:i + batch], preset), training=False)),
-                           dtype=np.float64)
+            f = np.asarray(run(apply_preset(images[i:i + batch], preset)), dtype=np.float64)
             if f.ndim > 2:
                 f = f.mean(axis=tuple(range(1, f.ndim - 1)))
             out.append(f.reshape(len(f), -1))
@@ -805,7 +864,48 @@ def _run_probe(ctx: DiagnosisContext) -> _Probe:
         rand.append(_ncm_accuracy(feats, labels, splits))
         del fresh
     return _Probe(pre, float(np.mean(rand)), int(len(sample)), int(len(np.unique(labels))), shots, name,
-                  int(pre_feats.shape[1]))
+                  int(pre_feats.shape[1]), int(len(splits[0][1])))
+
+
+def check_no_better_than_chance(ctx: DiagnosisContext) -> list[Finding]:
+    """``no-better-than-chance``: no preset makes the model clearly better than chance; the probe says why."""
+    ctx.require_labels()
+    ctx.require_finite()
+    ev = ctx.preset_evidence
+    if not ev.at_chance:
+        return []
+    top = max(ev.accuracy, key=ev.accuracy.get)
+    n = len(ev.labels)
+    lo, hi = wilson_interval(int(round(ev.accuracy[top] * n)), n)
+    evidence = {"accuracy_by_preset": ev.accuracy, "most_accurate_preset": top, "interval": [lo, hi],
+                "chance": ev.chance, "n_images": n}
+    try:
+        p = ctx.probe
+    except CheckSkipped as exc:
+        p, probe_note = None, f"No probe of the base's features could run: {exc}"
+    if p is not None:
+        evidence.update(probe_accuracy_pretrained=p.pretrained, probe_interval=list(p.interval),
+                        probe_chance=p.chance, probe_images=p.n_images, features_carry_signal=p.signal)
+        probe_note = p.signal_sentence()
+    if p is not None and p.signal:
+        cause = ("So the base works and the head is what fails: it was not trained for these classes (a new, "
+                 "untrained `Dense` layer), was trained with every layer frozen, or its outputs follow another "
+                 "class order. Train the head on these images (Fine-tuning page, unfreeze depth 0) and check the "
+                 "class order (label-order-mismatch).")
+    elif p is not None:
+        cause = ("Neither the head nor the base's features separate these classes: the base's weights are most likely "
+                 "not pre-trained (`weights=None`, a `load_weights` that did not load, a layer re-initialised) or the "
+                 "images are unlike anything it learned. Load the pre-trained weights, check the labels, then train "
+                 "the head.")
+    else:
+        cause = ("The head may be untrained for these classes, the base's weights may not be pre-trained, or the "
+                 "labels may not match the model's outputs.")
+    return [_finding(
+        "no-better-than-chance", "error", "finetuning",
+        f"The model is no better than chance on these images under any preprocessing ({ev.accuracy[top]:.1%}, "
+        f"chance {ev.chance:.1%})",
+        evidence,
+        f"{ev.at_chance} {probe_note} {cause}")]
 
 
 # -- checks: fine-tuning ----------------------------------------------------------------
@@ -937,6 +1037,8 @@ def _normalization_mismatch(ev: PresetEvidence, preset: str) -> list[Finding]:
     report = ev.report
     fp = report.fingerprint
     best = ev.best
+    if ev.at_chance:
+        raise CheckSkipped(ev.at_chance + " See no-better-than-chance.")
     if best is None:
         raise CheckSkipped(f"Accuracy cannot be measured ({ev.label_note or 'no labels'}) and there is no "
                            f"label-free fingerprint ({fp.reason}), so there is no evidence of the preset the "
@@ -1099,7 +1201,8 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
          "batch statistics"),
         {"accuracy_inference_mode": acc_inf, "accuracy_batch_statistics": acc_batch, "preset_inference": best_inf,
          "preset_batch_statistics": best_batch,
-         "bn_layers": len(bn), "examples": [leaf.path for leaf in bn[:5]], "batch_size": TRAINING_BATCH,
+         "bn_layers": len(bn), "examples": [leaf.path for leaf in bn[:5]],
+         "batch_size": getattr(ctx, "training_batch", TRAINING_BATCH),
          "first_bn_fingerprint_distance": dist},
         ("The moving mean / variance stored in the BatchNormalization layers do not describe these images: "
          "too few training steps for them to settle, a momentum too high for a short run, or images prepared "
@@ -1262,6 +1365,7 @@ CHECKS: tuple[Check, ...] = (
     Check("training-mode-inference", "info", "inference", "training-mode behaviour", check_training_mode_inference),
     Check("pretraining-no-better-than-random", "warning", "pretraining", "pre-trained vs random features",
           check_pretraining_no_better_than_random),
+    Check("no-better-than-chance", "error", "finetuning", "accuracy above chance", check_no_better_than_chance),
 )
 CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)
 _BY_ID = {c.id: c for c in CHECKS}
@@ -1467,7 +1571,7 @@ def _check_preset(preset: str, channels: int | None) -> None:
 
 def diagnose(loaded_model, image_set: ImageSet, inference_preset: str = "unit",
              progress: Callable[[float, str], None] | None = None, source=None, *,
-             checks: list[str] | tuple[str, ...] | None = None) -> DiagnosisReport:
+             checks: list[str] | tuple[str, ...] | None = None, normalization=None) -> DiagnosisReport:
     """Run every check on a model and an image set.
 
     The loaded model is never modified (checks that need ``training=True`` work
@@ -1483,6 +1587,9 @@ def diagnose(loaded_model, image_set: ImageSet, inference_preset: str = "unit",
         source: the `ImageSource` the images came from; enables the resize-method
             comparison. Defaults to `None`.
         checks: run only these check ids (see `CHECK_IDS`). Defaults to all.
+        normalization: a `tlviz.normalize.NormalizationReport` already measured on
+            the same model and image set (e.g. by the Normalization page); it is
+            reused instead of evaluating every preset again. Defaults to `None`.
 
     Returns:
         A `DiagnosisReport`: findings most severe first, skipped checks with reasons.
@@ -1527,6 +1634,11 @@ def diagnose(loaded_model, image_set: ImageSet, inference_preset: str = "unit",
         say((state["k"] + fraction) / total, f"Check {state['k'] + 1} of {total} ({state['title']}): {text}")
 
     ctx = DiagnosisContext(loaded, image_set, inference_preset, source=source, progress=sub)
+    if normalization is not None:
+        if list(normalization.files) != list(image_set.files) or normalization.model_name != loaded.name:
+            raise ValueError("The normalization report passed was measured on another model or image set; pass "
+                             "the report of this model and image set, or none.")
+        ctx.__dict__["normalization"] = normalization  # the cached property, already measured
     for k, check in enumerate(selected):
         state.update(k=k, title=check.title)
         say(k / total, f"Check {k + 1} of {total}: {check.title}…")

@@ -18,7 +18,8 @@ What one image costs (`activation_bytes`), by `mode`:
 - ``"inference"`` — the model runs as a compiled graph (`forward`,
   ``predict_on_batch``): TensorFlow frees each intermediate tensor once its
   consumers have run, so only a few of the largest layer outputs are alive at
-  once: `LIVE_FACTOR` times the largest layer output, plus the float input.
+  once: `LIVE_FACTOR` times the largest layer output (at most the sum of all
+  outputs), plus the float input.
 - ``"training_forward"`` — the same, called with ``training=True`` but without
   gradients (batch statistics, dropout): like inference, plus the per-channel
   batch moments (small); the same estimate.
@@ -164,7 +165,7 @@ def activation_bytes(model, mode: str = "inference") -> int:
     largest = max(cached, default=inp)
     total = sum(cached)
     if mode in ("inference", "training_forward"):
-        est = LIVE_FACTOR * largest + inp
+        est = min(LIVE_FACTOR * largest, total) + inp  # never more than keeping every output
     elif mode == "eager":
         est = total + inp
     else:
@@ -239,7 +240,7 @@ def forward(model, training: bool = False) -> Callable:
     attr = "_tlviz_forward_train" if training else "_tlviz_forward"
     fn = getattr(model, attr, None)
     if fn is None:
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def fn(x):
             return model(x, training=training)
 
@@ -265,3 +266,90 @@ def first_output(out) -> np.ndarray:
 
 def batch_starts(n: int, batch_size: int) -> range:
     return range(0, int(n), max(1, int(batch_size)))
+
+
+def predict_batches(model, images, prepare: Callable | None, plan: BatchPlan,
+                    progress: Callable | None = None) -> np.ndarray:
+    """Run `model` (inference mode, compiled: `forward`) over `images` in batches of ``plan.batch_size``.
+
+    Only one batch is ever prepared (e.g. normalized to floats) at a time, and
+    the outputs go into one array allocated after the first batch: no float
+    copy of the whole set, no list of chunks to concatenate.
+
+    Args:
+        model: a Keras model.
+        images: anything with ``len()`` and slicing by ``[start:stop]``
+            returning a numpy array (a ``uint8`` image array, cached
+            activations, a view through an index).
+        prepare: turns one slice into the model's input (e.g. applies a
+            preset); `None` feeds the slice as it is.
+        plan: the `BatchPlan` (from `plan_batch`) giving the batch size.
+        progress: called as ``progress(done, total)`` after every batch.
+            Defaults to `None`.
+
+    Returns:
+        The model's (first) output for every image, in order, with the
+        output's own dtype; an empty ``float32`` array when `images` is empty.
+    """
+    n = len(images)
+    run = forward(model, training=False)
+    out = None
+    for start in batch_starts(n, plan.batch_size):
+        chunk = images[start:start + plan.batch_size]
+        y = run(chunk if prepare is None else prepare(chunk))
+        if out is None:
+            out = np.empty((n, *y.shape[1:]), dtype=y.dtype)
+        out[start:start + len(y)] = y
+        if progress is not None:
+            progress(min(start + plan.batch_size, n), n)
+    return out if out is not None else np.zeros((0,), np.float32)
+
+
+def _first_call_bytes(layer) -> int:
+    """Bytes per image of `layer`'s output in its first call (a layer shared by a clone or a split model
+    has one call per graph, all of the same shape)."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    stack = [nodes[0].outputs] if nodes else []
+    total = 0
+    while stack:
+        o = stack.pop()
+        if isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif hasattr(o, "shape"):
+            total += _nbytes(tuple(o.shape), getattr(o, "dtype", "float32"))
+    return total
+
+
+def fit_bytes(model) -> int:
+    """Estimated bytes one image costs in a training step (``fit``, ``train_on_batch``) of `model`.
+
+    Layers below the first trainable one (in the order of ``model.layers``,
+    nested models followed) take no gradient, so their outputs are freed as
+    in a compiled forward pass: ``"inference"`` mode over that part. From the
+    first trainable layer up, every output is kept for the backward pass with
+    a gradient of the same size: ``"train"`` mode over that part. Pass the
+    model that actually trains (with cached activations below a cut, the part
+    above the cut), with its trainable flags set.
+
+    Args:
+        model: a Keras model (or a `LoadedModel`).
+
+    Returns:
+        Bytes per image (at least 1).
+    """
+    from tlviz.layers import iter_leaves
+
+    model = getattr(model, "model", model)
+    trainable = {id(v) for v in model.trainable_weights}
+    sizes: list[int] = []
+    first = None
+    for leaf in iter_leaves(model):
+        if first is None and any(id(v) in trainable for v in leaf.layer.weights):
+            first = len(sizes)
+        sizes.append(_first_call_bytes(leaf.layer))
+    first = len(sizes) if first is None else first
+    frozen, trained = sizes[:first], sizes[first:]
+    est = _input_bytes(model) + LIVE_FACTOR * max(frozen, default=0) + TRAIN_FACTOR * sum(trained)
+    return max(int(est), 1)

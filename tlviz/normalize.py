@@ -68,7 +68,10 @@ Functions:
 
 Ranking rule (with labels): accuracy first; when the most accurate settings
 differ by less than `TIE_Z` standard errors (paired McNemar test), the
-fingerprint's favourite among them wins. Without labels: the fingerprint order.
+fingerprint's favourite among them wins. Without labels: the fingerprint order. With labels but no setting whose accuracy
+is clearly above chance (its 95 % Wilson interval above the share of the most
+common class), no preset is best: the report's ``inconclusive`` says so and what
+that points to, and the resize / channel-order variants are skipped.
 Constants: `DEFAULT_BATCH_SIZE`, `DEFAULT_FINGERPRINT_IMAGES`, `TIE_Z`, and the
 column lists `RESULT_COLUMNS`, `PER_CLASS_COLUMNS`, `FINGERPRINT_COLUMNS`,
 `CHANGE_COLUMNS`.
@@ -89,17 +92,20 @@ from tlviz.errors import TlvizError
 from tlviz.findings import Finding
 from tlviz.imagesets import RESIZE_DESCRIPTIONS, RESIZE_METHODS, ImageSet
 from tlviz.layers import BN_CLASSES
+from tlviz.memory import first_output
 from tlviz.presets import PRESETS, CustomPreset, applicable_presets, apply_preset, preset_snippet
+from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
 
-#: Images per forward pass. Defaults to 128 (fastest on CPU in our measurements).
+#: Largest batch a forward pass uses; the actual size is planned from the memory budget and the
+#: model's activation sizes (`tlviz.memory.plan_batch`), so a 224x224 ResNet50 runs in smaller ones.
 DEFAULT_BATCH_SIZE = 128
 #: Images the fingerprint looks at (an evenly spaced sample). Defaults to 128.
 DEFAULT_FINGERPRINT_IMAGES = 128
 CHANNEL_ORDERS = ("RGB", "BGR")
 
 RESULT_COLUMNS = [
-    "rank", "setting", "kind", "preset", "resize", "channel_order", "accuracy", "mean_confidence",
-    "agreement", "n", "fingerprint_distance", "is_best",
+    "rank", "setting", "kind", "preset", "resize", "channel_order", "accuracy", "accuracy_low", "accuracy_high",
+    "mean_confidence", "agreement", "n", "fingerprint_distance", "is_best",
 ]
 PER_CLASS_COLUMNS = ["preset", "class", "accuracy", "n"]
 FINGERPRINT_COLUMNS = ["rank", "preset", "distance", "mean_shift", "std_ratio", "is_best"]
@@ -303,6 +309,10 @@ class NormalizationReport:
         output_names: display name per model output.
         files / labels: the base image set's files and model-order labels (or None).
         custom: the `CustomPreset` evaluated, if any.
+        inconclusive: when no setting's accuracy is clearly above chance (its
+            95 % interval does not clear `chance`), the sentence saying so and what
+            it points to; `best_preset`, `best_by` and `best_setting` are then None.
+        chance: accuracy of always answering the most common class (None without labels).
         seconds: time per stage (``fingerprint``, ``presets``, ``variants``, ``total``).
     """
 
@@ -326,6 +336,8 @@ class NormalizationReport:
     files: list[str]
     labels: np.ndarray | None
     custom: CustomPreset | None = None
+    inconclusive: str | None = None
+    chance: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def _preset_evals(self) -> dict[str, Evaluation]:
@@ -385,11 +397,14 @@ class NormalizationReport:
                   for r in self.fingerprint.ranking.itertuples()]
         return {
             "results": [
-                {"preset": str(r.preset), "accuracy": _num(r.accuracy), "mean_confidence": _num(r.mean_confidence),
-                 "n": int(r.n)}
+                {"preset": str(r.preset), "accuracy": _num(r.accuracy),
+                 "interval": None if _num(r.accuracy_low) is None else [_num(r.accuracy_low), _num(r.accuracy_high)],
+                 "mean_confidence": _num(r.mean_confidence), "n": int(r.n)}
                 for r in rows.itertuples()
             ],
             "best": self.best_preset,
+            "inconclusive": self.inconclusive,
+            "chance": _num(self.chance),
             "fingerprint": fp,
             "builtin_preprocessing": list(self.builtin_preprocessing),
         }
@@ -533,14 +548,6 @@ def _values(v, what: str, allow_three: bool = True):
 
 # -- inference ----------------------------------------------------------------
 
-def _first_output(out) -> np.ndarray:
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return np.asarray(out)
-
-
 def _top(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predicted index and its probability; logits are turned into probabilities."""
     out = out.reshape(len(out), -1).astype(np.float32, copy=False)
@@ -567,8 +574,19 @@ def _prepare(images: np.ndarray, preset, channel_order: str) -> np.ndarray:
     return apply_preset(images, preset)
 
 
+def _planned(model, batch_size: int | None, n: int | None = None, mode: str = "inference") -> int:
+    """`batch_size` when given, else the batch that fits the memory budget (at most `DEFAULT_BATCH_SIZE`)."""
+    from tlviz.memory import plan_batch
+
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise NormalizationRefused(f"The batch size must be 1 or more, not {batch_size}.")
+        return int(batch_size)
+    return plan_batch(model, mode, n=n, max_batch=DEFAULT_BATCH_SIZE).batch_size
+
+
 def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB",
-             batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[int, int], None] | None = None):
+             batch_size: int | None = None, progress: Callable[[int, int], None] | None = None):
     """Predictions for uint8 `images`, the preset applied one batch at a time.
 
     The next batch is normalized on a helper thread while the model runs, so at
@@ -577,6 +595,7 @@ def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB"
     `model.predict` per chunk, which builds a tf.data pipeline each call).
     """
     n = len(images)
+    batch_size = _planned(keras_model, batch_size, n)
     preds = np.empty(n, dtype=np.int32)
     conf = np.empty(n, dtype=np.float32)
     starts = list(range(0, n, batch_size))
@@ -587,7 +606,7 @@ def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB"
             if k + 1 < len(starts):
                 j = starts[k + 1]
                 nxt = pool.submit(_prepare, images[j:j + batch_size], preset, channel_order)
-            p, c = _top(_first_output(keras_model.predict_on_batch(x)))
+            p, c = _top(first_output(keras_model.predict_on_batch(x)))
             preds[i:i + len(x)] = p
             conf[i:i + len(x)] = c
             del x
@@ -597,7 +616,7 @@ def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB"
 
 
 def evaluate_preset(model, images: ImageSet, preset: str | CustomPreset, channel_order: str = "RGB",
-                    batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+                    batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
                     labels: LabelMatch | None = None) -> Evaluation:
     """Run the model on the decoded images under one preset.
 
@@ -606,7 +625,8 @@ def evaluate_preset(model, images: ImageSet, preset: str | CustomPreset, channel
         images: an `ImageSet` at the model's input size.
         preset: one of `PRESETS` or a `CustomPreset`.
         channel_order: ``"RGB"`` or ``"BGR"``. Defaults to `"RGB"`.
-        batch_size: images per forward pass. Defaults to `DEFAULT_BATCH_SIZE`.
+        batch_size: images per forward pass. Defaults to the batch that fits the
+            memory budget (`tlviz.memory.plan_batch`, at most `DEFAULT_BATCH_SIZE`).
         progress: optional ``progress(done, total)`` called after each batch.
         labels: a precomputed `label_match(model, images)`. Defaults to computing it.
 
@@ -622,7 +642,7 @@ def evaluate_preset(model, images: ImageSet, preset: str | CustomPreset, channel
 
 
 def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
-                     batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+                     batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
                      labels: LabelMatch | None = None) -> Evaluation:
     """Run the model under one `Setting`.
 
@@ -635,7 +655,8 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
         setting: the `Setting`.
         source: the `ImageSource` the images came from. Defaults to `None`
             (then only ``setting.resize == images.resize`` is possible).
-        batch_size: images per forward pass. Defaults to `DEFAULT_BATCH_SIZE`.
+        batch_size: images per forward pass. Defaults to the batch that fits the
+            memory budget (`tlviz.memory.plan_batch`, at most `DEFAULT_BATCH_SIZE`).
         progress: optional ``progress(done, total)`` called after each batch.
         labels: a precomputed `label_match(model, images)`. Defaults to computing it.
 
@@ -715,7 +736,10 @@ def _up_to(model, chain, bn) -> Callable:
             parts.append(keras.Model(container.inputs[0], t))
         container = nxt
 
-    def run(x):
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def run(x):  # compiled: an eager call would keep every intermediate output until it returns
         for p in parts:
             x = p(x, training=False)
         return x
@@ -730,7 +754,7 @@ def _sample_index(n: int, k: int) -> np.ndarray:
 
 
 def fingerprint(model, images, presets: tuple | list | None = None, custom: CustomPreset | None = None,
-                max_images: int = DEFAULT_FINGERPRINT_IMAGES, batch_size: int = DEFAULT_BATCH_SIZE) -> Fingerprint:
+                max_images: int = DEFAULT_FINGERPRINT_IMAGES, batch_size: int | None = None) -> Fingerprint:
     """Rank presets by how well they reproduce the first BatchNormalization layer's statistics.
 
     A BatchNormalization layer remembers the mean and variance of its input
@@ -746,7 +770,8 @@ def fingerprint(model, images, presets: tuple | list | None = None, custom: Cust
         presets: preset names to rank. Defaults to every applicable preset.
         custom: an extra `CustomPreset` to rank. Defaults to `None`.
         max_images: sample size. Defaults to `DEFAULT_FINGERPRINT_IMAGES`.
-        batch_size: images per forward pass. Defaults to `DEFAULT_BATCH_SIZE`.
+        batch_size: images per forward pass. Defaults to the batch that fits the
+            memory budget (`tlviz.memory.plan_batch`, at most `DEFAULT_BATCH_SIZE`).
 
     Returns:
         A `Fingerprint`; ``ranking`` is None (with ``reason``) when the model
@@ -787,6 +812,7 @@ def fingerprint(model, images, presets: tuple | list | None = None, custom: Cust
     axis = bn.axis[0] if isinstance(bn.axis, (list, tuple)) else bn.axis
     eps = float(getattr(bn, "epsilon", 1e-3))
     sample = arr[_sample_index(len(arr), max_images)]
+    batch_size = _planned(loaded.model, batch_size, len(sample))
     rows = []
     for preset in candidates:
         mean, var = _activation_moments(run, sample, preset, axis, batch_size, mm)
@@ -848,7 +874,7 @@ def expects_raw_pixels(builtin: list[str]) -> bool:
 
 def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None = None,
             presets: tuple | list | None = None, variants: bool = True,
-            batch_size: int = DEFAULT_BATCH_SIZE, fingerprint_images: int = DEFAULT_FINGERPRINT_IMAGES,
+            batch_size: int | None = None, fingerprint_images: int = DEFAULT_FINGERPRINT_IMAGES,
             precomputed_fingerprint: Fingerprint | None = None,
             evaluate: Callable[[Setting], Evaluation] | None = None,
             on_fingerprint: Callable[[Fingerprint], None] | None = None,
@@ -869,7 +895,8 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
         custom: an extra user-typed `CustomPreset`. Defaults to `None`.
         presets: named presets to compare. Defaults to every applicable one.
         variants: also vary resize method and channel order. Defaults to `True`.
-        batch_size: images per forward pass. Defaults to `DEFAULT_BATCH_SIZE`.
+        batch_size: images per forward pass. Defaults to the batch that fits the
+            memory budget (`tlviz.memory.plan_batch`, at most `DEFAULT_BATCH_SIZE`).
         fingerprint_images: sample size of the fingerprint. Defaults to
             `DEFAULT_FINGERPRINT_IMAGES`.
         precomputed_fingerprint: reuse a `fingerprint(...)` result. Defaults to
@@ -935,6 +962,10 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
     t_presets = time.perf_counter()
 
     best_preset, best_by = _best_preset(_ranked_table(evals, fp, accuracy_available), fp, accuracy_available)
+    k = 2 if loaded.n_outputs == 1 else int(loaded.n_outputs)
+    inconclusive, chance = _verdict(evals, match, k, loaded.name)
+    if inconclusive:  # the variants are compared against a best setting: there is none
+        best_preset, best_by = None, None
     if variants and best_preset is not None:
         best_obj = custom if custom is not None and best_preset == custom.name else best_preset
         extra = []
@@ -949,6 +980,9 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
 
     table = _ranked_table(evals, fp, accuracy_available)
     best_preset, best_by = _best_preset(table, fp, accuracy_available)  # the final table has the last word
+    if inconclusive:
+        best_preset, best_by = None, None
+        table["is_best"] = False
     by_label = {e.setting.label: e for e in evals}
     best_setting = by_label[table["setting"].iloc[0]].setting if len(table) else None
     named = [p for p in table[table["kind"] == "preset"]["preset"]] if accuracy_available else (fp.order or [])
@@ -968,13 +1002,16 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
         best_named_preset=named[0] if named and best_by else None,
         best_setting=best_setting if best_by else None,
         fingerprint=fp,
-        agreement_note=_agreement_note(best_preset if best_by == "accuracy" else None, fp, match.reason, table),
+        agreement_note=(_inconclusive_note(fp) if inconclusive else
+                        _agreement_note(best_preset if best_by == "accuracy" else None, fp, match.reason, table)),
         builtin_preprocessing=builtin,
         expects_raw_pixels=expects_raw_pixels(builtin),
         output_names=match.output_names,
         files=list(images.files),
         labels=match.labels,
         custom=custom,
+        inconclusive=inconclusive,
+        chance=chance,
         seconds={"fingerprint": fp.seconds if precomputed_fingerprint is None else 0.0,
                  "presets": t_presets - t_fp, "variants": t_end - t_presets, "total": t_end - t_start},
     )
@@ -1017,6 +1054,7 @@ def _ranked_table(evals: list[Evaluation], fp: Fingerprint, accuracy_available: 
         rows.append({
             "setting": s.label, "kind": s.kind, "preset": s.preset_name, "resize": s.resize,
             "channel_order": s.channel_order, "accuracy": e.accuracy if accuracy_available else np.nan,
+            **_interval_columns(e, accuracy_available),
             "mean_confidence": e.mean_confidence, "n": e.n,
             "fingerprint_distance": fp_dist.get(s.preset_name, np.nan) if base_kind else np.nan,
             "_pos": pos, "_kind": kind_order[s.kind],
@@ -1043,6 +1081,37 @@ def _ranked_table(evals: list[Evaluation], fp: Fingerprint, accuracy_available: 
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     df["is_best"] = df["rank"] == 1
     return df[RESULT_COLUMNS]
+
+
+def _interval_columns(e: Evaluation, accuracy_available: bool) -> dict:
+    if not accuracy_available or e.correct is None:
+        return {"accuracy_low": np.nan, "accuracy_high": np.nan}
+    lo, hi = wilson_interval(int(e.correct.sum()), e.n)
+    return {"accuracy_low": lo, "accuracy_high": hi}
+
+
+def _verdict(evals: list[Evaluation], match: LabelMatch, k: int, model_name: str) -> tuple[str | None, float | None]:
+    """``(inconclusive sentence or None, chance level)``: is any setting clearly above chance?
+
+    Chance is the accuracy of always answering the most common class. A setting
+    is clearly above it when the 95 % Wilson interval of its accuracy lies
+    entirely above chance; when none is, no preset can be called best.
+    """
+    scored = [e for e in evals if e.correct is not None and e.n]
+    if match.labels is None or not scored:
+        return None, None
+    chance = chance_level(match.labels, k)
+    top = max(scored, key=lambda e: (e.accuracy, -e.n))
+    correct = int(top.correct.sum())
+    if clearly_above(correct, top.n, chance):
+        return None, chance
+    lo, hi = wilson_interval(correct, top.n)
+    return (f"No preprocessing makes {model_name} better than chance on these {top.n} images: the most accurate "
+            f"setting, `{top.setting.label}`, scores {top.accuracy:.1%} (95 % interval {format_interval(lo, hi)}) "
+            f"against {chance:.1%} for always answering the most common class, so no preset can be called best. "
+            "That points to the model, not the preprocessing: a head not trained for these classes, base features "
+            "that were never pre-trained (or whose weights did not load), or labels that do not match the model's "
+            "outputs."), chance
 
 
 def _mcnemar_z(a: Evaluation, b: Evaluation) -> float:
@@ -1077,6 +1146,13 @@ def _per_class(evals: list[Evaluation], match: LabelMatch) -> pd.DataFrame:
             rows.append({"preset": e.setting.preset_name, "class": match.output_names[int(c)],
                          "accuracy": float(correct[sel].mean()), "n": int(sel.sum())})
     return pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)
+
+
+def _inconclusive_note(fp: Fingerprint) -> str:
+    if fp.best is None:
+        return "Accuracy is at chance under every setting, so the ranking shows no preferred preparation."
+    return (f"The label-free fingerprint puts `{fp.best}` closest to the statistics the model was trained with, "
+            "but with accuracy at chance under every setting that cannot be confirmed on these images.")
 
 
 def _agreement_note(best_by_accuracy: str | None, fp: Fingerprint, accuracy_note: str | None,
