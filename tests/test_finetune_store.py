@@ -206,6 +206,10 @@ def test_images_npz_roundtrip_in_worker_inputs(loaded_base, images_5_9, root):
     loaded, imgs = _load_inputs(job)
     np.testing.assert_array_equal(imgs.images, images_5_9.images)
     assert imgs.class_names == images_5_9.class_names and loaded.class_names == ["0", "1", "2", "3", "4"]
+    # What the checks read besides the pixels survives too (e.g. input-resized needs the original sizes).
+    assert imgs.original_sizes == [tuple(x) for x in images_5_9.original_sizes] and imgs.original_sizes
+    assert imgs.original_modes == images_5_9.original_modes and imgs.skipped == images_5_9.skipped
+    assert imgs.files == images_5_9.files and imgs.label_order_from_file == images_5_9.label_order_from_file
     for a, b in zip(loaded.model.get_weights(), loaded_base.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 

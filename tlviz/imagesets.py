@@ -234,11 +234,17 @@ class ImageSource:
     Create with `ImageSource.from_folder` or `ImageSource.from_zip`. Archive
     safety checks run at creation, so a hostile archive is refused before any
     image is decoded. Nothing is ever extracted to disk.
+
+    Attributes:
+        name: the folder path or the archive's name.
+        origin: what opens it again in another process: ``("folder", path)``,
+            ``("zip", bytes)``, or None for a source built by hand.
     """
 
     def __init__(self, name: str, entries: list[_Entry], labels_txt: str | None, skipped: list[Skipped],
-                 empty_classes: dict[str, str] | None = None):
+                 empty_classes: dict[str, str] | None = None, origin: tuple | None = None):
         self.name = name
+        self.origin = origin
         self._entries = entries
         self._labels_txt = labels_txt
         self._skipped = skipped
@@ -286,7 +292,8 @@ class ImageSource:
             if c is not None:
                 images_per_class[c] += 1
                 entries.append(_Entry(rel, c, (lambda p=path: _read_file(p, max_image_bytes()))))
-        return cls(str(root), entries, labels_txt, skipped, _empty_classes(files_per_class, images_per_class))
+        return cls(str(root), entries, labels_txt, skipped, _empty_classes(files_per_class, images_per_class),
+                   origin=("folder", str(root)))
 
     @classmethod
     def from_zip(cls, data: bytes, name: str = "upload.zip") -> ImageSource:
@@ -353,7 +360,8 @@ class ImageSource:
                 images_per_class[c] += 1
                 entries.append(_Entry(rel, c, (lambda i=info: _read_zip_entry(zf, i, max_image_bytes(), archive=data))))
         entries.sort(key=lambda e: e.rel)
-        return cls(name, entries, labels_txt, skipped, _empty_classes(files_per_class, images_per_class))
+        return cls(name, entries, labels_txt, skipped, _empty_classes(files_per_class, images_per_class),
+                   origin=("zip", data))
 
     def load(self, size: tuple[int, int], channels: int = 3, resize: str = "bilinear",
              progress=None) -> ImageSet:

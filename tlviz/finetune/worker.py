@@ -12,6 +12,12 @@ writes progress into the run folders; `poll_job` reads it back and
 Job folders live in ``<runs dir>/.jobs/<job id>/``: ``job.json``,
 ``status.json``, ``cancel`` (the flag), ``worker.log`` and, for a range test,
 ``progress.json`` and ``result.json``.
+
+Every job goes through the one queue of heavy jobs (`tlviz.jobqueue`): its
+worker process starts at once, lowers its priority and waits for a free slot
+before it imports TensorFlow. The analysis jobs of `tlviz.jobs` (normalization,
+diagnosis) share the launching, the worker prologue and the death reasons
+defined here.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlviz import jobqueue
 from tlviz.errors import TlvizError
 from tlviz.finetune.config import RunConfig, RunRefused
 from tlviz.finetune.store import (ACTIVE_STATES, RunRecord, RunWriter, check_run_id, load_run, new_run_id, now_iso,
@@ -73,6 +80,8 @@ class JobStatus:
         current: the run in progress (or None).
         progress: the progress dict of the run (or range test) in progress.
         result: for a range test, the `LRFinderResult` dict once done.
+        queue_position: while the job waits for a free worker, its place in the
+            line (`tlviz.jobqueue.queue_position`); None once it runs.
     """
 
     job_id: str
@@ -83,6 +92,7 @@ class JobStatus:
     current: RunRecord | None = None
     progress: dict = field(default_factory=dict)
     result: dict | None = None
+    queue_position: int | None = None
 
     @property
     def active(self) -> bool:
@@ -91,6 +101,11 @@ class JobStatus:
     @property
     def done_runs(self) -> int:
         return sum(r.state not in ACTIVE_STATES for r in self.runs)
+
+
+def jobs_dir(root=None) -> Path:
+    """The ``.jobs`` folder of the runs folder (created if needed)."""
+    return _jobs_dir(root)
 
 
 def _jobs_dir(root) -> Path:
@@ -103,14 +118,19 @@ def _job_dir(job_id: str, root=None) -> Path:
     return _jobs_dir(root) / check_run_id(job_id)
 
 
+def job_dir(job_id: str, root=None) -> Path:
+    """The folder of job `job_id` (which may not exist); refuses ids that are not plain names."""
+    return _job_dir(job_id, root)
+
+
 #: Saved inputs and job folders unused for this many days are removed when a new job starts.
 KEEP_DAYS = 7
 
 
 def tidy(root=None, keep_days: float = KEEP_DAYS) -> int:
-    """Remove saved inputs, cached activations and finished job folders not used for `keep_days`.
+    """Remove saved inputs, cached activations and results, and finished job folders not used for `keep_days`.
 
-    Run folders are never touched. Returns the number of entries removed.
+    Run folders and the queue's own files are never touched. Returns the number of entries removed.
     """
     import shutil
     import time
@@ -118,7 +138,7 @@ def tidy(root=None, keep_days: float = KEEP_DAYS) -> int:
     base = runs_dir(root)
     cutoff = time.time() - keep_days * 86400
     removed = 0
-    for folder in (base / ".inputs", base / ".cache" / "activations"):
+    for folder in (base / ".inputs", base / ".cache" / "activations", base / ".results"):
         for p in folder.glob("*") if folder.is_dir() else []:
             try:
                 if p.is_file() and p.stat().st_mtime < cutoff:
@@ -128,6 +148,8 @@ def tidy(root=None, keep_days: float = KEEP_DAYS) -> int:
                 pass
     jobs = base / ".jobs"
     for j in jobs.iterdir() if jobs.is_dir() else []:
+        if j.name.startswith("."):
+            continue  # the queue (`tlviz.jobqueue`): its lock files must outlive every job
         try:
             st = read_json(j / "status.json", {}) or {}
             if j.stat().st_mtime < cutoff and (st.get("state") != "running" or not pid_alive(st.get("pid"))):
@@ -142,7 +164,9 @@ def prepare_inputs(loaded, images, root=None) -> dict:
     """Save the model and the images where a worker can load them (once per content).
 
     Returns:
-        ``{"model_file", "images_file", "image_key", "model_key"}``.
+        ``{"model_file", "images_file", "image_key", "model_key"}``: ``image_key``
+        hashes the pixels (`tlviz.finetune.cache.images_key`); the ``.npz`` is
+        named by `image_set_key` (pixels, labels, class names and files).
     """
     with _INPUTS_LOCK:
         return _prepare_inputs(loaded, images, root)
@@ -161,17 +185,50 @@ def _prepare_inputs(loaded, images, root) -> dict:
         os.replace(tmp, model_file)
     os.utime(model_file)  # recently used: kept by `tidy`
     image_key = images_key(images.images)
-    images_file = inputs / f"{image_key}.npz"
+    set_key = image_set_key(images, image_key)
+    images_file = inputs / f"{set_key}.npz"
     if not images_file.exists():
-        tmp = inputs / f".{image_key}.{os.getpid()}.{threading.get_ident()}.npz"
+        tmp = inputs / f".{set_key}.{os.getpid()}.{threading.get_ident()}.npz"
+        import json
+
+        details = {"skipped": [[s.file, s.reason] for s in images.skipped],
+                   "original_sizes": [list(map(int, sz)) for sz in images.original_sizes],
+                   "original_modes": dict(images.original_modes),
+                   "label_order_from_file": bool(images.label_order_from_file)}
         with open(tmp, "wb") as f:
             np.savez(f, images=images.images, labels=images.labels,
                      class_names=np.array(images.class_names, dtype=object).astype(str),
-                     files=np.array(list(images.files), dtype=object).astype(str))
+                     files=np.array(list(images.files), dtype=object).astype(str),
+                     details=np.array(json.dumps(details)))
         os.replace(tmp, images_file)
     os.utime(images_file)
     return {"model_file": str(model_file), "images_file": str(images_file), "image_key": image_key,
             "model_key": model_key}
+
+
+def image_set_key(images, pixels_key: str | None = None) -> str:
+    """A content key of an image set: its pixels, labels, class names, file names and resize method.
+
+    Two sets with the same pixels but other labels (another ``labels.txt``) get
+    different keys, so results measured on one are never served for the other.
+
+    Args:
+        images: the `ImageSet`.
+        pixels_key: `tlviz.finetune.cache.images_key` of its pixels, if already
+            computed. Defaults to computing it.
+
+    Returns:
+        A 24-character hex string.
+    """
+    import hashlib
+    import json
+
+    from tlviz.finetune.cache import images_key
+
+    h = hashlib.sha1((pixels_key or images_key(images.images)).encode())
+    h.update(np.ascontiguousarray(np.asarray(images.labels, dtype=np.int64)).tobytes())
+    h.update(json.dumps([list(images.class_names), [str(f) for f in images.files], images.resize]).encode())
+    return h.hexdigest()[:24]
 
 
 def _model_info(loaded) -> dict:
@@ -226,26 +283,66 @@ def start_lr_finder(loaded, images, config: RunConfig, *, root=None, steps: int 
 
 
 def _launch(kind, spec, loaded, images, inputs, root) -> Job:
+    job_id, jdir = new_job(kind, {"model": _model_info(loaded), "images": _images_info(images, inputs["image_key"]),
+                                  **inputs, **spec}, root)
+    pid = spawn(job_id, worker_main, root)
+    for rid in spec["run_ids"]:
+        w = RunWriter(runs_dir(root) / rid)
+        w.status("queued", "waiting for the worker", pid=pid, job_id=job_id)
+    return Job(job_id, kind, list(spec["run_ids"]), str(runs_dir(root)))
+
+
+def new_job(kind: str, spec: dict, root=None, state: str = "running", queued: bool = True) -> tuple[str, Path]:
+    """Create a job folder with ``job.json`` (``spec`` plus id, kind, root, time and queue number) and ``status.json``.
+
+    Args:
+        kind: the job's kind (``runs``, ``lrfind``, or a kind of `tlviz.jobs`).
+        spec: what the worker needs; stored in ``job.json``.
+        root: the runs folder. Defaults to `runs_dir()`.
+        state: the first state written to ``status.json``. Defaults to `"running"`.
+        queued: give the job a place in the queue of heavy jobs (`tlviz.jobqueue.enqueue`).
+            Defaults to `True`; False for a job that needs no worker.
+
+    Returns:
+        ``(job_id, job folder)``.
+    """
     job_id = new_run_id()
+    while _job_dir(job_id, root).exists():
+        job_id = new_run_id()
     jdir = _job_dir(job_id, root)
     jdir.mkdir(parents=True)
-    write_json(jdir / "job.json", {"job_id": job_id, "kind": kind, "root": str(runs_dir(root)), "created": now_iso(),
-                                   "model": _model_info(loaded), "images": _images_info(images, inputs["image_key"]),
-                                   **inputs, **spec})
-    write_json(jdir / "status.json", {"state": "running", "message": "starting the worker", "updated": now_iso()})
+    seq = jobqueue.enqueue(_jobs_dir(root), job_id) if queued else None
+    write_json(jdir / "job.json", {**spec, "job_id": job_id, "kind": kind, "root": str(runs_dir(root)),
+                                   "created": now_iso(), "queue_seq": seq})
+    write_json(jdir / "status.json", {"state": state, "message": "starting the worker", "updated": now_iso()})
+    return job_id, jdir
+
+
+def spawn(job_id: str, target, root=None) -> int:
+    """Start the worker process of a job created by `new_job`: ``target(job_folder)`` in a fresh interpreter.
+
+    Args:
+        job_id: the job.
+        target: a module-level function taking the job folder (a string).
+        root: the runs folder. Defaults to `runs_dir()`.
+
+    Returns:
+        The worker's process id (also recorded in ``status.json`` and in the queue).
+    """
+    jdir = _job_dir(job_id, root)
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=worker_main, args=(str(jdir),), name=f"tlviz-job-{job_id}", daemon=True)
+    proc = ctx.Process(target=target, args=(str(jdir),), name=f"tlviz-job-{job_id}", daemon=True)
     proc.start()
     with _PROCS_LOCK:
         _PROCS[job_id] = proc
+    seq = (read_json(jdir / "job.json", {}) or {}).get("queue_seq")
+    if seq is not None:
+        jobqueue.claim(_jobs_dir(root), job_id, seq, proc.pid)
     status = read_json(jdir / "status.json", {}) or {}
     if "pid" not in status:
         status["pid"] = proc.pid
         write_json(jdir / "status.json", status)
-    for rid in spec["run_ids"]:
-        w = RunWriter(runs_dir(root) / rid)
-        w.status("queued", "waiting for the worker", pid=proc.pid, job_id=job_id)
-    return Job(job_id, kind, list(spec["run_ids"]), str(runs_dir(root)))
+    return proc.pid
 
 
 def cancel_job(job_id: str, root=None) -> None:
@@ -283,6 +380,9 @@ def poll_job(job_id: str, root=None) -> JobStatus:
             state, message = "failed", death_reason(_exitcode(job_id))
             write_json(jdir / "status.json", {**status, "state": state, "message": message, "updated": now_iso()})
             _fail_active_runs(job, message)
+    position = None
+    if state == "running" and status.get("waiting"):
+        position = jobqueue.queue_position(_jobs_dir(root), job_id, job.get("queue_seq"))
     runs = []
     for rid in job.get("run_ids", []):
         try:
@@ -292,18 +392,20 @@ def poll_job(job_id: str, root=None) -> JobStatus:
     current = next((r for r in runs if r.state == "running"), None)
     progress = current.progress if current is not None else (read_json(jdir / "progress.json", {}) or {})
     result = read_json(jdir / "result.json") if job.get("kind") == "lrfind" else None
-    return JobStatus(job_id, job.get("kind", "runs"), state, message, runs, current, progress, result)
+    return JobStatus(job_id, job.get("kind", "runs"), state, message, runs, current, progress, result, position)
 
 
-def death_reason(exitcode: int | None) -> str:
+def death_reason(exitcode: int | None, tail: str | None = None) -> str:
     """Why a worker that stopped without recording an end most likely stopped.
 
     Args:
         exitcode: the process's exit code (negative: killed by that signal), or
             None when this server did not start it (e.g. after a restart).
+        tail: the sentence saying what to do next. Defaults to the one for
+            fine-tuning runs.
     """
-    tail = ("Earlier runs are kept; start the run again (with a smaller batch size or fewer images if memory "
-            "was short).")
+    tail = tail or ("Earlier runs are kept; start the run again (with a smaller batch size or fewer images if "
+                    "memory was short).")
     if exitcode is None:
         return "the worker process stopped unexpectedly (a crash, or the server restarted). " + tail
     if exitcode < 0:
@@ -316,6 +418,38 @@ def death_reason(exitcode: int | None) -> str:
                     "system stopped it, or someone stopped it by hand. " + tail)
         return f"the worker process was stopped by {name}. " + tail
     return f"the worker process exited with code {exitcode} before the run finished (see worker.log). " + tail
+
+
+def exitcode(job_id: str) -> int | None:
+    """The exit code of a job's worker that this server started and that has ended (else None)."""
+    return _exitcode(job_id)
+
+
+def worker_alive(job_id: str, pid) -> bool:
+    """Whether a job's worker process still runs (this server's handle, else its process id)."""
+    _reap()
+    return _alive(job_id, pid)
+
+
+def stop_worker(job_id: str, pid) -> None:
+    """Terminate a job's worker process (SIGTERM), if it is one: this server's child, or a tlviz worker."""
+    with _PROCS_LOCK:
+        proc = _PROCS.get(job_id)
+    if proc is not None:
+        if proc.is_alive():
+            proc.terminate()
+        return
+    if not pid_alive(pid):
+        return
+    try:  # started by an earlier server: make sure the id is still one of our spawned workers
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"multiprocessing" in cmdline:
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def _exitcode(job_id: str) -> int | None:
@@ -378,24 +512,75 @@ def _own_output(path: Path) -> None:
     os.close(fd)
 
 
-def worker_main(job_dir: str) -> None:
-    """Entry point of the worker process: run the job described in ``job.json``."""
+#: How much a worker lowers its priority, so the server's light pages stay responsive.
+WORKER_NICE = 10
+
+
+def begin_worker(jdir: Path):
+    """The prologue of every worker process: own log, lower priority, quiet TensorFlow.
+
+    Returns:
+        The worker's `logging.Logger` (writing to ``worker.log``).
+    """
     import logging
 
-    jdir = Path(job_dir)
     _own_output(jdir / "worker.log")
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:
+        pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(filename=str(jdir / "worker.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
-    log = logging.getLogger("tlviz.worker")
+    return logging.getLogger("tlviz.worker")
+
+
+def await_turn(jdir: Path, job: dict, status: dict, cancelled) -> jobqueue.Slot | None:
+    """Wait in the queue of heavy jobs (`tlviz.jobqueue.wait_turn`), showing the wait in ``status.json``.
+
+    Args:
+        jdir: the job folder.
+        job: its ``job.json``.
+        status: the status dict to extend (``waiting``, ``queue_position``, ``message``).
+        cancelled: ``cancelled() -> bool``; True gives up.
+
+    Returns:
+        The held slot, or None when the job was cancelled while it waited.
+    """
+    seq = job.get("queue_seq")
+    if seq is None:
+        return jobqueue.Slot(-1, None)  # not queued (a job created by hand)
+
+    def waiting(position: int) -> None:
+        write_json(jdir / "status.json", {**status, "waiting": True, "queue_position": position,
+                                          "message": "waiting for a free worker", "updated": now_iso()})
+
+    return jobqueue.wait_turn(jdir.parent, job["job_id"], seq, cancelled, on_wait=waiting)
+
+
+def worker_main(job_dir: str) -> None:
+    """Entry point of the worker process: run the job described in ``job.json``."""
+    jdir = Path(job_dir)
+    log = begin_worker(jdir)
     job = read_json(jdir / "job.json", {})
-    status = {"state": "running", "pid": os.getpid(), "message": "loading the model", "updated": now_iso()}
-    write_json(jdir / "status.json", status)
+    status = {"state": "running", "pid": os.getpid(), "message": "waiting for a free worker", "updated": now_iso()}
+    write_json(jdir / "status.json", {**status, "waiting": True})
 
     def cancelled() -> bool:
         return (jdir / "cancel").exists()
 
+    slot = None
     try:
+        slot = await_turn(jdir, job, status, cancelled)
+        if slot is None:
+            for rid in job.get("run_ids", []):
+                p = Path(job["root"]) / rid
+                if (read_json(p / "status.json", {}) or {}).get("state") in ACTIVE_STATES:
+                    RunWriter(p).status("cancelled", "cancelled before it started", pid=os.getpid())
+            write_json(jdir / "status.json", {**status, "state": "cancelled", "message": "", "updated": now_iso()})
+            return
+        status["message"] = "loading the model"
+        write_json(jdir / "status.json", {**status, "updated": now_iso()})
         import warnings
 
         warnings.filterwarnings("ignore", module="keras")
@@ -422,19 +607,32 @@ def worker_main(job_dir: str) -> None:
             st = read_json(p / "status.json", {}) or {}
             if st.get("state") in ACTIVE_STATES:
                 RunWriter(p).status("failed", msg, pid=os.getpid())
+    finally:
+        if slot is not None:
+            slot.release()
+        jobqueue.leave(jdir.parent, job.get("job_id", jdir.name), job.get("queue_seq"))
 
 
 def _load_inputs(job):
-    from tlviz.imagesets import ImageSet
+    """The `LoadedModel` and `ImageSet` saved by `prepare_inputs` for `job`, as the server had them."""
+    import json
+    from collections import Counter
+
+    from tlviz.imagesets import ImageSet, Skipped
     from tlviz.models import load_model
 
     loaded = load_model(job["model_file"], filename=job["model"].get("filename") or None)
     loaded.metadata = dict(job["model"].get("metadata") or {})
     loaded.sha256 = job.get("model_key") or loaded.sha256
     with np.load(job["images_file"], allow_pickle=False) as z:
+        details = json.loads(str(z["details"])) if "details" in z.files else {}
         images = ImageSet(images=z["images"], labels=z["labels"].astype(np.int64),
                           class_names=[str(c) for c in z["class_names"]], files=[str(f) for f in z["files"]],
-                          source=job["images"].get("source", ""), resize=job["images"].get("resize", "bilinear"))
+                          source=job["images"].get("source", ""), resize=job["images"].get("resize", "bilinear"),
+                          skipped=[Skipped(f, r) for f, r in details.get("skipped", [])],
+                          original_sizes=[tuple(sz) for sz in details.get("original_sizes", [])],
+                          original_modes=Counter(details.get("original_modes", {})),
+                          label_order_from_file=bool(details.get("label_order_from_file", False)))
     return loaded, images
 
 
