@@ -1,10 +1,16 @@
 """tlviz: the router. Run with ``streamlit run app.py``."""
 
-from pathlib import Path
+from tlviz.quiet import quiet_tensorflow
 
-import streamlit as st
+# Before anything imports TensorFlow: its start-up lines, Keras's progress bars
+# and Keras's warnings stay off the server's terminal (errors still show).
+quiet_tensorflow()
 
-import ui
+from pathlib import Path  # noqa: E402
+
+import streamlit as st  # noqa: E402
+
+import ui  # noqa: E402
 
 # Page scripts live in views/, not pages/: Streamlit still auto-discovers a
 # folder named pages/ when a page URL is opened directly or reloaded, and then
