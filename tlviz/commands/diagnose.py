@@ -13,6 +13,7 @@ from tlviz.diagnose import diagnose
 from tlviz.imagesets import open_source
 from tlviz.models import load_model
 from tlviz.presets import PRESETS
+from tlviz.progress import reporter_for
 
 HELP = "run every check on a model and an image set; exit 1 when a finding is an error"
 
@@ -27,10 +28,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    progress = reporter_for(args)
+    progress(0.0, "Loading the model…")
     loaded = load_model(args.model)
+    progress(0.0, "Loading the images…")
     source = open_source(args.images)
     images = source.load(loaded.image_size, loaded.channels)
-    report = diagnose(loaded, images, args.preset, source=source)
+    report = diagnose(loaded, images, args.preset, source=source, progress=progress)
+    progress.close()
     if args.json:
         for s in report.skipped:
             print(f"note: skipped {s.id}: {s.reason}", file=sys.stderr)

@@ -6,6 +6,8 @@ import json
 import math
 import sys
 
+from tlviz.progress import reporter_for
+
 HELP = "fine-tune a copy of the model on an image set and report the curves (the model file is not changed)"
 
 
@@ -39,7 +41,10 @@ def run(args) -> int:
     from tlviz.imagesets import load_image_set
     from tlviz.models import load_model
 
+    reporter = reporter_for(args)
+    reporter(0.0, "Loading the model…")
     loaded = load_model(args.model)
+    reporter(0.0, "Loading the images…")
     images = load_image_set(args.images, loaded.image_size, loaded.channels)
     config = RunConfig(unfreeze=args.unfreeze, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                        preset=args.preset or default_preset(None, loaded.recorded_preset))
@@ -56,8 +61,10 @@ def run(args) -> int:
         while not args.json and seen[0] < len(hist):
             e = hist[seen[0]]
             seen[0] += 1
-            print(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
-                  f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", flush=True)
+            reporter.echo(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
+                          f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", file=sys.stdout)
+        if "stage" in info:
+            reporter(*_step(info))
 
     try:
         result = run_finetune(loaded, images, config, writer=writer, progress=progress)
@@ -66,6 +73,8 @@ def run(args) -> int:
         raise
     writer.status(result.state, result.findings[0].title if result.findings else "")
     progress({"history": result.history.to_dict(orient="records")})
+    reporter(1.0, "Done.")
+    reporter.close()
     if args.json:
         print(json.dumps({
             "history": [{"epoch": int(r.epoch), "loss": _num(r.loss), "accuracy": _num(r.accuracy),
@@ -88,6 +97,26 @@ def run(args) -> int:
         print(f"WARNING: frozen layers changed: {', '.join(result.frozen_layers_changed)}", file=sys.stderr)
     print(f"Run folder: {writer.dir}\nModel: {result.model_path}")
     return 0
+
+
+def _step(info: dict) -> tuple[float | None, str, str]:
+    """``(fraction, text, detail)`` for the progress reporter from `run_finetune`'s progress dict.
+
+    The text changes once per epoch (or stage), the detail every batch.
+    """
+    total = info.get("total_batches") or 0
+    fraction = info.get("batches_done", 0) / total if total else None
+    stage = info.get("stage", "")
+    if stage in ("head", "main"):
+        text = f"Epoch {info.get('epoch', 0)} of {info.get('epochs', '?')}" + (" (head only)" if stage == "head" else "")
+        detail = f"batch {info.get('batch', 0)}/{info.get('batches', '?')}"
+        if info.get("eta_s") is not None:
+            eta = int(info["eta_s"])
+            detail += f", {eta // 60}:{eta % 60:02d} left"
+    else:
+        message = info.get("message") or stage or "working"
+        text, detail = message[:1].upper() + message[1:] + "…", ""
+    return fraction, text, detail
 
 
 def _fmt(v) -> str:

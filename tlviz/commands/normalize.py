@@ -9,6 +9,7 @@ from tlviz.imagesets import open_source
 from tlviz.models import load_model
 from tlviz.normalize import NormalizationRefused, analyze, custom_preset, normalization_findings
 from tlviz.presets import PRESETS, CustomPreset
+from tlviz.progress import reporter_for
 
 HELP = "evaluate the model under each input normalization preset and rank them (plus a label-free fingerprint)"
 
@@ -40,13 +41,17 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise NormalizationRefused(f"--batch-size must be 1 or more, not {args.batch_size}.")
     custom = custom_from_args(args)
+    progress = reporter_for(args)
+    progress(0.0, "Loading the model…")
     loaded = load_model(args.model)
+    progress(0.0, "Loading the images…")
     source = open_source(args.images)
     images = source.load(loaded.image_size, loaded.channels)
     report = analyze(loaded, images, source=source, custom=custom,
-                     variants=not (args.json or args.no_variants), batch_size=args.batch_size)
+                     variants=not (args.json or args.no_variants), batch_size=args.batch_size, progress=progress)
+    progress.close()
     if args.json:
-        for note in (report.accuracy_note, report.fingerprint.reason):
+        for note in (report.accuracy_note, report.fingerprint.reason, getattr(report, "inconclusive", None)):
             if note:
                 print(f"note: {note}", file=sys.stderr)
         print(json.dumps(report.to_json()))
@@ -86,7 +91,10 @@ def _print_text(report, loaded, images, inference_preset: str) -> None:
               f"{_pct(r.agreement):>9} {r.n:>6}")
     print()
     print(report.agreement_note)
-    if report.best_setting is not None:
+    inconclusive = getattr(report, "inconclusive", None)
+    if inconclusive:
+        print(f"\nNO BEST SETTING: {inconclusive}")
+    elif report.best_setting is not None:
         print(f"\nBest setting: {report.best_setting.label} (by {report.best_by}). Prepare one image like this:\n")
         print(report.snippet())
     for f in normalization_findings(report, inference_preset):
