@@ -174,7 +174,7 @@ def test_cli_refuses_frozen_model_with_exit_2(frozen_model_path, digits_5_9, tmp
                "--out", str(tmp_path), "--json"])
     captured = capsys.readouterr()
     assert rc == 2 and captured.out == ""
-    assert captured.err.startswith("error: No trainable weights")
+    assert "\nerror: No trainable weights" in "\n" + captured.err  # after any progress lines
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]  # no run folder for a refusal
 
 

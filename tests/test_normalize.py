@@ -507,7 +507,7 @@ def test_cli_bad_input_exits_2_with_a_clear_message(args, message, base_model_pa
     rc, out, err = _cli(args, capsys)
     assert rc == 2
     assert out == ""
-    assert err.startswith("error: ") and message in err
+    assert "\nerror: " in "\n" + err and message in err  # after any progress lines
 
 
 @pytest.mark.slow
