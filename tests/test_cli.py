@@ -138,6 +138,7 @@ def _tlviz(*args):
                           cwd=ROOT, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_json_run_prints_one_object_progress_and_no_tensorflow_lines():
     proc = _tlviz("normalize", SAMPLE_MODEL, SAMPLE_IMAGES, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -148,6 +149,7 @@ def test_json_run_prints_one_object_progress_and_no_tensorflow_lines():
     assert "Loading the model…" in lines[0] and lines[-1].endswith("Done.")
 
 
+@pytest.mark.slow
 def test_quiet_run_prints_nothing_on_stderr():
     proc = _tlviz("normalize", SAMPLE_MODEL, SAMPLE_IMAGES, "--no-variants", "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -155,6 +157,7 @@ def test_quiet_run_prints_nothing_on_stderr():
     assert "Best setting: tf" in proc.stdout
 
 
+@pytest.mark.slow
 def test_refused_input_still_says_why_and_exits_2(tmp_path):
     bad = tmp_path / "not_a_model.keras"
     bad.write_bytes(b"not a zip")
@@ -166,6 +169,7 @@ def test_refused_input_still_says_why_and_exits_2(tmp_path):
 
 # -- fine-tuning progress: one line per epoch ------------------------------------------
 
+@pytest.mark.slow
 def test_finetune_progress_is_one_line_per_epoch(tmp_path, capsys, monkeypatch):
     from tlviz.cli import main
 
