@@ -351,5 +351,6 @@ def fit_bytes(model) -> int:
         sizes.append(_first_call_bytes(leaf.layer))
     first = len(sizes) if first is None else first
     frozen, trained = sizes[:first], sizes[first:]
-    est = _input_bytes(model) + LIVE_FACTOR * max(frozen, default=0) + TRAIN_FACTOR * sum(trained)
+    inference = min(LIVE_FACTOR * max(frozen, default=0), sum(frozen))  # as `activation_bytes` counts it
+    est = _input_bytes(model) + inference + TRAIN_FACTOR * sum(trained)
     return max(int(est), 1)
