@@ -206,7 +206,7 @@ def images_key(images: np.ndarray) -> str:
     """A content hash of an image array (shape, dtype and pixels)."""
     h = hashlib.sha1()
     h.update(str((images.shape, str(images.dtype))).encode())
-    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(_bytes_view(images))
     return h.hexdigest()[:20]
 
 
@@ -214,8 +214,13 @@ def weights_key(model) -> str:
     """A hash of a model's weights, for models without a file hash."""
     h = hashlib.sha1()
     for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
+        h.update(_bytes_view(w))
     return h.hexdigest()[:20]
+
+
+def _bytes_view(arr: np.ndarray) -> memoryview:
+    """The array's bytes for hashing, without a copy when it is contiguous (``tobytes`` always copies)."""
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
 
 class ActivationCache:
@@ -294,30 +299,36 @@ class ActivationCache:
                     pass
 
 
-def compute_activations(lower, x: np.ndarray, batch_size: int = 256, preset=None, progress=None) -> np.ndarray:
-    """Run the frozen lower part once over `x` (inference mode).
+def compute_activations(lower, x: np.ndarray, batch_size: int | None = None, preset=None, progress=None,
+                        budget: int | None = None) -> np.ndarray:
+    """Run the frozen lower part once over `x` (inference mode, compiled).
+
+    Batches are sized from the memory budget and the lower part's own layer
+    output sizes (`tlviz.memory.plan_batch`, mode ``"inference"``); only one
+    batch is normalized at a time and the result is written into one
+    preallocated array.
 
     Args:
         lower: the `Cut.lower` model.
         x: images: ``uint8`` when `preset` is given, else already normalized.
-        batch_size: images per forward pass. Defaults to `256`.
-        preset: normalization applied chunk by chunk (no float copy of the
+        batch_size: images per forward pass. Defaults to the planned size.
+        preset: normalization applied batch by batch (no float copy of the
             whole set). Defaults to `None`.
         progress: optional ``progress(done, total)``.
+        budget: memory budget in bytes for the plan. Defaults to
+            ``TLVIZ_MEMORY_MB``.
 
     Returns:
         ``float32`` activations, one row per image.
     """
+    from dataclasses import replace
+
+    from tlviz.memory import plan_batch, predict_batches
     from tlviz.presets import apply_preset
 
-    out = []
-    n = len(x)
-    step = 4096
-    for start in range(0, n, step):
-        chunk = x[start:start + step]
-        if preset is not None:
-            chunk = apply_preset(chunk, preset)
-        out.append(np.asarray(lower.predict(chunk, batch_size=batch_size, verbose=0), dtype=np.float32))
-        if progress is not None:
-            progress(min(start + step, n), n)
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    plan = plan_batch(lower, "inference", n=len(x), budget=budget)
+    if batch_size is not None:
+        plan = replace(plan, batch_size=max(1, int(batch_size)))
+    prepare = None if preset is None else (lambda chunk: apply_preset(chunk, preset))
+    out = predict_batches(lower, x, prepare, plan, progress)
+    return out if out.dtype == np.float32 else out.astype(np.float32)
