@@ -213,10 +213,13 @@ def _outputs_probabilities(model) -> bool:
                 continue
             return False
         break
-    # Unusual last layer: look at what it outputs.
+    # Unusual last layer: look at what it outputs (a compiled pass, as many probe images as the budget allows).
+    from tlviz.memory import forward, plan_batch
+
     shape = tuple(int(d or 8) for d in model.inputs[0].shape[1:])
-    probe = np.random.default_rng(0).normal(size=(4, *shape)).astype("float32")
-    out = np.asarray(model(probe, training=False))
+    n = plan_batch(model, "inference", n=4).batch_size
+    probe = np.random.default_rng(0).normal(size=(n, *shape)).astype("float32")
+    out = forward(model)(probe)
     return bool(np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
 
 
