@@ -17,7 +17,7 @@ import pandas as pd
 from tlviz.finetune.build import build_run_model
 from tlviz.finetune.cache import ActivationCache, compute_activations, find_cut, images_key, weights_key
 from tlviz.finetune.config import RunConfig, RunRefused
-from tlviz.finetune.run import _optimizer, check_run, stratified_split
+from tlviz.finetune.run import _budget, _optimizer, check_run, check_train_memory, stratified_split
 from tlviz.presets import apply_preset
 
 LR_COLUMNS = ["step", "lr", "loss", "smoothed"]
@@ -121,6 +121,11 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
 
     Returns:
         An `LRFinderResult`. The clone's weights are restored afterwards.
+
+    Raises:
+        RunRefused: the configuration cannot run, e.g. one step at the
+            config's batch size would not fit in the memory budget
+            (``TLVIZ_MEMORY_MB``; see `tlviz.finetune.run.check_train_memory`).
     """
     import keras
 
@@ -133,6 +138,7 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
         apply_preset(images.images[:1], config.preset)
     except ValueError as exc:
         raise RunRefused(str(exc)) from None
+    budget = _budget()
     x = images.images
     y = np.asarray(images.labels, dtype=np.int64)
     train_idx, _ = stratified_split(y, config.val_fraction, config.seed)
@@ -145,17 +151,20 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
     notes = list(built.notes)
     cut, msg = find_cut(model) if config.use_cache and not config.augment else (None, "cache off")
     fx, prep = x, (lambda a: apply_preset(a, config.preset))
-    if cut is not None and cache.fits(cut.bytes_for(len(x))):
+    if cut is None or not cache.fits(cut.bytes_for(len(x))):
+        cut = None
+    check_train_memory(cut.upper if cut is not None else model, config.batch_size, budget)
+    if cut is not None:
         key = cache.key(loaded.sha256 or weights_key(loaded.model), image_key or images_key(images.images),
                         config.preset, cut.name)
         feats = cache.get(key)
         if feats is None:
-            feats = compute_activations(cut.lower, x, preset=config.preset)
+            feats = compute_activations(cut.lower, x, preset=config.preset, budget=budget)
             cache.put(key, feats)
         fx, fit_model, prep = feats, cut.upper, (lambda a: a)
         notes.append(msg)
     else:
-        cut, fit_model = None, model
+        fit_model = model
     weights = [w.copy() for w in model.get_weights()]
     fit_model.compile(optimizer=_optimizer(config, start), loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=built.from_logits))

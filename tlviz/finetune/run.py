@@ -20,6 +20,7 @@ from tlviz.finetune.config import RunConfig, RunRefused
 from tlviz.finetune.store import HISTORY_COLUMNS, RunWriter, clean_json
 from tlviz.finetune.summary import (chance_level, describe_curves, frozen_changed, snapshot, weight_change)
 from tlviz.findings import Finding
+from tlviz.memory import ENV_MEMORY_MB, fit_bytes, memory_budget_bytes, plan_batch, predict_batches
 from tlviz.presets import apply_preset
 
 #: The running training loss above this many times the reference loss means divergence.
@@ -29,8 +30,6 @@ CACHED_STEPS_PER_EXECUTION = 32
 #: Models with at most this many layers count as small: their training uses `CACHED_STEPS_PER_EXECUTION`.
 #: Larger ones run one step per call (tracing a multi-step loop over a large graph costs more than it saves).
 SMALL_MODEL_LAYERS = 8
-#: Up to this many images, final predictions use eager calls instead of a traced predict function.
-EAGER_PREDICT_MAX = 4096
 #: Seconds between two progress reports within an epoch.
 PROGRESS_EVERY_S = 0.5
 
@@ -57,6 +56,10 @@ class RunResult:
         trainable_params: trainable parameters of the last phase.
         head: the new-head decision.
         cache_used: whether training ran on cached activations.
+        memory: how the run fit the memory budget (see `check_train_memory`):
+            ``budget_bytes``, ``train_bytes_per_image`` and ``largest_batch``
+            (of the most demanding phase), ``batch_size`` (training, as
+            chosen) and ``eval_batch_size`` (validation, planned).
         notes: remarks (cache fallback reason, skipped layers, ...).
         elapsed_s: wall time.
         model: the trained Keras model (a clone; the loaded model is untouched).
@@ -80,6 +83,7 @@ class RunResult:
     trainable_params: int
     head: HeadDecision
     cache_used: bool
+    memory: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     model: object = None
@@ -105,7 +109,7 @@ class RunResult:
             "frozen_layers_changed": self.frozen_layers_changed,
             "findings": [f.to_dict() for f in self.findings], "trainable_params": self.trainable_params,
             "new_head": self.head.new_head, "head_reason": self.head.reason, "cache_used": self.cache_used,
-            "notes": self.notes, "elapsed_s": self.elapsed_s, "model_path": self.model_path,
+            "memory": self.memory, "notes": self.notes, "elapsed_s": self.elapsed_s, "model_path": self.model_path,
         })
 
 
@@ -165,6 +169,64 @@ def check_run(loaded, images, config: RunConfig) -> HeadDecision:
     return decide_head(loaded.n_outputs, loaded.class_names, images.class_names, config.new_head)
 
 
+def check_train_memory(model, batch_size: int, budget: int | None = None, phase: str | None = None) -> dict:
+    """Refuse a training step that would not fit in the memory budget.
+
+    The estimate is `tlviz.memory.fit_bytes`: the layers below the first
+    trainable one cost a compiled forward pass, the trainable part keeps every
+    output and a gradient of the same size. The batch size is the user's
+    hyperparameter and is never changed here: a run that does not fit is
+    refused before it starts, with the batch size that would fit.
+
+    Args:
+        model: the model that trains (`Cut.upper` when the layers below a cut
+            run on cached activations), trainable flags set.
+        batch_size: the training batch size.
+        budget: bytes. Defaults to `tlviz.memory.memory_budget_bytes()`
+            (``TLVIZ_MEMORY_MB``).
+        phase: the phase's name, for the message. Defaults to `None`.
+
+    Returns:
+        ``{"budget_bytes", "train_bytes_per_image", "largest_batch", "batch_size"}``.
+
+    Raises:
+        RunRefused: the estimate for `batch_size` exceeds the budget; the
+            message names the estimate, the budget, the largest batch size
+            that fits and ``TLVIZ_MEMORY_MB``.
+    """
+    budget = _budget() if budget is None else int(budget)
+    per = fit_bytes(model)
+    largest = budget // per
+    info = {"budget_bytes": budget, "train_bytes_per_image": per, "largest_batch": int(largest),
+            "batch_size": int(batch_size)}
+    if per * batch_size <= budget:
+        return info
+    where = f" of phase '{phase}'" if phase else ""
+    msg = (f"One training step{where} at batch size {batch_size} needs about {_mb(per * batch_size)} "
+           f"({_mb(per)} per image: outputs and gradients of the trainable layers, a forward pass through the "
+           f"frozen ones), over the {_mb(budget)} memory budget ({ENV_MEMORY_MB}). ")
+    if largest >= 1:
+        msg += (f"The largest batch size that fits is {largest}: choose a batch size of {largest} or less, unfreeze "
+                f"fewer layers, or raise {ENV_MEMORY_MB} if this machine has more memory to give.")
+    else:
+        msg += (f"Not even one image fits (the largest batch size that fits is 0): unfreeze fewer layers, or raise "
+                f"{ENV_MEMORY_MB} to at least {math.ceil(per / 2**20)}.")
+    raise RunRefused(msg)
+
+
+def _budget() -> int:
+    """``TLVIZ_MEMORY_MB`` in bytes; a malformed value refuses the run (the message says how to set it)."""
+    try:
+        return memory_budget_bytes()
+    except ValueError as exc:
+        raise RunRefused(str(exc)) from None
+
+
+def _mb(nbytes: float) -> str:
+    mb = nbytes / 2**20
+    return f"{mb:,.1f} MB" if mb < 10 else f"{mb:,.0f} MB"
+
+
 def _optimizer(config: RunConfig, lr: float):
     import keras
 
@@ -190,14 +252,34 @@ def tf_preset(x, preset: str):
     return imagenet_utils.preprocess_input(x, data_format="channels_last", mode=preset)
 
 
-def _dataset(x, y, batch_size, seed=None, augment=False, preset=None):
-    """Batches of (x, y): shuffled with `seed` (None: in order), normalized with `preset`, then augmented."""
+def _dataset(x, y, idx, batch_size, seed=None, augment=False, preset=None):
+    """Batches of ``(x[idx], y[idx])``: shuffled with `seed` (None: in order), normalized with `preset`, augmented.
+
+    Only the indices enter the pipeline (and its shuffle buffer); each batch
+    is gathered from `x` when it is read, so neither the images nor cached
+    activations are copied (``from_tensor_slices`` on the arrays would copy
+    them, and a shuffle buffer would hold a second copy).
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    idx = np.asarray(idx, dtype=np.int64)
+    ds = tf.data.Dataset.from_tensor_slices(idx)
     if seed is not None:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(idx), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    x_shape, x_dtype = (None, *x.shape[1:]), tf.as_dtype(x.dtype)
+
+    def gather(i):
+        i = np.asarray(i)
+        return x[i], y[i]
+
+    def load(i):
+        a, b = tf.numpy_function(gather, [i], (x_dtype, tf.int64), stateful=False)
+        a.set_shape(x_shape)
+        b.set_shape((None,))
+        return a, b
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if preset is not None:
         ds = ds.map(lambda a, b: (tf_preset(a, preset), b), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
@@ -364,7 +446,7 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     y = np.asarray(images.labels, dtype=np.int64)
     n_classes = len(images.class_names)
     train_idx, val_idx = stratified_split(y, config.val_fraction, config.seed)
-    vbs = max(config.batch_size, 64)
+    budget = _budget()
     run = _Run(config, len(train_idx), writer, progress, should_cancel)
     run.report("preparing", force=True, message="building the model")
 
@@ -381,58 +463,51 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     if config.two_phase:
         phases.append(_Phase("head", 0, config.head_lr, config.head_epochs))
     phases.append(_Phase("main", config.unfreeze, config.lr, config.epochs))
-    from tlviz.layers import apply_unfreeze, iter_leaves
 
-    trained_paths: set[str] = set()
+    # Every phase is planned (what trains, where the cut is, what a step needs) before any of them runs,
+    # so that a run over the memory budget is refused before it starts.
+    cuts: list[Cut | None] = []
+    memory: dict = {}
+    for phase in phases:
+        _set_trainable(model, phase, config)
+        cut = _plan_cut(model, phase, config, cache, len(u8), notes)
+        mem = check_train_memory(cut.upper if cut is not None else model, config.batch_size, budget,
+                                 phase.name if len(phases) > 1 else None)
+        if not memory or mem["train_bytes_per_image"] > memory["train_bytes_per_image"]:
+            memory = mem
+        cuts.append(cut)
+
     model_key = loaded.sha256 or weights_key(loaded.model)
     img_key = image_key or images_key(images.images)
     stop = _Stop()
     initial: dict = {}
-    cache_used_any = False
+    trained_paths: set[str] = set()
+    tparams = 0
+    cache_used = False
     last_cut: Cut | None = None
     last_feats = None
-    tparams = 0
-    for phase in phases:
-        apply_unfreeze(model, phase.depth, train_bn=config.train_bn)
-        tparams = trainable_params(model)
-        if tparams == 0:
-            raise RunRefused("Nothing would train: the model has no layer holding weights in its head or in the "
-                             "unfrozen part of the base. Increase the unfreeze depth.")
-        for leaf in iter_leaves(model):
-            if leaf.layer.trainable and leaf.layer.trainable_weights:
-                trained_paths.add(leaf.path)
-        cut, cut_msg = (None, "cached activations are off for this run")
-        if config.use_cache and not config.augment:
-            cut, cut_msg = find_cut(model)
-        elif config.augment:
-            cut_msg = "augmentation changes the images every epoch, so activations cannot be cached"
+    for phase, cut in zip(phases, cuts):
+        tparams, paths = _set_trainable(model, phase, config)
+        trained_paths |= paths
         feats = None
         if cut is not None:
-            need = cut.bytes_for(len(u8))
-            if not cache.fits(need):
-                notes.append(f"Cached activations at '{cut.name}' would take {need / 2**20:,.0f} MB, over the "
-                             f"{cache.budget / 2**20:,.0f} MB budget (TLVIZ_ACTIVATION_CACHE_MB): training the "
-                             "whole model instead (slower, same results).")
-                cut = None
-            else:
-                key = cache.key(model_key, img_key, config.preset, cut.name)
-                feats = cache.get(key)
-                if feats is None:
-                    run.report("caching", force=True, message=f"computing activations at '{cut.name}' once")
-                    feats = compute_activations(cut.lower, u8, preset=config.preset)
-                    cache.put(key, feats)
-                notes.append(f"Phase '{phase.name}': {cut_msg}.")
-                cache_used_any = True
-        elif config.use_cache:
-            notes.append(f"Phase '{phase.name}': no activation cache ({cut_msg}).")
+            cache_used = True
+            key = cache.key(model_key, img_key, config.preset, cut.name)
+            feats = cache.get(key)
+            if feats is None:
+                run.report("caching", force=True, message=f"computing activations at '{cut.name}' once")
+                feats = compute_activations(cut.lower, u8, preset=config.preset, budget=budget)
+                cache.put(key, feats)
         fit_model = cut.upper if cut is not None else model
+        vbs = plan_batch(fit_model, "inference", n=len(val_idx), budget=budget).batch_size
+        memory["eval_batch_size"] = max(memory.get("eval_batch_size", 0), vbs)
         if cut is not None:  # activations are already normalized
-            train_ds = _dataset(feats[train_idx], y[train_idx], config.batch_size, config.seed)
-            val_ds = _dataset(feats[val_idx], y[val_idx], vbs)
+            train_ds = _dataset(feats, y, train_idx, config.batch_size, config.seed)
+            val_ds = _dataset(feats, y, val_idx, vbs)
         else:
-            train_ds = _dataset(u8[train_idx], y[train_idx], config.batch_size, config.seed, config.augment,
+            train_ds = _dataset(u8, y, train_idx, config.batch_size, config.seed, config.augment,
                                 preset=config.preset)
-            val_ds = _dataset(u8[val_idx], y[val_idx], vbs, preset=config.preset)
+            val_ds = _dataset(u8, y, val_idx, vbs, preset=config.preset)
         phase.steps = run.steps
         phase.first_epoch = run.epoch + 1
         spe = min(run.steps, CACHED_STEPS_PER_EXECUTION) if cut is not None and _small(cut.upper) else 1
@@ -456,9 +531,9 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     state = stop.reason or "completed"
     run.report("evaluating", force=True, message="scoring the validation images")
     if last_cut is not None:
-        probs = _predict(last_cut.upper, last_feats[val_idx])
+        probs = _predict(last_cut.upper, last_feats, val_idx, budget=budget)
     else:
-        probs = _predict(model, u8[val_idx], preset=config.preset)
+        probs = _predict(model, u8, val_idx, preset=config.preset, budget=budget)
     finite = np.all(np.isfinite(probs), axis=1)
     pred = np.where(finite, np.argmax(np.nan_to_num(probs, nan=-np.inf), axis=1), -1).astype(np.int64)
     y_val = y[val_idx]
@@ -484,7 +559,7 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
         class_names=list(images.class_names), val_indices=val_idx, val_true=y_val, val_pred=pred,
         per_class=per_class, confusion=confusion, weight_change=report,
         frozen_layers_changed=frozen_changed(report), findings=findings, trainable_params=tparams, head=head,
-        cache_used=cache_used_any, notes=notes, elapsed_s=round(time.monotonic() - run.t0, 3), model=model,
+        cache_used=cache_used, memory=memory, notes=notes, elapsed_s=round(time.monotonic() - run.t0, 3), model=model,
         run_dir=str(writer.dir) if writer is not None else None,
     )
     if writer is not None and save:
@@ -497,30 +572,87 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     return result
 
 
+def _set_trainable(model, phase: _Phase, config: RunConfig) -> tuple[int, set[str]]:
+    """Set the trainable flags of `phase`.
+
+    Returns:
+        ``(trainable parameters, paths of the layers that train)``.
+
+    Raises:
+        RunRefused: nothing would train.
+    """
+    from tlviz.layers import apply_unfreeze, iter_leaves
+
+    apply_unfreeze(model, phase.depth, train_bn=config.train_bn)
+    tparams = trainable_params(model)
+    if tparams == 0:
+        raise RunRefused("Nothing would train: the model has no layer holding weights in its head or in the "
+                         "unfrozen part of the base. Increase the unfreeze depth.")
+    paths = {leaf.path for leaf in iter_leaves(model) if leaf.layer.trainable and leaf.layer.trainable_weights}
+    return tparams, paths
+
+
+def _plan_cut(model, phase: _Phase, config: RunConfig, cache: ActivationCache, n_images: int,
+              notes: list[str]) -> Cut | None:
+    """Where `phase` splits the model into cached activations and trained layers (None: it trains all of it).
+
+    The reason goes into `notes`, as a sentence for the user.
+    """
+    cut, cut_msg = (None, "cached activations are off for this run")
+    if config.use_cache and not config.augment:
+        cut, cut_msg = find_cut(model)
+    elif config.augment:
+        cut_msg = "augmentation changes the images every epoch, so activations cannot be cached"
+    if cut is not None:
+        need = cut.bytes_for(n_images)
+        if not cache.fits(need):
+            notes.append(f"Cached activations at '{cut.name}' would take {need / 2**20:,.0f} MB, over the "
+                         f"{cache.budget / 2**20:,.0f} MB budget (TLVIZ_ACTIVATION_CACHE_MB): training the "
+                         "whole model instead (slower, same results).")
+            return None
+        notes.append(f"Phase '{phase.name}': {cut_msg}.")
+    elif config.use_cache:
+        notes.append(f"Phase '{phase.name}': no activation cache ({cut_msg}).")
+    return cut
+
+
 def _small(model) -> bool:
     """A model small enough that Keras's per-step overhead dominates (a head on cached activations)."""
     return len(model.layers) <= SMALL_MODEL_LAYERS
 
 
-def _predict(model, x: np.ndarray, preset: str | None = None) -> np.ndarray:
-    """Class probabilities (or logits) in inference mode.
+def _predict(model, x: np.ndarray, idx: np.ndarray, preset: str | None = None,
+             budget: int | None = None) -> np.ndarray:
+    """Class probabilities (or logits) of ``x[idx]`` in inference mode, as ``float64``.
 
-    A few thousand images go through eager calls: tracing a predict function
-    for a large network costs more than it saves on a validation set.
+    A compiled forward pass in batches planned from the memory budget
+    (`tlviz.memory.plan_batch`, mode ``"inference"``); rows are gathered and
+    normalized one batch at a time.
 
     Args:
         model: the model.
         x: its input; ``uint8`` images when `preset` is given.
-        preset: applied chunk by chunk. Defaults to `None` (x is ready).
+        idx: the rows of `x` to score.
+        preset: applied batch by batch. Defaults to `None` (x is ready).
+        budget: bytes. Defaults to ``TLVIZ_MEMORY_MB``.
     """
-    prep = (lambda a: a) if preset is None else (lambda a: apply_preset(a, preset))
-    if len(x) > EAGER_PREDICT_MAX:
-        out = [np.asarray(model.predict(prep(x[i:i + 4096]), batch_size=256, verbose=0), dtype=np.float64)
-               for i in range(0, len(x), 4096)]
-    else:
-        out = [np.asarray(model(prep(x[i:i + 256]), training=False), dtype=np.float64)
-               for i in range(0, len(x), 256)]
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    prepare = None if preset is None else (lambda a: apply_preset(a, preset))
+    plan = plan_batch(model, "inference", n=len(idx), budget=budget)
+    out = predict_batches(model, _Rows(x, idx), prepare, plan)
+    return out.astype(np.float64) if len(idx) else np.zeros((0, 0))
+
+
+class _Rows:
+    """``x[idx]`` without the copy: slicing gathers only the rows of that slice."""
+
+    def __init__(self, x: np.ndarray, idx: np.ndarray):
+        self.x, self.idx = x, np.asarray(idx, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return self.x[self.idx[s]]
 
 
 def save_model(model, path, preset: str, class_names: list[str], extra: dict | None = None) -> None:
