@@ -11,6 +11,7 @@ Session-state keys (initialised by `init_state`):
 - ``best_preset``: the best preset found on the Normalization page (None until run).
 - ``inference_preset``: the preset the user says their inference code uses (default ``unit``).
 - ``workspace``: this browser session's workspace token (see `workspace`).
+- ``<prefix>_job``: the analysis job a page is following (see `analysis`), or None.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import secrets
 
 import streamlit as st
 
-from tlviz.errors import ImageSetRefused, ModelRefused
+from tlviz import jobs
+from tlviz.errors import ImageSetRefused, ModelRefused, TlvizError
 from tlviz.imagesets import ImageSet, ImageSource, check_server_folder, open_source, server_folder_roots
 from tlviz.layers import layer_table
 from tlviz.models import LoadedModel, load_model, max_model_bytes
@@ -146,6 +148,125 @@ def images_key() -> str:
 
 def image_source() -> ImageSource | None:
     return st.session_state.get("image_source")
+
+
+def is_sample() -> bool:
+    """Whether a bundled sample model and sample image set are loaded (cheap to analyse at once)."""
+    loaded = st.session_state.get("model")
+    return (loaded is not None and loaded.filename in SAMPLE_MODELS
+            and str(st.session_state.get("image_source_key") or "").startswith("sample:"))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _content_key(key: str, _images: ImageSet) -> str:
+    return jobs.image_key(_images)
+
+
+def content_key() -> str:
+    """`tlviz.jobs.image_key` of the current image set (hashed once per image set)."""
+    return _content_key(images_key(), st.session_state.get("images"))
+
+
+# -- heavy analyses in a worker process ----------------------------------------------
+
+ANALYSIS_POLL_S = 1.0
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _stored_report(kind: str, key: str, root: str):
+    # One object per stored result, shared read-only by every session (reports are never changed in place).
+    return jobs.stored_result(kind, key, root)
+
+
+def _report(kind: str, key: str):
+    from tlviz.finetune.store import runs_dir
+
+    root = str(runs_dir())
+    return _stored_report(kind, key, root) if jobs.has_result(kind, key, root) else None
+
+
+def queue_text(position: int | None) -> str:
+    """"Waiting for a free worker: 2 jobs ahead" for a job's place in the queue (1 = next)."""
+    ahead = max((position or 1) - 1, 0)
+    return f"Waiting for a free worker: {ahead} job{'' if ahead == 1 else 's'} ahead"
+
+
+def _cancel(job_id: str) -> None:
+    try:
+        jobs.cancel_analysis(job_id)
+    except TlvizError:
+        pass
+
+
+def _job_panel(job_id: str, prefix: str) -> None:
+    status = jobs.poll_analysis(job_id)
+    if not status.active:
+        st.rerun()  # the whole page: it renders the result (or the failure)
+    with st.container(border=True):
+        if status.state == "queued":
+            st.progress(0.0, text=queue_text(status.queue_position))
+        else:
+            st.progress(status.fraction, text=status.text or "Starting the worker…")
+        st.button("Cancel", key=f"{prefix}_cancel", icon=":material/stop:", on_click=_cancel, args=(job_id,),
+                  help="Stops the analysis; nothing partial is kept.")
+        st.caption("Measured in a separate worker process: the other pages stay usable meanwhile.")
+
+
+def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto: bool = False,
+             prefix: str) -> tuple[object | None, str | None]:
+    """The current model's `kind` report (``"normalize"`` or ``"diagnose"``), run in a worker when needed.
+
+    A stored result is returned at once (`tlviz.jobs` computes each one once).
+    Otherwise this session's latest job for it is followed: a polling fragment
+    shows its progress, place in the queue and a Cancel button; a failure shows
+    its message.
+
+    Args:
+        kind: ``"normalize"`` or ``"diagnose"``.
+        params: the job's parameters (`tlviz.jobs.start_analysis`).
+        start: start a job unless one is running (the page's button was pressed).
+        auto: start one if this session never started one for these inputs.
+        prefix: the page's widget-key prefix.
+
+    Returns:
+        ``(report, note)``: the report, or the one this page showed last for the
+        same model and image set (with a sentence saying so in `note`), or
+        ``(None, None)`` when nothing was measured yet.
+    """
+    loaded, images = current()
+    source, owner, ikey = image_source(), workspace(), content_key()
+    pair = (loaded.sha256 or loaded.name, ikey)
+    try:
+        key = jobs.analysis_key(kind, loaded, images, params, source=source, image_key=ikey)
+        report = _report(kind, key)
+        job_id = None if report is not None else jobs.latest_job(kind, key, owner)
+        status = jobs.poll_analysis(job_id) if job_id else None
+        if report is None and (start or (auto and status is None)) and (status is None or not status.active):
+            job_id = jobs.start_analysis(kind, loaded, images, params, source=source, owner=owner, image_key=ikey)
+            status = jobs.poll_analysis(job_id)
+            report = _report(kind, key)
+    except TlvizError as exc:
+        st.error(str(exc), icon=":material/block:")
+        report, status = None, None
+    st.session_state[f"{prefix}_job"] = None
+    if report is not None:
+        st.session_state[f"_{prefix}_shown"] = (pair, kind, key)
+        if not jobs.can_reopen(source):
+            st.caption(jobs.NO_SOURCE_NOTE)
+        return report, None
+    if status is not None and status.active:
+        st.session_state[f"{prefix}_job"] = status.job_id
+        st.fragment(run_every=ANALYSIS_POLL_S)(_job_panel)(status.job_id, prefix)
+    elif status is not None and status.state == "failed":
+        st.error(status.message, icon=":material/block:")
+    elif status is not None and status.state == "cancelled":
+        st.info("The analysis was cancelled.", icon=":material/stop_circle:")
+    shown = st.session_state.get(f"_{prefix}_shown")
+    if shown and shown[0] == pair and shown[1] == kind:
+        earlier = _report(kind, shown[2])
+        if earlier is not None:
+            return earlier, "Below: the earlier result for this model and image set, until a new one is ready."
+    return None, None
 
 
 # -- page shell ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -64,3 +65,14 @@ def upload_zip(at: AppTest, name: str, data: bytes) -> AppTest:
     at.run()
     at.file_uploader(key="images_upload").set_value((name, data, "application/zip"))
     return at.run()
+
+
+def settle(at: AppTest, job_key: str, timeout: float = 240) -> AppTest:
+    """Rerun the page (as its polling fragment would) until the analysis job in ``session_state[job_key]`` ends."""
+    deadline = time.monotonic() + timeout
+    while at.session_state[job_key] if job_key in at.session_state else False:
+        assert time.monotonic() < deadline, f"the {job_key} job did not finish"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, at.exception
+    return at

@@ -63,6 +63,16 @@ def runs(tmp_path, monkeypatch) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def module_runs(tmp_path_factory):
+    """A fresh runs folder (``TLVIZ_RUNS_DIR``) shared by the tests of one module (e.g. one AppTest page)."""
+    d = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TLVIZ_RUNS_DIR", str(d))
+    yield d
+    mp.undo()
+
+
 def write_image(path: Path, size=(20, 20), mode="RGB", color=(200, 30, 30), fmt=None) -> Path:
     """Write a small image file; helper for tests that build image folders."""
     from PIL import Image

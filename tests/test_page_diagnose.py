@@ -1,4 +1,8 @@
-"""The Diagnose page, driven through the router with the sample preloaded."""
+"""The Diagnose page, driven through the router with the sample preloaded.
+
+The diagnosis runs in a real worker process (`tlviz.jobs`); `settle` reruns the
+page as its polling fragment would until the job is done.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,11 @@ from pathlib import Path
 
 import pytest
 from streamlit.delta_generator import DeltaGenerator
-from apptest_helpers import open_page
+from apptest_helpers import open_page, settle, texts, upload_model
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = "views/diagnose.py"
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,11 @@ def downloads():
 
 
 @pytest.fixture(scope="module")
-def page(downloads) -> AppTest:
-    return open_page(PAGE)
+def page(downloads, module_runs) -> AppTest:
+    at = open_page(PAGE)
+    assert at.session_state["diag_job"] is not None  # the sample starts on its own, in a worker
+    assert at.button(key="diag_cancel") and at.get("progress")  # its progress panel
+    return settle(at, "diag_job")
 
 
 def test_first_visit_runs_on_the_sample_and_ranks_findings(page):
@@ -75,8 +79,8 @@ def test_preset_select_box_is_bound_and_rejudges_instantly(page):
     assert not at.error and not at.warning
     assert any("No errors or warnings" in s.value for s in at.success)
     assert at.session_state["diagnosis"].inference_preset == "tf"
-    at.button(key="diag_run").click().run()  # the button re-runs (from the cache) without trouble
-    assert not at.exception
+    at.button(key="diag_run").click().run()  # the result is stored: the button starts no new job
+    assert not at.exception and at.session_state["diag_job"] is None
     at.selectbox(key="diag_inference_widget").set_value("unit").run()
 
 
@@ -93,9 +97,10 @@ def test_custom_inference_preset_from_the_normalization_page_is_kept(page):
     assert at.session_state["inference_preset"] == "tf"
 
 
-def test_skipped_checks_are_listed_and_frozen_sample_flagged():
+def test_skipped_checks_are_listed_and_frozen_sample_flagged(module_runs):
     at = open_page(PAGE)
     at.selectbox(key="images_choice").set_value("digits_5_9").run()
+    settle(at, "diag_job")
     assert not at.exception
     report = at.session_state["diagnosis"]
     assert "label-order-mismatch" in {s.id for s in report.skipped}
@@ -103,12 +108,13 @@ def test_skipped_checks_are_listed_and_frozen_sample_flagged():
     assert any("label-order-mismatch" in m.value and "recorded with the model" in m.value for m in at.markdown)
     assert any("classes are not among the model's outputs" in e.value for e in at.error)
     at.selectbox(key="model_choice").set_value("digits_frozen.keras").run()
+    settle(at, "diag_job")
     assert not at.exception
     assert any("No trainable weights" in e.value for e in at.error)
     assert "Fine-tuning" in [s.value for s in at.subheader]
 
 
-def test_uploaded_model_waits_for_the_button(tmp_path):
+def test_uploaded_model_waits_for_the_button_and_can_be_cancelled(tmp_path, module_runs):
     import keras
 
     inp = keras.Input((32, 32, 3))
@@ -116,15 +122,19 @@ def test_uploaded_model_waits_for_the_button(tmp_path):
     x = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(4, 3, name="conv")(x))
     keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="head")(x), name="mine").save(
         tmp_path / "mine.keras")
-    at = open_page(PAGE)
-    at.radio(key="model_kind").set_value("Upload").run()
-    at.file_uploader(key="model_upload").set_value(
-        ("mine.keras", (tmp_path / "mine.keras").read_bytes(), "application/octet-stream")).run()
+    at = upload_model(open_page(PAGE), "mine.keras", (tmp_path / "mine.keras").read_bytes())
     assert not at.exception
     assert at.session_state["model"].name == "mine"
     assert any("Press **Diagnose**" in i.value for i in at.info)
-    assert not at.get("download_button")
+    assert not at.get("download_button") and at.session_state["diag_job"] is None
+    # Started, then cancelled: the page says so and offers the button again.
     at.button(key="diag_run").click().run()
+    assert at.session_state["diag_job"] is not None
+    at.button(key="diag_cancel").click().run()
+    assert not at.exception and at.session_state["diag_job"] is None
+    assert "was cancelled" in texts(at) and any("Press **Diagnose**" in i.value for i in at.info)
+    at.button(key="diag_run").click().run()
+    settle(at, "diag_job")
     assert not at.exception
     assert at.session_state["diagnosis"].model_name == "mine"
     assert any("normalizes its input itself" in e.value for e in at.error)  # double normalization with `unit`

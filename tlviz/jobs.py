@@ -174,7 +174,8 @@ def image_key(images) -> str:
     return worker.image_set_key(images)
 
 
-def _reopenable(source) -> bool:
+def can_reopen(source) -> bool:
+    """Whether a worker process can open `source` again (for the resize variants): a folder or a zip."""
     origin = getattr(source, "origin", None)
     return isinstance(origin, tuple) and len(origin) == 2 and origin[0] in ("folder", "zip")
 
@@ -201,7 +202,7 @@ def analysis_key(kind: str, loaded, images, params: dict | None = None, *, sourc
         A 24-character hex string.
     """
     return _key(kind, model_key(loaded), image_key or worker.image_set_key(images), _params(kind, params),
-                _reopenable(source))
+                can_reopen(source))
 
 
 # -- the result store -------------------------------------------------------------------
@@ -298,7 +299,7 @@ def latest_job(kind: str, key: str, owner: str | None = None, root=None) -> str 
 
 def _source_spec(source, root) -> dict | None:
     """What the worker needs to open `source` again (an uploaded zip is saved once), or None."""
-    if not _reopenable(source):
+    if not can_reopen(source):
         return None
     kind, value = source.origin
     if kind == "folder":
@@ -341,7 +342,7 @@ def start_analysis(kind: str, loaded, images, params: dict | None = None, *, sou
     params = _params(kind, params)
     mkey = model_key(loaded)
     ikey = image_key or worker.image_set_key(images)
-    reopen = _reopenable(source)
+    reopen = can_reopen(source)
     key = _key(kind, mkey, ikey, params, reopen)
     previous = latest_job(kind, key, owner, root)
     if previous is not None and poll_analysis(previous, root).active:

@@ -1,9 +1,10 @@
 """Diagnose: one click from "it doesn't learn" to a ranked list of causes with fixes.
 
-Thin page: the inference-preset select box and a Diagnose button -> `tlviz.diagnose`
--> finding cards grouped by area, skipped checks, Markdown / JSON downloads.
-The measurements are cached by model hash and image-set key (the preset only
-re-judges two checks, so changing it is instant); the sample runs on its own.
+Thin page: the inference-preset select box and a Diagnose button -> a `tlviz.jobs`
+diagnose job (a worker process; measured once per model and image set and stored,
+see `ui.analysis`) -> finding cards grouped by area, skipped checks, Markdown / JSON
+downloads. The preset only re-judges two checks (`DiagnosisReport.for_preset`), so
+changing it is instant; the sample runs on its own.
 """
 
 from __future__ import annotations
@@ -16,42 +17,13 @@ import streamlit as st
 import ui
 from tlviz import diagnose as dg
 from tlviz import diagnose_charts as charts
-from tlviz.errors import TlvizError
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
-from tlviz.samples import SAMPLE_MODELS
 
 _BOX = {"error": st.error, "warning": st.warning, "info": st.info}
 _ICON = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
 _AREA_ICON = {"pretraining": ":material/school:", "finetuning": ":material/model_training:",
               "inference": ":material/input:"}
 STRIP_WIDTH = 80
-
-
-def _throttled(bar):
-    """A progress callback that redraws the bar only when it moved visibly (fewer replayed messages)."""
-    last = {"f": -1.0, "check": None}
-
-    def update(fraction: float, text: str) -> None:
-        check = text.split(":", 1)[0]
-        if fraction - last["f"] >= 0.02 or check != last["check"] or fraction >= 1.0:
-            last.update(f=fraction, check=check)
-            bar.progress(min(max(fraction, 0.0), 1.0), text=text)
-
-    return update
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _measured(model_key: str, images_key: str, _loaded, _images, _source):
-    # The bar is created inside the cached function so that Streamlit can replay it on a cache hit.
-    bar = st.progress(0.0, text="Starting the checks…")
-    report = dg.diagnose(_loaded, _images, "unit", progress=_throttled(bar), source=_source)
-    bar.empty()
-    return report
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _diagnosis(model_key: str, images_key: str, preset: str, _loaded, _images, _source):
-    return _measured(model_key, images_key, _loaded, _images, _source).for_preset(preset)
 
 
 def _card(f, images, positions: dict) -> None:
@@ -75,9 +47,6 @@ def _card(f, images, positions: dict) -> None:
 
 ui.page_start()
 loaded, images = ui.require_images()
-source = ui.image_source()
-model_key = loaded.sha256 or loaded.name
-images_key = ui.images_key()
 
 st.title("Diagnose")
 st.caption(f"Runs every check tlviz has — {len(dg.CHECKS)} of them, on pre-training, fine-tuning and the inference "
@@ -102,23 +71,17 @@ else:  # a custom preset chosen on the Normalization page stays the session's ch
                f"here `{preset}`. The Normalization page compares custom presets.")
 clicked = right.button("Diagnose", type="primary", icon=":material/troubleshoot:", key="diag_run", width="stretch")
 
-pair = f"{model_key}|{images_key}"
-requested = st.session_state.setdefault("diag_requested", [])
-is_sample = (loaded.filename in SAMPLE_MODELS
-             and str(st.session_state.get("image_source_key") or "").startswith("sample:"))
-if (clicked or is_sample) and pair not in requested:
-    requested.append(pair)
-if pair not in requested:
-    st.info(f"Press **Diagnose** to check **{loaded.name}** on **{len(images)} images**. On a large model this "
-            "takes a while (every preset is evaluated, and a linear probe compares the base with random weights).",
-            icon=":material/troubleshoot:")
+measured, note = ui.analysis("diagnose", start=clicked, auto=ui.is_sample(), prefix="diag")
+if measured is None:
+    if not st.session_state.get("diag_job"):
+        st.info(f"Press **Diagnose** to check **{loaded.name}** on **{len(images)} images**. On a large model this "
+                "takes a while (every preset is evaluated, and a linear probe compares the base with random "
+                "weights); it runs in a separate worker process, and each diagnosis is kept.",
+                icon=":material/troubleshoot:")
     st.stop()
-
-try:
-    report = _diagnosis(model_key, images_key, preset, loaded, images, source)
-except TlvizError as exc:
-    st.error(str(exc), icon=":material/block:")
-    st.stop()
+if note:
+    st.caption(note)
+report = measured.for_preset(preset)
 st.session_state["diagnosis"] = report
 
 counts = report.counts_by_severity

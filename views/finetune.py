@@ -199,7 +199,9 @@ def _job_panel() -> None:
     status = poll_job(job_id)
     prog = status.progress or {}
     with st.container(border=True):
-        if status.kind == "lrfind":
+        if status.queue_position:  # every heavy job goes through one queue (TLVIZ_MAX_JOBS at once)
+            st.progress(0.0, text=ui.queue_text(status.queue_position))
+        elif status.kind == "lrfind":
             step, steps = int(prog.get("step") or 0), int(prog.get("steps") or 100)
             st.progress(min(step / max(steps, 1), 1.0),
                         text=f"Learning-rate range test: step {step} of about {steps}" if step

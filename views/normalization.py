@@ -1,8 +1,9 @@
 """Normalization: find the preprocessing the model really expects.
 
-Thin page: widgets -> `tlviz.normalize` -> tables and `tlviz.normalize_charts`.
-Each setting's evaluation is cached (`st.cache_data`) by model hash, image-set
-key and setting, so changing the inference preset or revisiting the page is instant.
+Thin page: widgets -> a `tlviz.jobs` normalize job (a worker process; each
+comparison is computed once and stored, see `ui.analysis`) -> tables and
+`tlviz.normalize_charts`. Changing the inference preset only re-judges the
+stored comparison; the sample runs on its own, other models on the button.
 """
 
 from __future__ import annotations
@@ -11,22 +12,11 @@ import streamlit as st
 
 import ui
 from tlviz import normalize
-from tlviz.errors import TlvizError
 from tlviz import normalize_charts as charts
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 
 GALLERY_SIZE = 12
 _SEVERITY_BOX = {"error": st.error, "warning": st.warning, "info": st.info}
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _fingerprint(model_key: str, images_key: str, custom_key: str, _loaded, _images, _custom):
-    return normalize.fingerprint(_loaded, _images, custom=_custom)
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _evaluate(model_key: str, images_key: str, setting_key: str, _loaded, _images, _source, _setting):
-    return normalize.evaluate_setting(_loaded, _images, _setting, source=_source)
 
 
 def _custom_preset():
@@ -65,16 +55,13 @@ _COLUMN_CONFIG = {
 }
 
 
-def _show_table(slot, table, accuracy_available: bool) -> None:
-    slot.dataframe(_table_view(table, accuracy_available), hide_index=True, column_config=_COLUMN_CONFIG,
-                   width="stretch")
+def _show_table(table, accuracy_available: bool) -> None:
+    st.dataframe(_table_view(table, accuracy_available), hide_index=True, column_config=_COLUMN_CONFIG,
+                 width="stretch")
 
 
 ui.page_start()
 loaded, images = ui.require_images()
-source = ui.image_source()
-model_key = loaded.sha256 or loaded.name
-images_key = ui.images_key()
 
 st.title("Normalization")
 st.caption("Which preprocessing does this model really expect? Each preset, resize method and channel order is "
@@ -93,21 +80,29 @@ options = list(applicable_presets(loaded.channels)) + ([custom.name] if custom i
 current = st.session_state.get("inference_preset") or "unit"
 if current not in options:
     current = "unit" if "unit" in options else options[0]
-inference = st.selectbox(
+top, button = st.columns([3, 1], vertical_alignment="bottom")
+inference = top.selectbox(
     "Preset your inference code uses", options, index=options.index(current), key="norm_inference_widget",
     format_func=lambda p: f"{p} — {PRESET_DESCRIPTIONS[p]}" if p in PRESET_DESCRIPTIONS else p,
     help="Compared with the best preset below: findings and the gallery of changed predictions.")
 st.session_state["inference_preset"] = inference
+clicked = button.button("Compare", type="primary", icon=":material/tune:", key="norm_run", width="stretch")
+
+report, note = ui.analysis("normalize", {"custom": custom, "variants": True}, start=clicked, auto=ui.is_sample(),
+                           prefix="norm")
+if report is None:
+    if not st.session_state.get("norm_job"):
+        st.info(f"Press **Compare** to evaluate **{loaded.name}** on **{len(images)} images** under every preset, "
+                "resize method and channel order. On a large model this takes a while; it runs in a separate "
+                "worker process, and each comparison is kept.", icon=":material/tune:")
+    st.stop()
+if note:
+    st.caption(note)
 
 left, right = st.columns([2, 3], gap="large")
 with left:
     st.subheader("Label-free fingerprint")
-    try:
-        custom_key = normalize.Setting(custom).key if custom else ""
-        fp = _fingerprint(model_key, images_key, custom_key, loaded, images, custom)
-    except TlvizError as exc:
-        st.error(str(exc), icon=":material/block:")
-        st.stop()
+    fp = report.fingerprint
     if fp.ranking is None:
         st.info(fp.reason, icon=":material/info:")
     else:
@@ -117,21 +112,7 @@ with left:
                    "(0 = identical). No labels needed.")
 with right:
     st.subheader("Accuracy by setting")
-    bar = st.progress(0.0, text="Starting…")
-    table_slot = st.empty()
-    accuracy_shown = normalize.label_match(loaded, images).labels is not None
-    try:
-        report = normalize.analyze(
-            loaded, images, source=source, custom=custom, precomputed_fingerprint=fp,
-            evaluate=lambda s: _evaluate(model_key, images_key, s.key, loaded, images, source, s),
-            progress=lambda fraction, text: bar.progress(min(max(fraction, 0.0), 1.0), text=text),
-            on_result=lambda table: _show_table(table_slot, table, accuracy_shown))
-    except TlvizError as exc:
-        bar.empty()
-        st.error(str(exc), icon=":material/block:")
-        st.stop()
-    bar.empty()
-    _show_table(table_slot, report.results, report.accuracy_available)
+    _show_table(report.results, report.accuracy_available)
     if not report.accuracy_available:
         st.info(report.accuracy_note, icon=":material/visibility_off:")
 
@@ -165,6 +146,8 @@ st.subheader("Images whose prediction changes")
 best = report.best_preset
 if best is None:
     st.caption("No best preset could be determined, so there is nothing to compare with.")
+elif inference not in report.presets:
+    st.caption(f"`{inference}` is not in this comparison yet: press **Compare** to measure it.")
 elif inference == best:
     st.caption(f"Your inference preset `{inference}` is the best one: no prediction changes.")
 else:
