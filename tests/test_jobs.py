@@ -150,6 +150,26 @@ def test_queue_runs_jobs_one_after_another_and_reports_the_place_in_line(loaded_
     assert sb["started_at"] >= sa["ended_at"], "the second job started before the first let go of the slot"
 
 
+def test_fine_tuning_jobs_wait_in_the_same_queue(loaded_base, images, source, runs, monkeypatch):
+    from tlviz.finetune.config import RunConfig
+    from tlviz.finetune.worker import cancel_job, poll_job, start_job, wait_job
+
+    monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "1")
+    diag = jobs.start_analysis("diagnose", loaded_base, images, source=source, root=runs)
+    run = start_job(loaded_base, images, [RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")], root=runs)
+    dropped = start_job(loaded_base, images, [RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")], root=runs)
+    _wait_for(lambda: poll_job(dropped.job_id, runs).queue_position == 3, what="the third job's place")
+    assert poll_job(run.job_id, runs).queue_position == 2
+    assert poll_job(run.job_id, runs).runs[0].state == "queued"
+    cancel_job(dropped.job_id, runs)  # a queued fine-tuning job is dropped before it loads anything
+    st = wait_job(dropped.job_id, runs, timeout=60)
+    assert st.state == "cancelled" and st.runs[0].state == "cancelled" and "before it started" in st.runs[0].message
+    assert jobs.wait_analysis(diag, runs, timeout=300).state == "done"
+    st = wait_job(run.job_id, runs, timeout=300)
+    assert st.state == "done" and st.runs[0].state == "completed", st.message
+    assert _status(run.job_id, runs).get("waiting") is None
+
+
 def test_cancel_drops_a_queued_job_and_stops_a_running_one(loaded_base, images, source, runs, monkeypatch):
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "1")
     running = jobs.start_analysis("diagnose", loaded_base, images, source=source, root=runs)
