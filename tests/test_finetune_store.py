@@ -232,6 +232,16 @@ def test_tidy_removes_old_inputs_and_jobs_but_never_runs(root):
     w.write_config(RunConfig(epochs=1))
     w.status("completed")
     os.utime(w.dir, (old, old))
-    assert tidy() == 2
+    # The queue's own folders are never removed (a held slot's lock file must outlive every job);
+    # results not read for a week are.
+    slots = root / ".jobs" / ".slots"
+    slots.mkdir()
+    (slots / "slot-0.lock").write_text("")
+    os.utime(slots, (old, old))
+    (root / ".results").mkdir()
+    (root / ".results" / "normalize-abc.pkl").write_bytes(b"z")
+    os.utime(root / ".results" / "normalize-abc.pkl", (old, old))
+    assert tidy() == 3
     assert not (root / ".inputs" / "old.keras").exists() and (root / ".inputs" / "new.keras").exists()
     assert not job.exists() and w.dir.exists()
+    assert (slots / "slot-0.lock").exists() and not (root / ".results" / "normalize-abc.pkl").exists()

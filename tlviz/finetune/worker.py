@@ -138,7 +138,7 @@ def tidy(root=None, keep_days: float = KEEP_DAYS) -> int:
     base = runs_dir(root)
     cutoff = time.time() - keep_days * 86400
     removed = 0
-    for folder in (base / ".inputs", base / ".cache" / "activations", base / ".results"):
+    for folder in (base / ".inputs", base / ".cache" / "activations", base / ".results", base / ".jobs" / ".latest"):
         for p in folder.glob("*") if folder.is_dir() else []:
             try:
                 if p.is_file() and p.stat().st_mtime < cutoff:
@@ -152,7 +152,8 @@ def tidy(root=None, keep_days: float = KEEP_DAYS) -> int:
             continue  # the queue (`tlviz.jobqueue`): its lock files must outlive every job
         try:
             st = read_json(j / "status.json", {}) or {}
-            if j.stat().st_mtime < cutoff and (st.get("state") != "running" or not pid_alive(st.get("pid"))):
+            if j.stat().st_mtime < cutoff and (st.get("state") not in ("running", "queued")
+                                                or not pid_alive(st.get("pid"))):
                 shutil.rmtree(j, ignore_errors=True)
                 removed += 1
         except OSError:
