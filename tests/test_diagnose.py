@@ -580,3 +580,33 @@ def test_a_measured_normalization_is_reused_not_recomputed(loaded_base, base_ima
     other = subset(base_images, 10)
     with pytest.raises(ValueError, match="another model or image set"):
         diagnose(loaded_base, other, "tf", normalization=measured)
+
+
+def test_probe_reuses_the_features_of_the_preset_comparison(loaded_base, base_images, monkeypatch):
+    """Compute once: the pre-trained features come from the preset comparison's own pass."""
+    import tlviz.diagnose as dg
+
+    calls = []
+    real = dg._features
+    monkeypatch.setattr(dg, "_features", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    report = diagnose(loaded_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
+    assert "pretraining-no-better-than-random" in report.checks_run
+    kept = report.normalization._preset_evals()["tf"].features
+    assert kept is not None and kept.shape[0] <= dg.PROBE_MAX_IMAGES
+    assert len(calls) == dg.PROBE_RANDOM_INITS  # only the fresh random copies are run again
+    assert not any(m is loaded_base.model for m in calls)
+    # the kept features equal a separate pass over the same images
+    sample, _ = dg._probe_sample(np.asarray(base_images.labels), np.random.default_rng(dg.SEED))
+    idx, _, _ = dg._feature_tensor(loaded_base.model)
+    direct = real(loaded_base.model, idx, base_images.images[np.sort(sample)], "tf")
+    np.testing.assert_allclose(kept, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_bn_check_states_its_sample(loaded_base, base_images, clean):
+    report = diagnose(copy_of(loaded_base), base_images, "tf", checks=["bn-statistics-mismatch"])
+    assert "bn-statistics-mismatch" in report.checks_run
+    from tlviz.diagnose import BN_MAX_IMAGES, _balanced_sample
+
+    s = _balanced_sample(np.asarray(base_images.labels), BN_MAX_IMAGES)
+    assert len(s) <= BN_MAX_IMAGES and len(np.unique(np.asarray(base_images.labels)[s])) == 5
+    np.testing.assert_array_equal(s, _balanced_sample(np.asarray(base_images.labels), BN_MAX_IMAGES))  # seeded

@@ -115,6 +115,9 @@ PERMUTATION_MIN_ACCURACY = 0.8
 PERMUTATION_GAIN = 0.2
 #: bn-statistics-mismatch: batch statistics beat moving statistics by at least this accuracy.
 BN_GAP = 0.10
+#: bn-statistics-mismatch runs the model in training mode on a seeded, class-balanced sample of this many images
+#: (a training-mode pass costs about twice an inference pass).
+BN_MAX_IMAGES = 128
 #: Images per batch when the model runs in training mode (batch statistics); smaller when the
 #: memory budget (`tlviz.memory.plan_batch`) allows fewer (the evidence records the batch used).
 TRAINING_BATCH = 64
@@ -124,7 +127,7 @@ PROBE_MAX_IMAGES = 400
 PROBE_MAX_PER_CLASS = 40
 PROBE_SHOTS = 10
 PROBE_SPLITS = 5
-PROBE_RANDOM_INITS = 2
+PROBE_RANDOM_INITS = 1
 #: class-imbalance: largest / smallest class.
 IMBALANCE_RATIO = 3.0
 #: too-few-images: images per class.
@@ -570,10 +573,34 @@ class DiagnosisContext:
         def say(fraction, text):
             self.say(fraction, text)
 
+        tap = self._feature_tap()
         try:
-            return normalize.analyze(self.loaded, self.images, source=self.source, progress=say)
+            return normalize.analyze(self.loaded, self.images, source=self.source, progress=say, feature_tap=tap)
         except normalize.NormalizationRefused as exc:
             raise DiagnosisRefused(str(exc)) from None
+
+    @functools.cached_property
+    def probe_setup(self) -> dict:
+        """The probe's seeded, class-balanced sample and the head's input tensor (or `CheckSkipped`)."""
+        rng = np.random.default_rng(SEED)
+        sample, shots = _probe_sample(np.asarray(self.images.labels), rng)
+        idx, tensor, name = _feature_tensor(self.model)
+        return {"rng": rng, "sample": sample, "shots": shots, "idx": idx, "tensor": tensor, "name": name}
+
+    def _feature_tap(self):
+        """Keep the probe's features during the preset comparison (None when no probe can run)."""
+        import keras
+
+        from tlviz.normalize import FeatureTap
+
+        if self.unlabelled or not self.weights_finite:
+            return None
+        try:
+            setup = self.probe_setup
+            dual = keras.Model(self.model.inputs[0], [self.model.outputs[0], setup["tensor"]])
+        except Exception:  # CheckSkipped, or a graph that cannot be tapped: the probe runs its own pass
+            return None
+        return FeatureTap(dual, np.sort(setup["sample"]))
 
     @functools.cached_property
     def label_order(self) -> _LabelOrder | None:
@@ -636,7 +663,7 @@ class DiagnosisContext:
         return np.asarray(self.normalization.predictions[self.working_preset], dtype=np.int64)
 
     def predict_training_mode(self, clone, text: str, preset: str | None = None, start: float = 0.0,
-                              span: float = 1.0) -> np.ndarray:
+                              span: float = 1.0, indices: np.ndarray | None = None) -> np.ndarray:
         """Predictions of `clone` called with ``training=True`` on seeded, shuffled batches.
 
         Args:
@@ -644,10 +671,12 @@ class DiagnosisContext:
             text: progress text.
             preset: defaults to `working_preset`.
             start / span: the part of the check's progress this covers.
+            indices: the images to run (a subsample). Defaults to all, in the
+                returned array's order.
         """
         from tlviz.memory import forward, plan_batch
 
-        arr = self.images.images
+        arr = self.images.images if indices is None else self.images.images[indices]
         n = len(arr)
         preset = preset or self.working_preset
         order = np.random.default_rng(SEED).permutation(n)
@@ -801,6 +830,17 @@ def _features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> np.ndarray:
+    """Sorted indices of a seeded, class-balanced sample of at most about `max_images` images (all when fewer)."""
+    if len(labels) <= max_images:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = max(1, max_images // len(classes))
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(chosen))
+
+
 def _probe_sample(labels: np.ndarray, rng) -> tuple[np.ndarray, int]:
     """Seeded, stratified sample of image indices (classes with at least 4 images)."""
     classes = [c for c in np.unique(labels) if np.sum(labels == c) >= 4]
@@ -829,10 +869,20 @@ def _ncm_accuracy(feats: np.ndarray, labels: np.ndarray, splits) -> float:
     return float(np.mean(accs))
 
 
+def _tapped_features(ctx: DiagnosisContext, preset: str, sample: np.ndarray) -> np.ndarray | None:
+    """The probe's features under `preset`, kept by the preset comparison (None when it did not keep them)."""
+    report = ctx.__dict__.get("normalization")
+    ev = None if report is None else report._preset_evals().get(preset)
+    if ev is None or ev.features is None or len(ev.features) != len(sample):
+        return None
+    order = np.sort(sample)
+    return ev.features[np.searchsorted(order, sample)].astype(np.float64)
+
+
 def _run_probe(ctx: DiagnosisContext) -> _Probe:
-    rng = np.random.default_rng(SEED)
+    setup = ctx.probe_setup
+    rng, sample, shots = setup["rng"], setup["sample"], setup["shots"]
     labels_all = np.asarray(ctx.images.labels)
-    sample, shots = _probe_sample(labels_all, rng)
     images = ctx.images.images[sample]
     labels = labels_all[sample]
     splits = []
@@ -843,10 +893,12 @@ def _run_probe(ctx: DiagnosisContext) -> _Probe:
             train.append(idx[:shots])
             test.append(idx[shots:])
         splits.append((np.concatenate(train), np.concatenate(test)))
-    idx, _, name = _feature_tensor(ctx.model)
+    idx, name = setup["idx"], setup["name"]
     preset = ctx.working_preset
-    ctx.say(0.1, "Probe: features of the pre-trained base…")
-    pre_feats = _features(ctx.model, idx, images, preset)
+    pre_feats = _tapped_features(ctx, preset, sample)
+    if pre_feats is None:
+        ctx.say(0.1, "Probe: features of the pre-trained base…")
+        pre_feats = _features(ctx.model, idx, images, preset)
     if not np.all(np.isfinite(pre_feats)):
         raise CheckSkipped("The base's features contain NaN or infinite values, so no probe can be trained on them.")
     pre = _ncm_accuracy(pre_feats, labels, splits)
@@ -1176,9 +1228,10 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
     if len(ctx.images) < 16:
         raise CheckSkipped("Batch statistics need at least 16 images; the image set has fewer.")
     ev = ctx.preset_evidence
-    labels = ev.labels
+    sample = _balanced_sample(np.asarray(ev.labels), BN_MAX_IMAGES)
+    labels = ev.labels[sample]
     best_inf = ctx.working_preset
-    acc_inf = float(np.mean(ctx.inference_predictions == labels))
+    acc_inf = float(np.mean(ctx.inference_predictions[sample] == labels))
     # Batch statistics under the preset that wins in inference mode and under the fingerprint's choice
     # (which reads the first BN layer only, so it survives broken statistics further up).
     fp = ev.report.fingerprint
@@ -1187,7 +1240,8 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
     acc_batch, best_batch = -1.0, best_inf
     for k, preset in enumerate(candidates):
         preds = ctx.predict_training_mode(clone, f"BatchNormalization with batch statistics ({preset})…",
-                                          preset=preset, start=k / len(candidates), span=1 / len(candidates))
+                                          preset=preset, start=k / len(candidates), span=1 / len(candidates),
+                                          indices=sample)
         acc = float(np.mean(preds == labels))
         if acc > acc_batch:
             acc_batch, best_batch = acc, preset
@@ -1202,7 +1256,9 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
         {"accuracy_inference_mode": acc_inf, "accuracy_batch_statistics": acc_batch, "preset_inference": best_inf,
          "preset_batch_statistics": best_batch,
          "bn_layers": len(bn), "examples": [leaf.path for leaf in bn[:5]],
-         "batch_size": getattr(ctx, "training_batch", TRAINING_BATCH),
+         "batch_size": getattr(ctx, "training_batch", TRAINING_BATCH), "n_images": int(len(sample)),
+         "sample": (f"all {len(sample)} images" if len(sample) == len(ev.labels) else
+                    f"{len(sample)} of {len(ev.labels)} images, seeded and class-balanced"),
          "first_bn_fingerprint_distance": dist},
         ("The moving mean / variance stored in the BatchNormalization layers do not describe these images: "
          "too few training steps for them to settle, a momentum too high for a short run, or images prepared "

@@ -202,6 +202,8 @@ class Evaluation:
             None when the image set's classes do not match the model's outputs.
         files: the image files, aligned with `predictions`.
         seconds: time spent (decoding for resize variants included).
+        features: with a `FeatureTap`, the tapped layer's output (spatially averaged,
+            ``float32``) for the tap's images, in the tap's order; else None.
     """
 
     setting: Setting
@@ -210,6 +212,7 @@ class Evaluation:
     labels: np.ndarray | None
     files: list[str]
     seconds: float = 0.0
+    features: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -227,6 +230,23 @@ class Evaluation:
     @property
     def mean_confidence(self) -> float:
         return float(self.confidence.mean()) if len(self.confidence) else float("nan")
+
+
+@dataclass(frozen=True)
+class FeatureTap:
+    """Keep an inner layer's output for some images from the same forward pass (compute once).
+
+    The Diagnose probe needs the base's features under the preset the model
+    expects; the preset comparison runs the whole model under every preset
+    anyway, so it keeps them on the way instead of a second pass.
+
+    Attributes:
+        model: the model with two outputs, ``[its first output, the tapped tensor]``.
+        indices: sorted indices of the images whose features are kept.
+    """
+
+    model: object
+    indices: np.ndarray
 
 
 @dataclass
@@ -586,18 +606,22 @@ def _planned(model, batch_size: int | None, n: int | None = None, mode: str = "i
 
 
 def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB",
-             batch_size: int | None = None, progress: Callable[[int, int], None] | None = None):
+             batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+             tap: FeatureTap | None = None):
     """Predictions for uint8 `images`, the preset applied one batch at a time.
 
     The next batch is normalized on a helper thread while the model runs, so at
     most two float batches exist at once. `model.predict_on_batch` reuses the
     model's compiled predict function across calls (measured faster than
     `model.predict` per chunk, which builds a tf.data pipeline each call).
+    With a `tap`, its two-output model runs instead and the tapped features of
+    ``tap.indices`` are kept (returned third, else None).
     """
     n = len(images)
     batch_size = _planned(keras_model, batch_size, n)
     preds = np.empty(n, dtype=np.int32)
     conf = np.empty(n, dtype=np.float32)
+    feats = None
     starts = list(range(0, n, batch_size))
     with ThreadPoolExecutor(max_workers=1) as pool:
         nxt = pool.submit(_prepare, images[0:batch_size], preset, channel_order)
@@ -606,13 +630,30 @@ def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB"
             if k + 1 < len(starts):
                 j = starts[k + 1]
                 nxt = pool.submit(_prepare, images[j:j + batch_size], preset, channel_order)
-            p, c = _top(first_output(keras_model.predict_on_batch(x)))
+            if tap is None:
+                p, c = _top(first_output(keras_model.predict_on_batch(x)))
+            else:
+                out, f = tap.model.predict_on_batch(x)
+                p, c = _top(np.asarray(out))
+                feats = _keep_features(feats, np.asarray(f), tap.indices, i)
             preds[i:i + len(x)] = p
             conf[i:i + len(x)] = c
             del x
             if progress is not None:
                 progress(min(i + batch_size, n), n)
-    return preds, conf
+    return preds, conf, feats
+
+
+def _keep_features(feats, f: np.ndarray, indices: np.ndarray, start: int):
+    """Copy the rows of batch `f` (images ``start...``) that `indices` asks for into `feats`."""
+    if f.ndim > 2:
+        f = f.mean(axis=tuple(range(1, f.ndim - 1)))
+    f = f.reshape(len(f), -1).astype(np.float32, copy=False)
+    if feats is None:
+        feats = np.zeros((len(indices), f.shape[1]), dtype=np.float32)
+    lo, hi = np.searchsorted(indices, [start, start + len(f)])
+    feats[lo:hi] = f[indices[lo:hi] - start]
+    return feats
 
 
 def evaluate_preset(model, images: ImageSet, preset: str | CustomPreset, channel_order: str = "RGB",
@@ -643,7 +684,7 @@ def evaluate_preset(model, images: ImageSet, preset: str | CustomPreset, channel
 
 def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
                      batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-                     labels: LabelMatch | None = None) -> Evaluation:
+                     labels: LabelMatch | None = None, tap: FeatureTap | None = None) -> Evaluation:
     """Run the model under one `Setting`.
 
     A setting whose resize method differs from the one `images` were decoded
@@ -659,6 +700,7 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
             memory budget (`tlviz.memory.plan_batch`, at most `DEFAULT_BATCH_SIZE`).
         progress: optional ``progress(done, total)`` called after each batch.
         labels: a precomputed `label_match(model, images)`. Defaults to computing it.
+        tap: also keep an inner layer's features (`FeatureTap`). Defaults to `None`.
 
     Returns:
         An `Evaluation`.
@@ -682,10 +724,11 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
         raise NormalizationRefused("Channel order BGR only applies to 3-channel images.")
     match = labels or label_match(loaded, images)
     try:
-        preds, conf = _predict(loaded.model, arr, setting.preset, setting.channel_order, batch_size, progress)
+        preds, conf, feats = _predict(loaded.model, arr, setting.preset, setting.channel_order, batch_size, progress,
+                                      tap=tap if setting.resize == images.resize else None)
     except ValueError as exc:  # e.g. a custom preset with std 0
         raise NormalizationRefused(str(exc)) from None
-    return Evaluation(setting, preds, conf, match.labels, list(images.files), time.perf_counter() - t0)
+    return Evaluation(setting, preds, conf, match.labels, list(images.files), time.perf_counter() - t0, feats)
 
 
 # -- the label-free fingerprint -------------------------------------------------
@@ -879,7 +922,8 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
             evaluate: Callable[[Setting], Evaluation] | None = None,
             on_fingerprint: Callable[[Fingerprint], None] | None = None,
             progress: Callable[[float, str], None] | None = None,
-            on_result: Callable[[pd.DataFrame], None] | None = None) -> NormalizationReport:
+            on_result: Callable[[pd.DataFrame], None] | None = None,
+            feature_tap: FeatureTap | None = None) -> NormalizationReport:
     """Evaluate the model under every preset, then vary resize and channel order.
 
     Order of work: the label-free fingerprint first (reported through
@@ -906,6 +950,8 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
         on_fingerprint: called with the `Fingerprint` as soon as it is ready.
         progress: called as ``progress(fraction, text)`` while working.
         on_result: called with the partial ranked table after each setting.
+        feature_tap: keep an inner layer's features under every named / custom
+            preset (``Evaluation.features``). Defaults to `None`.
 
     Returns:
         A `NormalizationReport`.
@@ -952,7 +998,8 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
             def batch_progress(k, n):
                 say((done + k / n) / total, text)
             ev = evaluate_setting(loaded, images, setting, source=source, batch_size=batch_size,
-                                  progress=batch_progress, labels=match if setting.resize == images.resize else None)
+                                  progress=batch_progress, labels=match if setting.resize == images.resize else None,
+                                  tap=feature_tap if setting.kind in ("preset", "custom") else None)
         evals.append(ev)
         if on_result is not None:
             on_result(_ranked_table(evals, fp, accuracy_available))
