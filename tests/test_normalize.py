@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import subprocess
 import sys
@@ -537,8 +538,10 @@ def _values(spec):
 
 def test_ranking_chart_highlights_the_winner(base_report):
     spec, layers = _layers(charts.ranking_chart(base_report.results))
-    bar, text = layers
+    bar, whisker, text = layers
     assert bar["mark"]["type"] == "bar" and text["mark"]["type"] == "text"
+    assert whisker["mark"]["type"] == "rule"
+    assert (whisker["encoding"]["x"]["field"], whisker["encoding"]["x2"]["field"]) == ("accuracy_low", "accuracy_high")
     enc = bar["encoding"]
     assert enc["x"]["field"] == "accuracy" and enc["x"]["scale"]["domain"] == [0, 1]
     assert enc["y"]["sort"] == list(base_report.results["setting"])  # best first
@@ -581,3 +584,30 @@ def test_fingerprint_chart_spec(base_report):
         assert r["match"] == pytest.approx(math.exp(-r["distance"]))
     assert rows[0]["match"] > 0.99 and rows[-1]["match"] < 1e-6  # tf matches, raw does not
     assert isinstance(ranking, pd.DataFrame)
+
+
+def test_ranking_chart_marks_chance_and_intervals(base_report):
+    spec, layers = _layers(charts.ranking_chart(base_report.results, chance=base_report.chance))
+    chance = layers[-1]
+    assert chance["mark"]["type"] == "rule" and chance["mark"]["strokeDash"] == [4, 3]
+    values = spec["datasets"]
+    assert any(v == [{"chance": pytest.approx(base_report.chance)}] for v in values.values())
+    assert "chance" in spec["title"] and "95 % interval" in spec["title"]
+    rows = _values(spec)
+    assert all(r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] for r in rows)
+
+
+def test_cli_says_no_best_setting_for_an_untrained_model(tmp_path, digits_0_4):
+    """The real command on a model whose head was never trained: no best setting, in text and JSON."""
+    path = tmp_path / "untrained.keras"
+    _tiny_model(bn=False, name="untrained").save(path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    text = subprocess.run([sys.executable, "-m", "tlviz", "normalize", str(path), str(digits_0_4), "--quiet"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert text.returncode == 0, text.stderr
+    assert "NO BEST SETTING:" in text.stdout and "better than chance" in text.stdout
+    assert "Best setting:" not in text.stdout
+    js = subprocess.run([sys.executable, "-m", "tlviz", "normalize", str(path), str(digits_0_4), "--json",
+                         "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    obj = json.loads(js.stdout)
+    assert obj["best"] is None and "better than chance" in obj["inconclusive"]

@@ -147,6 +147,12 @@ def test_uploaded_model_waits_for_the_button(tmp_path, module_runs):
     assert at.session_state["norm_job"] is not None
     settle(at, "norm_job")
     assert at.dataframe and len(at.dataframe[0].value) >= 5
+    # An untrained head scores chance under every preset: no "best", the sentence says why (issue 10).
+    assert any(e.value.startswith("**No best setting.**") and "better than chance" in e.value for e in at.error)
+    assert not at.success and at.session_state["best_preset"] is None
+    table = at.dataframe[0].value
+    assert "interval" in table.columns and table["interval"].str.contains("–").all()
+    assert any("No best preset could be determined" in c.value for c in at.caption)
 
 
 def test_a_diagnosis_run_first_fills_this_page_without_a_new_job(runs):

@@ -25,14 +25,19 @@ def _highlight(field: str = "is_best") -> alt.Color:
                      legend=None)
 
 
-def ranking_chart(results: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
+def ranking_chart(results: pd.DataFrame, metric: str = "accuracy", chance: float | None = None) -> alt.LayerChart:
     """Horizontal bars of `metric` per setting, best first, the winner highlighted.
+
+    For accuracy, each bar carries its 95 % interval (``accuracy_low`` /
+    ``accuracy_high``) as a whisker, and `chance` is drawn as a dashed line, so a
+    reader sees at once whether any setting is clearly better than guessing.
 
     Args:
         results: `NormalizationReport.results` (columns ``setting``, ``rank``,
             ``is_best``, ``kind`` and the metric).
         metric: ``"accuracy"``, ``"mean_confidence"`` or ``"agreement"``.
             Defaults to `"accuracy"`.
+        chance: the chance accuracy to mark (accuracy only). Defaults to `None` (no line).
 
     Returns:
         An Altair layer chart (bars plus value labels).
@@ -42,7 +47,9 @@ def ranking_chart(results: pd.DataFrame, metric: str = "accuracy") -> alt.LayerC
     """
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}. Use one of: {', '.join(METRICS)}.")
-    data = results.sort_values("rank")[["rank", "setting", "kind", "is_best", "n", metric]].copy()
+    interval = metric == "accuracy" and {"accuracy_low", "accuracy_high"} <= set(results.columns)
+    cols = ["rank", "setting", "kind", "is_best", "n", metric] + (["accuracy_low", "accuracy_high"] if interval else [])
+    data = results.sort_values("rank")[cols].copy()
     if data[metric].isna().all():
         raise ValueError(f"No {METRICS[metric].lower()} values to chart (accuracy is hidden when the image set's "
                          "classes do not match the model). Use metric='mean_confidence'.")
@@ -54,8 +61,21 @@ def ranking_chart(results: pd.DataFrame, metric: str = "accuracy") -> alt.LayerC
                  alt.Tooltip(f"{metric}:Q", format=".1%", title=METRICS[metric]), alt.Tooltip("n:Q", title="images")],
     )
     bars = base.mark_bar().encode(color=_highlight())
-    labels = base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{metric}:Q", format=".1%"))
-    return (bars + labels).properties(height=alt.Step(22), title=f"{METRICS[metric]} (best first)")
+    layers = [bars]
+    if interval:
+        layers.append(base.mark_rule(color="#333333").encode(x="accuracy_low:Q", x2="accuracy_high:Q"))
+        labels = base.mark_text(align="left", dx=3).encode(x="accuracy_high:Q",
+                                                            text=alt.Text(f"{metric}:Q", format=".1%"))
+    else:
+        labels = base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{metric}:Q", format=".1%"))
+    layers.append(labels)
+    title = f"{METRICS[metric]} (best first)"
+    if interval and chance is not None:
+        line = pd.DataFrame({"chance": [float(chance)]})
+        layers.append(alt.Chart(line).mark_rule(strokeDash=[4, 3], color="#b00020").encode(
+            x="chance:Q", tooltip=[alt.Tooltip("chance:Q", format=".1%", title="chance")]))
+        title = f"{METRICS[metric]} with 95 % interval; dashed: chance ({chance:.1%})"
+    return alt.layer(*layers).properties(height=alt.Step(22), title=title)
 
 
 def per_class_heatmap(per_class: pd.DataFrame, preset_order: list[str] | None = None) -> alt.LayerChart:

@@ -39,10 +39,12 @@ def _custom_preset():
 
 
 def _table_view(table, accuracy_available: bool):
-    cols = ["rank", "setting", "accuracy", "mean_confidence", "agreement", "n"]
+    cols = ["rank", "setting", "accuracy", "interval", "mean_confidence", "agreement", "n"]
     if not accuracy_available:
-        cols.remove("accuracy")
-    return table[cols]
+        return table[[c for c in cols if c not in ("accuracy", "interval")]]
+    view = table.copy()
+    view["interval"] = [f"{lo:.1%} – {hi:.1%}" for lo, hi in zip(view["accuracy_low"], view["accuracy_high"])]
+    return view[cols]
 
 
 _COLUMN_CONFIG = {
@@ -51,6 +53,8 @@ _COLUMN_CONFIG = {
                                                      help="Mean probability of the predicted class"),
     "agreement": st.column_config.NumberColumn("agreement", format="percent",
                                                help="Share of images predicted as by the best setting"),
+    "interval": st.column_config.TextColumn("95 % interval", help="Where the accuracy on all such images "
+                                            "would lie, given these images (Wilson interval)"),
     "n": st.column_config.NumberColumn("images"),
 }
 
@@ -119,7 +123,10 @@ with right:
 st.session_state["best_preset"] = report.best_named_preset
 
 st.divider()
-if report.best_setting is None:
+if report.inconclusive:
+    st.error(f"**No best setting.** {report.inconclusive}", icon=":material/block:")
+    st.caption(report.agreement_note)
+elif report.best_setting is None:
     st.warning(report.agreement_note, icon=":material/help:")
 else:
     row = report.results.iloc[0]
@@ -132,7 +139,7 @@ else:
 
 metric = "accuracy" if report.accuracy_available else "mean_confidence"
 c1, c2 = st.columns(2, gap="large")
-c1.altair_chart(charts.ranking_chart(report.results, metric), width="stretch")
+c1.altair_chart(charts.ranking_chart(report.results, metric, chance=report.chance), width="stretch")
 if report.accuracy_available and len(report.per_class):
     c2.altair_chart(charts.per_class_heatmap(report.per_class, report.presets), width="stretch")
 
