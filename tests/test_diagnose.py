@@ -610,3 +610,14 @@ def test_bn_check_states_its_sample(loaded_base, base_images, clean):
     s = _balanced_sample(np.asarray(base_images.labels), BN_MAX_IMAGES)
     assert len(s) <= BN_MAX_IMAGES and len(np.unique(np.asarray(base_images.labels)[s])) == 5
     np.testing.assert_array_equal(s, _balanced_sample(np.asarray(base_images.labels), BN_MAX_IMAGES))  # seeded
+
+
+def test_no_better_than_chance_chart_shows_presets_chance_and_probe(dead_head_report):
+    f = finding(dead_head_report, "no-better-than-chance")
+    frame = charts.comparison_frame(f)
+    whats = list(frame["what"])
+    assert [w for w in whats if w.startswith("model, ")] == [f"model, {p}" for p in f.evidence["accuracy_by_preset"]]
+    assert "chance (most common class)" in whats and "probe on the base's features" in whats
+    probe = frame[frame["what"] == "probe on the base's features"].iloc[0]
+    assert probe["role"] == "expected"  # the base carries signal: drawn as the part that works
+    assert charts.finding_chart(f) is not None

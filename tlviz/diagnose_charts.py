@@ -138,6 +138,13 @@ def comparison_frame(finding: Finding) -> pd.DataFrame | None:
         rows = [{"what": "pre-trained features", "accuracy": e.get("probe_accuracy_pretrained"), "role": "measured"},
                 {"what": "random features", "accuracy": e.get("probe_accuracy_random"), "role": "other"},
                 {"what": "chance", "accuracy": e.get("chance"), "role": "other"}]
+    elif finding.id == "no-better-than-chance" and e.get("accuracy_by_preset"):
+        rows = [{"what": f"model, {p}", "accuracy": a, "role": "measured"} for p, a in e["accuracy_by_preset"].items()]
+        rows.append({"what": "chance (most common class)", "accuracy": e.get("chance"), "role": "other"})
+        if e.get("probe_accuracy_pretrained") is not None:
+            rows += [{"what": "probe on the base's features", "accuracy": e.get("probe_accuracy_pretrained"),
+                      "role": "expected" if e.get("features_carry_signal") else "other"},
+                     {"what": "probe chance", "accuracy": e.get("probe_chance"), "role": "other"}]
     elif finding.id == "double-normalization" and e.get("accuracy_raw") is not None:
         rows = [{"what": "raw (0-255)", "accuracy": e.get("accuracy_raw"), "role": "expected"},
                 {"what": str(e.get("inference_preset")), "accuracy": e.get("accuracy_inference"), "role": "measured"}]
