@@ -410,6 +410,12 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
                  save: bool | None = None) -> RunResult:
     """Fine-tune a clone of `loaded` on `images` as `config` says.
 
+    Memory: the training batch size is the config's; every other pass (cached
+    activations, validation, final predictions) runs in batches planned from
+    ``TLVIZ_MEMORY_MB`` and the model's own layer output sizes
+    (`tlviz.memory.plan_batch`). Images stay ``uint8``: batches are gathered
+    and normalized one at a time.
+
     Args:
         loaded: a `tlviz.models.LoadedModel`; never modified.
         images: a `tlviz.imagesets.ImageSet` at the model's input size.
@@ -431,7 +437,9 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
         A `RunResult`; a diverged or cancelled run returns normally with that state.
 
     Raises:
-        RunRefused: the run cannot start (no trainable weights, class count, ...).
+        RunRefused: the run cannot start (no trainable weights, class count, a
+            training step over the memory budget ``TLVIZ_MEMORY_MB``: see
+            `check_train_memory`, ...).
     """
     import keras
 
