@@ -31,7 +31,8 @@ What one image costs (`activation_bytes`), by `mode`:
 
 Public API: `memory_budget_bytes()`, `default_memory_mb()`, `activation_bytes(model, mode)`,
 `plan_batch(model, mode, n=None, budget=None, max_batch=MAX_BATCH) -> BatchPlan`,
-`forward(model, training=False)` (a compiled forward pass, built once per model),
+`fit_bytes(model)` (one training step), `forward(model, training=False)` (a compiled forward pass,
+built once per model),
 `predict_batches(model, images, prepare, plan, progress=None)`, `ENV_MEMORY_MB`, `MODES`.
 """
 
@@ -119,19 +120,22 @@ def _layer_output_bytes(model) -> list[int]:
             outs = layer.output
         except Exception:  # a shared layer has several outputs: count each call
             outs = [node.outputs for node in getattr(layer, "_inbound_nodes", [])]
-        flat = []
-        stack = [outs]
-        while stack:
-            o = stack.pop()
-            if isinstance(o, (list, tuple)):
-                stack.extend(o)
-            elif isinstance(o, dict):
-                stack.extend(o.values())
-            elif hasattr(o, "shape"):
-                flat.append(o)
-        for t in flat:
-            sizes.append(_nbytes(tuple(t.shape), getattr(t, "dtype", "float32")))
+        sizes += [_nbytes(tuple(t.shape), getattr(t, "dtype", "float32")) for t in _tensors(outs)]
     return sizes
+
+
+def _tensors(outs) -> list:
+    """The tensors in a (nested) list / tuple / dict of layer outputs."""
+    flat, stack = [], [outs]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif hasattr(o, "shape"):
+            flat.append(o)
+    return flat
 
 
 def _input_bytes(model) -> int:
@@ -309,17 +313,9 @@ def _first_call_bytes(layer) -> int:
     """Bytes per image of `layer`'s output in its first call (a layer shared by a clone or a split model
     has one call per graph, all of the same shape)."""
     nodes = getattr(layer, "_inbound_nodes", None) or []
-    stack = [nodes[0].outputs] if nodes else []
-    total = 0
-    while stack:
-        o = stack.pop()
-        if isinstance(o, (list, tuple)):
-            stack.extend(o)
-        elif isinstance(o, dict):
-            stack.extend(o.values())
-        elif hasattr(o, "shape"):
-            total += _nbytes(tuple(o.shape), getattr(o, "dtype", "float32"))
-    return total
+    if not nodes:
+        return 0
+    return sum(_nbytes(tuple(t.shape), getattr(t, "dtype", "float32")) for t in _tensors(nodes[0].outputs))
 
 
 def fit_bytes(model) -> int:

@@ -18,10 +18,11 @@ from tlviz.finetune.build import (BuiltModel, HeadDecision, build_run_model, che
 from tlviz.finetune.cache import ActivationCache, Cut, compute_activations, find_cut, images_key, weights_key
 from tlviz.finetune.config import RunConfig, RunRefused
 from tlviz.finetune.store import HISTORY_COLUMNS, RunWriter, clean_json
-from tlviz.finetune.summary import (chance_level, describe_curves, frozen_changed, snapshot, weight_change)
+from tlviz.finetune.summary import describe_curves, frozen_changed, snapshot, weight_change
 from tlviz.findings import Finding
 from tlviz.memory import ENV_MEMORY_MB, fit_bytes, memory_budget_bytes, plan_batch, predict_batches
 from tlviz.presets import apply_preset
+from tlviz.stats import chance_level
 
 #: The running training loss above this many times the reference loss means divergence.
 DIVERGE_FACTOR = 4.0

@@ -69,13 +69,6 @@ def largest_movers(report: pd.DataFrame, n: int = 5) -> pd.DataFrame:
     return moved.sort_values("rel_change", ascending=False).head(n).reset_index(drop=True)
 
 
-def chance_level(labels: np.ndarray, n_classes: int) -> float:
-    """Accuracy of always predicting the most common class."""
-    if len(labels) == 0:
-        return 1.0 / max(n_classes, 1)
-    return float(np.bincount(labels, minlength=n_classes).max() / len(labels))
-
-
 def describe_curves(history: pd.DataFrame, state: str, chance: float, config=None,
                     initial: dict | None = None) -> list[Finding]:
     """Name what the curves show.
