@@ -21,11 +21,11 @@ CLASSES = ("cat", "dog", "fox")
 
 def build_model(arch: str, path: str | Path, size: int = 224, n_classes: int = 3) -> Path:
     """Save `arch` (weights=None, frozen base) + GAP + Dense head as a `.keras` file at `path`."""
-    import keras
-
     path = Path(path)
     if path.exists():
         return path
+    import keras
+
     path.parent.mkdir(parents=True, exist_ok=True)
     base = getattr(keras.applications, arch)(weights=None, include_top=False, input_shape=(size, size, 3))
     base.trainable = False
