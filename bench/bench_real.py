@@ -5,7 +5,7 @@ Run: ``python bench/bench_real.py`` (about half an hour on 2 CPU cores; ``--quic
 Builds ``keras.applications`` ResNet50, EfficientNetB0 (built-in rescaling) and MobileNetV2 at 224x224
 (``weights=None``, every base layer frozen, a new ``GlobalAveragePooling2D`` + ``Dense(3)`` head) and
 generated sets of 180 and 900 JPEGs (256x256, three classes) under ``--data`` (reused when present), then
-runs ``python -m tlviz layers | normalize | diagnose | finetune --unfreeze 5 --epochs 2`` on each model,
+runs ``python -m tlviz layers | normalize | diagnose | finetune --unfreeze 5 --lr 1e-4 --epochs 2`` on each model,
 each command in a fresh child process, and prints its wall time and peak resident memory (the child's
 ``ru_maxrss``). Diagnose also runs on the 900-image set.
 
@@ -89,7 +89,8 @@ def ops_for(model: Path, images: Path) -> dict[str, list[str]]:
         "layers": ["layers", m, "--json"],
         "normalize": ["normalize", m, i, "--quiet"],
         "diagnose": ["diagnose", m, i, "--json", "--quiet"],
-        "finetune top-5": ["finetune", m, i, "--unfreeze", "5", "--epochs", "2", "--json", "--quiet"],
+        "finetune top-5": ["finetune", m, i, "--unfreeze", "5", "--lr", "1e-4", "--epochs", "2", "--json",
+                           "--quiet"],
     }
 
 
@@ -145,7 +146,8 @@ def sample_vs_baseline(baseline: str, repeats: int) -> list[str]:
             "layers": ["layers", m, "--json"],
             "normalize": ["normalize", m, i],
             "diagnose": ["diagnose", m, i, "--preset", "tf", "--json"],
-            "finetune": ["finetune", m, "sample_models/digits_5_9", "--unfreeze", "0", "--epochs", "3", "--json"],
+            "finetune": ["finetune", m, "sample_models/digits_5_9", "--unfreeze", "0", "--lr", "1e-3", "--epochs", "3",
+                         "--json"],
         }
         print(f"\nDigits sample, this checkout vs {baseline} ({repeats} runs each, alternating):")
         for name, args in cmds.items():

@@ -602,14 +602,18 @@ def test_probe_reuses_the_features_of_the_preset_comparison(loaded_base, base_im
     np.testing.assert_allclose(kept, direct, rtol=1e-4, atol=1e-5)
 
 
-def test_bn_check_states_its_sample(loaded_base, base_images, clean):
+def test_training_mode_checks_state_their_sample(loaded_base, base_images, clean):
     report = diagnose(copy_of(loaded_base), base_images, "tf", checks=["bn-statistics-mismatch"])
     assert "bn-statistics-mismatch" in report.checks_run
-    from tlviz.diagnose import BN_MAX_IMAGES, _balanced_sample
+    noisy = diagnose(summarize(tiny(dropout=True)), base_images, checks=["training-mode-inference"])
+    f = finding(noisy, "training-mode-inference")
+    assert f.evidence["n_images"] <= 128 < len(base_images)
+    assert f.evidence["sample"] == f"{f.evidence['n_images']} of {len(base_images)} images, seeded and class-balanced"
+    from tlviz.diagnose import TRAINING_MODE_IMAGES, _balanced_sample
 
-    s = _balanced_sample(np.asarray(base_images.labels), BN_MAX_IMAGES)
-    assert len(s) <= BN_MAX_IMAGES and len(np.unique(np.asarray(base_images.labels)[s])) == 5
-    np.testing.assert_array_equal(s, _balanced_sample(np.asarray(base_images.labels), BN_MAX_IMAGES))  # seeded
+    s = _balanced_sample(np.asarray(base_images.labels), TRAINING_MODE_IMAGES)
+    assert len(s) <= TRAINING_MODE_IMAGES and len(np.unique(np.asarray(base_images.labels)[s])) == 5
+    np.testing.assert_array_equal(s, _balanced_sample(np.asarray(base_images.labels), TRAINING_MODE_IMAGES))  # seeded
 
 
 def test_no_better_than_chance_chart_shows_presets_chance_and_probe(dead_head_report):

@@ -49,7 +49,8 @@ Checks (stable id — severity, area — fires when):
 
 Every model pass runs compiled, in batches planned from ``TLVIZ_MEMORY_MB`` and
 the model's activation sizes (`tlviz.memory`); the probe uses a seeded,
-class-balanced sample of at most `PROBE_MAX_IMAGES` images.
+class-balanced sample of at most `PROBE_MAX_IMAGES` images, the training-mode
+checks one of at most `TRAINING_MODE_IMAGES`.
 
 The loaded model is never changed: checks that run it in training mode work on
 a clone (`keras.models.clone_model` + `set_weights`). Checks that need labels
@@ -115,9 +116,9 @@ PERMUTATION_MIN_ACCURACY = 0.8
 PERMUTATION_GAIN = 0.2
 #: bn-statistics-mismatch: batch statistics beat moving statistics by at least this accuracy.
 BN_GAP = 0.10
-#: bn-statistics-mismatch runs the model in training mode on a seeded, class-balanced sample of this many images
-#: (a training-mode pass costs about twice an inference pass).
-BN_MAX_IMAGES = 128
+#: bn-statistics-mismatch and training-mode-inference run the model in training mode on a seeded,
+#: class-balanced sample of at most this many images (a training-mode pass costs about twice an inference pass).
+TRAINING_MODE_IMAGES = 128
 #: Images per batch when the model runs in training mode (batch statistics); smaller when the
 #: memory budget (`tlviz.memory.plan_batch`) allows fewer (the evidence records the batch used).
 TRAINING_BATCH = 64
@@ -690,6 +691,12 @@ class DiagnosisContext:
             self.say(start + span * (i + len(idx)) / n, text)
         return out
 
+    @functools.cached_property
+    def training_sample(self) -> np.ndarray:
+        """The images the training-mode checks run on: a seeded, class-balanced sample of at most
+        `TRAINING_MODE_IMAGES` (a training-mode pass costs about twice an inference pass)."""
+        return _balanced_sample(np.asarray(self.images.labels), TRAINING_MODE_IMAGES)
+
     # pre-training probe --------------------------------------------------------
     @functools.cached_property
     def probe(self) -> _Probe:
@@ -828,6 +835,10 @@ def _features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:
                 f = f.mean(axis=tuple(range(1, f.ndim - 1)))
             out.append(f.reshape(len(f), -1))
     return np.concatenate(out)
+
+
+def _sample_note(sample: np.ndarray, n: int) -> str:
+    return f"all {n} images" if len(sample) == n else f"{len(sample)} of {n} images, seeded and class-balanced"
 
 
 def _balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> np.ndarray:
@@ -1228,7 +1239,7 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
     if len(ctx.images) < 16:
         raise CheckSkipped("Batch statistics need at least 16 images; the image set has fewer.")
     ev = ctx.preset_evidence
-    sample = _balanced_sample(np.asarray(ev.labels), BN_MAX_IMAGES)
+    sample = ctx.training_sample
     labels = ev.labels[sample]
     best_inf = ctx.working_preset
     acc_inf = float(np.mean(ctx.inference_predictions[sample] == labels))
@@ -1257,8 +1268,7 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
          "preset_batch_statistics": best_batch,
          "bn_layers": len(bn), "examples": [leaf.path for leaf in bn[:5]],
          "batch_size": getattr(ctx, "training_batch", TRAINING_BATCH), "n_images": int(len(sample)),
-         "sample": (f"all {len(sample)} images" if len(sample) == len(ev.labels) else
-                    f"{len(sample)} of {len(ev.labels)} images, seeded and class-balanced"),
+         "sample": _sample_note(sample, len(ev.labels)),
          "first_bn_fingerprint_distance": dist},
         ("The moving mean / variance stored in the BatchNormalization layers do not describe these images: "
          "too few training steps for them to settle, a momentum too high for a short run, or images prepared "
@@ -1290,9 +1300,10 @@ def check_training_mode_inference(ctx: DiagnosisContext) -> list[Finding]:
         return []
     ctx.require_finite()
     clone = clone_for_training_mode(ctx.model, noise=True)
-    preds = ctx.predict_training_mode(clone, "Running the model in training mode…")
-    reference = ctx.inference_predictions
-    flipped = np.flatnonzero(preds != reference)
+    sample = ctx.training_sample
+    preds = ctx.predict_training_mode(clone, "Running the model in training mode…", indices=sample)
+    reference = ctx.inference_predictions[sample]
+    flipped = sample[np.flatnonzero(preds != reference)]
     share = float(len(flipped) / max(len(preds), 1))
     shifts = []
     originals = {leaf.path: leaf.layer for leaf in iter_leaves(ctx.model)}
@@ -1312,7 +1323,8 @@ def check_training_mode_inference(ctx: DiagnosisContext) -> list[Finding]:
         f"Running the model in training mode changes {share:.1%} of its predictions",
         {"flipped_share": share, "flipped": int(len(flipped)), "n_images": int(len(preds)), "layers": layers,
          "bn_layers_updated": len(bn), "bn_mean_shift_after_one_pass": float(np.mean(shifts)) if shifts else None,
-         "preset": ctx.working_preset, "example_files": [ctx.images.files[i] for i in flipped[:EXAMPLES]]},
+         "preset": ctx.working_preset, "sample": _sample_note(sample, len(ctx.images)),
+         "example_files": [ctx.images.files[i] for i in flipped[:EXAMPLES]]},
         (f"These layers behave differently when the model is called with `training=True` (as inference code "
          f"inside a training loop or a custom `train_step` does): {_names(layers, 4)}. "
          + ("Dropout and noise layers randomise the output. " if noise else "")

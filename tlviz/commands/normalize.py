@@ -27,7 +27,8 @@ def add_arguments(parser) -> None:
                         help="also try a custom preset (x * SCALE - MEAN) / STD; SCALE defaults to 1/255")
     parser.add_argument("--custom-mean", default=None, help="custom preset mean: one value or R,G,B (default 0)")
     parser.add_argument("--custom-std", default=None, help="custom preset std: one value or R,G,B (default 1)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: planned from TLVIZ_MEMORY_MB and the model's size)")
 
 
 def custom_from_args(args) -> CustomPreset | None:
@@ -38,7 +39,7 @@ def custom_from_args(args) -> CustomPreset | None:
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise NormalizationRefused(f"--batch-size must be 1 or more, not {args.batch_size}.")
     custom = custom_from_args(args)
     progress = reporter_for(args)
