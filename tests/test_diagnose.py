@@ -625,3 +625,16 @@ def test_no_better_than_chance_chart_shows_presets_chance_and_probe(dead_head_re
     probe = frame[frame["what"] == "probe on the base's features"].iloc[0]
     assert probe["role"] == "expected"  # the base carries signal: drawn as the part that works
     assert charts.finding_chart(f) is not None
+
+
+def test_never_trained_batchnorm_is_certain_without_running_the_model(loaded_base, base_images, monkeypatch):
+    """Every BN layer at mean 0 / variance 1: the file proves it, no training-mode pass is run."""
+    import tlviz.diagnose as dg
+
+    monkeypatch.setattr(dg, "clone_for_training_mode", lambda *a, **k: pytest.fail("ran the model in training mode"))
+    fresh = summarize(fresh_clone(loaded_base.model, seed=5), metadata=loaded_base.metadata)
+    report = diagnose(fresh, base_images, "tf", checks=["bn-statistics-mismatch"])
+    f = finding(report, "bn-statistics-mismatch")
+    assert f.evidence["initial_statistics"] is True and f.evidence["measured_on_images"] is False
+    assert f.evidence["bn_layers"] == 3 and "initial statistics" in f.title
+    assert "model_recalibrated.keras" in f.fix

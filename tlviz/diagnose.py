@@ -1234,8 +1234,22 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
     bn = [leaf for leaf in iter_leaves(ctx.model) if type(leaf.layer).__name__ in _BN_CLASSES]
     if not bn:
         raise CheckSkipped("The model has no BatchNormalization layer, so there are no stored statistics to check.")
-    ctx.require_labels()
     ctx.require_finite()
+    from tlviz.layers import has_initial_statistics
+
+    if all(has_initial_statistics(leaf.layer) for leaf in bn):
+        return [_finding(  # certain from the file itself: no pass over the images is needed
+            "bn-statistics-mismatch", "warning", "inference",
+            f"Every BatchNormalization layer ({len(bn)}) still holds its initial statistics (mean 0, variance 1)",
+            {"bn_layers": len(bn), "initial_statistics": True, "examples": [leaf.path for leaf in bn[:5]],
+             "measured_on_images": False},
+            ("The stored moving mean / variance were never estimated: the base was never trained, its "
+             "pre-trained weights did not load (e.g. `weights=None`, a `load_weights` that silently skipped "
+             "layers), or the statistics were reset. In inference mode every BatchNormalization layer then "
+             "normalizes with mean 0 and variance 1, which describes no real images. Load the pre-trained "
+             "weights; if the other weights are trained, re-estimate the statistics on training images:\n"
+             + _RECALIBRATE))]
+    ctx.require_labels()
     if len(ctx.images) < 16:
         raise CheckSkipped("Batch statistics need at least 16 images; the image set has fewer.")
     ev = ctx.preset_evidence
@@ -1273,15 +1287,18 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext) -> list[Finding]:
         ("The moving mean / variance stored in the BatchNormalization layers do not describe these images: "
          "too few training steps for them to settle, a momentum too high for a short run, or images prepared "
          "differently in training. Make sure inference prepares images exactly like training; then re-estimate "
-         "the statistics on training images (only they change):\n```python\nimport keras\n\n"
-         "def bn_layers(m):\n    for layer in m.layers:\n        if isinstance(layer, keras.Model):\n"
-         "            yield from bn_layers(layer)\n        elif isinstance(layer, keras.layers.BatchNormalization):\n"
-         "            yield layer\n\nfor layer in bn_layers(model):\n    layer.trainable = True   # frozen BN never "
-         "updates its statistics\n    layer.momentum = 0.9      # forget the old statistics faster\n"
-         "for x, _ in train_batches.take(200):  # prepared exactly as in training\n"
-         "    model(x, training=True)          # updates moving_mean / moving_variance only\n"
-         "model.save(\"model_recalibrated.keras\")\n```"),
+         "the statistics on training images (only they change):\n" + _RECALIBRATE),
     )]
+
+
+_RECALIBRATE = ("```python\nimport keras\n\n"
+                "def bn_layers(m):\n    for layer in m.layers:\n        if isinstance(layer, keras.Model):\n"
+                "            yield from bn_layers(layer)\n        elif isinstance(layer, keras.layers.BatchNormalization):\n"
+                "            yield layer\n\nfor layer in bn_layers(model):\n    layer.trainable = True   # frozen BN never "
+                "updates its statistics\n    layer.momentum = 0.9      # forget the old statistics faster\n"
+                "for x, _ in train_batches.take(200):  # prepared exactly as in training\n"
+                "    model(x, training=True)          # updates moving_mean / moving_variance only\n"
+                "model.save(\"model_recalibrated.keras\")\n```")
 
 
 def check_training_mode_inference(ctx: DiagnosisContext) -> list[Finding]:

@@ -44,6 +44,19 @@ def iter_leaves(model, _prefix: str = "", _ancestors: tuple = ()):
             yield _Leaf(path, layer, _ancestors)
 
 
+def has_initial_statistics(bn_layer) -> bool:
+    """Whether a BatchNormalization layer still holds its initial moving statistics (mean 0, variance 1).
+
+    Such a layer never saw a training batch: the file itself proves it, no
+    measurement on images is needed.
+    """
+    import keras
+
+    mm = keras.ops.convert_to_numpy(bn_layer.moving_mean).astype(np.float64)
+    mv = keras.ops.convert_to_numpy(bn_layer.moving_variance).astype(np.float64)
+    return bool(np.allclose(mm, 0.0) and np.allclose(mv, 1.0))
+
+
 def _size(v) -> int:
     return int(np.prod(v.shape)) if len(v.shape) else 1
 

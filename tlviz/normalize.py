@@ -91,7 +91,7 @@ import pandas as pd
 from tlviz.errors import TlvizError
 from tlviz.findings import Finding
 from tlviz.imagesets import RESIZE_DESCRIPTIONS, RESIZE_METHODS, ImageSet
-from tlviz.layers import BN_CLASSES
+from tlviz.layers import BN_CLASSES, has_initial_statistics
 from tlviz.memory import first_output
 from tlviz.presets import PRESETS, CustomPreset, applicable_presets, apply_preset, preset_snippet
 from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
@@ -842,7 +842,7 @@ def fingerprint(model, images, presets: tuple | list | None = None, custom: Cust
     chain, bn, path = found
     mm = keras.ops.convert_to_numpy(bn.moving_mean).astype(np.float64).ravel()
     mv = keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64).ravel()
-    if np.allclose(mm, 0.0) and np.allclose(mv, 1.0):
+    if has_initial_statistics(bn):
         return Fingerprint(None, path, (
             f"The first BatchNormalization layer ('{path}') still holds its initial statistics (mean 0, "
             "variance 1): it was never trained, so it says nothing about the preprocessing used in training."),
