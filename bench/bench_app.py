@@ -253,6 +253,9 @@ class ProcWatch:
         for pid, start in self.descendants.items():
             if pid in procs and procs[pid][2] == start:  # the very process seen, not a reused pid
                 try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                            continue  # already ended, not yet reaped
                     out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160].strip()
                 except OSError:
                     pass
