@@ -331,13 +331,24 @@ def no_exception(page, where: str) -> None:
         raise BenchFailure(f"{where}: the page shows an exception:\n{shown.first.inner_text()[:2000]}")
 
 
+def evidence(page, where: str) -> str:
+    """A screenshot of `page` and the start of its main text, for a failure message."""
+    shot = Path(tempfile.gettempdir()) / f"tlviz_bench_app_{''.join(c if c.isalnum() else '_' for c in where)}.png"
+    try:
+        page.screenshot(path=str(shot))
+        text = " ".join(page.locator('[data-testid="stMain"]').first.inner_text(timeout=5000).split())[:400]
+    except Exception as exc:  # noqa: BLE001 - best effort
+        return f"(no screenshot: {type(exc).__name__})"
+    return f"screenshot {shot}; the page reads: {text!r}"
+
+
 def wait_text(page, text: str, timeout_s: float, where: str, scope=None) -> None:
     try:
         (scope or page).get_by_text(text).first.wait_for(timeout=timeout_s * 1000)
     except Exception as exc:  # noqa: BLE001 - Playwright's TimeoutError, with our context added
         no_exception(page, where)
-        raise BenchFailure(f"{where}: {text!r} did not appear within {timeout_s:.0f} s ({type(exc).__name__})") \
-            from None
+        raise BenchFailure(f"{where}: {text!r} did not appear within {timeout_s:.0f} s ({type(exc).__name__}); "
+                           f"{evidence(page, where)}") from None
 
 
 def visit_overview(page, url: str, timeout_s: float) -> float:
