@@ -39,6 +39,7 @@ def navigation():
 def main() -> None:
     st.set_page_config(page_title="tlviz", page_icon=":material/troubleshoot:", layout="wide")
     ui.init_state()
+    ui.freeze_startup_objects()  # after the sample model is loaded: Keras's per-run collection skips them
     page = navigation()
     ui.sidebar()
     ui.mark_shell_drawn()

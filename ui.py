@@ -56,6 +56,22 @@ def _cached_images(key: str, size: tuple[int, int], channels: int, resize: str, 
     return _source.load(size, channels, resize)
 
 
+def freeze_startup_objects() -> None:
+    """Exclude what the server loaded at start (TensorFlow, Keras, the sample model) from garbage collection.
+
+    Keras's ``clear_session``, which Streamlit calls after every script run, runs a
+    full collection; without this it walks every TensorFlow object each time (about
+    0.1 s holding the GIL), which under many sessions starves the light pages.
+    Only done once per server process; objects created later are collected as usual.
+    """
+    import gc
+
+    if not getattr(freeze_startup_objects, "done", False):
+        gc.collect()
+        gc.freeze()
+        freeze_startup_objects.done = True
+
+
 def init_state() -> None:
     """Initialise session state; on first start preload the sample model and image set."""
     st.session_state.setdefault("model", None)
@@ -169,7 +185,7 @@ def content_key() -> str:
 
 # -- heavy analyses in a worker process ----------------------------------------------
 
-ANALYSIS_POLL_S = 1.0
+ANALYSIS_POLL_S = 2.0
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

@@ -18,6 +18,7 @@ def test_config_toml_keeps_the_server_safe_and_offline():
     assert server.get("enableCORS", True) is True  # Streamlit turns XSRF off when CORS is off
     assert server["headless"] is True
     assert browser["gatherUsageStats"] is False
+    assert cfg["runner"]["postScriptGC"] is False  # a full collection per run starved light pages under load
 
 
 def test_upload_labels_show_the_limit(monkeypatch):

@@ -3,9 +3,11 @@
 A *job* is a queue of runs (one run, or the runs of a sweep) or a
 learning-rate range test. `start_job` / `start_lr_finder` save the inputs
 (the model as ``.keras``, the images as ``.npz``) under the runs folder,
-create the run folders and start a ``multiprocessing`` process with the
-``spawn`` start method (a fresh interpreter: no TensorFlow state is shared
-with the server, and all its memory is returned when it exits). The worker
+create the run folders and start a worker: a fresh Python interpreter
+(``subprocess``, at lower priority from its first line) that imports only the
+worker's module — no TensorFlow state is shared with the server, the app
+script is not re-run in it (as multiprocessing's "spawn" would, Streamlit's
+main module being app.py), and all its memory is returned when it exits. The worker
 writes progress into the run folders; `poll_job` reads it back and
 `cancel_job` drops a flag file that the worker checks after every batch.
 
@@ -22,7 +24,9 @@ defined here.
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
+import subprocess
+import sys
 import os
 import signal
 import threading
@@ -43,10 +47,15 @@ JOB_KINDS = ("runs", "lrfind")
 # Handles of the worker processes this server started (to reap them and see
 # them die). Keyed by job id; a lock guards it because Streamlit runs one
 # script thread per session.
-_PROCS: dict[str, multiprocessing.Process] = {}
+_PROCS: dict[str, subprocess.Popen] = {}
 # Exit codes of reaped workers, so a death can be explained after the handle is gone.
 _EXITCODES: dict[str, int | None] = {}
 _PROCS_LOCK = threading.Lock()
+_CLEANUP_REGISTERED = False
+#: The folder holding the `tlviz` package: the workers import it from there, whatever the server's directory.
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+#: An argument every worker's command line carries, so a later server can tell its workers from other processes.
+WORKER_MARKER = "tlviz-worker"
 # Sessions may save the same shared model at once; one writer per inputs folder.
 _INPUTS_LOCK = threading.Lock()
 
@@ -331,11 +340,20 @@ def spawn(job_id: str, target, root=None) -> int:
         The worker's process id (also recorded in ``status.json`` and in the queue).
     """
     jdir = _job_dir(job_id, root)
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=target, args=(str(jdir),), name=f"tlviz-job-{job_id}", daemon=True)
-    proc.start()
+    # A fresh interpreter that imports only `target`'s module. Not multiprocessing's "spawn": under
+    # Streamlit the main module is app.py, which "spawn" re-runs in every child (TensorFlow, the sample
+    # model, ~0.75 GB per waiting worker, at full priority). The child lowers its priority first thing.
+    code = ("import os, sys\ntry:\n    os.nice(int(sys.argv[4]))\nexcept OSError:\n    pass\n"
+            "import importlib\ngetattr(importlib.import_module(sys.argv[1]), sys.argv[2])(sys.argv[3])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    with open(jdir / "worker.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, target.__module__, target.__qualname__, str(jdir), str(WORKER_NICE),
+             WORKER_MARKER], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(_PROJECT_ROOT))
     with _PROCS_LOCK:
         _PROCS[job_id] = proc
+        _register_cleanup()
     seq = (read_json(jdir / "job.json", {}) or {}).get("queue_seq")
     if seq is not None:
         jobqueue.claim(_jobs_dir(root), job_id, seq, proc.pid)
@@ -355,13 +373,27 @@ def cancel_job(job_id: str, root=None) -> None:
 
 
 def _reap():
-    multiprocessing.active_children()  # joins finished children (no zombies)
     with _PROCS_LOCK:
         for jid, p in list(_PROCS.items()):
-            if not p.is_alive():
-                p.join(timeout=0)
-                _EXITCODES[jid] = p.exitcode
+            if p.poll() is not None:  # ended: collected, so no zombie is left
+                _EXITCODES[jid] = p.returncode
                 _PROCS.pop(jid, None)
+
+
+def _register_cleanup() -> None:
+    """Once per server: stop the workers it started when it exits (as daemon processes would be)."""
+    global _CLEANUP_REGISTERED
+    if not _CLEANUP_REGISTERED:
+        atexit.register(_terminate_all)
+        _CLEANUP_REGISTERED = True
+
+
+def _terminate_all() -> None:
+    with _PROCS_LOCK:
+        procs = list(_PROCS.values())
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
 
 
 def poll_job(job_id: str, root=None) -> JobStatus:
@@ -437,7 +469,7 @@ def stop_worker(job_id: str, pid) -> None:
     with _PROCS_LOCK:
         proc = _PROCS.get(job_id)
     if proc is not None:
-        if proc.is_alive():
+        if proc.poll() is None:
             proc.terminate()
         return
     if not pid_alive(pid):
@@ -446,7 +478,7 @@ def stop_worker(job_id: str, pid) -> None:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return
-    if b"multiprocessing" in cmdline:
+    if WORKER_MARKER.encode() in cmdline:
         try:
             os.kill(int(pid), signal.SIGTERM)
         except OSError:
@@ -472,7 +504,7 @@ def _alive(job_id, pid) -> bool:
     with _PROCS_LOCK:
         p = _PROCS.get(job_id)
     if p is not None:
-        return p.is_alive()
+        return p.poll() is None
     return pid_alive(pid)
 
 
@@ -527,7 +559,9 @@ def begin_worker(jdir: Path):
 
     _own_output(jdir / "worker.log")
     try:
-        os.nice(WORKER_NICE)
+        current = os.nice(0)
+        if current < WORKER_NICE:  # `spawn` already lowered it; a worker started otherwise gets it here
+            os.nice(WORKER_NICE - current)
     except OSError:
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
