@@ -186,6 +186,8 @@ def content_key() -> str:
 # -- heavy analyses in a worker process ----------------------------------------------
 
 ANALYSIS_POLL_S = 2.0
+#: A job waiting in the queue changes rarely: its page polls less often (each poll is a script run).
+QUEUED_POLL_S = 4.0
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -214,10 +216,10 @@ def _cancel(job_id: str) -> None:
         pass
 
 
-def _job_panel(job_id: str, prefix: str) -> None:
+def _job_panel(job_id: str, prefix: str, drawn_state: str = "running") -> None:
     status = jobs.poll_analysis(job_id)
-    if not status.active:
-        st.rerun()  # the whole page: it renders the result (or the failure)
+    if not status.active or status.state != drawn_state:
+        st.rerun()  # the whole page: the result (or the failure), or a panel polling at the new state's pace
     with st.container(border=True):
         if status.state == "queued":
             st.progress(0.0, text=queue_text(status.queue_position))
@@ -272,7 +274,8 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
         return report, None
     if status is not None and status.active:
         st.session_state[f"{prefix}_job"] = status.job_id
-        st.fragment(run_every=ANALYSIS_POLL_S)(_job_panel)(status.job_id, prefix)
+        every = QUEUED_POLL_S if status.state == "queued" else ANALYSIS_POLL_S
+        st.fragment(run_every=every)(_job_panel)(status.job_id, prefix, status.state)
     elif status is not None and status.state == "failed":
         st.error(status.message, icon=":material/block:")
     elif status is not None and status.state == "cancelled":
