@@ -159,7 +159,8 @@ def test_fine_tuning_jobs_wait_in_the_same_queue(loaded_base, images, source, ru
     run = start_job(loaded_base, images, [RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")], root=runs)
     dropped = start_job(loaded_base, images, [RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")], root=runs)
     _wait_for(lambda: poll_job(dropped.job_id, runs).queue_position == 3, what="the third job's place")
-    assert poll_job(run.job_id, runs).queue_position == 2
+    # each worker records its place once it has started (at the lowest priority: it may start late)
+    _wait_for(lambda: poll_job(run.job_id, runs).queue_position == 2, what="the second job's place")
     assert poll_job(run.job_id, runs).runs[0].state == "queued"
     cancel_job(dropped.job_id, runs)  # a queued fine-tuning job is dropped before it loads anything
     st = wait_job(dropped.job_id, runs, timeout=60)

@@ -546,7 +546,7 @@ def _own_output(path: Path) -> None:
 
 
 #: How much a worker lowers its priority, so the server's light pages stay responsive.
-WORKER_NICE = 10
+WORKER_NICE = 19
 
 
 def begin_worker(jdir: Path):
