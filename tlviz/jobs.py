@@ -451,12 +451,7 @@ def cancel_analysis(job_id: str, root=None, timeout: float = 5.0) -> None:
 
 def wait_analysis(job_id: str, root=None, timeout: float = 600.0, interval: float = 0.3) -> AnalysisStatus:
     """Poll until the job ends (for scripts and tests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = poll_analysis(job_id, root)
-        if not st.active or time.monotonic() > deadline:
-            return st
-        time.sleep(interval)
+    return worker.poll_until_done(lambda: poll_analysis(job_id, root), timeout, interval)
 
 
 # -- the worker process ---------------------------------------------------------------------

@@ -510,11 +510,20 @@ def _alive(job_id, pid) -> bool:
 
 def wait_job(job_id: str, root=None, timeout: float = 600.0, interval: float = 0.5) -> JobStatus:
     """Poll until the job ends (for scripts and tests)."""
+    return poll_until_done(lambda: poll_job(job_id, root), timeout, interval)
+
+
+def poll_until_done(poll, timeout: float, interval: float):
+    """Call ``poll()`` every `interval` seconds until its status is no longer ``active`` or `timeout` passes.
+
+    Returns:
+        The last status.
+    """
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        st = poll_job(job_id, root)
+        st = poll()
         if not st.active or time.monotonic() > deadline:
             return st
         time.sleep(interval)
