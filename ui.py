@@ -40,6 +40,10 @@ def _cached_model(sha256: str, filename: str, _data: bytes) -> LoadedModel:
     return load_model(_data, filename=filename)
 
 
+#: File types the model uploader takes: the loadable ones, and the ones that get a specific answer.
+MODEL_UPLOAD_TYPES = ["keras", "h5", "hdf5", "zip", "pb", "json", "tflite", "pt", "pth", "onnx"]
+
+
 def _load_model_bytes(data: bytes, filename: str) -> LoadedModel:
     sha = hashlib.sha256(data).hexdigest()
     return _cached_model(sha, filename, data)
@@ -369,8 +373,11 @@ def sidebar() -> None:
             if loaded is None or loaded.filename != choice:
                 set_model(_load_sample_model(choice))
         else:
-            up = st.file_uploader(f"Keras model (.keras or .h5, up to {min(max_model_bytes() // 2**20, _upload_mb())} MB)",
-                                  type=["keras", "h5", "hdf5", "zip", "pb"], key="model_upload")
+            up = st.file_uploader(f"Keras model: .keras, Keras 2 .h5, or a Teachable Machine Keras export .zip "
+                                  f"(up to {min(max_model_bytes() // 2**20, _upload_mb())} MB)",
+                                  type=MODEL_UPLOAD_TYPES, key="model_upload",
+                                  help="Other formats (SavedModel, TF.js model.json, TFLite, PyTorch, ONNX) are "
+                                       "named with the command that converts them, where one exists.")
             _upload_limit_note()
             if up is not None and st.session_state.get("_model_upload_id") != up.file_id:
                 st.session_state["_model_upload_id"] = up.file_id

@@ -90,3 +90,36 @@ def write_image(path: Path, size=(20, 20), mode="RGB", color=(200, 30, 30), fmt=
         img = Image.fromarray(rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8)).convert(mode)
     img.save(path, format=fmt)
     return path
+
+
+#: Keras 2 files `tools/keras2_models.py` writes for the tests (plain, and the older spelling).
+KERAS2_MODELS = ("mobilenet", "teachable", "resnet", "cnn", "guide", "mixed", "stacked")
+
+
+@pytest.fixture(scope="session")
+def keras2(tmp_path_factory) -> Path:
+    """Genuine Keras 2 `.h5` files with tf_keras's own predictions (see tools/keras2_models.py)."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("tf_keras") is None:
+        pytest.fail("The tf_keras package is missing: `pip install -r requirements-dev.txt` installs it.")
+    out = tmp_path_factory.mktemp("keras2")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "keras2_models.py"), str(out), *KERAS2_MODELS,
+                           "--legacy"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def teachable_zip(keras2: Path, labels: str | None, folder: str = "") -> bytes:
+    """A Teachable Machine Keras export zip around the generated `teachable.h5`."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(folder + "keras_model.h5", (keras2 / "teachable.h5").read_bytes())
+        if labels is not None:
+            zf.writestr(folder + "labels.txt", labels)
+    return buf.getvalue()

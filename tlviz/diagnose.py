@@ -96,7 +96,7 @@ from tlviz.errors import TlvizError
 from tlviz.findings import AREAS, SEVERITIES, Finding, sort_findings
 from tlviz.imagesets import RESIZE_DESCRIPTIONS, ImageSet
 from tlviz.jsonsafe import json_safe
-from tlviz.presets import PRESETS, applicable_presets, apply_preset, preset_snippet
+from tlviz.presets import PIXEL_PRESET, PRESETS, applicable_presets, apply_preset, preset_snippet
 from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
 
 AREA_TITLES = {"pretraining": "Pre-training", "finetuning": "Fine-tuning", "inference": "Inference pipeline"}
@@ -576,7 +576,10 @@ class DiagnosisContext:
 
         tap = self._feature_tap()
         try:
-            return normalize.analyze(self.loaded, self.images, source=self.source, progress=say, feature_tap=tap)
+            teachable = bool(getattr(self.loaded, "teachable_machine", False)) or self.inference_preset == "teachable"
+            presets = applicable_presets(self.images.images.shape[-1], teachable=teachable)
+            return normalize.analyze(self.loaded, self.images, source=self.source, progress=say, feature_tap=tap,
+                                     presets=presets)
         except normalize.NormalizationRefused as exc:
             raise DiagnosisRefused(str(exc)) from None
 
@@ -1108,8 +1111,13 @@ def _normalization_mismatch(ev: PresetEvidence, preset: str) -> list[Finding]:
                            "model expects.")
     if best == preset:
         return []
-    snippet = preset_snippet(best, ev.image_size, ev.resize)
     preds = report.predictions
+    if preset not in preds and preset in PIXEL_PRESET:
+        raise CheckSkipped(f"`{preset}` was not compared in this diagnosis. Run it again with `{preset}` as the "
+                           "inference preset.")
+    if ev.accuracy is None and PIXEL_PRESET.get(preset, preset) == PIXEL_PRESET.get(best, best):
+        return []  # same arithmetic: the label-free fingerprint cannot tell them apart
+    snippet = preset_snippet(best, ev.image_size, ev.resize)
     changed_idx = np.flatnonzero(preds[best] != preds[preset]) if preset in preds else np.array([], dtype=int)
     if ev.accuracy is not None:
         a_best, a_inf = ev.accuracy[best], ev.accuracy.get(preset)
@@ -1649,7 +1657,7 @@ def _evidence_markdown(evidence: dict) -> list[str]:
 def _check_preset(preset: str, channels: int | None) -> None:
     if preset not in PRESETS:
         raise DiagnosisRefused(f"Unknown inference preset {preset!r}. Use one of: {', '.join(PRESETS)}.")
-    if channels is not None and preset not in applicable_presets(channels):
+    if channels is not None and preset not in applicable_presets(channels, teachable=True):
         raise DiagnosisRefused(f"Preset {preset!r} needs 3-channel RGB images; these have {channels}. Use one of: "
                                f"{', '.join(applicable_presets(channels))}.")
 

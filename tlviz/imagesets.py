@@ -69,6 +69,7 @@ import numpy as np
 from PIL import Image
 
 from tlviz.errors import ImageSetRefused
+from tlviz.labels import parse_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_EXTENSIONS = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz", ".zst", ".lz",
@@ -470,7 +471,7 @@ class ImageSource:
         found = sorted({e.cls for e in self._entries})
         listed = None
         if self._labels_txt is not None:
-            listed = [unicodedata.normalize("NFC", ln.strip()) for ln in self._labels_txt.splitlines() if ln.strip()]
+            listed = parse_labels(self._labels_txt)
         for c, reason in sorted(self._empty_classes.items()):
             if listed is None or c not in listed:
                 skipped.append(Skipped(f"{c}/", reason))

@@ -51,7 +51,12 @@ class LoadedModel:
         builtin_preprocessing: descriptions of Rescaling / Normalization / ...
             layers found at the model's input.
         metadata: what tlviz recorded about the model (``preset``,
-            ``class_names``, ...), from the embedded ``tlviz.json`` or a sidecar.
+            ``class_names``, ...), from the embedded ``tlviz.json``, a sidecar,
+            or a Teachable Machine export's ``labels.txt``.
+        conversion: for a Keras 2 `.h5`, what the translator rewrote
+            (`tlviz.legacy.Translation.to_json`); None for a file Keras 3 reads as is.
+        teachable_machine: True when the model is shaped like a Teachable Machine
+            image-model export (MobileNetV2 features, then a two-layer head).
     """
 
     model: object
@@ -65,6 +70,18 @@ class LoadedModel:
     non_trainable_params: int
     builtin_preprocessing: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    conversion: dict | None = None
+    teachable_machine: bool = False
+
+    @property
+    def origin(self) -> str:
+        """One line on where the model came from, for the overview page."""
+        if self.teachable_machine:
+            what = "A Teachable Machine image model"
+            return what + (" (a Keras 2 `.h5` export, converted for Keras 3)" if self.conversion else "")
+        if self.conversion:
+            return f"A Keras {self.conversion.get('keras_version') or '2'} `.h5` file, converted for Keras 3"
+        return "A Keras 3 model"
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -134,12 +151,17 @@ def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -
     if not data:
         raise ModelRefused(f"{shown} is empty (0 bytes). Upload the saved model file again.")
 
+    sha256 = hashlib.sha256(data).hexdigest()
     kind = _sniff(data, shown)
     metadata: dict = {}
+    if kind == "teachable":
+        data, metadata = _read_teachable_zip(data, shown)
+        kind = "h5"
+    version = ""
     if kind == "keras":
         config, metadata = _read_keras_archive(data, shown)
     else:
-        config = _read_h5_config(data, shown)
+        config, version = _read_h5_config(data, shown)
     _check_config(config, shown)
     if sidecar is not None and sidecar.exists() and not metadata:
         try:
@@ -147,9 +169,53 @@ def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -
         except (OSError, ValueError):
             metadata = {}
 
-    model = _keras_load(data, kind, shown)
-    return summarize(model, filename=filename, sha256=hashlib.sha256(data).hexdigest(),
-                     metadata=metadata if isinstance(metadata, dict) else {})
+    from tlviz import legacy
+
+    conversion = None
+    if kind == "h5" and legacy.needs_translation(version):
+        model, translation = legacy.load_h5(data, shown, config, version)
+        conversion = translation.to_json()
+    else:
+        model = _keras_load(data, kind, shown)
+    loaded = summarize(model, filename=filename, sha256=sha256,
+                       metadata=metadata if isinstance(metadata, dict) else {})
+    loaded.conversion = conversion
+    loaded.teachable_machine = legacy.is_teachable_machine(config)
+    names = loaded.metadata.get("class_names")
+    if names and loaded.n_outputs and len(names) != loaded.n_outputs:
+        raise ModelRefused(
+            f"{shown}: its labels.txt names {len(names)} classes but the model has {loaded.n_outputs} outputs. "
+            "Export the model again from Teachable Machine (the zip holds both files) and upload that zip.")
+    return loaded
+
+
+def keras_bytes(loaded: LoadedModel) -> bytes:
+    """The model as a `.keras` file (what a converted Keras 2 model downloads as).
+
+    tlviz's metadata (class names, and what was converted) is embedded as ``tlviz.json``,
+    which Keras ignores and tlviz reads back.
+    """
+    from tlviz.samples import embed_metadata
+
+    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix="tlviz_export_")
+    os.close(fd)
+    try:
+        loaded.model.save(tmp)
+        extra = dict(loaded.metadata)
+        if loaded.conversion:
+            extra["converted_from"] = loaded.conversion
+        if loaded.teachable_machine:
+            extra.setdefault("preset", "teachable")
+            extra["teachable_machine"] = True
+        if extra:
+            embed_metadata(tmp, extra)
+        with open(tmp, "rb") as f:
+            return f.read()
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def summarize(model, filename: str = "", sha256: str = "", metadata: dict | None = None) -> LoadedModel:
@@ -266,6 +332,8 @@ _PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
 
 
 def _sniff(data: bytes, filename: str) -> str:
+    """``"keras"``, ``"h5"`` or ``"teachable"`` (a Teachable Machine Keras export zip); anything else is
+    refused with a message that names what the file is and how to convert it, where that can be done."""
     lower = filename.lower()
     if data[:4] == b"PK\x03\x04":
         try:
@@ -273,26 +341,82 @@ def _sniff(data: bytes, filename: str) -> str:
                 names = zf.namelist()
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             raise ModelRefused(_damaged_message(filename, exc)) from None
-        if any(n.endswith(("saved_model.pb", "saved_model.pbtxt")) for n in names):
-            raise ModelRefused(_savedmodel_message(filename))
+        base = {n.replace("\\", "/").rsplit("/", 1)[-1] for n in names}
         if "config.json" in names:
             return "keras"
-        if any(n.endswith(".pkl") for n in names):
-            raise ModelRefused(_pickle_message(filename, "a zip of Python pickles (for example a PyTorch checkpoint)"))
+        if "keras_model.h5" in base:
+            return "teachable"
+        if "saved_model.pb" in base or "saved_model.pbtxt" in base:
+            raise ModelRefused(_savedmodel_message(filename))
+        if "model.json" in base and any(b.endswith(".bin") for b in base):
+            raise ModelRefused(_tfjs_message(filename))
+        if any(b.endswith(".tflite") for b in base):
+            raise ModelRefused(_tflite_message(filename))
+        if "data.pkl" in base or any(n.endswith(".pkl") for n in names):
+            what = ("a PyTorch checkpoint (`torch.save`)" if "data.pkl" in base or lower.endswith((".pt", ".pth"))
+                    else "a zip of Python pickles")
+            raise ModelRefused(_pickle_message(filename, what))
         raise ModelRefused(
-            f"{filename} is a zip archive but not a Keras model (no config.json inside). "
-            "If it is an image set, upload it under 'Image set' instead; a model must be saved "
-            "with `model.save('model.keras')`."
+            f"{filename} is a zip archive but not a Keras model (no config.json inside, and no keras_model.h5 "
+            "as in a Teachable Machine export). If it is an image set, upload it under 'Image set' instead; a "
+            "model must be saved with `model.save('model.keras')`."
         )
     if data[:8] == b"\x89HDF\r\n\x1a\n":
         return "h5"
     if data[:2] in _PICKLE_MAGIC:
-        raise ModelRefused(_pickle_message(filename, "a Python pickle"))
-    if lower.endswith((".pb", ".pbtxt")) or b"saved_model" in data[:200]:
+        what = "a PyTorch checkpoint (`torch.save`)" if lower.endswith((".pt", ".pth")) else "a Python pickle"
+        raise ModelRefused(_pickle_message(filename, what))
+    if data[4:8] == b"TFL3":
+        raise ModelRefused(_tflite_message(filename))
+    if _looks_like_tfjs(data):
+        raise ModelRefused(_tfjs_message(filename))
+    if lower.endswith(".onnx") or (data[:1] == b"\x08" and b"onnx" in data[:256].lower()):
+        raise ModelRefused(_onnx_message(filename))
+    if lower.endswith(("saved_model.pb", "saved_model.pbtxt")) or b"saved_model" in data[:200]:
         raise ModelRefused(_savedmodel_message(filename))
+    if lower.endswith((".pb", ".pbtxt")):
+        raise ModelRefused(
+            f"{filename} is a TensorFlow graph (`.pb`): a frozen graph holds operations, not Keras layers, so it "
+            "cannot be turned back into a Keras model. If it is the `saved_model.pb` of a SavedModel folder, "
+            "upload the whole folder as a zip; otherwise save the Keras model from the code that trained it "
+            "with `model.save('model.keras')`."
+        )
     raise ModelRefused(
         f"{filename} is not a Keras model: it is neither a `.keras` archive nor an HDF5 `.h5` file. "
         "Save your model with `model.save('model.keras')` and upload that file."
+    )
+
+
+def _looks_like_tfjs(data: bytes) -> bool:
+    head = data[:4096].lstrip()
+    return head[:1] == b"{" and (b'"modelTopology"' in head or b'"weightsManifest"' in head
+                                 or b'"format": "layers-model"' in head or b'"format":"layers-model"' in head)
+
+
+def _tfjs_message(filename: str) -> str:
+    return (
+        f"{filename} is a TensorFlow.js model (model.json + weights .bin files). Convert it to a Keras `.h5` "
+        "with the tensorflowjs package: `pip install tensorflowjs`, then `tensorflowjs_converter "
+        "--input_format=tfjs_layers_model --output_format=keras model.json model.h5`, and upload model.h5 "
+        "(tlviz converts Keras 2 `.h5` files). From Teachable Machine, choose Export Model -> Tensorflow -> "
+        "Keras instead and upload that zip. A TF.js *graph* model cannot be turned back into Keras."
+    )
+
+
+def _tflite_message(filename: str) -> str:
+    return (
+        f"{filename} is a TensorFlow Lite model (`.tflite`): it holds a compiled graph without Keras layers, "
+        "so it cannot be turned back into a Keras model. Upload the Keras model it was converted from "
+        "(`model.save('model.keras')`); from Teachable Machine, choose Export Model -> Tensorflow -> Keras."
+    )
+
+
+def _onnx_message(filename: str) -> str:
+    return (
+        f"{filename} is an ONNX model. tlviz reads Keras models; ONNX has no converter that gives back plain Keras "
+        "layers reliably (`onnx2tf -i model.onnx -okv3` writes a `.keras` file, but usually with TensorFlow "
+        "operations tlviz cannot load safely). If the model was made in Keras, upload the original "
+        "`model.keras` / `.h5`."
     )
 
 
@@ -316,8 +440,56 @@ def _savedmodel_message(filename: str) -> str:
         f"{filename} is a TensorFlow SavedModel, which Keras 3 cannot load as a model. "
         "Re-save it in the Keras format: in the environment that made it, run "
         "`model = tf.keras.models.load_model('path/to/savedmodel')` (or rebuild the model and load its "
-        "weights) and then `model.save('model.keras')`, and upload the `.keras` file."
+        "weights) and then `model.save('model.keras')`, and upload the `.keras` file. With TensorFlow 2.16 or "
+        "later, `pip install tf_keras` and run `python -c \"import tf_keras; "
+        "tf_keras.models.load_model('path/to/savedmodel').save('model.h5')\"`, then upload model.h5 (tlviz "
+        "converts Keras 2 `.h5` files). From Teachable Machine, export as Tensorflow -> Keras instead."
     )
+
+
+#: Largest `labels.txt` read from a Teachable Machine zip (a real one is a few hundred bytes).
+_MAX_LABELS_BYTES = 1 * 2**20
+
+
+def _read_teachable_zip(data: bytes, filename: str) -> tuple[bytes, dict]:
+    """The `keras_model.h5` bytes and ``{"class_names": [...]}`` from a Teachable Machine export zip."""
+    from tlviz.labels import parse_labels
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            _check_archive_entries(zf, filename)
+            by_base = {}
+            for info in zf.infolist():
+                base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
+                if base in ("keras_model.h5", "labels.txt") and not info.is_dir():
+                    if base in by_base:
+                        raise ModelRefused(
+                            f"{filename} holds more than one {base}. Upload one Teachable Machine export at a time.")
+                    by_base[base] = info
+            model_info = by_base["keras_model.h5"]
+            if model_info.file_size > max_model_bytes():
+                raise ModelRefused(_too_big_message(f"{filename}: keras_model.h5", model_info.file_size))
+            h5 = zf.read(model_info)
+            metadata = {"teachable_machine_zip": True}
+            if "labels.txt" in by_base:
+                info = by_base["labels.txt"]
+                if info.file_size > _MAX_LABELS_BYTES:
+                    raise ModelRefused(f"{filename}: its labels.txt is {_mb(info.file_size)} MB; a real one is a "
+                                       "few hundred bytes. Export the model again and upload the new zip.")
+                names = parse_labels(zf.read(info).decode("utf-8-sig", errors="replace"))
+                if names:
+                    if len(set(names)) != len(names):
+                        raise ModelRefused(f"{filename}: its labels.txt names a class twice. Give each class once, "
+                                           "in the model's output order, and upload the zip again.")
+                    metadata["class_names"] = names
+    except ModelRefused:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, RuntimeError) as exc:
+        raise ModelRefused(_damaged_message(filename, exc)) from None
+    if h5[:8] != b"\x89HDF\r\n\x1a\n":
+        raise ModelRefused(f"{filename}: its keras_model.h5 is not an HDF5 file (damaged export?). Export the model "
+                           "from Teachable Machine again and upload the new zip.")
+    return h5, metadata
 
 
 def _mb(n: float) -> str:
@@ -389,14 +561,17 @@ def _check_archive_entries(zf: zipfile.ZipFile, filename: str) -> None:
         )
 
 
-def _read_h5_config(data: bytes, filename: str) -> dict:
+def _read_h5_config(data: bytes, filename: str) -> tuple[dict, str]:
     import h5py
+
+    from tlviz.legacy import keras_version
 
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
             raw = f.attrs.get("model_config")
             if raw is not None and not isinstance(raw, (bytes, str)):
                 raw = str(raw)
+            version = keras_version(f.attrs)
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError... on damaged files
         raise ModelRefused(
             f"{filename} is a damaged HDF5 file ({_clean(exc, 120)}). Save the model again and upload "
@@ -410,7 +585,7 @@ def _read_h5_config(data: bytes, filename: str) -> dict:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
     try:
-        return json.loads(raw)
+        return json.loads(raw), version
     except ValueError:
         raise ModelRefused(f"{filename}: the model architecture stored in the file is unreadable. "
                            "Save the model again and upload the new file.") from None

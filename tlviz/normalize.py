@@ -93,7 +93,7 @@ from tlviz.findings import Finding
 from tlviz.imagesets import RESIZE_DESCRIPTIONS, RESIZE_METHODS, ImageSet
 from tlviz.layers import BN_CLASSES, has_initial_statistics
 from tlviz.memory import first_output
-from tlviz.presets import PRESETS, CustomPreset, applicable_presets, apply_preset, preset_snippet
+from tlviz.presets import PIXEL_PRESET, PRESETS, CustomPreset, applicable_presets, apply_preset, preset_resize, preset_snippet
 from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
 
 #: Largest batch a forward pass uses; the actual size is planned from the memory budget and the
@@ -172,9 +172,9 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """Display name, e.g. ``"tf"``, ``"tf · nearest resize"``, ``"tf · BGR"``."""
+        """Display name, e.g. ``"tf"``, ``"tf · nearest resize"``, ``"tf · BGR"``, ``"teachable"``."""
         parts = [self.preset_name]
-        if self.resize != "bilinear":
+        if self.resize != preset_resize(self.preset):
             parts.append("centre crop + resize" if self.resize == "crop" else f"{self.resize} resize")
         if self.channel_order != "RGB":
             parts.append(self.channel_order)
@@ -716,7 +716,8 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
         labels = None
     arr = _image_array(images)
     _check_shapes(loaded, arr)
-    if not isinstance(setting.preset, CustomPreset) and setting.preset not in applicable_presets(arr.shape[-1]):
+    if (not isinstance(setting.preset, CustomPreset)
+            and setting.preset not in applicable_presets(arr.shape[-1], teachable=True)):
         raise NormalizationRefused(
             f"Preset {setting.preset!r} needs 3-channel RGB images; these have {arr.shape[-1]}. Use one of: "
             f"{', '.join(applicable_presets(arr.shape[-1]))}.")
@@ -827,6 +828,8 @@ def fingerprint(model, images, presets: tuple | list | None = None, custom: Cust
     arr = _image_array(images)
     _check_shapes(loaded, arr)
     chosen = list(presets) if presets is not None else list(applicable_presets(arr.shape[-1]))
+    # A named setting with another preset's arithmetic (teachable = tf) has that preset's fingerprint.
+    chosen = list(dict.fromkeys(PIXEL_PRESET.get(p, p) for p in chosen))
     for p in chosen:
         if p not in applicable_presets(arr.shape[-1]):
             raise NormalizationRefused(f"Preset {p!r} does not apply to {arr.shape[-1]}-channel images. Use one of: "
@@ -965,9 +968,12 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
     arr = _image_array(images)
     _check_shapes(loaded, arr)
     channels = int(arr.shape[-1])
-    names = list(presets) if presets is not None else list(applicable_presets(channels))
+    names = (list(presets) if presets is not None
+             else list(applicable_presets(channels, teachable=bool(getattr(loaded, "teachable_machine", False)))))
+    if source is None:  # a named setting with its own resize needs the original images
+        names = [p for p in names if preset_resize(p, images.resize) == images.resize]
     for p in names:
-        if p not in applicable_presets(channels):
+        if p not in applicable_presets(channels, teachable=True):
             raise NormalizationRefused(f"Preset {p!r} does not apply to {channels}-channel images. Use one of: "
                                        f"{', '.join(applicable_presets(channels))}.")
     if not names and custom is None:
@@ -984,7 +990,8 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
     t_fp = time.perf_counter()
 
     r0 = images.resize
-    base = [Setting(p, r0, base_resize=r0) for p in names] + ([Setting(custom, r0, base_resize=r0)] if custom else [])
+    base = ([Setting(p, preset_resize(p, r0), base_resize=preset_resize(p, r0)) for p in names]
+            + ([Setting(custom, r0, base_resize=r0)] if custom else []))
     n_variants = ((len(RESIZE_METHODS) - 1) if source is not None else 0) + (1 if channels == 3 else 0)
     total = len(base) + (n_variants if variants else 0)
     evals: list[Evaluation] = []
@@ -1015,11 +1022,12 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
         best_preset, best_by = None, None
     if variants and best_preset is not None:
         best_obj = custom if custom is not None and best_preset == custom.name else best_preset
+        rb = preset_resize(best_obj, r0)
         extra = []
         if source is not None:
-            extra += [Setting(best_obj, m, base_resize=r0) for m in RESIZE_METHODS if m != r0]
+            extra += [Setting(best_obj, m, base_resize=rb) for m in RESIZE_METHODS if m != rb]
         if channels == 3:
-            extra.append(Setting(best_obj, r0, "BGR", base_resize=r0))
+            extra.append(Setting(best_obj, rb, "BGR", base_resize=rb))
         for k, s in enumerate(extra):
             run(s, len(base) + k)
     say(1.0, "Done.")
@@ -1093,6 +1101,7 @@ def _ranked_table(evals: list[Evaluation], fp: Fingerprint, accuracy_available: 
     if not evals:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     fp_dist = {} if fp.ranking is None else dict(zip(fp.ranking["preset"], fp.ranking["distance"]))
+    fp_dist.update({p: fp_dist[q] for p, q in PIXEL_PRESET.items() if q in fp_dist})
     kind_order = {"preset": 0, "custom": 1, "resize": 2, "channel order": 3}
     rows = []
     for pos, e in enumerate(evals):
@@ -1113,6 +1122,7 @@ def _ranked_table(evals: list[Evaluation], fp: Fingerprint, accuracy_available: 
     # higher confidence, then to the named preset, then to the listing order.
     df["_conf"] = -df["mean_confidence"].round(5)
     fp_rank = {p: i for i, p in enumerate(fp.order or [])}
+    fp_rank.update({p: fp_rank[q] for p, q in PIXEL_PRESET.items() if q in fp_rank})
     df["_fp"] = [fp_rank.get(p, len(fp_rank)) if k < 2 else len(fp_rank) for p, k in zip(df["preset"], df["_kind"])]
     if accuracy_available:
         df["_acc"] = -df["accuracy"].round(9)

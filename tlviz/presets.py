@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PRESETS = ("raw", "unit", "tf", "torch", "caffe")
+PRESETS = ("raw", "unit", "tf", "torch", "caffe", "teachable")
 
 PRESET_DESCRIPTIONS = {
     "raw": "0-255 floats, no scaling",
@@ -20,10 +20,20 @@ PRESET_DESCRIPTIONS = {
     "tf": "scaled to [-1, 1] (x / 127.5 - 1)",
     "torch": "divided by 255, then ImageNet mean / std per channel",
     "caffe": "RGB -> BGR, ImageNet channel means subtracted (0-255 range)",
+    "teachable": "Teachable Machine: centre crop to a square, resize, then x / 127.5 - 1",
 }
 
+#: Named settings that also fix how images are resized (one of `tlviz.imagesets.RESIZE_METHODS`).
+PRESET_RESIZE = {"teachable": "crop"}
+
+#: Named settings whose pixel arithmetic is another preset's.
+PIXEL_PRESET = {"teachable": "tf"}
+
 # Presets that only make sense for three-channel (RGB) inputs.
-_RGB_ONLY = ("torch", "caffe")
+_RGB_ONLY = ("torch", "caffe", "teachable")
+
+#: Compared only when asked for (a Teachable Machine model, or the user's own pipeline).
+_ON_REQUEST = ("teachable",)
 
 
 @dataclass(frozen=True)
@@ -52,11 +62,22 @@ def _fmt(v) -> str:
     return f"{v:g}"
 
 
-def applicable_presets(channels: int) -> tuple[str, ...]:
-    """The presets that can be applied to images with `channels` channels."""
-    if channels == 3:
-        return PRESETS
-    return tuple(p for p in PRESETS if p not in _RGB_ONLY)
+def applicable_presets(channels: int, teachable: bool = False) -> tuple[str, ...]:
+    """The presets that can be applied to images with `channels` channels.
+
+    Args:
+        channels: 1 or 3.
+        teachable: include Teachable Machine's preprocessing (``"teachable"``: centre crop,
+            resize, ``x / 127.5 - 1``). Defaults to `False`: it is compared for Teachable
+            Machine models, or when asked for.
+    """
+    chosen = PRESETS if channels == 3 else tuple(p for p in PRESETS if p not in _RGB_ONLY)
+    return tuple(p for p in chosen if teachable or p not in _ON_REQUEST)
+
+
+def preset_resize(preset, default: str = "bilinear") -> str:
+    """The resize method a named setting fixes (``"crop"`` for ``"teachable"``), else `default`."""
+    return PRESET_RESIZE.get(preset, default) if isinstance(preset, str) else default
 
 
 def apply_preset(images: np.ndarray, preset: str | CustomPreset) -> np.ndarray:
@@ -80,11 +101,12 @@ def apply_preset(images: np.ndarray, preset: str | CustomPreset) -> np.ndarray:
         return (out - mean) / std
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Use one of: {', '.join(PRESETS)}.")
+    preset = PIXEL_PRESET.get(preset, preset)
     if preset == "raw":
         return x.astype(np.float32)
     if preset == "unit":
         return x.astype(np.float32) / np.float32(255.0)
-    if preset in _RGB_ONLY and x.shape[-1] != 3:
+    if preset in ("torch", "caffe") and x.shape[-1] != 3:
         raise ValueError(
             f"Preset {preset!r} needs 3-channel RGB images; these have {x.shape[-1]}. "
             f"Use one of: {', '.join(applicable_presets(x.shape[-1]))}."
@@ -99,6 +121,8 @@ def preset_snippet(preset: str | CustomPreset, size: tuple[int, int], resize: st
                    channel_order: str = "RGB") -> str:
     """A ready-to-paste Python snippet that prepares one image exactly this way."""
     h, w = size
+    if isinstance(preset, str) and preset in PRESET_RESIZE:
+        resize = PRESET_RESIZE[preset]  # a named setting fixes its resize
     lines = [
         "import numpy as np",
         "from PIL import Image",
@@ -126,6 +150,8 @@ def preset_snippet(preset: str | CustomPreset, size: tuple[int, int], resize: st
         lines.append("    x = x / 255.0")
     elif preset == "tf":
         lines.append("    x = x / 127.5 - 1.0")
+    elif preset == "teachable":
+        lines.append("    x = x / 127.5 - 1.0  # Teachable Machine: centre crop, resize, then [-1, 1]")
     elif preset in ("torch", "caffe"):
         lines = ["from keras.applications.imagenet_utils import preprocess_input"] + lines
         lines.append(f'    x = preprocess_input(x, mode="{preset}")')

@@ -57,7 +57,7 @@ def _keep_preset() -> None:
     st.session_state["inference_preset"] = st.session_state["diag_inference_widget"]
 
 
-options = list(applicable_presets(loaded.channels))
+options = list(applicable_presets(loaded.channels, teachable=loaded.teachable_machine))
 current = st.session_state.get("inference_preset") or "unit"
 left, right = st.columns([3, 1], vertical_alignment="bottom")
 preset = left.selectbox(

@@ -80,7 +80,7 @@ if loaded.builtin_preprocessing:
     st.info(text, icon=":material/input:")
 
 custom = _custom_preset()
-options = list(applicable_presets(loaded.channels)) + ([custom.name] if custom is not None else [])
+options = list(applicable_presets(loaded.channels, teachable=loaded.teachable_machine)) + ([custom.name] if custom is not None else [])
 current = st.session_state.get("inference_preset") or "unit"
 if current not in options:
     current = "unit" if "unit" in options else options[0]

@@ -1,10 +1,14 @@
 """Model & images: what is loaded, in numbers."""
 
+import functools
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 import ui
 from tlviz.charts import class_counts
+from tlviz.models import keras_bytes
 
 ui.page_start()
 st.title("Model & images")
@@ -22,7 +26,22 @@ c[0].metric("Input shape", " × ".join("?" if d is None else str(d) for d in loa
 c[1].metric("Outputs", loaded.n_outputs)
 c[2].metric("Trainable params", f"{loaded.trainable_params:,}")
 c[3].metric("Non-trainable params", f"{loaded.non_trainable_params:,}")
-st.caption(f"File: {loaded.filename} · total parameters {loaded.total_params:,}")
+st.caption(f"File: {loaded.filename} · total parameters {loaded.total_params:,} · {loaded.origin}")
+if loaded.teachable_machine:
+    st.info("**Teachable Machine image model**: MobileNetV2 features, then a two-layer head. Teachable Machine "
+            "prepares each image by cropping the centre square, resizing it to "
+            f"{loaded.image_size[0]}×{loaded.image_size[1]} and scaling pixels to [-1, 1] (x / 127.5 − 1): that is "
+            "the `teachable` setting on the Normalization and Diagnose pages." +
+            (f" Class names from labels.txt: {', '.join(loaded.class_names)}." if loaded.class_names else
+             " Upload the export's zip (keras_model.h5 + labels.txt) to get the class names too."),
+            icon=":material/school:")
+if loaded.conversion:
+    st.info(loaded.conversion["summary"] + " Nothing from the file was run: the architecture was rewritten as data "
+            "and rebuilt from Keras's own layers, then the weights were copied in layer by layer.",
+            icon=":material/published_with_changes:")
+    st.download_button("Download the converted model (.keras)", data=functools.partial(keras_bytes, loaded),
+                       file_name=f"{Path(loaded.filename).stem or loaded.name}.keras", mime="application/zip",
+                       icon=":material/download:", key="download_converted")
 if loaded.builtin_preprocessing:
     st.info("Preprocessing built into the model (it expects raw 0–255 pixels):\n\n"
             + "\n".join(f"- {p}" for p in loaded.builtin_preprocessing), icon=":material/tune:")

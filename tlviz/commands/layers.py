@@ -23,6 +23,10 @@ def run(args) -> int:
         print(json.dumps({
             "model": loaded.name,
             "input_shape": [d if d is None else int(d) for d in loaded.input_shape],
+            "origin": loaded.origin,
+            "teachable_machine": loaded.teachable_machine,
+            "class_names": loaded.class_names,
+            "converted_from": loaded.conversion,
             **tot,
             "layers": [
                 {"path": r.path, "class": r["class"], "trainable": bool(r.trainable),
@@ -32,6 +36,7 @@ def run(args) -> int:
         }))
         return 0
     print(f"Model: {loaded.name}   input {loaded.input_shape}   outputs {loaded.n_outputs}")
+    print(loaded.origin + (f". {loaded.conversion['summary']}" if loaded.conversion else "."))
     cols = ["path", "class", "output_shape", "trainable_params", "non_trainable_params", "trainable", "role"]
     print(table[cols].to_string(index=False))
     print(f"\nTotal params: {tot['total_params']:,}   trainable: {tot['trainable_params']:,}   "

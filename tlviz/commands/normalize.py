@@ -8,7 +8,7 @@ import sys
 from tlviz.imagesets import open_source
 from tlviz.models import load_model
 from tlviz.normalize import NormalizationRefused, analyze, custom_preset, normalization_findings
-from tlviz.presets import PRESETS, CustomPreset
+from tlviz.presets import PRESETS, CustomPreset, applicable_presets
 from tlviz.progress import reporter_for
 
 HELP = "evaluate the model under each input normalization preset and rank them (plus a label-free fingerprint)"
@@ -48,7 +48,9 @@ def run(args) -> int:
     progress(0.0, "Loading the images…")
     source = open_source(args.images)
     images = source.load(loaded.image_size, loaded.channels)
+    teachable = loaded.teachable_machine or args.inference_preset == "teachable"
     report = analyze(loaded, images, source=source, custom=custom,
+                     presets=applicable_presets(loaded.channels, teachable=teachable),
                      variants=not (args.json or args.no_variants), batch_size=args.batch_size, progress=progress)
     progress.close()
     if args.json:

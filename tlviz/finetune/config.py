@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from tlviz.errors import TlvizError
-from tlviz.presets import PRESETS
+from tlviz.presets import PIXEL_PRESET, PRESETS
 
 OPTIMIZERS = ("adam", "sgd")
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
@@ -159,10 +159,14 @@ class RunConfig:
 
 
 def default_preset(best_preset: str | None, recorded_preset: str | None) -> str:
-    """The preset a new run starts with: the Normalization page's best, else the model's recorded one, else ``unit``."""
+    """The preset a new run starts with: the Normalization page's best, else the model's recorded one, else ``unit``.
+
+    A named setting that also fixes the resize (``teachable``) starts runs with its arithmetic (``tf``): a run
+    trains on the image set as loaded.
+    """
     for p in (best_preset, recorded_preset):
         if p in PRESETS:
-            return p
+            return PIXEL_PRESET.get(p, p)
     return "unit"
 
 

@@ -1,0 +1,127 @@
+"""Teachable Machine end to end: labels.txt, the `teachable` setting, the CLI and the overview page."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import teachable_zip
+from tlviz import normalize as nz
+from tlviz.imagesets import load_image_set, open_source
+from tlviz.labels import is_indexed, parse_labels
+from tlviz.presets import applicable_presets, apply_preset, preset_snippet
+
+
+@pytest.mark.parametrize("text,names,indexed", [
+    ("0 Cat\n1 Dog\n", ["Cat", "Dog"], True),
+    ("1 Dog\n0 Cat\n\n", ["Cat", "Dog"], True),
+    ("0 Class 1\n1 Class 2\n", ["Class 1", "Class 2"], True),
+    ("cats\ndogs\n", ["cats", "dogs"], False),
+    ("0 a\n2 b\n", ["0 a", "2 b"], False),  # not 0..n-1: names as written
+    ("3 bears\n", ["3 bears"], False),
+])
+def test_labels_txt_both_spellings(text, names, indexed):
+    assert parse_labels(text) == names and is_indexed(text) == indexed
+
+
+def test_image_set_labels_txt_in_teachable_machine_spelling(tmp_path):
+    root = tmp_path / "set"
+    for c in ("Cat", "Dog"):
+        (root / c).mkdir(parents=True)
+        Image.new("RGB", (12, 8), (40, 90, 200)).save(root / c / "1.png")
+    (root / "labels.txt").write_text("0 Dog\n1 Cat\n")
+    s = load_image_set(root, (8, 8))
+    assert s.class_names == ["Dog", "Cat"] and s.label_order_from_file
+
+
+def test_teachable_preset_is_tf_arithmetic_with_a_centre_crop():
+    x = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert np.array_equal(apply_preset(x, "teachable"), apply_preset(x, "tf"))
+    snippet = preset_snippet("teachable", (224, 224))
+    assert "img.crop((left, top, left + side, top + side))" in snippet and "x / 127.5 - 1.0" in snippet
+    assert "teachable" not in applicable_presets(3) and "teachable" in applicable_presets(3, teachable=True)
+    assert "teachable" not in applicable_presets(1, teachable=True)
+    assert nz.Setting("teachable", "crop", base_resize="crop").label == "teachable"
+    assert nz.Setting("teachable", "bilinear", base_resize="crop").label == "teachable · bilinear resize"
+
+
+@pytest.fixture(scope="module")
+def wide_set(tmp_path_factory, digits_0_4):
+    """Digits pasted in the middle of wide canvases: a centre crop keeps the digit, a squashing resize distorts it."""
+    root = tmp_path_factory.mktemp("wide")
+    rng = np.random.default_rng(0)
+    base = load_image_set(digits_0_4, (32, 32), 3)
+    pick = np.linspace(0, len(base) - 1, 60).astype(int)  # every class, not only the first folder's
+    for i, (img, label) in enumerate(zip(base.images[pick], base.labels[pick])):
+        canvas = rng.integers(0, 20, size=(32, 128, 3), dtype=np.uint8)
+        canvas[:, 48:80] = img
+        folder = root / base.class_names[int(label)]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(canvas).save(folder / f"{i}.png")
+    return root
+
+
+def test_teachable_machine_model_gets_the_teachable_row(loaded_base, wide_set):
+    tm = dataclasses.replace(loaded_base, teachable_machine=True)
+    source = open_source(wide_set)
+    images = source.load(tm.image_size, tm.channels)
+    report = nz.analyze(tm, images, source=source, variants=False)
+    row = report.results.set_index("setting").loc["teachable"]
+    assert row["kind"] == "preset" and row["resize"] == "crop"
+    # Its predictions are the model's on centre-cropped images under x / 127.5 - 1.
+    cropped = source.load(tm.image_size, tm.channels, resize="crop")
+    direct = nz.evaluate_setting(tm, cropped, nz.Setting("tf", "crop", base_resize="crop"))
+    assert np.array_equal(report.predictions["teachable"], direct.predictions)
+    # The sample was trained on whole digits with tf: cropping the centre keeps them whole.
+    assert report.accuracy["teachable"] > report.accuracy["tf"] + 0.2
+    assert report.best_preset == "teachable"
+    assert "img.crop(" in report.snippet()
+    # A model that is not from Teachable Machine is compared without it.
+    plain = nz.analyze(loaded_base, images, source=source, variants=False)
+    assert "teachable" not in plain.accuracy
+
+
+def test_diagnose_judges_teachable_only_when_compared(loaded_base, base_images):
+    from tlviz.diagnose import diagnose
+
+    report = diagnose(loaded_base, base_images, inference_preset="unit", checks=["normalization-mismatch"])
+    again = report.for_preset("teachable")
+    skipped = {s.id: s.reason for s in again.skipped}
+    assert "`teachable` was not compared in this diagnosis" in skipped["normalization-mismatch"]
+
+
+def test_cli_convert_writes_a_keras_file(keras2, tmp_path, capsys):
+    from tlviz.cli import main
+
+    zpath = tmp_path / "converted_keras.zip"
+    zpath.write_bytes(teachable_zip(keras2, "0 Cat\n1 Dog\n2 Bird\n"))
+    out = tmp_path / "tm.keras"
+    assert main(["convert", str(zpath), str(out), "--json", "--quiet"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["teachable_machine"] and obj["class_names"] == ["Cat", "Dog", "Bird"]
+    assert obj["converted_from"]["notes"]["groups:DepthwiseConv2D"] == 17 and out.stat().st_size == obj["bytes"]
+    assert main(["convert", str(zpath), str(tmp_path / "tm.h5"), "--quiet"]) == 2
+    assert "must be a `.keras` file" in capsys.readouterr().err
+    assert main(["layers", str(keras2 / "mobilenet.h5"), "--json", "--quiet"]) == 0
+    layers = json.loads(capsys.readouterr().out)
+    assert layers["converted_from"]["keras_version"] and layers["teachable_machine"] is False
+
+
+def test_overview_page_names_teachable_machine_and_offers_the_download(keras2):
+    from apptest_helpers import open_app, texts, upload_model
+
+    at = open_app()
+    upload_model(at, "converted_keras.zip", teachable_zip(keras2, "0 Cat\n1 Dog\n2 Bird\n"))
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "Teachable Machine image model" in shown and "Cat, Dog, Bird" in shown
+    assert "Converted from a Keras 2" in shown and "17 `DepthwiseConv2D` layer(s) dropped `groups: 1`" in shown
+    buttons = [b for b in at.get("download_button")]
+    assert buttons, "no download button for the converted model"
+    # A refused file afterwards leaves the Teachable Machine model loaded.
+    upload_model(at, "model.onnx", b"\x08\x07\x12\x07pytorch")
+    assert "ONNX model" in texts(at) and "Still using the previous model: converted_keras.zip" in texts(at)
