@@ -67,6 +67,7 @@ def test_conversion_says_what_was_translated(keras2):
     assert mobilenet["notes"]["bn_axis"] == 27
     teachable = load_model(keras2 / "teachable.h5").conversion["notes"]
     assert teachable["groups:DepthwiseConv2D"] == 17 and teachable["module"] > 0
+    assert load_model(keras2 / "stacked.h5").conversion["notes"]["tfop"] == 1
     guide = load_model(keras2 / "guide.h5")
     assert guide.conversion["notes"]["tfop"] == 2 and guide.conversion["notes"]["nested"] == 1
     # x / 127.5 - 1 became built-in Rescaling layers: the model now says it expects raw pixels.

@@ -45,7 +45,8 @@ What is promised for untrusted uploads:
   devices, sockets) are skipped without being opened; hidden folders are ignored.
 
 Class names keep spaces and non-ASCII letters; they are NFC-normalised (as is
-``labels.txt``), and zip names written as UTF-8 without the UTF-8 flag (macOS,
+``labels.txt``, read one name per line or in Teachable Machine's ``0 name`` spelling:
+`tlviz.labels`), and zip names written as UTF-8 without the UTF-8 flag (macOS,
 Info-ZIP) are read as UTF-8, others as cp437.
 """
 

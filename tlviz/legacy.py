@@ -306,10 +306,19 @@ def _shift_ref(ref: list, names: set) -> list:
     return [ref[0], ref[1] - 1, ref[2]] if ref[0] in names and isinstance(ref[1], int) and ref[1] > 0 else ref
 
 
+def _shift_entry(e, names: set):
+    if isinstance(e, list) and len(e) >= 3 and e[0] in names and isinstance(e[1], int) and e[1] > 0:
+        return [e[0], e[1] - 1, *e[2:]]
+    return e
+
+
 def _shift_node(node, names: set):
-    if isinstance(node, list):  # Keras 2: a list of [layer, node index, tensor index, kwargs]
-        return [[e[0], e[1] - 1, *e[2:]] if isinstance(e, list) and len(e) >= 3 and e[0] in names
-                and isinstance(e[1], int) and e[1] > 0 else e for e in node]
+    """Renumber one Keras 2 node: a list of ``[layer, node index, tensor index, kwargs]`` entries, or
+    (a TensorFlow op's call) one such entry on its own."""
+    if isinstance(node, list) and node and isinstance(node[0], str):
+        return _shift_entry(node, names)
+    if isinstance(node, list):
+        return [_shift_entry(e, names) for e in node]
     return node
 
 

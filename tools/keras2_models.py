@@ -5,7 +5,7 @@ Run it in its own process (``tf_keras`` cannot share a process with Keras 3 impo
 
     python tools/keras2_models.py OUT_DIR [NAME ...]
 
-For every NAME (default: all of `BUILDERS`) it writes into OUT_DIR:
+For every NAME (default: all of `BUILDERS` but the real-size `REAL_SIZE` ones) it writes into OUT_DIR:
 
 - ``NAME.h5``: the model, saved by ``tf_keras`` (``model.save(path)``, HDF5 format);
 - ``NAME.npz``: ``inputs`` (seeded random images in the model's input range) and ``outputs``
@@ -178,15 +178,16 @@ def _stacked(head_has_input: bool):
     head_layers = [L.Dense(6, activation="relu", name="head_hidden"), L.Dense(3, activation="softmax", name="head_out")]
     head = k.Sequential(([k.Input((8,))] if head_has_input else []) + head_layers, name="head")
     inp = k.Input((32, 32, 3), name="pixels")
-    y = base(inp)
+    y = base(inp) * 0.5  # a TensorFlow op right after a nested model (saved as TFOpLambda)
     y = L.GlobalAveragePooling2D(name="gap")(y)
     y = mid(y)
     return k.Model(inp, head(y), name="stacked")
 
 
 def stacked():
-    """Nested models at every position: a functional base, a Sequential with an input in the middle,
-    and a Sequential head without one (built when first called) as the model's output."""
+    """Nested models at every position: a functional base (its output scaled by a TensorFlow op), a
+    Sequential with an input in the middle, and a Sequential head without one (built when first
+    called) as the model's output."""
     return _stacked(head_has_input=False)
 
 
@@ -195,8 +196,38 @@ def stacked_input():
     return _stacked(head_has_input=True)
 
 
+def _real(app, **kwargs):
+    """A keras.applications network at 224x224 (weights=None) with a 5-class softmax head, base frozen."""
+    k = _k()
+    base = getattr(k.applications, app)(include_top=False, weights=None, input_shape=(224, 224, 3), **kwargs)
+    base.trainable = False
+    inputs = k.Input((224, 224, 3))
+    x = base(inputs, training=False)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    return k.Model(inputs, k.layers.Dense(5, activation="softmax")(x), name=f"{app.lower()}_classifier")
+
+
+def resnet50():
+    """Real size: ResNet50 at 224x224 (about 95 MB as .h5), for bench/bench_legacy.py."""
+    return _real("ResNet50")
+
+
+def mobilenetv2():
+    """Real size: MobileNetV2 (alpha 1.0) at 224x224."""
+    return _real("MobileNetV2")
+
+
+def efficientnetb0():
+    """Real size: EfficientNetB0 at 224x224."""
+    return _real("EfficientNetB0")
+
+
+#: Real-size models (not part of the default list: they take a while to write).
+REAL_SIZE = ("resnet50", "mobilenetv2", "efficientnetb0")
+
 BUILDERS = {"mobilenet": mobilenet, "teachable": teachable, "resnet": resnet, "cnn": cnn, "guide": guide,
-            "efficientnet": efficientnet, "mixed": mixed, "stacked": stacked, "stacked_input": stacked_input}
+            "efficientnet": efficientnet, "mixed": mixed, "stacked": stacked, "stacked_input": stacked_input,
+            "resnet50": resnet50, "mobilenetv2": mobilenetv2, "efficientnetb0": efficientnetb0}
 
 
 def _noise_weights(model, rng):
@@ -274,7 +305,7 @@ def main(argv: list[str]) -> int:
     if not args:
         print(__doc__, file=sys.stderr)
         return 2
-    out, names = args[0], args[1:] or list(BUILDERS)
+    out, names = args[0], args[1:] or [n for n in BUILDERS if n not in REAL_SIZE]
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
         print(f"Unknown model(s): {', '.join(unknown)}. Known: {', '.join(BUILDERS)}.", file=sys.stderr)
