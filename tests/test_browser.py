@@ -220,3 +220,28 @@ def test_hostile_model_upload_is_refused_and_the_sample_stays(server, tmp_path):
         no_exception(page)
         save_screenshot(page, "browser_hostile_model.png")
     assert not marker.exists()
+
+
+def test_teachable_machine_zip_upload_and_converted_download(server, tmp_path, keras2):
+    """A Teachable Machine export uploads as one model; the converted .keras downloads and loads."""
+    from conftest import teachable_zip
+
+    zpath = tmp_path / "converted_keras.zip"
+    zpath.write_bytes(teachable_zip(keras2, "0 Cat\n1 Dog\n2 Bird\n"))
+    with browser_page(1400, 1100) as page:
+        page.goto(server)
+        page.get_by_text("5 classes match the model's 5 outputs").wait_for(timeout=60_000)
+        sidebar(page).get_by_text("Upload", exact=True).first.click()
+        sidebar(page).locator('input[type="file"]').first.set_input_files(str(zpath))
+        page.get_by_text("Teachable Machine image model").first.wait_for(timeout=90_000)
+        page.get_by_text("Converted from a Keras 2").first.wait_for()
+        no_exception(page)
+        save_screenshot(page, "browser_teachable.png")
+        with page.expect_download(timeout=60_000) as got:
+            page.get_by_text("Download the converted model (.keras)").click()
+        out = tmp_path / "download.keras"
+        got.value.save_as(out)
+    from tlviz.models import load_model
+
+    again = load_model(out)
+    assert again.class_names == ["Cat", "Dog", "Bird"] and again.teachable_machine
