@@ -71,3 +71,11 @@ def main(argv=None) -> int:
     except TlvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
+
+
+def console() -> int:
+    """The ``tlviz`` command that ``pip install .`` puts on the PATH (same as ``python -m tlviz``)."""
+    from tlviz.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines would reach the terminal
+    return main()
