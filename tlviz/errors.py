@@ -1,4 +1,16 @@
-"""Errors whose message is meant for the user: what was wrong and what to do."""
+"""Every error class of tlviz. A `TlvizError`'s message is meant for the user: what was wrong and what to do.
+
+Where each is raised:
+
+- `ModelRefused` — `tlviz.models`: a file that is not a loadable, self-contained Keras model.
+- `ImageSetRefused` — `tlviz.imagesets`: an image set refused as a whole (single bad images are skipped).
+- `NormalizationRefused` — `tlviz.normalize`: the comparison cannot run on this input.
+- `DiagnosisRefused` — `tlviz.diagnose`: the diagnosis cannot run at all.
+- `RunRefused` — `tlviz.finetune`: a fine-tuning configuration or run that cannot go ahead.
+- `AnalysisRefused` — `tlviz.jobs`: a background job that cannot be started.
+- `ConfigError` — `tlviz.config`: a ``TLVIZ_*`` environment variable with a value that makes no sense.
+- `CheckSkipped` — not an error for the user: a diagnosis check raises it to say why it could not decide.
+"""
 
 
 class TlvizError(Exception):
@@ -11,3 +23,27 @@ class ModelRefused(TlvizError):
 
 class ImageSetRefused(TlvizError):
     """The image set (folder or archive) was refused as a whole."""
+
+
+class NormalizationRefused(TlvizError):
+    """The normalization check cannot run on this input (the message says why and what to do)."""
+
+
+class DiagnosisRefused(TlvizError):
+    """The diagnosis cannot run on this input (the message says why and what to do)."""
+
+
+class RunRefused(TlvizError):
+    """A fine-tuning run cannot go ahead (bad configuration, or it would not fit in memory)."""
+
+
+class AnalysisRefused(TlvizError):
+    """A background analysis job cannot be started (the message says why and what to do)."""
+
+
+class ConfigError(TlvizError, ValueError):
+    """A ``TLVIZ_*`` environment variable is set to something tlviz cannot use (the message names it)."""
+
+
+class CheckSkipped(Exception):
+    """Raised inside a diagnosis check: it cannot decide; the message is the sentence shown to the user."""
