@@ -38,7 +38,6 @@ built once per model),
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -79,23 +78,15 @@ def default_memory_mb() -> int:
 
 
 def memory_budget_bytes() -> int:
-    """The working-memory budget of one heavy job in bytes (``TLVIZ_MEMORY_MB``).
+    """The working-memory budget of one heavy job in bytes (``TLVIZ_MEMORY_MB``, read by `tlviz.config`).
 
     Raises:
-        ValueError: the variable is set but is not a positive number (the
+        ConfigError: (a ValueError) the variable is set but is not a positive number (the
             message says how to set it).
     """
-    raw = os.environ.get(ENV_MEMORY_MB, "").strip()
-    if not raw:
-        return default_memory_mb() * 2**20
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = float("nan")
-    if not math.isfinite(mb) or mb <= 0:
-        raise ValueError(f"{ENV_MEMORY_MB}={raw!r} is not a positive number of megabytes. Set it to e.g. 1024, "
-                         f"or unset it for the default ({default_memory_mb()} MB on this machine).")
-    return int(mb * 2**20)
+    from tlviz import config
+
+    return config.megabytes(ENV_MEMORY_MB)
 
 
 def _nbytes(shape, dtype) -> int:
