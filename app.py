@@ -12,10 +12,12 @@ import streamlit as st  # noqa: E402
 
 import ui  # noqa: E402
 
-# Page scripts live in views/, not pages/: Streamlit still auto-discovers a
-# folder named pages/ when a page URL is opened directly or reloaded, and then
-# runs that page without this router (wrong navigation, no sidebar).
-PAGES_DIR = Path(__file__).parent / "views"
+# Page scripts live in pages/. Until some session of a freshly started server
+# has run `st.navigation` below, Streamlit treats that folder as a legacy
+# multipage app: a page URL opened directly then runs the page without this
+# router. Each page's first call, `ui.page_start`, notices that, switches the
+# legacy mode off and reruns through this router.
+PAGES_DIR = Path(__file__).parent / "pages"
 
 # (file, title, icon, section); a page appears once its file exists.
 PAGES = [

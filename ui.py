@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import runpy
 import secrets
+from pathlib import Path
 
 import streamlit as st
 
@@ -319,16 +321,53 @@ def mark_shell_drawn() -> None:
     st.session_state["_shell_drawn"] = True
 
 
+#: The router. A page runs it when Streamlit ran the page without it (see `page_start`).
+ENTRY_SCRIPT = Path(__file__).resolve().parent / "app.py"
+
+
 def page_start() -> None:
     """First call of every page.
 
-    The router (app.py) normally initialises state and draws the sidebar. When a
-    page script runs on its own — ``streamlit run views/x.py``, or Streamlit's
-    AppTest, which reruns only the current page — this draws them instead.
+    The router (app.py) normally initialises state and draws the sidebar, and
+    marks it with `mark_shell_drawn`. When it did not run:
+
+    - on a freshly started server whose ``pages/`` folder Streamlit still treats
+      as a legacy multipage app (a page URL opened directly before any session
+      ran `st.navigation`; also every run of Streamlit's AppTest), this switches
+      the legacy mode off and runs the router in this script run instead: it
+      draws the sidebar and this same page (the address is unchanged), then
+      this run stops. Done in the same run rather than with `st.rerun`, so the
+      widget event that started the run (a button click) is not lost;
+    - otherwise (``streamlit run pages/x.py``), this draws them itself.
     """
-    if not st.session_state.pop("_shell_drawn", False):
-        init_state()
-        sidebar()
+    if st.session_state.pop("_shell_drawn", False):
+        return
+    if _leave_legacy_pages_mode():
+        runpy.run_path(str(ENTRY_SCRIPT), run_name="__main__")
+        st.stop()
+    init_state()
+    sidebar()
+
+
+def _leave_legacy_pages_mode() -> bool:
+    """Switch off Streamlit's legacy ``pages/`` discovery; whether it was on.
+
+    Streamlit (1.67) decides per server process, in
+    ``PagesManager.uses_pages_directory``, whether a ``pages/`` folder next to
+    the entry script makes a legacy multipage app, which runs a page without
+    the entry script; `st.navigation` sets it to False on its first call.
+
+    Returns:
+        True when the legacy mode was on (and is now off).
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # another Streamlit: the page draws the shell itself
+        return False
+    if not getattr(PagesManager, "uses_pages_directory", False):
+        return False
+    PagesManager.uses_pages_directory = False
+    return True
 
 
 # -- sidebar -----------------------------------------------------------------

@@ -648,7 +648,7 @@ def stop_py_spy(spy) -> None:
         threads[parts[0]] = threads.get(parts[0], 0) + n
         leaves[parts[-1]] = leaves.get(parts[-1], 0) + n
         for f in set(parts[1:]):
-            if any(k in f for k in ("/work/main/", "ui.py", "views/", "tlviz/", "app.py")):
+            if any(k in f for k in ("/work/main/", "ui/", "pages/", "tlviz/", "app.py")):
                 frames[f] = frames.get(f, 0) + n
     top = lambda d, k: "; ".join(f"{v / max(total, 1):.0%} {f}" for f, v in sorted(d.items(), key=lambda x: -x[1])[:k])
     say(f"  py-spy ({out}, {total} samples on CPU): threads: {top(threads, 5)}")

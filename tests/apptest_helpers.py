@@ -35,7 +35,7 @@ def open_app(model: str | None = None, images: str | None = None, query: dict | 
 
 
 def open_page(page: str, model: str | None = None, images: str | None = None, query: dict | None = None) -> AppTest:
-    """`open_app`, then switch to `page` (e.g. ``"views/layers.py"``)."""
+    """`open_app`, then switch to `page` (e.g. ``"pages/layers.py"``)."""
     at = open_app(model, images, query)
     at.switch_page(page)
     at.run()

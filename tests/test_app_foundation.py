@@ -22,7 +22,7 @@ def test_first_start_shows_sample_model_and_images():
 
 def test_layers_page_with_sample():
     at = open_app()
-    at.switch_page("views/layers.py")
+    at.switch_page("pages/layers.py")
     at.run()
     assert not at.exception
     assert at.title[0].value == "Freezing status"
@@ -37,7 +37,7 @@ def test_layers_page_flags_frozen_sample():
     at.selectbox(key="model_choice").set_value("digits_frozen.keras")
     at.run()
     assert at.session_state["model"].name == "digits_frozen"
-    at.switch_page("views/layers.py")
+    at.switch_page("pages/layers.py")
     at.run()
     assert not at.exception
     assert any("No trainable weights" in e.value for e in at.error)
@@ -47,7 +47,7 @@ def test_layers_page_flags_frozen_sample():
 
 def test_unfreeze_preview_slider_does_not_change_model():
     at = open_app()
-    at.switch_page("views/layers.py")
+    at.switch_page("pages/layers.py")
     at.run()
     before = at.session_state["model"].trainable_params
     at.slider(key="layers_preview_depth").set_value(1)
@@ -86,7 +86,7 @@ def test_upload_model_and_zip(tmp_path):
     assert len(images.skipped) == 1 and images.skipped[0].file == "1/broken.png"
     text = texts(at)
     assert "Rescaling" in text and "match the model's 2 outputs" in text
-    at.switch_page("views/layers.py")
+    at.switch_page("pages/layers.py")
     at.run()
     assert "out" in set(at.dataframe[0].value["path"])
 

@@ -80,10 +80,15 @@ def test_normalization_ranks_tf_first_for_the_sample(server):
         save_screenshot(page, "browser_normalization_tf_first.png")
 
 
-def test_page_url_opened_directly_keeps_router_and_sidebar(server):
-    """A bookmarked or reloaded page URL must still go through app.py's navigation."""
-    with browser_page() as page:
-        page.goto(server + "/layers")
+def test_page_url_opened_directly_keeps_router_and_sidebar(tmp_path):
+    """A bookmarked or reloaded page URL must still go through app.py's navigation.
+
+    On its own, freshly started server: until a session has run the router's
+    `st.navigation`, Streamlit treats ``pages/`` as a legacy multipage app and
+    runs the page without the router (the case `ui.page_start` handles).
+    """
+    with streamlit_server(env={"TLVIZ_RUNS_DIR": str(tmp_path / "runs")}) as fresh, browser_page() as page:
+        page.goto(fresh + "/layers")
         page.get_by_role("heading", name="Freezing status").wait_for()
         nav = page.locator('[data-testid="stSidebarNav"]')
         nav.get_by_text("Normalization").wait_for()

@@ -15,7 +15,7 @@ from apptest_helpers import open_page, settle, texts, upload_model
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = "views/diagnose.py"
+PAGE = "pages/diagnose.py"
 
 
 @pytest.fixture(scope="module")

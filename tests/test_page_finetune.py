@@ -10,7 +10,7 @@ from apptest_helpers import open_page, texts
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PAGE = "views/finetune.py"
+PAGE = "pages/finetune.py"
 
 
 

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from tlviz import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = "views/normalization.py"
+PAGE = "pages/normalization.py"
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_uploaded_model_waits_for_the_button(tmp_path, module_runs):
 
 def test_a_diagnosis_run_first_fills_this_page_without_a_new_job(runs):
     """Compute once: the Diagnose page's measurement is the Normalization page's result."""
-    at = settle(open_page("views/diagnose.py"), "diag_job")
+    at = settle(open_page("pages/diagnose.py"), "diag_job")
     at.switch_page(PAGE)
     at.run()
     assert not at.exception

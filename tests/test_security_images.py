@@ -660,7 +660,7 @@ def test_one_class_set_is_flagged_and_fine_tuning_waits_for_a_second_class(tmp_p
     assert "1 class · :orange[one class only]" in texts(at)
     assert any("Only one class has images ('only_cats')" in w.value for w in at.warning)
     assert not any("Fine-tune with a new head" in w.value for w in at.warning)  # wrong advice for one class
-    at.switch_page("views/finetune.py")
+    at.switch_page("pages/finetune.py")
     at.run()
     assert not at.exception
     assert at.button(key="ft_start").disabled and at.button(key="ft_lrfind").disabled

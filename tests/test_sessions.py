@@ -13,7 +13,7 @@ from apptest_helpers import open_page, texts
 from tlviz.finetune.store import list_runs, load_run
 from tlviz.finetune.worker import death_reason
 
-PAGE = "views/finetune.py"
+PAGE = "pages/finetune.py"
 
 
 

@@ -1,6 +1,6 @@
 """tlviz: find out why a transfer-learning image classifier is not learning.
 
-The engine package. It never imports Streamlit; pages in ``views/`` wire its
+The engine package. It never imports Streamlit; pages in ``pages/`` (with ``ui/``) wire its
 functions to widgets. Everything here returns plain data (dataclasses, numpy
 arrays, pandas DataFrames) or Altair charts.
 """
