@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from tlviz import normalize as nz
+from tlviz.normalize import inference, labelfree
 from tlviz import normalize_charts as charts
 from tlviz.presets import CustomPreset, applicable_presets
 
@@ -144,7 +145,8 @@ def test_presets_are_applied_batch_by_batch(loaded_base, base_images, monkeypatc
         seen.append(len(images))
         return real(images, preset)
 
-    monkeypatch.setattr(nz, "apply_preset", spy)
+    monkeypatch.setattr(inference, "apply_preset", spy)  # where the batches are normalized
+    monkeypatch.setattr(labelfree, "apply_preset", spy)  # and the fingerprint's sample
     nz.evaluate_preset(loaded_base, base_images, "tf", batch_size=64)
     assert max(seen) == 64
     assert sum(seen) == len(base_images)
