@@ -37,6 +37,26 @@ class Finding:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Finding":
+        """The finding `to_dict` wrote (e.g. read back from a run's ``metrics.json``).
+
+        Args:
+            data: a dict with ``id``, ``severity``, ``area`` and ``title``, and
+                optionally ``evidence`` and ``fix``; other keys are ignored.
+
+        Returns:
+            The `Finding`.
+
+        Raises:
+            ValueError: a key is missing, or the severity or area is unknown.
+        """
+        try:
+            return cls(id=str(data["id"]), severity=data["severity"], area=data["area"], title=str(data["title"]),
+                       evidence=dict(data.get("evidence") or {}), fix=str(data.get("fix") or ""))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a stored finding ({exc!r}): {data!r}") from None
+
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Most severe first; stable within a severity."""

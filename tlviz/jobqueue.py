@@ -191,6 +191,20 @@ def queue_position(jobs_dir: str | os.PathLike, job_id: str, seq: int | None) ->
     return 1 + sum(e.seq < seq for e in entries)
 
 
+def waiting_text(position: int | None) -> str:
+    """The sentence for a waiting job: "Waiting for a free worker: 2 jobs ahead".
+
+    Args:
+        position: its place in the line (`queue_position`; 1 = next). Defaults
+            to next when None.
+
+    Returns:
+        The sentence.
+    """
+    ahead = max((position or 1) - 1, 0)
+    return f"Waiting for a free worker: {ahead} job{'' if ahead == 1 else 's'} ahead"
+
+
 class Slot:
     """A held slot: one of the `max_jobs()` places to run. Released by `release` or when the process ends."""
 

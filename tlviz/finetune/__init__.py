@@ -8,15 +8,26 @@ Public API (TensorFlow is imported only when a run starts):
   `stratified_split`.
 - `start_job`, `start_lr_finder`, `poll_job`, `cancel_job`, `wait_job` — the
   same in a worker process (``worker``), as the app uses them.
-- `list_runs`, `load_run`, `delete_run`, `runs_dir` — the runs on disk (``store``).
+  `JobStatus` has accessors for a progress bar (``fraction``, ``text``) and the
+  range test's `LRFinderResult` (``lr_result``).
+- `list_runs`, `load_run`, `delete_run`, `runs_dir` — the runs on disk (``store``);
+  `load_run` returns a `RunRecord`: its config (``run_config``), progress
+  (``progress_info``, a `RunProgress`) and results (``outcome``, a `RunOutcome`).
 - `lr_range_test` (``lrfinder``), `sweep_configs` / `sweep_table` (``sweep``).
+- For a page that sets a run up: `decide_head` (new head or not), `depth_choices`
+  (unfreeze depths at block boundaries), `images_key` (the content key runs record
+  for the pixels they ran on), `OPTIMIZERS` / `OPTIMIZER_LABELS`, `largest_movers`.
 - Charts live in `tlviz.finetune.charts` (Altair; import it where needed).
 """
 
-from tlviz.finetune.config import RunConfig, RunRefused, default_preset
+from tlviz.finetune.build import decide_head, depth_choices
+from tlviz.finetune.cache import images_key
+from tlviz.finetune.config import OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, RunRefused, default_preset
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
 from tlviz.finetune.run import RunResult, linear_probe, run_finetune, stratified_split
-from tlviz.finetune.store import delete_run, list_runs, load_run, runs_dir
+from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,
+                                  list_runs, load_run, runs_dir)
+from tlviz.finetune.summary import largest_movers
 from tlviz.finetune.sweep import sweep_configs, sweep_table
 from tlviz.finetune.worker import Job, JobStatus, cancel_job, poll_job, start_job, start_lr_finder, wait_job
 
@@ -24,4 +35,6 @@ __all__ = [
     "RunConfig", "RunRefused", "default_preset", "LRFinderResult", "lr_range_test", "RunResult", "linear_probe",
     "run_finetune", "stratified_split", "delete_run", "list_runs", "load_run", "runs_dir", "sweep_configs",
     "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
+    "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
+    "images_key", "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers",
 ]

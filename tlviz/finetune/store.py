@@ -39,6 +39,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tlviz.errors import TlvizError
@@ -255,6 +256,212 @@ class RunRecord:
             return None
         v = pd.to_numeric(self.history["val_accuracy"], errors="coerce")
         return None if v.isna().all() else float(v.max())
+
+    @property
+    def active(self) -> bool:
+        """Whether it is still queued or running."""
+        return self.state in ACTIVE_STATES
+
+    @property
+    def run_config(self):
+        """The stored config as a `RunConfig`, or None when it is missing or no longer valid."""
+        from tlviz.finetune.config import RunConfig, RunRefused
+
+        if not self.config:
+            return None
+        try:
+            return RunConfig.from_dict(self.config)
+        except (RunRefused, TypeError, ValueError):
+            return None
+
+    @property
+    def label(self) -> str:
+        """The label the user gave the run (``""`` when none)."""
+        return str(self.config.get("label") or "")
+
+    def describe(self) -> str:
+        """One line: the config in words (`RunConfig.describe`) and the label; ``""`` when unreadable."""
+        config = self.run_config
+        if config is None:
+            return ""
+        return config.describe() + (f" · {self.label}" if self.label else "")
+
+    @property
+    def job_id(self) -> str | None:
+        """The worker job that runs (or ran) it, once the worker was started."""
+        return self.status.get("job_id")
+
+    @property
+    def image_key(self) -> str | None:
+        """The content key of the pixels it ran on (`tlviz.finetune.images_key`)."""
+        return self.images.get("image_key")
+
+    @property
+    def images_source(self) -> str:
+        """Where the image set it ran on came from (``"?"`` when unknown)."""
+        return str(self.images.get("source", "?"))
+
+    @property
+    def progress_info(self) -> "RunProgress":
+        """`progress` as a `RunProgress`."""
+        return RunProgress.from_dict(self.progress)
+
+    @property
+    def outcome(self) -> "RunOutcome":
+        """`metrics` (``metrics.json``) as a `RunOutcome` (empty until the run ends)."""
+        return RunOutcome.from_metrics(self.metrics)
+
+
+def format_seconds(s) -> str:
+    """``"42 s"``, ``"3:05"`` (minutes:seconds) or ``"–"`` for None / NaN."""
+    if s is None or (isinstance(s, float) and not math.isfinite(s)):
+        return "–"
+    s = int(round(float(s)))
+    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
+
+
+#: Stages of a run in which the worker's message says what it does (no epoch/batch counts yet).
+_MESSAGE_STAGES = ("caching", "preparing", "evaluating", "saving")
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Where a run or a range test stands, as its worker last wrote it (``progress.json``).
+
+    Attributes:
+        stage: ``preparing``, ``caching``, a training phase, ``evaluating``,
+            ``saving``, or ``lrfind`` for a range test; ``""`` before the first report.
+        epoch / epochs: the current epoch and how many there are (None: unknown).
+        batch / batches: the current batch of the epoch and how many (None: unknown).
+        batches_done / total_batches: batches done over the whole run, and planned.
+        elapsed_s / eta_s: seconds since the start, and the estimate left (None: unknown).
+        message: what the worker does in a stage without counts.
+        step / steps: for a range test, the step and about how many there are.
+    """
+
+    stage: str = ""
+    epoch: int = 0
+    epochs: int | None = None
+    batch: int = 0
+    batches: int | None = None
+    batches_done: float = 0
+    total_batches: int = 1
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    message: str = ""
+    step: int = 0
+    steps: int = 100
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "RunProgress":
+        """Read a progress dict (missing or damaged keys take the defaults).
+
+        Args:
+            data: the dict the worker wrote, or None.
+
+        Returns:
+            The `RunProgress`.
+        """
+        d = data if isinstance(data, dict) else {}
+        return cls(stage=str(d.get("stage") or ""), epoch=d.get("epoch", 0), epochs=d.get("epochs"),
+                   batch=d.get("batch", 0), batches=d.get("batches"),
+                   batches_done=float(d.get("batches_done") or 0),
+                   total_batches=max(int(d.get("total_batches") or 1), 1), elapsed_s=d.get("elapsed_s"),
+                   eta_s=d.get("eta_s"), message=str(d.get("message") or ""), step=int(d.get("step") or 0),
+                   steps=int(d.get("steps") or 100))
+
+    @property
+    def fraction(self) -> float:
+        """Progress between 0 and 1 (batches for a run, steps for a range test)."""
+        if self.stage == "lrfind":
+            return min(self.step / max(self.steps, 1), 1.0)
+        return min(self.batches_done / self.total_batches, 1.0)
+
+    @property
+    def text(self) -> str:
+        """One line: the stage's message, or epoch, batch, time elapsed and left."""
+        if self.stage == "lrfind":
+            return (f"Learning-rate range test: step {self.step} of about {self.steps}" if self.step
+                    else "Learning-rate range test: starting the worker…")
+        if self.stage in _MESSAGE_STAGES:
+            return self.message or self.stage
+        return (f"epoch {self.epoch}/{'?' if self.epochs is None else self.epochs} · batch {self.batch}/"
+                f"{'?' if self.batches is None else self.batches} · {format_seconds(self.elapsed_s)} elapsed · "
+                f"~{format_seconds(self.eta_s)} left")
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run measured (its ``metrics.json``), with accessors.
+
+    Attributes:
+        metrics: the stored dict (``{}`` until the run ends).
+        final: ``loss`` / ``accuracy`` (last epoch, training mode) and
+            ``val_loss`` / ``val_accuracy`` (the final model on the validation images).
+        best_val_accuracy: the best validation accuracy of any epoch (None: none measured).
+        elapsed_s: the run's wall time (None: unknown).
+        findings: what the curves show (`tlviz.findings.Finding`; a damaged entry is left out).
+        notes: remarks (cache fallback reason, skipped layers, ...).
+        class_names: the image set's classes.
+        per_class: DataFrame ``class, n, correct, accuracy`` on validation (empty: none).
+        confusion: ``(n_classes, n_classes)`` counts, rows true, columns predicted (None: none).
+        frozen_layers_changed: frozen layers whose weights moved (should be empty).
+    """
+
+    metrics: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    best_val_accuracy: float | None = None
+    elapsed_s: float | None = None
+    findings: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    per_class: pd.DataFrame = field(default_factory=pd.DataFrame)
+    confusion: np.ndarray | None = None
+    frozen_layers_changed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_metrics(cls, metrics: dict | None) -> "RunOutcome":
+        """Read a run's ``metrics.json`` dict.
+
+        Args:
+            metrics: the dict (``RunResult.to_metrics``), or None / ``{}`` for a run without results.
+
+        Returns:
+            The `RunOutcome`.
+        """
+        from tlviz.findings import Finding
+
+        m = metrics if isinstance(metrics, dict) else {}
+        findings = []
+        for f in m.get("findings") or []:
+            try:
+                findings.append(Finding.from_dict(f))
+            except ValueError:
+                continue
+        return cls(metrics=m, final=dict(m.get("final") or {}), best_val_accuracy=m.get("best_val_accuracy"),
+                   elapsed_s=m.get("elapsed_s"), findings=findings, notes=list(m.get("notes") or []),
+                   class_names=list(m.get("class_names") or []), per_class=pd.DataFrame(m.get("per_class") or []),
+                   confusion=np.asarray(m["confusion"]) if m.get("confusion") else None,
+                   frozen_layers_changed=list(m.get("frozen_layers_changed") or []))
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing was measured (the run has not ended, or ended without results)."""
+        return not self.metrics
+
+    def cell(self, true_index: int, predicted_index: int) -> np.ndarray:
+        """Image-set indices of the validation images of one confusion-matrix cell.
+
+        Args:
+            true_index: row (true class index).
+            predicted_index: column (predicted class index).
+
+        Returns:
+            The indices (empty when the run stored none).
+        """
+        from tlviz.finetune.summary import confusion_cell
+
+        return confusion_cell(self.metrics, true_index, predicted_index)
 
 
 def pid_alive(pid) -> bool:

@@ -25,6 +25,7 @@ defined here.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import subprocess
 import sys
 import os
@@ -39,8 +40,8 @@ import numpy as np
 from tlviz import jobqueue
 from tlviz.errors import TlvizError
 from tlviz.finetune.config import RunConfig, RunRefused
-from tlviz.finetune.store import (ACTIVE_STATES, RunRecord, RunWriter, check_run_id, load_run, new_run_id, now_iso,
-                                  pid_alive, read_json, runs_dir, write_json)
+from tlviz.finetune.store import (ACTIVE_STATES, RunProgress, RunRecord, RunWriter, check_run_id, load_run,
+                                  new_run_id, now_iso, pid_alive, read_json, runs_dir, write_json)
 
 JOB_KINDS = ("runs", "lrfind")
 
@@ -110,6 +111,57 @@ class JobStatus:
     @property
     def done_runs(self) -> int:
         return sum(r.state not in ACTIVE_STATES for r in self.runs)
+
+    @property
+    def progress_info(self) -> RunProgress:
+        """`progress` as a `RunProgress` (of the run, or the range test, in progress)."""
+        info = RunProgress.from_dict(self.progress)
+        return dataclasses.replace(info, stage="lrfind") if self.kind == "lrfind" else info
+
+    @property
+    def fraction(self) -> float:
+        """Progress of the whole job between 0 and 1 (0 while it waits in the queue)."""
+        if self.queue_position:
+            return 0.0
+        if self.kind == "lrfind" or self.current is not None:
+            return self.progress_info.fraction
+        return self.done_runs / max(len(self.runs), 1)
+
+    @property
+    def text(self) -> str:
+        """One line for a progress bar: the place in the queue, or the run (of how many) and its progress."""
+        if self.queue_position:
+            return jobqueue.waiting_text(self.queue_position)
+        if self.kind == "lrfind":
+            return self.progress_info.text
+        n, done = len(self.runs), self.done_runs
+        if self.current is None:
+            return "Starting the worker…" if done == 0 else f"{done} of {n} runs done"
+        return (f"Run {done + 1} of {n} · " if n > 1 else "") + self.progress_info.text
+
+    @property
+    def sweep_id(self) -> str | None:
+        """The sweep its runs belong to, when they all belong to one; else None."""
+        ids = {r.config.get("sweep_id") for r in self.runs} - {None}
+        return ids.pop() if len(ids) == 1 else None
+
+    @property
+    def run_to_show(self) -> str | None:
+        """The run to open when the job ends: its only run, else the one with the best validation accuracy."""
+        if not self.runs:
+            return None
+        if len(self.runs) == 1:
+            return self.runs[-1].run_id
+        return max(self.runs, key=lambda r: r.best_val_accuracy or -1).run_id
+
+    @property
+    def lr_result(self):
+        """For a finished range test, its `tlviz.finetune.LRFinderResult`; else None."""
+        if not self.result:
+            return None
+        from tlviz.finetune.lrfinder import LRFinderResult
+
+        return LRFinderResult.from_dict(self.result)
 
 
 def jobs_dir(root=None) -> Path:
