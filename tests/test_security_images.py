@@ -18,7 +18,8 @@ import pytest
 from conftest import write_image
 from PIL import Image, ImageFile
 
-from tlviz import imagesets
+# The module that reads decode_image, zipfile and the limits while loading (patched below).
+from tlviz.imagesets import sources as imagesets
 from tlviz.errors import ImageSetRefused
 from tlviz.imagesets import (
     REASON_EMPTY_CLASS,

@@ -190,4 +190,3 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
         seconds={"fingerprint": fp.seconds if precomputed_fingerprint is None else 0.0,
                  "presets": t_presets - t_fp, "variants": t_end - t_presets, "total": t_end - t_start},
     )
-

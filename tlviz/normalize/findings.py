@@ -22,11 +22,9 @@ _MISMATCH_DROP = 0.05
 _RAW_PIXEL_LAYERS = ("Rescaling", "Normalization")
 
 
-
 def expects_raw_pixels(builtin: list[str]) -> bool:
     """Whether the model's own input layers normalize (so it wants raw 0-255 pixels)."""
     return any(b.startswith(_RAW_PIXEL_LAYERS) for b in builtin)
-
 
 
 def changed_predictions(report: NormalizationReport, a: str, b: str, limit: int | None = None) -> pd.DataFrame:

@@ -187,4 +187,3 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
     except ValueError as exc:  # e.g. a custom preset with std 0
         raise NormalizationRefused(str(exc)) from None
     return Evaluation(setting, preds, conf, match.labels, list(images.files), time.perf_counter() - t0, feats)
-

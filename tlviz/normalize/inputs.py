@@ -145,4 +145,3 @@ def _values(v, what: str, allow_three: bool = True):
         raise NormalizationRefused(f"The custom {what} takes " + ("one number" if not allow_three else
                                    "one number or three (one per R, G, B channel)") + f"; got {len(parts)}.")
     return parts
-

@@ -198,4 +198,3 @@ def _activation_moments(run, sample: np.ndarray, preset, axis: int, batch_size: 
         count += n_b
     m1, m2 = s1 / count, s2 / count
     return m1 + shift, np.maximum(m2 - m1 ** 2, 0.0)
-

@@ -183,4 +183,3 @@ def _agreement_note(best_by_accuracy: str | None, fp: Fingerprint, accuracy_note
         return f"No label-free fingerprint: {fp.reason} The ranking rests on accuracy alone."
     return (f"Neither accuracy nor the fingerprint is available, so no preset can be recommended. "
             f"{accuracy_note or ''} {fp.reason or ''}").strip()
-

@@ -41,7 +41,6 @@ CHANGE_COLUMNS = [
 ]
 
 
-
 @dataclass(frozen=True)
 class Setting:
     """One way of preparing images for the model.
@@ -348,4 +347,3 @@ def _num(v) -> float | None:
         return None
     v = float(v)
     return None if math.isnan(v) or math.isinf(v) else v
-

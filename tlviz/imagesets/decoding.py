@@ -1,0 +1,122 @@
+"""Decoding one image: only the allowed Pillow decoders, pixel limits, modes, resize methods.
+
+`decode_image(data, size, channels, resize)` turns a file's bytes into ``uint8``
+``(H, W, channels)``. Only the PNG, JPEG, BMP, GIF and WebP decoders run, whatever a file is
+named (Pillow's other plugins are never reached); the pixel count is checked from the header
+before any pixel is decoded; grayscale, alpha, palette, CMYK and 16-bit images are converted.
+Data that cannot be used raises `_SkipImage` with the reason, naming the format where the
+file's signature gives it away.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from tlviz.imagesets.imageset import _SkipImage
+from tlviz.imagesets.limits import max_image_pixels
+
+RESIZE_METHODS = ("bilinear", "nearest", "area", "crop")
+RESIZE_DESCRIPTIONS = {
+    "bilinear": "bilinear resize (the Keras / tf.image default)",
+    "nearest": "nearest-neighbour resize",
+    "area": "area (box) resize",
+    "crop": "centre crop to a square, then bilinear resize",
+}
+
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "area": Image.BOX, "crop": Image.BILINEAR}
+# The only Pillow decoders that run (the JPEG one also opens multi-picture camera JPEGs as MPO).
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP")
+# File signatures of formats that are not decoded, to name them in the skip reason.
+_OTHER_SIGNATURES = (
+    (b"PK\x03\x04", "a zip archive", 0), (b"PK\x05\x06", "a zip archive", 0), (b"\x1f\x8b", "a gzip archive", 0),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive", 0), (b"Rar!", "a RAR archive", 0), (b"ustar", "a tar archive", 257),
+    (b"II*\x00", "a TIFF image", 0), (b"MM\x00*", "a TIFF image", 0), (b"%PDF", "a PDF document", 0),
+    (b"%!PS", "a PostScript/EPS file", 0), (b"\xc5\xd0\xd3\xc6", "a PostScript/EPS file", 0),
+    (b"8BPS", "a Photoshop file", 0), (b"ftypheic", "a HEIC image", 4), (b"ftypheix", "a HEIC image", 4),
+    (b"ftypmif1", "a HEIF image", 4), (b"ftypavif", "an AVIF image", 4), (b"\x00\x00\x01\x00", "an icon file", 0),
+)
+
+
+def _what_is_it(data: bytes) -> str:
+    """A skip reason for bytes no allowed decoder recognised."""
+    for sig, what, at in _OTHER_SIGNATURES:
+        if data[at:at + len(sig)] == sig:
+            if "archive" in what:
+                return f"not an image: the file is {what} named like an image; not opened"
+            return f"unsupported format: the file is {what}; convert it to PNG or JPEG"
+    head = data[:512]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and b"\x00" not in head and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "not an image: the file holds text, not image data"
+    return "not a readable image: unknown format or corrupt header (supported: PNG, JPEG, BMP, GIF, WebP)"
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int = 3,
+                 resize: str = "bilinear") -> tuple[np.ndarray, tuple[int, int], str]:
+    """Decode one image to ``uint8`` ``(H, W, channels)``.
+
+    Only the PNG, JPEG, BMP, GIF and WebP decoders are tried. The pixel count is
+    checked from the header before any pixel is decoded. Grayscale, RGBA
+    (composited on white), palette (with transparency), CMYK and 16-bit images
+    are converted. Raises `_SkipImage` with a reason for unusable data.
+
+    Returns:
+        ``(array, (orig_width, orig_height), orig_mode)``.
+    """
+    if not data:
+        raise _SkipImage("empty file (0 bytes)")
+    limit = max_image_pixels()
+    try:
+        img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+        w0, h0 = img.size
+        if w0 * h0 > limit:
+            raise _SkipImage(f"{w0}x{h0} pixels is over the limit of {limit:,} (possible decompression bomb): "
+                             "not decoded (raise TLVIZ_MAX_IMAGE_PIXELS to allow it)")
+        mode = img.mode
+        img.load()
+    except _SkipImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _SkipImage(f"over Pillow's pixel limit (possible decompression bomb): not decoded ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise _SkipImage(_what_is_it(data)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, MemoryError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            raise _SkipImage("truncated image file (the data ends early): export or download it again") from None
+        raise _SkipImage(f"corrupt image ({text[:120]})") from None
+    img = _to_mode(img, channels)
+    h, w = size
+    if resize == "crop":
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    if img.size != (w, h):
+        img = img.resize((w, h), _PIL_FILTERS[resize])
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., np.newaxis]
+    return arr, (w0, h0), mode
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    target = "L" if channels == 1 else "RGB"
+    return img.convert(target) if img.mode != target else img
