@@ -585,10 +585,11 @@ def test_a_measured_normalization_is_reused_not_recomputed(loaded_base, base_ima
 def test_probe_reuses_the_features_of_the_preset_comparison(loaded_base, base_images, monkeypatch):
     """Compute once: the pre-trained features come from the preset comparison's own pass."""
     import tlviz.diagnose as dg
+    from tlviz.diagnose import probe
 
     calls = []
     real = dg._features
-    monkeypatch.setattr(dg, "_features", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    monkeypatch.setattr(probe, "_features", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
     report = diagnose(loaded_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
     assert "pretraining-no-better-than-random" in report.checks_run
     kept = report.normalization._preset_evals()["tf"].features
@@ -629,9 +630,10 @@ def test_no_better_than_chance_chart_shows_presets_chance_and_probe(dead_head_re
 
 def test_never_trained_batchnorm_is_certain_without_running_the_model(loaded_base, base_images, monkeypatch):
     """Every BN layer at mean 0 / variance 1: the file proves it, no training-mode pass is run."""
-    import tlviz.diagnose as dg
+    from tlviz.diagnose import inference
 
-    monkeypatch.setattr(dg, "clone_for_training_mode", lambda *a, **k: pytest.fail("ran the model in training mode"))
+    monkeypatch.setattr(inference, "clone_for_training_mode",
+                        lambda *a, **k: pytest.fail("ran the model in training mode"))
     fresh = summarize(fresh_clone(loaded_base.model, seed=5), metadata=loaded_base.metadata)
     report = diagnose(fresh, base_images, "tf", checks=["bn-statistics-mismatch"])
     f = finding(report, "bn-statistics-mismatch")

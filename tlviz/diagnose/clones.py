@@ -1,0 +1,152 @@
+"""The private copies of a model that the checks run, so the loaded (shared) model is never changed.
+
+- `clone_for_training_mode(model, noise=True, force_bn_batch_statistics=False)`:
+  same weights and `trainable` flags, to call with ``training=True`` (which
+  overwrites BatchNormalization statistics in place).
+- `fresh_clone(model, seed)`: the same architecture with fresh, seeded random
+  weights (the pre-training probe's reference).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+from tlviz.diagnose.base import SEED
+from tlviz.errors import CheckSkipped
+from tlviz.layers import BN_CLASSES, iter_leaves
+
+_NOISE_CLASSES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+                  "AlphaDropout", "GaussianNoise")
+_AUGMENT_CLASSES = ("RandAugment", "AugMix", "CutMix", "MixUp", "Solarization")
+
+
+def _is_noise(layer) -> bool:
+    """Layers that behave differently in training mode (other than BatchNormalization)."""
+    cls = type(layer).__name__
+    if cls in _NOISE_CLASSES or cls in _AUGMENT_CLASSES or cls.startswith("Random"):
+        rate = getattr(layer, "rate", None)
+        stddev = getattr(layer, "stddev", None)
+        if rate is not None and float(rate) == 0.0:
+            return False
+        if stddev is not None and float(stddev) == 0.0:
+            return False
+        return True
+    return False
+
+
+def _describe_layer(path: str, layer) -> str:
+    cls = type(layer).__name__
+    for attr in ("rate", "stddev"):
+        if getattr(layer, attr, None) is not None:
+            return f"{path} ({cls} {attr}={float(getattr(layer, attr)):g})"
+    return f"{path} ({cls})"
+
+
+@functools.lru_cache(maxsize=1)
+def _inference_only_class():
+    """A wrapper layer that always calls its inner layer with ``training=False``."""
+    import keras
+
+    class InferenceOnly(keras.layers.Layer):
+        def __init__(self, inner, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = inner
+
+        def call(self, x, training=None):
+            return self.inner(x, training=False)
+
+        def compute_output_shape(self, input_shape):
+            return self.inner.compute_output_shape(input_shape)
+
+    return InferenceOnly
+
+
+def _copy_trainable(src, dst) -> None:
+    """Give `dst` (a clone) the `trainable` flags of `src`, containers first."""
+    import keras
+
+    dst.trainable = src.trainable
+    for a, b in zip(src.layers, dst.layers):
+        if isinstance(a, keras.Model) and isinstance(b, keras.Model):
+            _copy_trainable(a, b)
+        else:
+            b.trainable = a.trainable
+
+
+def clone_for_training_mode(model, noise: bool = True, force_bn_batch_statistics: bool = False):
+    """A private copy of `model` (same weights, same `trainable` flags) to run with ``training=True``.
+
+    Calling a model with ``training=True`` updates its BatchNormalization moving
+    statistics in place, so tlviz never does that on the loaded (shared) model.
+
+    Args:
+        model: a Keras Functional or Sequential model.
+        noise: keep Dropout / noise / augmentation layers active in training
+            mode. Defaults to `True`; with `False` they always run as in inference.
+        force_bn_batch_statistics: make every BatchNormalization layer trainable
+            in the copy, so that it uses batch statistics in training mode (a
+            frozen BN layer always uses its moving statistics). Defaults to `False`.
+
+    Returns:
+        The copy.
+
+    Raises:
+        CheckSkipped: the model cannot be cloned (e.g. a subclassed model).
+    """
+    import keras
+
+    wrapper = _inference_only_class()
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if "seed" in config and config["seed"] is None:
+            config = {**config, "seed": SEED}  # reproducible dropout / noise
+        new = layer.__class__.from_config(config)
+        if not noise and _is_noise(layer):
+            return wrapper(new, name=layer.name)
+        return new
+
+    try:
+        clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+        clone.set_weights(model.get_weights())
+    except Exception as exc:  # subclassed models, exotic layers
+        raise CheckSkipped(f"The model could not be copied to run it safely in training mode "
+                           f"({type(exc).__name__}: {str(exc)[:160]}); tlviz never runs the loaded model itself "
+                           "in training mode because that would change its BatchNormalization statistics.") from None
+    _copy_trainable(model, clone)
+    if force_bn_batch_statistics:
+        for leaf in iter_leaves(clone):
+            if type(leaf.layer).__name__ in BN_CLASSES:
+                leaf.layer.trainable = True
+    return clone
+
+
+def fresh_clone(model, seed: int = SEED):
+    """The same architecture with fresh, seeded random weights (nested models included).
+
+    Args:
+        model: a Keras Functional or Sequential model.
+        seed: seeds every initializer (layer by layer), so the result is
+            reproducible. Defaults to `SEED`.
+
+    Returns:
+        A new model; `model` is not changed.
+    """
+    import keras
+
+    counter = itertools.count()
+
+    def seeded(cfg):
+        if isinstance(cfg, dict):
+            inner = cfg.get("config")
+            if isinstance(inner, dict) and "seed" in inner and cfg.get("module", "").startswith("keras"):
+                inner = {**inner, "seed": seed * 1000 + next(counter)}
+                return {**cfg, "config": inner}
+        return cfg
+
+    def clone_layer(layer):
+        config = {k: (seeded(v) if k.endswith("_initializer") else v) for k, v in layer.get_config().items()}
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone_layer, recursive=True)

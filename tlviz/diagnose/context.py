@@ -1,0 +1,363 @@
+"""The diagnosis context: the inputs, and the measurements several checks share, each made once.
+
+`DiagnosisContext` holds the loaded model, the image set and the inference
+preset, and measures lazily (cached properties): the layer table and freezing
+findings, non-finite weights, how the image set's labels match the model's
+outputs, the preset comparison (`tlviz.normalize.analyze`), the class order
+that explains the predictions best, the `PresetEvidence` the preset-dependent
+checks judge, and the pre-training probe (`tlviz.diagnose.probe`).
+
+Thresholds are read from the registry (`tlviz.diagnose.registry`), which names
+the check each belongs to.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlviz.diagnose.assignment import _confusion, best_assignment
+from tlviz.diagnose.base import SEED, _balanced_sample, _classes_of
+from tlviz.diagnose.probe import Probe, _feature_tensor, _probe_sample, run_probe
+from tlviz.errors import CheckSkipped, DiagnosisRefused
+from tlviz.findings import Finding
+from tlviz.imagesets import ImageSet
+from tlviz.presets import PRESETS, applicable_presets, apply_preset
+from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
+
+#: bn-statistics-mismatch and training-mode-inference run the model in training mode on a seeded,
+#: class-balanced sample of at most this many images (a training-mode pass costs about twice an inference pass).
+TRAINING_MODE_IMAGES = 128
+#: Images per batch when the model runs in training mode (batch statistics); smaller when the
+#: memory budget (`tlviz.memory.plan_batch`) allows fewer (the evidence records the batch used).
+TRAINING_BATCH = 64
+
+
+def _threshold(check_id: str, name: str) -> float:
+    """A threshold from the registry (imported here: the registry imports the checks, which import this module)."""
+    from tlviz.diagnose.registry import threshold
+
+    return threshold(check_id, name)
+
+
+@dataclass
+class _LabelOrder:
+    preset: str
+    accuracy: float
+    accuracy_with_mapping: float
+    assignment: np.ndarray  # assignment[t] = model output predicted for true class t
+    confusion: np.ndarray
+    fires: bool
+
+
+@dataclass
+class PresetEvidence:
+    """What the preset-dependent checks need, kept in the report so that
+    `DiagnosisReport.for_preset` can re-judge them without running the model.
+
+    Attributes:
+        report: the `tlviz.normalize.NormalizationReport` (None when it could not run).
+        labels: labels in model output order, corrected by the label-order mapping
+            when one was found (None without labels).
+        accuracy: accuracy per named preset with those labels (None without labels).
+        best: the preset the model expects (None when unknown).
+        best_by: ``"accuracy"``, ``"fingerprint"`` or None.
+        label_note: why accuracy is unavailable (None when available).
+        weights_finite: False when the model holds NaN / infinite weights.
+        image_size / resize: how the images were decoded (for snippets).
+        chance: accuracy of always answering the most common class (None without labels).
+        at_chance: when no preset's accuracy is clearly above `chance` (95 % Wilson
+            interval), the sentence saying so; `best` is then None.
+    """
+
+    report: object | None
+    labels: np.ndarray | None
+    accuracy: dict | None
+    best: str | None
+    best_by: str | None
+    label_note: str | None
+    weights_finite: bool
+    image_size: tuple
+    resize: str
+    files: list
+    channels: int = 3
+    chance: float | None = None
+    at_chance: str | None = None
+
+
+class DiagnosisContext:
+    """Inputs and lazily computed measurements shared by the checks.
+
+    Args:
+        loaded: the `LoadedModel`.
+        images: the `ImageSet`, decoded at the model's input size.
+        inference_preset: the preset the user's inference code applies.
+        source: the `ImageSource` (enables the resize-method variants).
+        progress: ``progress(fraction_of_current_check, text)`` for long checks.
+    """
+
+    def __init__(self, loaded, images: ImageSet, inference_preset: str, source=None, progress=None):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.images = images
+        self.inference_preset = inference_preset
+        self.source = source
+        self._say = progress or (lambda fraction, text: None)
+
+    def say(self, fraction: float, text: str) -> None:
+        self._say(min(max(float(fraction), 0.0), 1.0), text)
+
+    # structure -----------------------------------------------------------
+    @functools.cached_property
+    def table(self):
+        from tlviz.layers import layer_table
+
+        return layer_table(self.model)
+
+    @functools.cached_property
+    def freezing(self) -> list[Finding]:
+        from tlviz.layers import freezing_findings
+
+        return freezing_findings(self.model, self.table)
+
+    @functools.cached_property
+    def nonfinite(self) -> list[tuple[str, int, int]]:
+        """``(variable path, non-finite values, size)`` for each variable with NaN / inf."""
+        import keras
+
+        from tlviz.layers import iter_leaves
+
+        out, seen = [], set()
+        for leaf in iter_leaves(self.model):
+            for v in leaf.layer.weights:
+                if id(v) in seen:
+                    continue
+                seen.add(id(v))
+                arr = keras.ops.convert_to_numpy(v)
+                if not np.issubdtype(arr.dtype, np.floating):
+                    continue
+                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                if bad:
+                    out.append((f"{leaf.path}/{v.name}", bad, int(arr.size)))
+        return out
+
+    @property
+    def weights_finite(self) -> bool:
+        return not self.nonfinite
+
+    def require_finite(self) -> None:
+        if not self.weights_finite:
+            raise CheckSkipped("The model holds NaN or infinite weights (see weights-not-finite), so its outputs "
+                               "mean nothing until that is fixed.")
+
+    # labels ---------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        return 2 if self.loaded.n_outputs == 1 else int(self.loaded.n_outputs)
+
+    @functools.cached_property
+    def match(self):
+        from tlviz.normalize import label_match
+
+        return label_match(self.loaded, self.images)
+
+    @property
+    def unlabelled(self) -> bool:
+        return len(self.images.class_names) < 2 and self.match.labels is None
+
+    def require_labelled(self) -> None:
+        if self.unlabelled:
+            raise CheckSkipped(
+                f"The image set has a single folder ('{self.images.class_names[0]}'), so it carries no class "
+                "labels. Put the images in one sub-folder per class to run this check.")
+
+    def require_labels(self) -> np.ndarray:
+        """Labels in model output order, or `CheckSkipped` with the reason."""
+        self.require_labelled()
+        if self.match.labels is None:
+            raise CheckSkipped(self.match.reason or "The image set's classes do not match the model's outputs.")
+        return self.match.labels
+
+    # normalization ----------------------------------------------------------
+    @functools.cached_property
+    def normalization(self):
+        from tlviz import normalize
+
+        def say(fraction, text):
+            self.say(fraction, text)
+
+        tap = self._feature_tap()
+        try:
+            teachable = bool(getattr(self.loaded, "teachable_machine", False)) or self.inference_preset == "teachable"
+            presets = applicable_presets(self.images.images.shape[-1], teachable=teachable)
+            return normalize.analyze(self.loaded, self.images, source=self.source, progress=say, feature_tap=tap,
+                                     presets=presets)
+        except normalize.NormalizationRefused as exc:
+            raise DiagnosisRefused(str(exc)) from None
+
+    @functools.cached_property
+    def probe_setup(self) -> dict:
+        """The probe's seeded, class-balanced sample and the head's input tensor (or `CheckSkipped`)."""
+        rng = np.random.default_rng(SEED)
+        sample, shots = _probe_sample(np.asarray(self.images.labels), rng)
+        idx, tensor, name = _feature_tensor(self.model)
+        return {"rng": rng, "sample": sample, "shots": shots, "idx": idx, "tensor": tensor, "name": name}
+
+    def _feature_tap(self):
+        """Keep the probe's features during the preset comparison (None when no probe can run)."""
+        import keras
+
+        from tlviz.normalize import FeatureTap
+
+        if self.unlabelled or not self.weights_finite:
+            return None
+        try:
+            setup = self.probe_setup
+            dual = keras.Model(self.model.inputs[0], [self.model.outputs[0], setup["tensor"]])
+        except Exception:  # CheckSkipped, or a graph that cannot be tapped: the probe runs its own pass
+            return None
+        return FeatureTap(dual, np.sort(setup["sample"]))
+
+    @functools.cached_property
+    def label_order(self) -> _LabelOrder | None:
+        """The label-order measurement (None without labels or with one class present)."""
+        if self.match.labels is None or not self.weights_finite:
+            return None
+        labels = self.match.labels
+        if len(np.unique(labels)) < 2:
+            return None
+        report = self.normalization
+        order = _preset_order(report)
+        best = None
+        for p in order:
+            preds = report.predictions[p]
+            c = _confusion(labels, preds.astype(np.int64), self.k)
+            perm = best_assignment(c)
+            acc = float(np.trace(c) / max(c.sum(), 1))
+            acc_m = float(c[np.arange(self.k), perm].sum() / max(c.sum(), 1))
+            if best is None or acc_m > best.accuracy_with_mapping + 1e-9:
+                best = _LabelOrder(p, acc, acc_m, perm, c, False)
+        identity = bool(np.all(best.assignment == np.arange(self.k)))
+        best.fires = (not identity
+                      and best.accuracy_with_mapping >= _threshold("label-order-mismatch", "min_accuracy")
+                      and best.accuracy_with_mapping - best.accuracy >= _threshold("label-order-mismatch", "gain"))
+        return best
+
+    @functools.cached_property
+    def preset_evidence(self) -> PresetEvidence:
+        images = self.images
+        base = dict(image_size=images.image_size, resize=images.resize, files=list(images.files),
+                    channels=int(images.images.shape[-1]))
+        report = self.normalization
+        if not self.weights_finite:
+            return PresetEvidence(report, None, None, None, None, "the model holds NaN or infinite weights",
+                                  False, **base)
+        labels = self.match.labels
+        lo = self.label_order
+        if labels is not None and lo is not None and lo.fires:
+            labels = lo.assignment[labels]  # what the model calls each image's class
+        if labels is None:
+            fp = report.fingerprint
+            return PresetEvidence(report, None, None, fp.best, "fingerprint" if fp.best else None,
+                                  self.match.reason, True, **base)
+        accuracy = {p: float(np.mean(report.predictions[p] == labels)) for p in _preset_order(report)}
+        best, best_by = _best_by_accuracy(accuracy, report.fingerprint.order)
+        chance = chance_level(labels, self.k)
+        at_chance = _at_chance(accuracy, len(labels), chance)
+        if at_chance:
+            best, best_by = None, None
+        return PresetEvidence(report, labels, accuracy, best, best_by, None, True, **base, chance=chance,
+                              at_chance=at_chance)
+
+    @property
+    def working_preset(self) -> str:
+        """The preset the model expects when known, else the user's inference preset."""
+        return self.preset_evidence.best or self.inference_preset
+
+    @functools.cached_property
+    def inference_predictions(self) -> np.ndarray:
+        """Predictions in inference mode under `working_preset`."""
+        return np.asarray(self.normalization.predictions[self.working_preset], dtype=np.int64)
+
+    def predict_training_mode(self, clone, text: str, preset: str | None = None, start: float = 0.0,
+                              span: float = 1.0, indices: np.ndarray | None = None) -> np.ndarray:
+        """Predictions of `clone` called with ``training=True`` on seeded, shuffled batches.
+
+        Args:
+            clone: a private copy of the model (`clone_for_training_mode`).
+            text: progress text.
+            preset: defaults to `working_preset`.
+            start / span: the part of the check's progress this covers.
+            indices: the images to run (a subsample). Defaults to all, in the
+                returned array's order.
+        """
+        from tlviz.memory import forward, plan_batch
+
+        arr = self.images.images if indices is None else self.images.images[indices]
+        n = len(arr)
+        preset = preset or self.working_preset
+        order = np.random.default_rng(SEED).permutation(n)
+        out = np.empty(n, dtype=np.int64)
+        batch = plan_batch(clone, "training_forward", n=n, max_batch=TRAINING_BATCH).batch_size
+        self.training_batch = batch
+        run = forward(clone, training=True)
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            out[idx] = _classes_of(run(apply_preset(arr[idx], preset)))
+            self.say(start + span * (i + len(idx)) / n, text)
+        return out
+
+    @functools.cached_property
+    def training_sample(self) -> np.ndarray:
+        """The images the training-mode checks run on: a seeded, class-balanced sample of at most
+        `TRAINING_MODE_IMAGES` (a training-mode pass costs about twice an inference pass)."""
+        return _balanced_sample(np.asarray(self.images.labels), TRAINING_MODE_IMAGES)
+
+    # pre-training probe --------------------------------------------------------
+    @functools.cached_property
+    def probe(self) -> Probe:
+        return run_probe(self)
+
+
+def _at_chance(accuracy: dict, n: int, chance: float) -> str | None:
+    """The sentence saying no preset is clearly above chance, or None when one is."""
+    if not accuracy or not n:
+        return None
+    top = max(accuracy, key=accuracy.get)
+    correct = int(round(accuracy[top] * n))
+    if clearly_above(correct, n, chance):
+        return None
+    lo, hi = wilson_interval(correct, n)
+    return (f"No preset makes the model better than chance on these {n} images: the most accurate, `{top}`, "
+            f"scores {accuracy[top]:.1%} (95 % interval {format_interval(lo, hi)}) against {chance:.1%} for always "
+            "answering the most common class, so no preset can be said to be the one the model expects.")
+
+
+def _preset_order(report) -> list[str]:
+    """Named presets evaluated, fingerprint's favourite first, then the usual order."""
+    evaluated = [p for p in report.predictions if p in PRESETS]
+    fp = [p for p in (report.fingerprint.order or []) if p in evaluated]
+    return fp + [p for p in PRESETS if p in evaluated and p not in fp]
+
+
+def _best_by_accuracy(accuracy: dict, fingerprint_order: list | None) -> tuple[str | None, str | None]:
+    """Best preset by accuracy; a near-tie (normalization-mismatch's ``tie``) goes to the fingerprint's choice."""
+    if not accuracy:
+        return None, None
+    top = max(accuracy.values())
+    tied = [p for p, a in accuracy.items() if a >= top - _threshold("normalization-mismatch", "tie")]
+    for p in fingerprint_order or []:
+        if p in tied:
+            return p, "accuracy"
+    exact = [p for p, a in accuracy.items() if a >= top - 1e-12]
+    return exact[0], "accuracy"
+
+
+def _check_preset(preset: str, channels: int | None) -> None:
+    if preset not in PRESETS:
+        raise DiagnosisRefused(f"Unknown inference preset {preset!r}. Use one of: {', '.join(PRESETS)}.")
+    if channels is not None and preset not in applicable_presets(channels, teachable=True):
+        raise DiagnosisRefused(f"Preset {preset!r} needs 3-channel RGB images; these have {channels}. Use one of: "
+                               f"{', '.join(applicable_presets(channels))}.")

@@ -1,0 +1,153 @@
+"""Checks on the fine-tuning setup: can this model learn these classes, the way it is set up?
+
+Each ``check_<id>(ctx, check)`` takes the `DiagnosisContext` and its own registry
+entry (`tlviz.diagnose.base.Check`), makes its findings with ``check.finding``
+and reads its thresholds with ``check.threshold(name)``; it raises
+`CheckSkipped` with a sentence when it cannot run. Ids, severities, areas,
+titles and thresholds are written in `tlviz.diagnose.registry` only.
+"""
+
+from __future__ import annotations
+
+from tlviz.diagnose.base import Check, _names
+from tlviz.diagnose.context import DiagnosisContext
+from tlviz.errors import CheckSkipped
+from tlviz.findings import Finding
+from tlviz.stats import wilson_interval
+
+
+def check_freezing(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """The freezing finding with this check's id, from `tlviz.layers.freezing_findings`.
+
+    Serves ``no-trainable-weights`` (every layer frozen), ``head-frozen`` (the head
+    cannot train while layers below it can), ``trainable-inside-frozen-model`` and
+    ``bn-trainable-in-base``: the Freezing page shows the same findings.
+    """
+    return [check.adopt(f) for f in ctx.freezing if f.id == check.id]
+
+
+def check_no_better_than_chance(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``no-better-than-chance``: no preset makes the model clearly better than chance; the probe says why."""
+    ctx.require_labels()
+    ctx.require_finite()
+    ev = ctx.preset_evidence
+    if not ev.at_chance:
+        return []
+    top = max(ev.accuracy, key=ev.accuracy.get)
+    n = len(ev.labels)
+    lo, hi = wilson_interval(int(round(ev.accuracy[top] * n)), n)
+    evidence = {"accuracy_by_preset": ev.accuracy, "most_accurate_preset": top, "interval": [lo, hi],
+                "chance": ev.chance, "n_images": n}
+    try:
+        p = ctx.probe
+    except CheckSkipped as exc:
+        p, probe_note = None, f"No probe of the base's features could run: {exc}"
+    if p is not None:
+        evidence.update(probe_accuracy_pretrained=p.pretrained, probe_interval=list(p.interval),
+                        probe_chance=p.chance, probe_images=p.n_images, features_carry_signal=p.signal)
+        probe_note = p.signal_sentence()
+    if p is not None and p.signal:
+        cause = ("So the base works and the head is what fails: it was not trained for these classes (a new, "
+                 "untrained `Dense` layer), was trained with every layer frozen, or its outputs follow another "
+                 "class order. Train the head on these images (Fine-tuning page, unfreeze depth 0) and check the "
+                 "class order (label-order-mismatch).")
+    elif p is not None:
+        cause = ("Neither the head nor the base's features separate these classes: the base's weights are most likely "
+                 "not pre-trained (`weights=None`, a `load_weights` that did not load, a layer re-initialised) or the "
+                 "images are unlike anything it learned. Load the pre-trained weights, check the labels, then train "
+                 "the head.")
+    else:
+        cause = ("The head may be untrained for these classes, the base's weights may not be pre-trained, or the "
+                 "labels may not match the model's outputs.")
+    return [check.finding(
+        f"The model is no better than chance on these images under any preprocessing ({ev.accuracy[top]:.1%}, "
+        f"chance {ev.chance:.1%})",
+        evidence,
+        f"{ev.at_chance} {probe_note} {cause}")]
+
+
+def _replace_head_snippet(n_classes: int) -> str:
+    return ("```python\nimport keras\n\n"
+            "features = keras.Model(model.input, model.layers[-2].output)  # everything below the old head\n"
+            f"outputs = keras.layers.Dense({n_classes}, activation=\"softmax\", name=\"new_head\")(features.output)\n"
+            "new_model = keras.Model(features.input, outputs)\n"
+            "new_model.compile(optimizer=\"adam\", loss=\"sparse_categorical_crossentropy\", metrics=[\"accuracy\"])\n"
+            "```")
+
+
+def check_class_count_mismatch(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``class-count-mismatch``: the image set's classes are not the model's outputs."""
+    ctx.require_labelled()
+    names = list(ctx.images.class_names)
+    k = ctx.k
+    recorded = ctx.loaded.class_names if ctx.loaded.class_names and len(ctx.loaded.class_names) == k else None
+    evidence = {"image_set_classes": len(names), "model_outputs": int(ctx.loaded.n_outputs),
+                "image_set_class_names": names[:20]}
+    if recorded:
+        foreign = [c for c in names if c not in recorded]
+        if not foreign:
+            return []
+        evidence.update({"model_class_names": recorded[:20], "classes_not_in_model": foreign[:20]})
+        title = (f"{len(foreign)} of the image set's {len(names)} classes are not among the model's outputs")
+        why = (f"The model was trained on {_names(recorded)}; the image set has {_names(foreign)}, which it cannot "
+               "predict.")
+    else:
+        if len(names) == k:
+            return []
+        title = f"The image set has {len(names)} classes but the model has {k} outputs"
+        why = f"A {k}-output head cannot learn {len(names)} classes."
+    return [check.finding(
+        title, evidence,
+        (f"{why} Replace the head with a new {len(names)}-class layer and train it on your images (the base "
+         f"keeps its pre-trained features):\n{_replace_head_snippet(len(names))}"),
+    )]
+
+
+def check_class_imbalance(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``class-imbalance``: the largest class has more than ``ratio`` times the images of the smallest."""
+    ctx.require_labelled()
+    counts = ctx.images.counts
+    if len(counts) < 2:
+        raise CheckSkipped("The image set has a single class, so there is no balance to check.")
+    lo, hi = min(counts.values()), max(counts.values())
+    if hi <= check.threshold("ratio") * lo:
+        return []
+    smallest = min(counts, key=counts.get)
+    largest = max(counts, key=counts.get)
+    ratio = hi / lo if lo else None
+    weights = ", ".join(f"{i}: {sum(counts.values()) / (len(counts) * max(c, 1)):.2f}"
+                        for i, c in enumerate(counts.values()))
+    return [check.finding(
+        (f"Class '{largest}' has {hi} images, {ratio:.1f}× the {lo} of class '{smallest}'" if ratio
+         else f"Class '{smallest}' has no images while '{largest}' has {hi}"),
+        {"counts": counts, "largest": largest, "smallest": smallest, "ratio": ratio},
+        ("A model trained on these proportions learns to favour the large classes, and overall accuracy hides "
+         "it. Rebalance the set (collect or oversample the small classes), or weight the loss by class, and "
+         "report per-class accuracy:\n```python\n"
+         f"class_weight = {{{weights}}}  # total / (classes × count)\n"
+         "model.fit(train_data, epochs=..., class_weight=class_weight)\n```"),
+    )]
+
+
+def check_too_few_images(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``too-few-images``: fewer than ``min_per_class`` images in some class."""
+    ctx.require_labelled()
+    counts = ctx.images.counts
+    minimum = int(check.threshold("min_per_class"))
+    few = {c: n for c, n in counts.items() if n < minimum}
+    if not few:
+        return []
+    return [check.finding(
+        f"{len(few)} class{'es have' if len(few) > 1 else ' has'} fewer than {minimum} images",
+        {"classes_below": few, "minimum": minimum, "counts": counts},
+        ("That is too few to fine-tune deep layers: they would memorise these images. Train only the head on a "
+         "frozen base, augment the images, and collect more for the small classes:\n```python\nimport keras\n\n"
+         "base.trainable = False  # only the head trains\n"
+         "augment = keras.Sequential([keras.layers.RandomFlip(\"horizontal\"), keras.layers.RandomRotation(0.1),\n"
+         "                            keras.layers.RandomZoom(0.1)])\n"
+         "inputs = keras.Input(shape=base.input_shape[1:])\n"
+         "x = base(augment(inputs), training=False)\n"
+         "x = keras.layers.GlobalAveragePooling2D()(x) if len(x.shape) == 4 else x\n"
+         "outputs = keras.layers.Dense(num_classes, activation=\"softmax\")(x)\n"
+         "model = keras.Model(inputs, outputs)\n```"),
+    )]

@@ -1,0 +1,346 @@
+"""Checks on the inference pipeline: is the model fed and run at inference the way it was trained?
+
+Each ``check_<id>(ctx, check)`` takes the `DiagnosisContext` and its own registry
+entry (`tlviz.diagnose.base.Check`), makes its findings with ``check.finding``
+and reads its thresholds with ``check.threshold(name)``; it raises
+`CheckSkipped` with a sentence when it cannot run. A check that depends only on
+the inference preset is a ``judge_<id>(evidence, preset, check)`` on the
+`PresetEvidence` instead, so that `DiagnosisReport.for_preset` can judge it again
+without running the model. Ids, severities, areas, titles and thresholds are
+written in `tlviz.diagnose.registry` only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tlviz.diagnose.base import EXAMPLES, Check, _jsonable, _names, _sample_note
+from tlviz.diagnose.clones import _describe_layer, _is_noise, clone_for_training_mode
+from tlviz.diagnose.context import TRAINING_BATCH, DiagnosisContext, PresetEvidence
+from tlviz.errors import CheckSkipped
+from tlviz.findings import Finding
+from tlviz.imagesets import RESIZE_DESCRIPTIONS
+from tlviz.layers import BN_CLASSES, has_initial_statistics, iter_leaves
+from tlviz.presets import PIXEL_PRESET, preset_snippet
+
+
+def _decisively_closer(d_a: float, d_b: float, check: Check) -> bool:
+    """Whether fingerprint distance `d_a` is decisively smaller than `d_b` (by `check`'s fingerprint thresholds)."""
+    return d_b - d_a >= check.threshold("fingerprint_margin") and d_b >= check.threshold("fingerprint_ratio") * d_a
+
+
+def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) -> list[Finding]:
+    """``normalization-mismatch``: the inference preset is clearly worse than the expected one (pure)."""
+    if not ev.weights_finite:
+        raise CheckSkipped("The model holds NaN or infinite weights (see weights-not-finite), so its outputs "
+                           "mean nothing until that is fixed.")
+    report = ev.report
+    fp = report.fingerprint
+    best = ev.best
+    if ev.at_chance:
+        raise CheckSkipped(ev.at_chance + " See no-better-than-chance.")
+    if best is None:
+        raise CheckSkipped(f"Accuracy cannot be measured ({ev.label_note or 'no labels'}) and there is no "
+                           f"label-free fingerprint ({fp.reason}), so there is no evidence of the preset the "
+                           "model expects.")
+    if best == preset:
+        return []
+    preds = report.predictions
+    if preset not in preds and preset in PIXEL_PRESET:
+        raise CheckSkipped(f"`{preset}` was not compared in this diagnosis. Run it again with `{preset}` as the "
+                           "inference preset.")
+    if ev.accuracy is None and PIXEL_PRESET.get(preset, preset) == PIXEL_PRESET.get(best, best):
+        return []  # same arithmetic: the label-free fingerprint cannot tell them apart
+    snippet = preset_snippet(best, ev.image_size, ev.resize)
+    changed_idx = np.flatnonzero(preds[best] != preds[preset]) if preset in preds else np.array([], dtype=int)
+    if ev.accuracy is not None:
+        a_best, a_inf = ev.accuracy[best], ev.accuracy.get(preset)
+        if a_inf is None or a_best - a_inf < check.threshold("drop"):
+            return []
+        if fp.ranking is not None:
+            dist = dict(zip(fp.ranking["preset"], fp.ranking["distance"]))
+            if preset in dist and _decisively_closer(dist[preset], dist[best], check):
+                raise CheckSkipped(
+                    f"The evidence conflicts: accuracy favours `{best}` ({a_best:.1%} against {a_inf:.1%} for your "
+                    f"`{preset}`), but the label-free fingerprint says `{preset}` reproduces the statistics the first "
+                    "BatchNormalization layer stored in training far better. That happens when the statistics "
+                    "further up are off (see bn-statistics-mismatch) or the labels are wrong; no preset is "
+                    "recommended until that is fixed.")
+        right = changed_idx[(preds[best][changed_idx] == ev.labels[changed_idx])]
+        evidence = {"inference_preset": preset, "expected_preset": best, "accuracy_expected": a_best,
+                    "accuracy_inference": a_inf, "accuracy_by_preset": ev.accuracy,
+                    "changed_predictions": int(len(changed_idx)), "n_images": len(ev.files),
+                    "fingerprint_order": fp.order, "example_files": [ev.files[i] for i in right[:EXAMPLES]]}
+        title = (f"Your inference preset `{preset}` scores {a_inf:.1%}; the model expects `{best}` ({a_best:.1%})")
+        lead = (f"Preparing images with `{preset}` changes {len(changed_idx)} of {len(ev.files)} predictions and "
+                f"costs {a_best - a_inf:.1%} accuracy.")
+    else:
+        dist = dict(zip(fp.ranking["preset"], fp.ranking["distance"]))
+        d_best, d_inf = float(dist[best]), float(dist.get(preset, np.inf))
+        if not _decisively_closer(d_best, d_inf, check):
+            return []
+        conf = report.confidences.get(best)
+        order = changed_idx[np.argsort(-conf[changed_idx])] if conf is not None else changed_idx
+        evidence = {"inference_preset": preset, "expected_preset": best, "fingerprint_distance": dist,
+                    "fingerprint_layer": fp.layer, "changed_predictions": int(len(changed_idx)),
+                    "n_images": len(ev.files), "accuracy_note": ev.label_note,
+                    "example_files": [ev.files[i] for i in order[:EXAMPLES]]}
+        title = (f"The label-free fingerprint says the model expects `{best}`, not your inference preset `{preset}`")
+        lead = (f"With `{best}` the activations at '{fp.layer}' match the statistics stored in training "
+                f"(distance {d_best:.3g}); with `{preset}` they do not ({d_inf:.3g}); {len(changed_idx)} of "
+                f"{len(ev.files)} predictions change.")
+    return [check.finding(title, evidence,
+                          f"{lead} Prepare images with `{best}` at inference:\n```python\n{snippet}\n```")]
+
+
+def judge_double_normalization(ev: PresetEvidence, preset: str, check: Check) -> list[Finding]:
+    """``double-normalization``: a Rescaling / Normalization layer at the input plus a normalizing preset (pure).
+
+    Fires when a Rescaling / Normalization layer at the model's input means it
+    wants raw 0-255 pixels and the preset normalizes again, unless the
+    measurements show the model does clearly better with a normalizing preset
+    than with `raw` (then it was trained on normalized images and
+    normalization-mismatch speaks instead).
+    """
+    from tlviz.normalize import expects_raw_pixels
+
+    report = ev.report
+    builtin = list(report.builtin_preprocessing)
+    if preset == "raw" or not expects_raw_pixels(builtin):
+        return []
+    acc = ev.accuracy or {}
+    if ev.best not in (None, "raw") and ev.best_by == "accuracy" and "raw" in acc:
+        if acc[ev.best] - acc["raw"] >= check.threshold("drop"):
+            return []
+    layers = "; ".join(b for b in builtin if b.startswith(("Rescaling", "Normalization")))
+    snippet = preset_snippet("raw", ev.image_size, ev.resize)
+    return [check.finding(
+        f"The model normalizes its input itself, and your inference code applies `{preset}` on top",
+        {"builtin_preprocessing": builtin, "inference_preset": preset,
+         "accuracy_raw": acc.get("raw"), "accuracy_inference": acc.get(preset)},
+        (f"The model already normalizes its input ({layers}), so it expects raw 0-255 pixels, but your inference "
+         f"code applies `{preset}` as well: the model sees images scaled twice. Feed raw pixels (the `raw` preset) "
+         f"and let the model's own layer do the scaling:\n```python\n{snippet}\n```"))]
+
+
+def check_label_order_mismatch(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``label-order-mismatch``: the confusion matrix is close to a permutation."""
+    ctx.require_labels()
+    ctx.require_finite()
+    lo = ctx.label_order
+    if lo is None:
+        raise CheckSkipped("Only one class is present in the image set, so no class order can be compared.")
+    if not lo.fires:
+        return []
+    names = ctx.match.output_names
+    inverse = np.empty(ctx.k, dtype=np.int64)
+    inverse[lo.assignment] = np.arange(ctx.k)
+    order = [names[int(t)] for t in inverse]  # the class behind each model output
+    mapping = {names[t]: int(lo.assignment[t]) for t in range(ctx.k)}
+    moved = {n: j for n, j in mapping.items() if names.index(n) != j}
+    report = ctx.normalization
+    preds = report.predictions[lo.preset]
+    labels = ctx.match.labels
+    wrong = np.flatnonzero((preds != labels) & (preds == lo.assignment[labels]))
+    lines = "\n".join(order)
+    return [check.finding(
+        (f"The class order differs from the model's output order: accuracy {lo.accuracy:.1%}, "
+         f"{lo.accuracy_with_mapping:.1%} once the classes are re-ordered"),
+        {"preset": lo.preset, "accuracy": lo.accuracy, "accuracy_with_mapping": lo.accuracy_with_mapping,
+         "mapping": mapping, "moved_classes": moved, "model_output_order": order, "classes": names,
+         "confusion_matrix": lo.confusion, "example_files": [report.files[i] for i in wrong[:EXAMPLES]]},
+        ("The model is right, but about other class names: its output i is the class listed at position i below, "
+         "not the i-th folder. Use this order for the class names in your inference code, or put it in a "
+         "`labels.txt` at the top of the image set (one class per line):\n```python\n"
+         f"class_names = {order!r}  # model output order\n"
+         "predicted = class_names[int(probs.argmax())]\n```\nlabels.txt:\n```text\n" + lines + "\n```"),
+    )]
+
+
+def check_bn_statistics_mismatch(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``bn-statistics-mismatch``: batch statistics give far better accuracy than the moving statistics."""
+    bn = [leaf for leaf in iter_leaves(ctx.model) if type(leaf.layer).__name__ in BN_CLASSES]
+    if not bn:
+        raise CheckSkipped("The model has no BatchNormalization layer, so there are no stored statistics to check.")
+    ctx.require_finite()
+    if all(has_initial_statistics(leaf.layer) for leaf in bn):
+        return [check.finding(  # certain from the file itself: no pass over the images is needed
+            f"Every BatchNormalization layer ({len(bn)}) still holds its initial statistics (mean 0, variance 1)",
+            {"bn_layers": len(bn), "initial_statistics": True, "examples": [leaf.path for leaf in bn[:5]],
+             "measured_on_images": False},
+            ("The stored moving mean / variance were never estimated: the base was never trained, its "
+             "pre-trained weights did not load (e.g. `weights=None`, a `load_weights` that silently skipped "
+             "layers), or the statistics were reset. In inference mode every BatchNormalization layer then "
+             "normalizes with mean 0 and variance 1, which describes no real images. Load the pre-trained "
+             "weights; if the other weights are trained, re-estimate the statistics on training images:\n"
+             + _RECALIBRATE))]
+    ctx.require_labels()
+    min_images = int(check.threshold("min_images"))
+    if len(ctx.images) < min_images:
+        raise CheckSkipped(f"Batch statistics need at least {min_images} images; the image set has fewer.")
+    ev = ctx.preset_evidence
+    sample = ctx.training_sample
+    labels = ev.labels[sample]
+    best_inf = ctx.working_preset
+    acc_inf = float(np.mean(ctx.inference_predictions[sample] == labels))
+    # Batch statistics under the preset that wins in inference mode and under the fingerprint's choice
+    # (which reads the first BN layer only, so it survives broken statistics further up).
+    fp = ev.report.fingerprint
+    candidates = list(dict.fromkeys([best_inf] + ([fp.best] if fp.best else [])))
+    clone = clone_for_training_mode(ctx.model, noise=False, force_bn_batch_statistics=True)
+    acc_batch, best_batch = -1.0, best_inf
+    for k, preset in enumerate(candidates):
+        preds = ctx.predict_training_mode(clone, f"BatchNormalization with batch statistics ({preset})…",
+                                          preset=preset, start=k / len(candidates), span=1 / len(candidates),
+                                          indices=sample)
+        acc = float(np.mean(preds == labels))
+        if acc > acc_batch:
+            acc_batch, best_batch = acc, preset
+    del clone
+    if acc_batch - acc_inf < check.threshold("gap"):
+        return []
+    dist = None if fp.ranking is None else dict(zip(fp.ranking["preset"], fp.ranking["distance"])).get(best_batch)
+    return [check.finding(
+        (f"Accuracy is {acc_inf:.1%} with the stored BatchNormalization statistics but {acc_batch:.1%} with "
+         "batch statistics"),
+        {"accuracy_inference_mode": acc_inf, "accuracy_batch_statistics": acc_batch, "preset_inference": best_inf,
+         "preset_batch_statistics": best_batch,
+         "bn_layers": len(bn), "examples": [leaf.path for leaf in bn[:5]],
+         "batch_size": getattr(ctx, "training_batch", TRAINING_BATCH), "n_images": int(len(sample)),
+         "sample": _sample_note(sample, len(ev.labels)),
+         "first_bn_fingerprint_distance": dist},
+        ("The moving mean / variance stored in the BatchNormalization layers do not describe these images: "
+         "too few training steps for them to settle, a momentum too high for a short run, or images prepared "
+         "differently in training. Make sure inference prepares images exactly like training; then re-estimate "
+         "the statistics on training images (only they change):\n" + _RECALIBRATE),
+    )]
+
+
+_RECALIBRATE = ("```python\nimport keras\n\n"
+                "def bn_layers(m):\n    for layer in m.layers:\n        if isinstance(layer, keras.Model):\n"
+                "            yield from bn_layers(layer)\n        elif isinstance(layer, keras.layers.BatchNormalization):\n"
+                "            yield layer\n\nfor layer in bn_layers(model):\n    layer.trainable = True   # frozen BN never "
+                "updates its statistics\n    layer.momentum = 0.9      # forget the old statistics faster\n"
+                "for x, _ in train_batches.take(200):  # prepared exactly as in training\n"
+                "    model(x, training=True)          # updates moving_mean / moving_variance only\n"
+                "model.save(\"model_recalibrated.keras\")\n```")
+
+
+def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``training-mode-inference``: predictions flip (and BN statistics change) under ``training=True``."""
+    import keras
+
+    noise, bn = [], []
+    for leaf in iter_leaves(ctx.model):
+        if _is_noise(leaf.layer):
+            noise.append(_describe_layer(leaf.path, leaf.layer))
+        elif type(leaf.layer).__name__ in BN_CLASSES and leaf.layer.trainable:
+            bn.append(leaf.path)
+    if not noise and not bn:
+        return []
+    ctx.require_finite()
+    clone = clone_for_training_mode(ctx.model, noise=True)
+    sample = ctx.training_sample
+    preds = ctx.predict_training_mode(clone, "Running the model in training mode…", indices=sample)
+    reference = ctx.inference_predictions[sample]
+    flipped = sample[np.flatnonzero(preds != reference)]
+    share = float(len(flipped) / max(len(preds), 1))
+    shifts = []
+    originals = {leaf.path: leaf.layer for leaf in iter_leaves(ctx.model)}
+    for leaf in iter_leaves(clone):
+        if leaf.path in bn:
+            old = originals[leaf.path]
+            m0 = keras.ops.convert_to_numpy(old.moving_mean)
+            v0 = keras.ops.convert_to_numpy(old.moving_variance)
+            m1 = keras.ops.convert_to_numpy(leaf.layer.moving_mean)
+            shifts.append(float(np.mean(np.abs(m1 - m0) / np.sqrt(v0 + 1e-3))))
+    del clone
+    if not len(flipped) and not bn:
+        return []
+    layers = noise + [f"{p} (BatchNormalization, trainable)" for p in bn]
+    return [check.finding(
+        f"Running the model in training mode changes {share:.1%} of its predictions",
+        {"flipped_share": share, "flipped": int(len(flipped)), "n_images": int(len(preds)), "layers": layers,
+         "bn_layers_updated": len(bn), "bn_mean_shift_after_one_pass": float(np.mean(shifts)) if shifts else None,
+         "preset": ctx.working_preset, "sample": _sample_note(sample, len(ctx.images)),
+         "example_files": [ctx.images.files[i] for i in flipped[:EXAMPLES]]},
+        (f"These layers behave differently when the model is called with `training=True` (as inference code "
+         f"inside a training loop or a custom `train_step` does): {_names(layers, 4)}. "
+         + ("Dropout and noise layers randomise the output. " if noise else "")
+         + ("Trainable BatchNormalization layers normalize with each batch's statistics and overwrite their "
+            "stored ones, so the model \"learns during inference\". " if bn else "")
+         + "Run inference in inference mode:\n"
+         "```python\nprobs = model.predict(x)              # always inference mode\n"
+         "probs = model(x, training=False)      # inside your own loops and train_step\n```"),
+    )]
+
+
+def check_input_resized(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``input-resized``: images were resized or had their channels converted to fit the model."""
+    images = ctx.images
+    if not images.original_sizes:
+        raise CheckSkipped("The image set does not record the images' original sizes (it was not loaded from files).")
+    h, w = images.image_size
+    sizes = [tuple(s) for s in images.original_sizes]
+    resized = [s for s in sizes if s != (w, h)]
+    target_mode = "RGB" if images.images.shape[-1] == 3 else "L"
+    converted = {m: int(n) for m, n in images.original_modes.items() if m != target_mode}
+    if not resized and not converted:
+        return []
+    common = {}
+    for s in resized:
+        key = f"{s[0]}x{s[1]}"
+        common[key] = common.get(key, 0) + 1
+    common = dict(sorted(common.items(), key=lambda kv: -kv[1])[:5])
+    parts = []
+    if resized:
+        how = RESIZE_DESCRIPTIONS.get(images.resize, images.resize)
+        parts.append(f"{len(resized)} of {len(sizes)} images were resized to {w}x{h} "
+                     f"(most often from {next(iter(common))}) with {how}")
+    if converted:
+        parts.append(f"{sum(converted.values())} images were converted to {target_mode} from "
+                     f"{', '.join(f'{m} ({n})' for m, n in converted.items())}")
+    return [check.finding(
+        "; ".join(parts[:1] + [p[0].lower() + p[1:] for p in parts[1:]]),
+        {"target_size": f"{w}x{h}", "n_images": len(sizes), "n_resized": len(resized),
+         "original_sizes": common, "resize_method": images.resize, "target_mode": target_mode,
+         "converted_modes": converted},
+        (f"The model sees {w}x{h} {target_mode} images. Your inference code must resize and convert the same "
+         "way as training did; a different resize method or cropping shifts accuracy (the Normalization page "
+         "compares them). This prepares one image like tlviz did:\n```python\n"
+         f"{preset_snippet(ctx.working_preset, (h, w), images.resize)}\n```"),
+    )]
+
+
+def _sensitivity(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """`check`'s finding from `tlviz.normalize.normalization_findings`, with this check's severity and area."""
+    from tlviz.normalize import normalization_findings
+
+    ctx.require_labels()
+    ctx.require_finite()
+    lo = ctx.label_order
+    if lo is not None and lo.fires:
+        raise CheckSkipped("The class order differs from the model's output order (see label-order-mismatch); "
+                           "fix that first, then compare resize methods and channel orders.")
+    report = ctx.normalization
+    if report.best_preset is None or report.best_preset != ctx.working_preset:
+        return []  # the variants were measured against another preset: no clean comparison
+    out = []
+    for f in normalization_findings(report, report.best_preset):
+        if f.id == check.id:
+            out.append(check.adopt(f, evidence=_jsonable(f.evidence)))
+    return out
+
+
+def check_resize_sensitive(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``resize-sensitive`` (info): accuracy depends on the resize method (needs the image source)."""
+    if ctx.source is None:
+        raise CheckSkipped("Resize methods can only be compared with the original image files (pass `source=`).")
+    return _sensitivity(ctx, check)
+
+
+def check_channel_order_sensitive(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``channel-order-sensitive`` (info): accuracy depends on RGB vs BGR order."""
+    if ctx.images.images.shape[-1] != 3:
+        raise CheckSkipped("Channel order only applies to three-channel images.")
+    return _sensitivity(ctx, check)

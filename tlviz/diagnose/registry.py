@@ -1,0 +1,210 @@
+"""The registry: every check tlviz has, each written once.
+
+A `Check` entry in `CHECKS` is the only place where a check's id, severity,
+area, title, one-line description and thresholds are written; the check
+function receives its entry and makes its findings through it. The package
+docstring's list of checks is generated from `CHECKS` at import, and the
+README's table is `readme_table()` (a test compares the two):
+
+    python -m tlviz.diagnose                     # print the README table
+    python -m tlviz.diagnose --update README.md  # rewrite it in place
+
+Adding a check: write ``check_<id>(ctx, check)`` in the module of its area
+(`tlviz.diagnose.pretraining`, `.finetuning`, `.inference`), add one `Check`
+below, and update the README table with the command above. The checks run in
+the order of `CHECKS`: the preset comparison runs first (``normalization-mismatch``),
+so the probe (``pretraining-no-better-than-random``) reuses its features.
+
+Public API: `CHECKS`, `CHECK_IDS`, `CHECKS_BY_ID`, `AREA_TITLES`, `SEVERITY_TITLES`,
+`threshold(check_id, name)`, `check_list()`, `readme_table()`, `README_START` / `README_END`,
+`main(argv)` (the command above).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import MappingProxyType
+
+from tlviz.diagnose import finetuning, inference, pretraining
+from tlviz.diagnose.base import Check, Threshold
+from tlviz.findings import AREAS, SEVERITIES
+
+AREA_TITLES = {"pretraining": "Pre-training", "finetuning": "Fine-tuning", "inference": "Inference pipeline"}
+SEVERITY_TITLES = {"error": "Error", "warning": "Warning", "info": "Info"}
+
+#: Shared by the two checks that ask whether one preset is clearly better than another on the same images.
+_PRESET_DROP = Threshold(0.05, "A gap of 5 accuracy points between two presets on the same images is a loss users "
+                               "notice, and more than the few images by which presets the model tolerates equally "
+                               "well differ; a smaller gap is not taken as evidence either way.")
+
+CHECKS: tuple[Check, ...] = (
+    Check("weights-not-finite", "error", "pretraining", "NaN or infinite weights",
+          "NaN or infinite weights",
+          run=pretraining.check_weights_not_finite),
+    Check("no-trainable-weights", "error", "finetuning", "trainable weights",
+          "every layer frozen",
+          run=finetuning.check_freezing),
+    Check("head-frozen", "error", "finetuning", "a frozen head",
+          "the head cannot train while layers below it can",
+          run=finetuning.check_freezing),
+    Check("trainable-inside-frozen-model", "warning", "finetuning", "trainable layers inside a frozen model",
+          "layers set trainable inside a model marked frozen (Keras 3 trains them)",
+          run=finetuning.check_freezing),
+    Check("bn-trainable-in-base", "warning", "finetuning", "trainable BatchNormalization in the base",
+          "BatchNormalization trainable inside an unfrozen base",
+          run=finetuning.check_freezing),
+    Check("class-count-mismatch", "error", "finetuning", "classes vs model outputs",
+          "the image set's classes ≠ the model's outputs (by name when the model records them, else by count)",
+          run=finetuning.check_class_count_mismatch),
+    Check("class-imbalance", "warning", "finetuning", "class balance",
+          "the largest class has more than {ratio:g}× the images of the smallest",
+          run=finetuning.check_class_imbalance,
+          thresholds={"ratio": Threshold(3.0, "Up to about 3 : 1 plain training copes; beyond it a model visibly "
+                                              "favours the large classes while overall accuracy hides it.")}),
+    Check("too-few-images", "warning", "finetuning", "images per class",
+          "fewer than {min_per_class:g} images in some class",
+          run=finetuning.check_too_few_images,
+          thresholds={"min_per_class": Threshold(20, "Below about 20 images a class is too small to fine-tune deep "
+                                                     "layers on without memorising it; training the head alone "
+                                                     "still works.")}),
+    Check("input-resized", "info", "inference", "resized or converted images",
+          "images had to be resized or converted to fit the model",
+          run=inference.check_input_resized),
+    Check("double-normalization", "error", "inference", "double normalization",
+          "the model normalizes internally and your preset normalizes again (unless a normalizing preset "
+          "beats `raw` by {drop:pts})",
+          judge=inference.judge_double_normalization,
+          thresholds={"drop": _PRESET_DROP}),
+    Check("normalization-mismatch", "error", "inference", "the input normalization",
+          "your inference preset scores {drop:pts} or more below the preset the model expects "
+          "(without labels: the fingerprint decisively prefers another)",
+          judge=inference.judge_normalization_mismatch,
+          thresholds={
+              "drop": _PRESET_DROP,
+              "tie": Threshold(0.02, "Presets within 2 points of the best differ by a few images, so the label-free "
+                                     "fingerprint (which reads the statistics stored in training) names the expected "
+                                     "one among them."),
+              "fingerprint_margin": Threshold(0.1, "Without labels the inference preset's fingerprint distance must "
+                                                   "exceed the best one's by 0.1, so that two presets that both fit "
+                                                   "the stored statistics are not told apart by noise ..."),
+              "fingerprint_ratio": Threshold(3.0, "... and be 3 times as large, so that a small absolute gap on a "
+                                                  "large distance does not count as decisive."),
+          }),
+    Check("label-order-mismatch", "error", "inference", "the class order",
+          "a re-ordering of the classes raises accuracy by {gain:pts} or more, to at least {min_accuracy:.0%} "
+          "(the mapping is shown)",
+          run=inference.check_label_order_mismatch,
+          thresholds={
+              "min_accuracy": Threshold(0.8, "The re-ordered model must be clearly good (80 %) before tlviz says the "
+                                             "labels, not the model, are wrong."),
+              "gain": Threshold(0.2, "A 20-point gain cannot come from a few confused look-alike classes; it takes "
+                                     "whole classes swapped."),
+          }),
+    Check("resize-sensitive", "info", "inference", "the resize method",
+          "another resize method changes accuracy (information: not a fault by itself)",
+          run=inference.check_resize_sensitive),
+    Check("channel-order-sensitive", "info", "inference", "the channel order",
+          "BGR channel order changes accuracy (information: not a fault by itself)",
+          run=inference.check_channel_order_sensitive),
+    Check("bn-statistics-mismatch", "warning", "inference", "BatchNormalization statistics",
+          "batch statistics beat BatchNormalization's stored ones by {gap:pts} or more, or every layer still holds "
+          "its initial statistics (never trained: read from the file, no pass needed)",
+          run=inference.check_bn_statistics_mismatch,
+          thresholds={
+              "gap": Threshold(0.10, "Batch statistics of one batch of at most 64 images are noisy themselves, so "
+                                     "only a 10-point gain says the stored statistics, not the batch, are off."),
+              "min_images": Threshold(16, "Below 16 images a batch's mean and variance are too noisy to normalize "
+                                          "with, so batch statistics say nothing."),
+          }),
+    Check("training-mode-inference", "info", "inference", "training-mode behaviour",
+          "running the model with `training=True` changes predictions (Dropout, BN, noise layers; names them)",
+          run=inference.check_training_mode_inference),
+    Check("pretraining-no-better-than-random", "warning", "pretraining", "pre-trained vs random features",
+          "a probe on the base's features beats the same probe on fresh random weights by less than {margin:pts}",
+          run=pretraining.check_pretraining_no_better_than_random,
+          thresholds={"margin": Threshold(0.10, "Random convolutional features already separate simple images "
+                                                "fairly well, so pre-training that helps should add at least 10 "
+                                                "points on the same sample, more than the probe's split-to-split "
+                                                "spread.")}),
+    Check("no-better-than-chance", "error", "finetuning", "accuracy above chance",
+          "no preset makes the model clearly better than chance (95 % interval); a probe of the base's features "
+          "says whether the head or the pre-training is to blame",
+          run=finetuning.check_no_better_than_chance),
+)
+CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)
+CHECKS_BY_ID = MappingProxyType({c.id: c for c in CHECKS})
+if len(CHECKS_BY_ID) != len(CHECKS):
+    raise ValueError(f"Two checks share an id: {sorted(i for i in CHECK_IDS if CHECK_IDS.count(i) > 1)}.")
+
+README_START = "<!-- checks: generated by `python -m tlviz.diagnose --update README.md`; do not edit -->"
+README_END = "<!-- end of checks -->"
+
+
+def threshold(check_id: str, name: str) -> float:
+    """The value of a check's threshold.
+
+    Args:
+        check_id: one of `CHECK_IDS`.
+        name: the threshold's name in that check's entry.
+
+    Returns:
+        The value.
+    """
+    return CHECKS_BY_ID[check_id].threshold(name)
+
+
+def _documented_order() -> list[Check]:
+    """Checks by area, then severity, then run order (how the README and the docstring list them)."""
+    run_order = {c.id: i for i, c in enumerate(CHECKS)}
+    return sorted(CHECKS, key=lambda c: (AREAS.index(c.area), SEVERITIES.index(c.severity), run_order[c.id]))
+
+
+def check_list() -> str:
+    """The checks as a reStructuredText list, for the package docstring.
+
+    Returns:
+        One ``- ``id`` — severity, area — what it detects.`` line per check.
+    """
+    return "\n".join(f"- ``{c.id}`` — {c.severity}, {c.area} — {c.describe()}." for c in _documented_order())
+
+
+def readme_table() -> str:
+    """The README's table of checks (Markdown), between `README_START` and `README_END`.
+
+    Returns:
+        The table, one row per check, without the markers.
+    """
+    rows = ["| id | severity | area | detects |", "|---|---|---|---|"]
+    rows += [f"| `{c.id}` | {c.severity} | {AREA_TITLES[c.area]} | {c.describe()} |" for c in _documented_order()]
+    return "\n".join(rows)
+
+
+def _replace_table(text: str) -> str:
+    """`text` with the part between the README markers replaced by `readme_table()`."""
+    head, start, rest = text.partition(README_START)
+    old, end, tail = rest.partition(README_END)
+    if not start or not end:
+        raise ValueError(f"The file has no {README_START!r} ... {README_END!r} block to replace.")
+    return f"{head}{start}\n\n{readme_table()}\n\n{end}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tlviz.diagnose [--update README.md]``: print or rewrite the README's table of checks.
+
+    Args:
+        argv: the arguments. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit status.
+    """
+    parser = argparse.ArgumentParser(prog="python -m tlviz.diagnose",
+                                     description="Print the README's table of checks, or rewrite it in a file.")
+    parser.add_argument("--update", metavar="FILE", help="rewrite the table between the markers in FILE")
+    args = parser.parse_args(argv)
+    if args.update is None:
+        print(readme_table())
+        return 0
+    path = Path(args.update)
+    path.write_text(_replace_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return 0
