@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -415,6 +416,86 @@ def test_registry_covers_the_issue_table():
     assert table["bn-statistics-mismatch"] == ("warning", "inference")
     assert table["training-mode-inference"] == ("info", "inference")
     assert table["pretraining-no-better-than-random"] == ("warning", "pretraining")
+
+
+def test_readme_table_and_package_docstring_follow_the_registry():
+    """The registry is the one place a check is written; the README table and the docstring list come from it."""
+    import tlviz.diagnose as dg
+    from tlviz.diagnose import registry
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert readme.count(registry.README_START) == 1 and readme.count(registry.README_END) == 1
+    table = readme.split(registry.README_START, 1)[1].split(registry.README_END, 1)[0].strip()
+    assert table == registry.readme_table(), (
+        "The README's table of checks differs from the registry: run `python -m tlviz.diagnose --update README.md`.")
+    for c in CHECKS:
+        assert f"- ``{c.id}`` — {c.severity}, {c.area} — {c.describe()}." in dg.__doc__
+
+
+def test_each_check_lives_in_its_area_and_writes_no_id_severity_or_area():
+    """Checks make their findings through their registry entry: no `Finding(...)` and no id, severity or area
+    string in the check modules, and each check function sits in the module of its area."""
+    import ast
+    import inspect
+
+    from tlviz.diagnose import finetuning, inference, pretraining
+
+    words = set(SEVERITIES) | set(AREAS) | set(CHECK_IDS)
+    for module in (pretraining, finetuning, inference):
+        tree = ast.parse(inspect.getsource(module))
+        literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not literals & words, (module.__name__, literals & words)
+        called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "Finding" not in called, module.__name__
+    for c in CHECKS:
+        assert (c.run or c.judge).__module__ == f"tlviz.diagnose.{c.area}", c.id
+        assert c.preset_dependent == (c.judge is not None)
+        for name, t in c.thresholds.items():
+            assert t.why.strip().endswith((".", "...")), (c.id, name)
+
+
+def test_a_registry_entry_is_validated_and_describes_its_thresholds():
+    from tlviz.diagnose import Check, Threshold
+
+    with pytest.raises(ValueError, match="severity"):
+        Check("x", "fatal", "inference", "x", "x", run=len)
+    with pytest.raises(ValueError, match="exactly one"):
+        Check("x", "info", "inference", "x", "x")
+    with pytest.raises(ValueError, match="not among its thresholds"):
+        Check("x", "info", "inference", "x", "a gap of {gap:pts}", run=len)
+    entry = Check("x", "info", "inference", "x", "a gap of {gap:pts}, {ratio:g}x, {level:.0%}", run=len,
+                  thresholds={"gap": Threshold(0.05, "why."), "ratio": Threshold(3.0, "why."),
+                              "level": Threshold(0.8, "why.")})
+    assert entry.describe() == "a gap of 5 points, 3x, 80%"
+    assert entry.threshold("gap") == 0.05
+    with pytest.raises(KeyError, match="has no threshold 'margin'"):
+        entry.threshold("margin")
+    f = entry.finding("title", {"a": np.float32(0.5)}, "fix")
+    assert (f.id, f.severity, f.area, f.evidence) == ("x", "info", "inference", {"a": 0.5})
+
+
+def test_thresholds_are_read_from_the_registry(base_images, monkeypatch):
+    from tlviz.diagnose import Threshold
+    from tlviz.diagnose.registry import CHECKS_BY_ID
+
+    lopsided = subset(base_images, {0: 25})
+    assert "class-imbalance" in ids(diagnose(summarize(tiny()), lopsided, checks=["class-imbalance"]))
+    monkeypatch.setitem(CHECKS_BY_ID["class-imbalance"].thresholds, "ratio", Threshold(100.0, "a test."))
+    assert "class-imbalance" not in ids(diagnose(summarize(tiny()), lopsided, checks=["class-imbalance"]))
+
+
+def test_freezing_findings_agree_with_the_registry():
+    """The Freezing page shows `tlviz.layers.freezing_findings` as they are; Diagnose reports the same findings
+    with the registry's severity and area, so the two must agree."""
+    from tlviz.diagnose import finetuning
+    from tlviz.layers import freezing_findings
+
+    frozen, head_frozen = tiny(), tiny()
+    frozen.trainable = False
+    head_frozen.get_layer("head").trainable = False
+    seen = {f.id: (f.severity, f.area) for m in (frozen, head_frozen, nested(True), nested(False, True))
+            for f in freezing_findings(m)}
+    assert seen == {c.id: (c.severity, c.area) for c in CHECKS if c.run is finetuning.check_freezing}
 
 
 def test_findings_sorted_and_grouped(loaded_frozen, frozen_report, sample_unit):
