@@ -1,4 +1,4 @@
-"""Keras 2 `.h5` files and Teachable Machine exports (tlviz.legacy, tlviz.models).
+"""Keras 2 `.h5` files and Teachable Machine exports (tlviz.models.legacy, tlviz.models).
 
 The Keras 2 files are genuine: `tools/keras2_models.py` writes them with the `tf_keras` package in
 a separate process (it cannot share one with Keras 3), together with tf_keras's own predictions
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from tlviz.errors import ModelRefused
-from tlviz.legacy import is_teachable_machine, translate
+from tlviz.models.legacy import translate
+from tlviz.models.teachable import is_teachable_machine
 from tlviz.models import keras_bytes, load_model
 
 from conftest import KERAS2_MODELS as PARITY

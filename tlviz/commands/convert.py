@@ -1,7 +1,7 @@
 """``python -m tlviz convert MODEL OUT.keras [--json]``: save a loadable model as a Keras 3 `.keras` file.
 
 Meant for Keras 2 `.h5` files and Teachable Machine export zips: the architecture is translated as
-data (`tlviz.legacy`), the weights copied layer by layer, and the result saved with tlviz's
+data (`tlviz.models.legacy`), the weights copied layer by layer, and the result saved with tlviz's
 metadata (class names from labels.txt, what was converted) embedded.
 """
 

@@ -3,8 +3,8 @@
 Keras 3 cannot open most `.h5` files written by Keras 2 (tf.keras 2.x, the ``tf_keras``
 package, Teachable Machine exports): their architecture JSON spells several things the
 Keras 2 way. This module rewrites those spellings in the JSON (never by running anything
-from the file), builds the model from the rewritten architecture with Keras's own built-in
-layers, and then copies the weights in layer by layer.
+from the file); `tlviz.models.h5` then builds the model from the rewritten architecture with
+Keras's own built-in layers and copies the weights in layer by layer.
 
 What is rewritten (each rule counted, so the overview can say what was done):
 
@@ -25,22 +25,21 @@ What is rewritten (each rule counted, so the overview can say what was done):
   keras-io transfer-learning guide) becomes built-in ``Rescaling`` layers.
 
 Anything else the file names that Keras 3 does not have is refused with the layer's name:
-the strictness of `tlviz.models` (no Lambda, no custom or foreign-module layers) applies to
-the translated architecture as well as to the original.
+the strictness of `tlviz.models.safety.check_config` (no Lambda, no custom or foreign-module
+layers) applies to the translated architecture as well as to the original.
 
 Public API:
 
 - `keras_version(attrs)` / `needs_translation(version)`;
 - `translate(config)` -> ``(config, Translation)``;
-- `load_h5(data, filename)` -> ``(keras.Model, Translation)``;
-- `Translation`: ``notes`` (rule -> count), ``summary(version)``.
+- `Translation`: ``notes`` (rule -> count), ``summary()``, ``to_json()``.
+
+Building the model and copying the weights: `tlviz.models.h5.load_h5`.
 """
 
 from __future__ import annotations
 
 import copy
-import io
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -125,7 +124,14 @@ class Translation:
 
 
 def keras_version(attrs) -> str:
-    """The ``keras_version`` attribute of an `.h5` file (``""`` when absent)."""
+    """The Keras version that wrote an `.h5` file.
+
+    Args:
+        attrs: the file's root attributes (``h5py.File(...).attrs``), or None.
+
+    Returns:
+        Its ``keras_version`` attribute as text (``"2.4.0"``), ``""`` when absent.
+    """
     v = attrs.get("keras_version") if attrs is not None else None
     if isinstance(v, bytes):
         v = v.decode("utf-8", errors="replace")
@@ -133,7 +139,14 @@ def keras_version(attrs) -> str:
 
 
 def needs_translation(version: str) -> bool:
-    """Whether an `.h5` written by Keras `version` goes through the translator (anything but 3.x)."""
+    """Whether an `.h5` written by Keras `version` goes through the translator.
+
+    Args:
+        version: the file's ``keras_version`` (`keras_version`).
+
+    Returns:
+        True for anything but a 3.x version (an empty version included).
+    """
     return not version.strip().startswith("3")
 
 
@@ -367,186 +380,3 @@ def _tf_op_message(item: dict) -> str:
             "Keras 3 cannot rebuild TensorFlow operations; tlviz translates only arithmetic with a constant "
             "(such as `x / 127.5 - 1`). Replace the operation with a built-in layer (for example `Rescaling`) in "
             "the code that builds the model, or move it into your input pipeline, and save the model again")
-
-
-# -- building and weights ----------------------------------------------------------------------
-
-
-def load_h5(data: bytes, filename: str, config: dict, version: str):
-    """Build a Keras 3 model from a Keras 2 `.h5` file's bytes.
-
-    Args:
-        data: the file's bytes.
-        filename: its name, for messages.
-        config: its parsed ``model_config`` (already checked by `tlviz.models`).
-        version: the ``keras_version`` that wrote it.
-
-    Returns:
-        ``(model, translation)``.
-
-    Raises:
-        ModelRefused: a layer Keras 3 has no counterpart for, or weights that do not fit.
-    """
-    import h5py
-    import keras
-
-    from tlviz.models import _check_config, _clean
-
-    try:
-        new, t = translate(config)
-    except ModelRefused as exc:
-        raise ModelRefused(f"{filename} was saved by Keras {version or '2'} and cannot be converted: {exc}.") from None
-    t.keras_version = version
-    _check_config(new, filename)  # the translated architecture passes the same gate as the original
-    try:
-        model = keras.saving.deserialize_keras_object(new, safe_mode=True)
-    except Exception as exc:  # Keras raises many types; all mean "cannot build"
-        msg = str(exc).split("\n")[0]
-        raise ModelRefused(
-            f"{filename} was saved by Keras {version or '2'}; tlviz translated its architecture for Keras 3, "
-            f"but Keras could not build it: {_clean(msg, 300)}. Open it with the Keras version that saved it "
-            "and re-save it as `.keras` (in TensorFlow 2.15 or earlier, or with the `tf_keras` package: "
-            "`model.save('model.keras')`), then upload that file."
-        ) from None
-    try:
-        with h5py.File(io.BytesIO(data), "r") as f:
-            group = f["model_weights"] if "model_weights" in f else f
-            t.weights_by = _load_weights(group, model)
-    except ModelRefused as exc:
-        raise ModelRefused(f"{filename}: {exc}") from None
-    except (KeyError, OSError, ValueError) as exc:
-        raise ModelRefused(
-            f"{filename}: its weights could not be read ({_clean(exc, 200)}). Save the model again and upload "
-            "the new file.") from None
-    return model, t
-
-
-def _text(v) -> str:
-    return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
-
-
-def _leaf_layers(layer):
-    if hasattr(layer, "layers") and isinstance(getattr(layer, "layers"), list):
-        for sub in layer.layers:
-            yield from _leaf_layers(sub)
-    else:
-        yield layer
-
-
-#: Keras 2 variable names that Keras 3 spells differently.
-_VAR_ALIASES = {"depthwise_kernel": "kernel"}
-
-
-def _short(name: str) -> tuple[str, str]:
-    """``'model/conv1/kernel:0'`` -> ``('conv1', 'kernel')``."""
-    name = re.sub(r":\d+$", "", name)
-    parts = name.split("/")
-    return (parts[-2] if len(parts) > 1 else "", parts[-1])
-
-
-def _load_weights(group, model) -> str:
-    """Copy the `.h5` weights into `model`, top-level layer by top-level layer.
-
-    Weights are matched by (layer name, variable name); where that cannot be done for a
-    layer (names repeat, or do not match), by order and shape, as Keras 2 saved them
-    (trainable weights first, then the others).
-
-    Returns:
-        ``"name"`` or ``"order"`` (the weakest method any layer needed).
-    """
-    import numpy as np
-
-    names = [_text(n) for n in group.attrs.get("layer_names", [])]
-    saved = {}
-    for n in names:
-        g = group[n]
-        wnames = [_text(w) for w in g.attrs.get("weight_names", [])]
-        if wnames:
-            saved[n] = [(w, np.asarray(g[w])) for w in wnames]
-    layers = {layer.name: layer for layer in model.layers if layer.weights}
-    missing = sorted(set(layers) - set(saved))
-    extra = sorted(set(saved) - set(layers))
-    if missing or extra:
-        what = []
-        if missing:
-            what.append(f"no weights for layer(s) {', '.join(missing[:5])}")
-        if extra:
-            what.append(f"weights for unknown layer(s) {', '.join(extra[:5])}")
-        raise ModelRefused(f"the saved weights do not match the architecture ({'; '.join(what)}). Save the whole "
-                           "model again with `model.save(...)` and upload the new file")
-    method = "name"
-    for lname, layer in layers.items():
-        arrays = saved[lname]
-        targets = _by_name(layer, arrays)
-        if targets is None:
-            method = "order"
-            targets = list(zip(list(layer.trainable_weights) + list(layer.non_trainable_weights), [a for _, a in arrays]))
-            if len(targets) != len(arrays) or len(arrays) != len(layer.weights):
-                raise ModelRefused(f"layer '{lname}' has {len(layer.weights)} weights in Keras 3 but {len(arrays)} in "
-                                   "the file; the file does not match its own architecture")
-        for var, arr in targets:
-            if tuple(var.shape) != tuple(arr.shape):
-                raise ModelRefused(f"the weight '{var.path}' has shape {tuple(var.shape)} but the file holds "
-                                   f"{tuple(arr.shape)}; the file does not match its own architecture")
-            var.assign(arr.astype(var.dtype) if hasattr(arr, "astype") else arr)
-    return method
-
-
-def _by_name(layer, arrays):
-    """Pair `layer`'s variables with the saved arrays by (leaf layer, variable) name, or None."""
-    variables = {}
-    for leaf in _leaf_layers(layer):
-        for v in leaf.weights:
-            key = (leaf.name, v.name)
-            if key in variables:
-                return None
-            variables[key] = v
-    pairs, used = [], set()
-    for wname, arr in arrays:
-        lname, vname = _short(wname)
-        key = (lname, vname) if (lname, vname) in variables else (lname, _VAR_ALIASES.get(vname, vname))
-        if key not in variables or key in used:
-            return None
-        used.add(key)
-        pairs.append((variables[key], arr))
-    if len(used) != len(variables):
-        return None
-    return pairs
-
-
-# -- Teachable Machine ---------------------------------------------------------------------------
-
-#: Layer names every MobileNetV2 feature extractor has (Keras's own naming, which Teachable Machine keeps).
-_MOBILENET_V2_NAMES = ("expanded_conv_depthwise", "block_1_expand", "Conv_1")
-
-
-def is_teachable_machine(config: dict) -> bool:
-    """Whether an architecture is shaped like a Teachable Machine image-model export.
-
-    Teachable Machine's Keras export is a ``Sequential`` of two ``Sequential`` parts: MobileNetV2
-    features (a functional model with Keras's MobileNetV2 layer names) with global pooling, and
-    a head whose last layer is ``Dense(N, softmax, use_bias=False)``.
-
-    Args:
-        config: the file's architecture (original or translated).
-    """
-    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
-        return False
-    parts = [item for item in (config.get("config") or {}).get("layers") or []
-             if isinstance(item, dict) and item.get("class_name") != "InputLayer"]
-    if len(parts) != 2 or any(p.get("class_name") != "Sequential" for p in parts):
-        return False
-    features, head = ((p.get("config") or {}).get("layers") or [] for p in parts)
-    names = set()
-    for item in features:
-        if isinstance(item, dict) and item.get("class_name") in ("Functional", "Model"):
-            names |= {_name(sub) for sub in (item.get("config") or {}).get("layers") or [] if isinstance(sub, dict)}
-    if not all(n in names for n in _MOBILENET_V2_NAMES):
-        return False
-    if not any(isinstance(i, dict) and i.get("class_name") == "GlobalAveragePooling2D" for i in features):
-        return False
-    dense = [i for i in head if isinstance(i, dict) and i.get("class_name") == "Dense"]
-    if not dense:
-        return False
-    last = dense[-1].get("config") or {}
-    return last.get("activation") == "softmax" and last.get("use_bias") is False
