@@ -68,6 +68,12 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 3,
     (composited on white), palette (with transparency), CMYK and 16-bit images
     are converted. Raises `_SkipImage` with a reason for unusable data.
 
+    Args:
+        data: the file's bytes.
+        size: ``(height, width)`` to resize to.
+        channels: 1 or 3. Defaults to `3`.
+        resize: one of `RESIZE_METHODS`. Defaults to `"bilinear"`.
+
     Returns:
         ``(array, (orig_width, orig_height), orig_mode)``.
     """

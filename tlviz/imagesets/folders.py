@@ -167,6 +167,9 @@ def check_server_folder(folder: str | os.PathLike) -> Path:
     Links and ``..`` are resolved first, so a path cannot climb out of an
     allowed root.
 
+    Args:
+        folder: the folder as typed.
+
     Returns:
         The resolved folder.
 

@@ -62,6 +62,12 @@ class ImageSource:
         Symbolic links and non-regular files are listed as skipped and never
         opened; hidden files and folders are ignored.
 
+        Args:
+            folder: the folder's path.
+
+        Returns:
+            The `ImageSource`.
+
         Raises:
             ImageSetRefused: the folder does not exist or holds more files than
                 ``TLVIZ_MAX_ARCHIVE_ENTRIES``.
@@ -76,6 +82,13 @@ class ImageSource:
     @classmethod
     def from_zip(cls, data: bytes, name: str = "upload.zip") -> ImageSource:
         """A `.zip` of class folders (optionally wrapped in one folder, with ``labels.txt``).
+
+        Args:
+            data: the archive's bytes.
+            name: its name, for messages. Defaults to `"upload.zip"`.
+
+        Returns:
+            The `ImageSource`.
 
         Raises:
             ImageSetRefused: not a zip; over the entry or size limits; an entry
@@ -194,6 +207,12 @@ class ImageSource:
     def read_bytes(self, rel: str) -> bytes:
         """The raw bytes of one image by its relative path.
 
+        Args:
+            rel: the path as in `ImageSet.files`.
+
+        Returns:
+            The file's bytes (at most ``TLVIZ_MAX_IMAGE_MB``).
+
         Raises:
             KeyError: no image with that path.
             ValueError: the file cannot be read (the message says why).
@@ -229,7 +248,18 @@ def load_image_set(source: str | os.PathLike | bytes, size: tuple[int, int], cha
 
 
 def open_source(source: str | os.PathLike | bytes, name: str | None = None) -> ImageSource:
-    """An `ImageSource` for a folder path, a `.zip` path or `.zip` bytes."""
+    """An `ImageSource` for a folder path, a `.zip` path or `.zip` bytes.
+
+    Args:
+        source: a folder, the path of a `.zip`, or a `.zip` file's bytes.
+        name: display name for bytes. Defaults to `"upload.zip"`.
+
+    Returns:
+        The `ImageSource` (safety checks done, nothing decoded yet).
+
+    Raises:
+        ImageSetRefused: a file that is not a `.zip`, or a folder or archive refused as a whole.
+    """
     if isinstance(source, (bytes, bytearray)):
         return ImageSource.from_zip(bytes(source), name or "upload.zip")
     path = Path(source)

@@ -23,7 +23,14 @@ _RAW_PIXEL_LAYERS = ("Rescaling", "Normalization")
 
 
 def expects_raw_pixels(builtin: list[str]) -> bool:
-    """Whether the model's own input layers normalize (so it wants raw 0-255 pixels)."""
+    """Whether the model's own input layers normalize (so it wants raw 0-255 pixels).
+
+    Args:
+        builtin: the model's `LoadedModel.builtin_preprocessing` descriptions.
+
+    Returns:
+        True when one of them is a Rescaling or Normalization layer.
+    """
     return any(b.startswith(_RAW_PIXEL_LAYERS) for b in builtin)
 
 
@@ -70,6 +77,10 @@ def changed_predictions(report: NormalizationReport, a: str, b: str, limit: int 
 
 def double_normalization(report: NormalizationReport, inference_preset: str) -> str | None:
     """A warning sentence when normalized images are fed to a model that normalizes itself.
+
+    Args:
+        report: a `NormalizationReport`.
+        inference_preset: the preset the user's inference code applies.
 
     Returns:
         None when the model has no Rescaling / Normalization layer at its input,
