@@ -15,6 +15,7 @@ import stat
 from collections import Counter
 from pathlib import Path
 
+from tlviz import config
 from tlviz.errors import ImageSetRefused
 from tlviz.imagesets.imageset import (
     _IGNORED_NAMES,
@@ -153,12 +154,7 @@ def server_folder_roots() -> list[Path] | None:
         None when unset (any folder is allowed), ``[]`` when set to ``off`` or
         empty (the option is off), else the resolved roots.
     """
-    raw = os.environ.get(ENV_IMAGE_ROOTS)
-    if raw is None:
-        return None
-    if raw.strip().lower() in ("", "off", "none"):
-        return []
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    return config.paths(ENV_IMAGE_ROOTS)
 
 
 def check_server_folder(folder: str | os.PathLike) -> Path:
