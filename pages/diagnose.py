@@ -2,47 +2,24 @@
 
 Thin page: the inference-preset select box and a Diagnose button -> a `tlviz.jobs`
 diagnose job (a worker process; measured once per model and image set and stored,
-see `ui.analysis`) -> finding cards grouped by area, skipped checks, Markdown / JSON
-downloads. The preset only re-judges two checks (`DiagnosisReport.for_preset`), so
-changing it is instant; the sample runs on its own.
+see `ui.analysis`) -> finding cards (`ui.finding_card` with the evidence) grouped by
+area, skipped checks, Markdown / JSON downloads. The preset only re-judges two checks
+(`DiagnosisReport.for_preset`), so changing it is instant; the sample runs on its own.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import streamlit as st
 
 import ui
 from tlviz import diagnose as dg
-from tlviz import diagnose_charts as charts
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 
-_BOX = {"error": st.error, "warning": st.warning, "info": st.info}
-_ICON = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
-_AREA_ICON = {"pretraining": ":material/school:", "finetuning": ":material/model_training:",
-              "inference": ":material/input:"}
-STRIP_WIDTH = 80
 
-
-def _card(f, images, positions: dict) -> None:
-    with st.container(border=True):
-        _BOX[f.severity](f"**{f.title}**", icon=_ICON[f.severity])
-        st.caption(f"`{f.id}` · {dg.SEVERITY_TITLES[f.severity]} · {dg.AREA_TITLES[f.area]}")
-        with st.expander("Evidence and fix", expanded=f.severity == "error"):
-            table = charts.evidence_table(f.evidence)
-            if len(table):
-                st.dataframe(table, hide_index=True, width="stretch")
-            chart = charts.finding_chart(f)
-            if chart is not None:
-                st.altair_chart(chart, width="stretch")
-            shown = [(positions[x], x) for x in f.evidence.get("example_files") or [] if x in positions]
-            if shown:
-                st.image([images.images[i] for i, _ in shown], width=STRIP_WIDTH,
-                         caption=[Path(x).stem for _, x in shown])
-                st.caption("Example images: " + ", ".join(x for _, x in shown))
-            st.markdown(f"**Fix.** {f.fix}")
+def _keep_preset() -> None:
+    st.session_state["inference_preset"] = st.session_state["diag_inference_widget"]
 
 
 ui.page_start()
@@ -52,10 +29,6 @@ st.title("Diagnose")
 st.caption(f"Runs every check tlviz has — {len(dg.CHECKS)} of them, on pre-training, fine-tuning and the inference "
            "pipeline — on the loaded model and image set, and lists what it finds, most severe first, with the "
            "evidence measured on your images and the fix.")
-
-def _keep_preset() -> None:
-    st.session_state["inference_preset"] = st.session_state["diag_inference_widget"]
-
 
 options = list(applicable_presets(loaded.channels, teachable=loaded.teachable_machine))
 current = st.session_state.get("inference_preset") or "unit"
@@ -95,11 +68,9 @@ if not counts["error"] and not counts["warning"]:
                + (f" (the model expects `{report.expected_preset}`, which is what you use)."
                   if report.expected_preset == preset else "."), icon=":material/check_circle:")
 
-positions = {f: i for i, f in enumerate(images.files)}
 for area, items in report.by_area():
     st.subheader(dg.AREA_TITLES[area], divider="gray")
-    for f in items:
-        _card(f, images, positions)
+    ui.finding_cards(items, evidence=True, images=images)
 
 if report.skipped:
     st.subheader("Skipped checks", divider="gray")

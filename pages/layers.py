@@ -6,7 +6,6 @@ import ui
 from tlviz.charts import params_by_depth
 from tlviz.layers import base_weight_layers, freezing_findings, totals, unfreeze_plan
 
-
 ui.page_start()
 st.title("Freezing status")
 loaded = ui.require_model()
@@ -14,8 +13,7 @@ model = loaded.model
 table = ui.current_layer_table(loaded)
 tot = totals(table)
 
-for f in freezing_findings(model, table):
-    (st.error if f.severity == "error" else st.warning)(f"**{f.title}.** {f.fix}", icon=":material/report:")
+ui.finding_cards(freezing_findings(model, table))
 
 c = st.columns(3)
 c[0].metric("Total params", f"{tot['total_params']:,}")

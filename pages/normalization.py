@@ -16,7 +16,6 @@ from tlviz import normalize_charts as charts
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 
 GALLERY_SIZE = 12
-_SEVERITY_BOX = {"error": st.error, "warning": st.warning, "info": st.info}
 
 
 def _custom_preset():
@@ -146,8 +145,7 @@ if report.accuracy_available and len(report.per_class):
 findings = normalize.normalization_findings(report, inference)
 if findings:
     st.subheader("What this means for your inference code")
-    for f in findings:
-        _SEVERITY_BOX[f.severity](f"**{f.title}.**\n\n{f.fix}")
+    ui.finding_cards(findings)
 
 st.subheader("Images whose prediction changes")
 best = report.best_preset

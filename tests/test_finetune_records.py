@@ -97,13 +97,14 @@ def test_run_outcome_reads_metrics_json():
                "confusion": [[1, 1], [0, 2]], "val_indices": [4, 7, 9, 11], "val_true": [0, 0, 1, 1],
                "val_pred": [0, 1, 1, 1], "frozen_layers_changed": []}
     out = RunOutcome.from_metrics(metrics)
-    assert not out.empty and out.final["val_accuracy"] == 0.8 and out.best_val_accuracy == 0.85
+    assert not out.empty and out.val_accuracy == 0.8 and out.val_loss == 0.5 and out.best_val_accuracy == 0.85
+    assert out.train_accuracy is None and out.elapsed_s == 12.0
     assert out.findings == [finding]  # the damaged entry is left out
     assert out.notes == ["cache used"] and out.class_names == ["a", "b"] and len(out.per_class) == 1
     assert out.confusion.shape == (2, 2)
     assert list(out.cell(0, 1)) == [7] and list(out.cell(1, 1)) == [9, 11] and len(out.cell(1, 0)) == 0
     empty = RunOutcome.from_metrics({})
-    assert empty.empty and empty.confusion is None and empty.per_class.empty and len(empty.cell(0, 0)) == 0
+    assert empty.empty and empty.val_accuracy is None and empty.confusion is None and empty.per_class.empty and len(empty.cell(0, 0)) == 0
 
 
 @pytest.mark.parametrize("data", [{}, {"id": "x", "severity": "fatal", "area": "finetuning", "title": "t"},

@@ -449,6 +449,21 @@ class RunOutcome:
         """Whether nothing was measured (the run has not ended, or ended without results)."""
         return not self.metrics
 
+    @property
+    def val_accuracy(self) -> float | None:
+        """The final model's accuracy on the validation images (inference mode); None when not measured."""
+        return self.final.get("val_accuracy")
+
+    @property
+    def val_loss(self) -> float | None:
+        """The final model's loss on the validation images; None when not measured."""
+        return self.final.get("val_loss")
+
+    @property
+    def train_accuracy(self) -> float | None:
+        """The last epoch's training accuracy (training mode: dropout on); None when not measured."""
+        return self.final.get("accuracy")
+
     def cell(self, true_index: int, predicted_index: int) -> np.ndarray:
         """Image-set indices of the validation images of one confusion-matrix cell.
 

@@ -1,0 +1,416 @@
+"""The fine-tuning page's panels: the run configuration, the running job, one run's results, the run list.
+
+Widgets -> `tlviz.finetune` (runs happen in a worker process, polled by a
+fragment) -> `tlviz.finetune.charts`. Widget keys start with ``ft_``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from tlviz.errors import TlvizError
+from tlviz.finetune import (ACTIVE_STATES, OPTIMIZER_LABELS, OPTIMIZERS, LRFinderResult, RunConfig, RunRecord,
+                            RunRefused, cancel_job, charts, decide_head, default_preset, delete_run, depth_choices,
+                            format_seconds, largest_movers, list_runs, load_run, poll_job, start_job, start_lr_finder,
+                            sweep_table)
+from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
+from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
+from ui.cache import model_key
+from ui.state import workspace
+from ui.widgets import finding_card, finding_cards
+
+RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
+POLL_S = 1.0
+GALLERY = 24
+STATE_ICONS = {"completed": ":material/check_circle:", "cancelled": ":material/stop_circle:",
+               "diverged": ":material/warning:", "failed": ":material/error:", "refused": ":material/block:",
+               "running": ":material/hourglass_top:", "queued": ":material/schedule:"}
+
+
+def _val(v, fmt: str = "") -> str:
+    return "?" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.1%}"
+
+
+def keep_valid(key: str, options) -> None:
+    """Drop remembered multiselect values that are no longer options (another model, deleted runs)."""
+    if key in st.session_state:
+        st.session_state[key] = [v for v in st.session_state[key] if v in options]
+
+
+def _set_lr(value: float) -> None:
+    st.session_state["ft_lr"] = float(f"{value:.2g}")
+
+
+# -- configuration ---------------------------------------------------------------
+
+def _depth_control(table) -> int:
+    choices = depth_choices(table)
+    n = len(base_weight_layers(table))
+    has_blocks = len(choices) < n + 1
+    snap = has_blocks and st.toggle("Snap to block boundaries", value=True, key="ft_snap",
+                                    help="Unfreeze whole named blocks (as MobileNet, ResNet and EfficientNet "
+                                         "name them), not the middle of one.")
+    if snap:
+        labels = dict(choices)
+        if st.session_state.get("ft_depth_block") not in labels:
+            st.session_state.pop("ft_depth_block", None)
+        return int(st.select_slider("Unfreeze depth", options=[d for d, _ in choices], format_func=labels.get,
+                                    key="ft_depth_block",
+                                    help="Layers holding weights, counted from the top of the base, that train."))
+    if n == 0:
+        st.caption("The base holds no weights: only the head can train.")
+        return 0
+    if st.session_state.get("ft_depth", 0) > n:
+        st.session_state["ft_depth"] = n
+    return int(st.slider("Unfreeze depth (base layers with weights, from the top)", 0, n, 0, key="ft_depth",
+                         help="0 trains only the head; the maximum unfreezes the whole base."))
+
+
+def config_form(loaded, images, table) -> RunConfig | None:
+    """Draw the config widgets.
+
+    Args:
+        loaded: the current `LoadedModel`.
+        images: the current `ImageSet`.
+        table: the model's layer table (`ui.current_layer_table`).
+
+    Returns:
+        The validated `RunConfig`, or None with the reason shown.
+    """
+    presets = applicable_presets(loaded.channels)
+    preset_default = default_preset(st.session_state.get("best_preset"), loaded.recorded_preset)
+    if st.session_state.get("ft_preset_default") != (model_key(loaded), preset_default):
+        st.session_state["ft_preset_default"] = (model_key(loaded), preset_default)
+        st.session_state["ft_preset"] = preset_default if preset_default in presets else presets[0]
+    st.session_state.setdefault("ft_lr", 1e-3)
+    head = None
+    try:
+        head = decide_head(loaded.n_outputs, loaded.class_names, images.class_names, None)
+    except RunRefused:
+        pass
+
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        depth = _depth_control(table)
+        train_bn = st.session_state.get("ft_bn", "frozen") == "train"
+        plan = unfreeze_plan(loaded.model, depth, train_bn, table=table)
+        base_rows = plan[(plan["role"] == "base") & plan["would_train"]]
+        st.caption(f"Base layers that train: **{len(base_rows)}** ({int(base_rows['would_train_params'].sum()):,} "
+                   "parameters), plus the head.")
+    with c2:
+        lr = st.number_input("Learning rate", min_value=1e-7, max_value=10.0, step=1e-4, format="%.2e",
+                             key="ft_lr", help="The learning-rate finder below suggests one.")
+        epochs = st.number_input("Epochs", 1, 500, 5, key="ft_epochs")
+        batch = st.select_slider("Batch size", [8, 16, 32, 64, 128, 256], value=32, key="ft_batch")
+    with c3:
+        optimizer = st.radio("Optimizer", OPTIMIZERS, format_func=OPTIMIZER_LABELS.get, horizontal=True,
+                             key="ft_optimizer")
+        preset = st.selectbox("Preset", presets, key="ft_preset",
+                              format_func=lambda p: f"{p} — {PRESET_DESCRIPTIONS[p]}",
+                              help="Default: the best preset found on the Normalization page, else the one the "
+                                   "model records, else unit.")
+        val_fraction = st.slider("Validation share (stratified)", 0.1, 0.5, 0.2, 0.05, key="ft_val")
+
+    head_key = f"ft_new_head_{model_key(loaded)[:12]}_{st.session_state.get('image_source_key')}"
+    if head is not None and head.forced:
+        new_head = st.checkbox("New head for the image set's classes", value=True, disabled=True, key=head_key)
+    else:
+        new_head = st.checkbox("New head for the image set's classes", value=bool(head and head.new_head),
+                               key=head_key,
+                               help="Replace the classification head by a fresh one (pooling, dropout, dense "
+                                    "softmax): the standard transfer-learning step.")
+    if head is not None:
+        st.caption(head.reason[:1].upper() + head.reason[1:] + ".")
+
+    with st.expander("Regularization, BatchNormalization and schedule"):
+        r1, r2, r3 = st.columns(3)
+        dropout = r1.slider("Dropout of a new head", 0.0, 0.8, 0.2, 0.05, key="ft_dropout")
+        wd = r1.number_input("Weight decay", 0.0, 0.1, 0.0, step=1e-4, format="%.0e", key="ft_wd")
+        augment = r1.checkbox("Light augmentation (flips, shifts)", value=False, key="ft_augment",
+                              help="Off by default. Augmentation changes the images every epoch, so base "
+                                   "activations cannot be cached: runs get slower.")
+        bn = r2.radio("BatchNormalization", ["frozen", "train"], key="ft_bn",
+                      format_func={"frozen": "keep frozen (inference mode, recommended)",
+                                   "train": "train it in the unfrozen part"}.get)
+        seed = r2.number_input("Seed", 0, 10**6, 0, key="ft_seed")
+        two_phase = r3.checkbox("Train the new head first (two phases)", value=False, key="ft_two_phase",
+                                help="First the head alone with the base frozen, then unfreeze to the chosen "
+                                     "depth at the chosen rate (fastai's fine_tune).")
+        head_epochs = r3.number_input("Head-phase epochs", 1, 100, 2, key="ft_head_epochs", disabled=not two_phase)
+        head_lr = r3.number_input("Head-phase learning rate", 1e-7, 10.0, 1e-3, format="%.2e", step=1e-4,
+                                  key="ft_head_lr", disabled=not two_phase)
+        label = st.text_input("Label (shown in the run list)", key="ft_label", max_chars=80)
+
+    unfreeze_frozen = False
+    frozen = [f for f in freezing_findings(loaded.model, table) if f.id == "no-trainable-weights"]
+    if frozen:
+        finding_card(frozen[0], note="A run on this model as it is refuses to start: training would change nothing.")
+        unfreeze_frozen = st.checkbox("Unfreeze the head for this run (and the chosen depth of the base)",
+                                      key="ft_unfreeze_frozen")
+        if not unfreeze_frozen:
+            return None
+    try:
+        return RunConfig(unfreeze=depth, lr=float(lr), epochs=int(epochs), batch_size=int(batch), optimizer=optimizer,
+                         preset=preset, val_fraction=float(val_fraction), seed=int(seed), new_head=bool(new_head),
+                         head_dropout=float(dropout), weight_decay=float(wd), augment=bool(augment), bn=bn,
+                         two_phase=bool(two_phase), head_epochs=int(head_epochs), head_lr=float(head_lr),
+                         unfreeze_frozen=unfreeze_frozen, label=label)
+    except RunRefused as exc:
+        st.error(str(exc), icon=":material/block:")
+        return None
+
+
+def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig] | None = None) -> None:
+    """Start runs (`kind` ``"runs"``: `configs`, else `config`) or the range test (``"lrfind"``) and rerun.
+
+    Args:
+        kind: ``"runs"`` or ``"lrfind"``.
+        loaded: the current `LoadedModel`.
+        images: the current `ImageSet`.
+        config: the configuration from `config_form`.
+        configs: several configurations (a sweep). Defaults to ``[config]``.
+    """
+    try:
+        if kind == "lrfind":
+            job = start_lr_finder(loaded, images, config, owner=workspace())
+        else:
+            job = start_job(loaded, images, configs or [config], owner=workspace())
+    except TlvizError as exc:
+        st.error(str(exc), icon=":material/block:")
+        return
+    st.session_state["ft_job"] = job.job_id
+    st.session_state["ft_job_kind"] = kind
+    st.rerun()
+
+
+# -- the running job -------------------------------------------------------------------
+
+def follow_job() -> None:
+    """The job this session follows (``ft_job``): progress, live curves and Cancel, polled every `POLL_S`."""
+    if st.session_state.get("ft_job"):
+        st.fragment(run_every=POLL_S)(_job_panel)()
+
+
+def _job_panel() -> None:
+    job_id = st.session_state.get("ft_job")
+    if not job_id:
+        return
+    status = poll_job(job_id)
+    with st.container(border=True):
+        st.progress(status.fraction, text=status.text)  # every heavy job goes through one queue
+        if status.kind != "lrfind" and not status.queue_position:
+            if status.current is not None and len(status.current.history):
+                st.altair_chart(charts.curves_chart(status.current.history))
+            if status.sweep_id is not None:
+                table = sweep_table(list_runs(owner=workspace()), status.sweep_id)
+                if len(table):
+                    st.altair_chart(charts.sweep_heatmap(table))
+        st.button("Cancel", key="ft_cancel", icon=":material/stop:", on_click=cancel_job, args=(job_id,),
+                  help="Stops after the current batch; what was measured is kept.")
+    if not status.active:
+        st.session_state["ft_job"] = None
+        if status.kind == "lrfind":
+            st.session_state["ft_lr_result"] = status.result
+            if status.state == "failed":
+                st.session_state["ft_lr_error"] = status.message
+        elif status.runs:
+            st.session_state["ft_compare_add"] = [r.run_id for r in status.runs]
+            st.session_state["ft_show_run"] = status.run_to_show
+        st.rerun()
+
+
+def lr_result_panel() -> None:
+    """The last range test's failure, or its curve and a button that copies the suggested rate."""
+    if st.session_state.get("ft_lr_error"):
+        st.error(st.session_state.pop("ft_lr_error"), icon=":material/block:")
+    if not st.session_state.get("ft_lr_result"):
+        return
+    res = LRFinderResult.from_dict(st.session_state["ft_lr_result"])
+    with st.container(border=True):
+        st.markdown("#### Learning-rate range test")
+        st.write(res.message)
+        if len(res.curve):
+            st.altair_chart(charts.lr_finder_chart(res.curve, res.suggestion), width="stretch")
+        if res.suggestion:
+            st.button(f"Use {res.suggestion:.1e} as the learning rate", key="ft_use_lr", on_click=_set_lr,
+                      args=(res.suggestion,))
+
+
+def runs_in_progress(runs, owner: str) -> None:
+    """When runs of this workspace are in progress but no job is followed (after a reload): offer to follow them."""
+    active = runs[runs["state"].isin(ACTIVE_STATES)]
+    if not len(active) or st.session_state.get("ft_job"):
+        return
+    job_ids = sorted({load_run(r, owner=owner).job_id for r in active["run_id"]} - {None})
+    st.info(f"{len(active)} run(s) in progress (started before a reload, or in another tab).",
+            icon=":material/hourglass_top:")
+    if job_ids and st.button("Follow the runs in progress", key="ft_follow"):
+        st.session_state["ft_job"] = job_ids[-1]
+        st.session_state["ft_job_kind"] = "runs"
+        st.rerun()
+
+
+# -- results of one run ---------------------------------------------------------------------
+
+def run_labels(runs) -> dict[str, str]:
+    """One line per run of a `tlviz.finetune.list_runs` table, for select boxes: id, state, depth, rate, best."""
+    return {r.run_id: f"{r.run_id} · {r.state} · depth {_val(r.unfreeze)} · lr {_val(r.lr, '.0e')} · "
+                      f"best {_pct(r.best_val_accuracy)}" + (f" · {r.label}" if r.label else "")
+            for r in runs.itertuples()}
+
+
+def show_run(rec: RunRecord, images, current_images_key: str) -> None:
+    """One run: state, config, metrics, findings, curves, per-class accuracy and confusion, weight changes.
+
+    Args:
+        rec: the `RunRecord`.
+        images: the current `ImageSet` (a confusion cell shows its images when the run used it).
+        current_images_key: `ui.pixels_key` of the current image set.
+    """
+    st.markdown(f"#### {STATE_ICONS.get(rec.state, '')} Run `{rec.run_id}` — {rec.state}")
+    described = rec.describe()
+    if described:
+        st.caption(described)
+    if rec.active:
+        st.info("In progress: follow it above.", icon=":material/hourglass_top:")
+        return
+    if rec.state in ("failed", "refused"):
+        st.error(rec.message or "The run failed.", icon=":material/block:")
+    out = rec.outcome
+    if out.final:
+        k = st.columns(5)
+        k[0].metric("Val accuracy", _pct(out.val_accuracy),
+                    help="The final model on the validation images (inference mode).")
+        k[1].metric("Val loss", "–" if out.val_loss is None else f"{out.val_loss:.3f}")
+        k[2].metric("Train accuracy", _pct(out.train_accuracy), help="Last epoch, training mode (dropout on).")
+        k[3].metric("Best val accuracy", _pct(out.best_val_accuracy))
+        k[4].metric("Time", format_seconds(out.elapsed_s))
+    finding_cards(out.findings)
+    for note in out.notes:
+        st.caption("• " + note)
+    if len(rec.history):
+        st.altair_chart(charts.curves_chart(rec.history))
+    if out.empty:
+        return
+    _confusion(rec, out, images, current_images_key)
+    _weight_changes(rec, out)
+    if rec.model_path is not None:
+        st.download_button("Download the fine-tuned model (.keras)", data=rec.model_path.read_bytes(),
+                           file_name=f"finetuned_{rec.run_id}.keras", mime="application/octet-stream",
+                           key="ft_download", icon=":material/download:", on_click="ignore")
+
+
+def _confusion(rec: RunRecord, out, images, current_images_key: str) -> None:
+    names = out.class_names
+    left, right = st.columns([2, 3])
+    with left:
+        if len(out.per_class):
+            st.dataframe(out.per_class, hide_index=True, column_config={
+                "accuracy": st.column_config.ProgressColumn("val accuracy", min_value=0.0, max_value=1.0,
+                                                            format="percent")})
+    with right:
+        if out.confusion is not None:
+            st.altair_chart(charts.confusion_chart(out.confusion, names))
+    if not names:
+        return
+    s1, s2 = st.columns(2)
+    t = s1.selectbox("True class", range(len(names)), format_func=lambda i: names[i], key="ft_cell_true")
+    p = s2.selectbox("Predicted as", range(len(names)), format_func=lambda i: names[i], key="ft_cell_pred")
+    idx = out.cell(t, p)
+    if rec.image_key != current_images_key:
+        st.caption(f"{len(idx)} validation images in this cell. Load the image set this run used "
+                   f"({rec.images_source}) to see them.")
+    elif len(idx) == 0:
+        st.caption("No validation image in this cell.")
+    else:
+        shown = idx[:GALLERY]
+        st.image([images.images[i] for i in shown], caption=[images.files[i] for i in shown], width=72)
+        if len(idx) > GALLERY:
+            st.caption(f"First {GALLERY} of {len(idx)}.")
+
+
+def _weight_changes(rec: RunRecord, out) -> None:
+    wc = rec.weight_change
+    if wc is None or not len(wc):
+        return
+    st.markdown("##### Weight changes")
+    if out.frozen_layers_changed:
+        st.error(f"Frozen layers whose weights moved: {', '.join(out.frozen_layers_changed)}.")
+    else:
+        n_frozen = int((~wc["trainable"].astype(bool)).sum())
+        st.success(f"All {n_frozen} frozen layers show exactly zero change: freezing works.",
+                   icon=":material/check:")
+    st.altair_chart(charts.weight_change_chart(wc), width="stretch")
+    movers = largest_movers(wc)
+    if len(movers):
+        st.caption("Largest movers (relative L2 change). Large changes deep in the base are the sign of "
+                   "catastrophic forgetting.")
+        st.dataframe(movers[["path", "class", "rel_change", "params"]], hide_index=True,
+                     column_config={"rel_change": st.column_config.NumberColumn("relative change", format="%.3g")})
+
+
+# -- all runs -------------------------------------------------------------------------
+
+def runs_table(runs) -> None:
+    """The table of this workspace's runs (a `tlviz.finetune.list_runs` table)."""
+    view = runs[["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset",
+                 "new_head", "two_phase", "bn", "augment", "best_val_accuracy", "final_val_accuracy", "time_s",
+                 "model", "images"]]
+    st.dataframe(view, hide_index=True, key="ft_runs_table", column_config={
+        "lr": st.column_config.NumberColumn("lr", format="%.0e"),
+        "best_val_accuracy": st.column_config.NumberColumn("best val acc", format="percent"),
+        "final_val_accuracy": st.column_config.NumberColumn("final val acc", format="percent"),
+        "time_s": st.column_config.NumberColumn("time (s)", format="%.1f"),
+    })
+
+
+def compare_curves(runs, labels: dict[str, str], owner: str) -> None:
+    """Overlay the curves of chosen runs (the finished ones, and those of the last job, preselected)."""
+    ids = list(runs["run_id"])
+    finished = [r for r, s in zip(ids, runs["state"]) if s not in ACTIVE_STATES]
+    if "ft_compare" not in st.session_state:
+        st.session_state["ft_compare"] = finished[:2]
+    st.session_state["ft_compare"] = list(dict.fromkeys(st.session_state.pop("ft_compare_add", [])
+                                                        + list(st.session_state["ft_compare"])))
+    keep_valid("ft_compare", finished)
+    compare = st.multiselect("Overlay the curves of", ids, format_func=labels.get, key="ft_compare")
+    histories = {}
+    for rid in compare:
+        try:
+            histories[labels[rid]] = load_run(rid, owner=owner).history
+        except TlvizError:
+            continue
+    if histories:
+        st.altair_chart(charts.compare_chart(histories))
+
+
+def delete_runs(ids: list[str], labels: dict[str, str], owner: str) -> None:
+    """Pick runs and delete them (each refusal shown)."""
+    keep_valid("ft_delete_ids", ids)
+    doomed = st.multiselect("Runs to delete", ids, format_func=labels.get, key="ft_delete_ids")
+    if st.button("Delete", key="ft_delete", icon=":material/delete:", disabled=not doomed):
+        errors = []
+        for rid in doomed:
+            try:
+                delete_run(rid, owner=owner)
+            except TlvizError as exc:
+                errors.append(str(exc))
+        for e in errors:
+            st.error(e)
+        if not errors:
+            st.rerun()
+
+
+def sweeps(runs) -> None:
+    """The heatmap of a chosen sweep, when this workspace ran any."""
+    ids = [s for s in runs["sweep_id"].dropna().unique()]
+    if ids:
+        st.subheader("Sweeps")
+        sid = st.selectbox("Sweep", ids, key="ft_sweep_show")
+        st.altair_chart(charts.sweep_heatmap(sweep_table(runs, sid)))

@@ -1,0 +1,160 @@
+"""Session state: the current model and image set, the workspace token.
+
+Session-state keys (initialised by `init_state`, at the top of the router):
+
+- ``model``: the current `tlviz.models.LoadedModel` (never trained in place).
+- ``image_source``: the `tlviz.imagesets.ImageSource` of the current image set;
+  ``image_source_key`` its key (``"sample:…"``, ``"zip:<sha256>"``, ``"folder:<path>"``).
+- ``images``: the current `tlviz.imagesets.ImageSet` at the model's input size, or None.
+- ``model_error`` / ``images_error``: the last refusal message, shown until the next success.
+- ``best_preset``: the best preset found on the Normalization page (None until run).
+- ``inference_preset``: the preset the user says their inference code uses (default ``unit``).
+- ``keep_<widget key>``: the sidebar's choices (see `ui.sidebar`).
+- ``workspace``: this browser session's workspace token (see `workspace`).
+- ``<prefix>_job``: the analysis job a page is following (see `ui.analysis`), or None.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import streamlit as st
+
+from tlviz.errors import ImageSetRefused
+from tlviz.imagesets import ImageSet, ImageSource, open_source
+from tlviz.models import LoadedModel
+from tlviz.samples import SAMPLE_MODELS, sample_path
+from ui import cache
+
+DEFAULT_MODEL = "digits_base.keras"
+DEFAULT_IMAGES = "digits_0_4"
+
+
+def init_state() -> None:
+    """Initialise session state; on first start preload the sample model and image set."""
+    st.session_state.setdefault("model", None)
+    st.session_state.setdefault("image_source", None)
+    st.session_state.setdefault("image_source_key", None)
+    st.session_state.setdefault("images", None)
+    st.session_state.setdefault("model_error", None)
+    st.session_state.setdefault("images_error", None)
+    st.session_state.setdefault("best_preset", None)
+    st.session_state.setdefault("inference_preset", "unit")
+    st.session_state.setdefault("keep_model_kind", "Sample")
+    st.session_state.setdefault("keep_model_choice", DEFAULT_MODEL)
+    st.session_state.setdefault("keep_images_kind", "Sample")
+    st.session_state.setdefault("keep_images_choice", DEFAULT_IMAGES)
+    workspace()
+    if st.session_state["model"] is None and st.session_state["model_error"] is None:
+        set_model(cache.load_sample_model(DEFAULT_MODEL))
+    if st.session_state["image_source"] is None and st.session_state["images_error"] is None:
+        set_image_source(open_source(sample_path(DEFAULT_IMAGES)), f"sample:{DEFAULT_IMAGES}")
+
+
+def set_model(loaded: LoadedModel) -> None:
+    """Make `loaded` current and re-decode the image set at its input size."""
+    st.session_state["model"] = loaded
+    st.session_state["model_error"] = None
+    st.session_state["best_preset"] = None
+    _reload_images()
+
+
+def set_image_source(source: ImageSource, key: str) -> None:
+    """Make `source` (under `key`, see the module docstring) the current image set and decode it."""
+    st.session_state["image_source"] = source
+    st.session_state["image_source_key"] = key
+    st.session_state["best_preset"] = None
+    _reload_images()
+
+
+def _reload_images() -> None:
+    source = st.session_state.get("image_source")
+    loaded = st.session_state.get("model")
+    if source is None or loaded is None:
+        return
+    try:
+        with st.spinner("Decoding images…"):
+            st.session_state["images"] = cache.decode_images(st.session_state["image_source_key"], loaded, source)
+        st.session_state["images_error"] = None
+    except ImageSetRefused as exc:
+        st.session_state["images_error"] = str(exc)
+
+
+def current() -> tuple[LoadedModel | None, ImageSet | None]:
+    """The current model and image set (either may be None)."""
+    return st.session_state.get("model"), st.session_state.get("images")
+
+
+def require_model() -> LoadedModel:
+    """The current model; without one, say to load one and stop the page."""
+    loaded = st.session_state.get("model")
+    if loaded is None:
+        st.info("Load a model in the sidebar first.")
+        st.stop()
+    return loaded
+
+
+def require_images() -> tuple[LoadedModel, ImageSet]:
+    """The current model and image set; without both, say what to load and stop the page."""
+    loaded = require_model()
+    images = st.session_state.get("images")
+    if images is None:
+        st.info("Load an image set in the sidebar first (a .zip or a folder with one sub-folder per class).")
+        st.stop()
+    return loaded, images
+
+
+def current_layer_table(loaded: LoadedModel):
+    """`tlviz.layers.layer_table` of the loaded model, computed once per model."""
+    return cache.model_layer_table(loaded)
+
+
+def images_key() -> str:
+    """A cache key for the current image set (its source and how it was decoded)."""
+    images = st.session_state.get("images")
+    if images is None:
+        return ""
+    return f"{st.session_state.get('image_source_key')}|{images.image_size}|{len(images)}|{images.resize}"
+
+
+def image_source() -> ImageSource | None:
+    """The `ImageSource` of the current image set, or None."""
+    return st.session_state.get("image_source")
+
+
+def is_sample() -> bool:
+    """Whether a bundled sample model and sample image set are loaded (cheap to analyse at once)."""
+    loaded = st.session_state.get("model")
+    return (loaded is not None and loaded.filename in SAMPLE_MODELS
+            and str(st.session_state.get("image_source_key") or "").startswith("sample:"))
+
+
+def content_key() -> str:
+    """`tlviz.jobs.image_key` of the current image set (hashed once per image set)."""
+    return cache.image_set_key(images_key(), st.session_state.get("images"))
+
+
+def pixels_key() -> str:
+    """`tlviz.finetune.images_key` of the current image set's pixels (hashed once per image set)."""
+    return cache.pixels_key(str(st.session_state.get("image_source_key")), st.session_state.get("images"))
+
+
+_WORKSPACE = re.compile(r"^[0-9a-f]{24}$")
+
+
+def workspace() -> str:
+    """This session's workspace token: the owner of the fine-tuning runs it starts.
+
+    Every browser session gets a random token, so people sharing a server never
+    see each other's runs. It is kept in the page's address (``?ws=…``) so a
+    reload or a bookmarked link finds its runs again.
+    """
+    ws = st.session_state.get("workspace")
+    if ws is None:
+        asked = st.query_params.get("ws", "")
+        ws = asked if _WORKSPACE.match(asked) else secrets.token_hex(12)
+        st.session_state["workspace"] = ws
+    if st.query_params.get("ws") != ws:
+        st.query_params["ws"] = ws
+    return ws
