@@ -44,6 +44,13 @@ class Threshold:
 class Check:
     """One registered check: its finding's id, severity and area, and how it runs.
 
+    A check is a function in the module of its area (`tlviz.diagnose.pretraining`,
+    `.finetuning`, `.inference`): ``check_<id>(ctx, check) -> list[Finding]`` takes the
+    `DiagnosisContext` and its own entry, makes its findings with ``check.finding``,
+    reads its thresholds with ``check.threshold(name)`` and raises
+    `tlviz.errors.CheckSkipped` with a sentence when it cannot run. Its id, severity,
+    area, title and thresholds are written in its entry only.
+
     Attributes:
         id: the stable id of the finding it produces.
         severity: of that finding (one of `tlviz.findings.SEVERITIES`).

@@ -1,13 +1,9 @@
 """Checks on the inference pipeline: is the model fed and run at inference the way it was trained?
 
-Each ``check_<id>(ctx, check)`` takes the `DiagnosisContext` and its own registry
-entry (`tlviz.diagnose.base.Check`), makes its findings with ``check.finding``
-and reads its thresholds with ``check.threshold(name)``; it raises
-`CheckSkipped` with a sentence when it cannot run. A check that depends only on
-the inference preset is a ``judge_<id>(evidence, preset, check)`` on the
-`PresetEvidence` instead, so that `DiagnosisReport.for_preset` can judge it again
-without running the model. Ids, severities, areas, titles and thresholds are
-written in `tlviz.diagnose.registry` only.
+How a check is written (its entry in `tlviz.diagnose.registry`, ``check.finding``,
+``check.threshold``, `CheckSkipped`): see `tlviz.diagnose.base.Check`. The two
+``judge_<id>`` functions depend only on the inference preset, so that
+`DiagnosisReport.for_preset` can judge them again without running the model.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Checks on the pre-training: is the base itself weak or broken?
 
-Each ``check_<id>(ctx, check)`` takes the `DiagnosisContext` and its own registry
-entry (`tlviz.diagnose.base.Check`), makes its findings with ``check.finding``
-and reads its thresholds with ``check.threshold(name)``; it raises
-`CheckSkipped` with a sentence when it cannot run. Ids, severities, areas,
-titles and thresholds are written in `tlviz.diagnose.registry` only.
+How a check is written (its entry in `tlviz.diagnose.registry`, ``check.finding``,
+``check.threshold``, `CheckSkipped`): see `tlviz.diagnose.base.Check`.
 """
 
 from __future__ import annotations
