@@ -10,53 +10,6 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 
 
-def test_first_start_shows_sample_model_and_images():
-    at = open_app()
-    assert at.title[0].value == "Model & images"
-    assert at.session_state["model"].name == "digits_base"
-    assert len(at.session_state["images"]) > 800
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Outputs"] == "5" and metrics["Classes"] == "5"
-    assert "match the model's 5 outputs" in texts(at)
-
-
-def test_layers_page_with_sample():
-    at = open_app()
-    at.switch_page("pages/layers.py")
-    at.run()
-    assert not at.exception
-    assert at.title[0].value == "Freezing status"
-    table = at.dataframe[0].value
-    assert "block1_conv" in set(table["path"])
-    assert {m.label: m.value for m in at.metric}["Trainable"] == "24,021"
-    assert not at.error and not at.warning  # a healthy, fully trainable model: no alarms
-
-
-def test_layers_page_flags_frozen_sample():
-    at = open_app()
-    at.selectbox(key="model_choice").set_value("digits_frozen.keras")
-    at.run()
-    assert at.session_state["model"].name == "digits_frozen"
-    at.switch_page("pages/layers.py")
-    at.run()
-    assert not at.exception
-    assert any("No trainable weights" in e.value for e in at.error)
-    assert {m.label: m.value for m in at.metric}["Trainable"] == "0"
-    assert any("digits_features/" in p for p in at.dataframe[0].value["path"])
-
-
-def test_unfreeze_preview_slider_does_not_change_model():
-    at = open_app()
-    at.switch_page("pages/layers.py")
-    at.run()
-    before = at.session_state["model"].trainable_params
-    at.slider(key="layers_preview_depth").set_value(1)
-    at.run()
-    assert not at.exception
-    assert "would train" in texts(at)
-    assert at.session_state["model"].trainable_params == before
-
-
 def test_upload_model_and_zip(tmp_path):
     import keras
 
@@ -132,3 +85,21 @@ def test_server_folder_loads_and_bad_folder_is_explained(tmp_path):
     images = at.session_state["images"]
     assert images.class_names == ["cat", "dog"] and len(images) == 6
     assert any("5 outputs" in w.value for w in at.warning)  # 2 classes vs 5 outputs explained
+
+
+def test_pages_run_through_the_router_while_streamlit_treats_pages_as_legacy():
+    """Every AppTest run starts as on a freshly started server: Streamlit treats ``pages/`` as a legacy
+    multipage app and runs the page alone. `ui.page_start` switches that off and runs the router in the
+    same script run, so each page is drawn once, with the sidebar and the router's navigation (a button
+    click is kept: see the server-folder test's "Load folder")."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    at = open_app()
+    for page, title in [("pages/layers.py", "Freezing status"), ("pages/finetune.py", "Fine-tuning runs"),
+                        ("pages/overview.py", "Model & images")]:
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, at.exception
+        assert [t.value for t in at.title] == [title]
+        assert at.sidebar.selectbox(key="model_choice").value == "digits_base.keras"
+        assert PagesManager.uses_pages_directory is False

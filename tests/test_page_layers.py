@@ -1,0 +1,57 @@
+"""AppTest: the Freezing status page."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from apptest_helpers import open_app, texts
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = "pages/layers.py"
+
+
+def test_layers_page_with_sample():
+    at = open_app()
+    at.switch_page("pages/layers.py")
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Freezing status"
+    table = at.dataframe[0].value
+    assert "block1_conv" in set(table["path"])
+    assert {m.label: m.value for m in at.metric}["Trainable"] == "24,021"
+    assert not at.error and not at.warning  # a healthy, fully trainable model: no alarms
+
+
+def test_layers_page_flags_frozen_sample():
+    at = open_app()
+    at.selectbox(key="model_choice").set_value("digits_frozen.keras")
+    at.run()
+    assert at.session_state["model"].name == "digits_frozen"
+    at.switch_page("pages/layers.py")
+    at.run()
+    assert not at.exception
+    assert any("No trainable weights" in e.value for e in at.error)
+    assert {m.label: m.value for m in at.metric}["Trainable"] == "0"
+    assert any("digits_features/" in p for p in at.dataframe[0].value["path"])
+
+
+def test_unfreeze_preview_slider_does_not_change_model():
+    at = open_app()
+    at.switch_page("pages/layers.py")
+    at.run()
+    before = at.session_state["model"].trainable_params
+    at.slider(key="layers_preview_depth").set_value(1)
+    at.run()
+    assert not at.exception
+    assert "would train" in texts(at)
+    assert at.session_state["model"].trainable_params == before
+
+
+def test_page_file_runs_on_its_own():
+    """``streamlit run pages/layers.py``: no router, so the page draws the state and sidebar itself."""
+    at = AppTest.from_file(str(ROOT / PAGE), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Freezing status"
+    assert at.sidebar.selectbox(key="model_choice").value == "digits_base.keras"
+    assert {m.label: m.value for m in at.metric}["Trainable"] == "24,021"
