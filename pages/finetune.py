@@ -2,7 +2,7 @@
 
 Thin page: the panels of `ui.finetune` (configuration, the running job, one run's
 results, the run list) -> `tlviz.finetune` (runs happen in a worker process,
-polled by a fragment) -> `tlviz.finetune.charts`.
+polled by a fragment) -> `tlviz.charts`.
 """
 
 from __future__ import annotations

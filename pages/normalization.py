@@ -2,7 +2,7 @@
 
 Thin page: widgets -> a `tlviz.jobs` normalize job (a worker process; each
 comparison is computed once and stored, see `ui.analysis`) -> tables and
-`tlviz.normalize_charts`. Changing the inference preset only re-judges the
+`tlviz.charts`. Changing the inference preset only re-judges the
 stored comparison; the sample runs on its own, other models on the button.
 """
 
@@ -12,7 +12,7 @@ import streamlit as st
 
 import ui
 from tlviz import normalize
-from tlviz import normalize_charts as charts
+from tlviz import charts
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 
 GALLERY_SIZE = 12

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import write_image
-from tlviz import diagnose_charts as charts
+from tlviz import charts
 from tlviz.cli import main as cli_main
 from tlviz.diagnose import (
     CHECK_IDS, CHECKS, DiagnosisRefused, DiagnosisReport, _assignment_fallback, best_assignment,

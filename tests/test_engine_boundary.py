@@ -1,4 +1,5 @@
-"""Boundaries (DESIGN.md): the engine never imports Streamlit; only app.py, ui/ and pages/ do; they use public names."""
+"""Boundaries (DESIGN.md): the engine never imports Streamlit; only app.py, ui/ and pages/ do; they use public names;
+Altair is imported only under tlviz/charts/."""
 
 import ast
 import subprocess
@@ -26,6 +27,8 @@ def test_no_tlviz_module_imports_streamlit():
 _SOURCE_DIRS = ("tlviz", "ui", "pages", "bench", "tools")
 #: The only places that may import Streamlit (DESIGN.md): the router, the shared UI package, the pages.
 _STREAMLIT_ALLOWED = ("app.py", "ui/", "pages/")
+#: The only place that may import Altair (DESIGN.md): the chart builders.
+_ALTAIR_ALLOWED = "tlviz/charts/"
 
 
 def _source_files() -> list[Path]:
@@ -59,7 +62,7 @@ def test_streamlit_is_imported_only_by_the_router_ui_and_pages():
 
 
 def test_pages_and_ui_use_the_engines_public_names():
-    """Pages and ui/ import engine packages through their ``__init__`` (charts modules aside), never a private name."""
+    """Pages and ui/ import engine packages through their ``__init__`` (charts too), never a private name."""
     offenders = []
     for path in [ROOT / "app.py", *sorted((ROOT / "ui").rglob("*.py")), *sorted((ROOT / "pages").rglob("*.py"))]:
         rel = path.relative_to(ROOT).as_posix()
@@ -69,6 +72,14 @@ def test_pages_and_ui_use_the_engines_public_names():
                 continue
             offenders += [f"{rel}: {module}.{n}" for n in names if n.startswith("_")]
             package = ROOT.joinpath(*parts[:2])
-            if len(parts) > 2 and package.is_dir() and "charts" not in parts:
+            if len(parts) > 2 and package.is_dir():
                 offenders.append(f"{rel}: {module} (import it from {'.'.join(parts[:2])})")
     assert offenders == []
+
+
+def test_altair_is_imported_only_by_the_chart_builders():
+    """Every chart is built in `tlviz.charts`; pages hand the finished chart to ``st.altair_chart``."""
+    users = {path.relative_to(ROOT).as_posix() for path in _source_files()
+             if any(m.split(".")[0] == "altair" for m, _ in _imported_modules(path))}
+    assert [u for u in sorted(users) if not u.startswith(_ALTAIR_ALLOWED)] == []
+    assert {"tlviz/charts/layers.py", "tlviz/charts/normalization.py", "tlviz/charts/finetune.py"} <= users

@@ -409,7 +409,7 @@ def test_overfitting_advice_names_the_remedies():
 
 
 def test_charts_are_well_formed(head_run):
-    from tlviz.finetune import charts
+    from tlviz import charts
     from tlviz.finetune.lrfinder import suggest_lr
 
     spec = charts.curves_chart(head_run.history).to_dict()

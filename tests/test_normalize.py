@@ -15,7 +15,7 @@ import pytest
 
 from tlviz import normalize as nz
 from tlviz.normalize import inference, labelfree
-from tlviz import normalize_charts as charts
+from tlviz import charts
 from tlviz.presets import CustomPreset, applicable_presets
 
 PRESETS = applicable_presets(3)  # the presets compared by default
@@ -550,7 +550,7 @@ def test_ranking_chart_highlights_the_winner(base_report):
     assert enc["x"]["field"] == "accuracy" and enc["x"]["scale"]["domain"] == [0, 1]
     assert enc["y"]["sort"] == list(base_report.results["setting"])  # best first
     assert enc["color"]["field"] == "is_best"
-    assert enc["color"]["scale"]["range"][0] == charts.WINNER_COLOR
+    assert enc["color"]["scale"]["range"][0] == charts.normalization.WINNER_COLOR
     rows = _values(spec)
     assert [r["setting"] for r in rows if r["is_best"]] == ["tf"]
 

@@ -1,7 +1,7 @@
 """The fine-tuning page's panels: the run configuration, the running job, one run's results, the run list.
 
 Widgets -> `tlviz.finetune` (runs happen in a worker process, polled by a
-fragment) -> `tlviz.finetune.charts`. Widget keys start with ``ft_``.
+fragment) -> `tlviz.charts`. Widget keys start with ``ft_``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import math
 
 import streamlit as st
 
+from tlviz import charts
 from tlviz.errors import TlvizError
 from tlviz.finetune import (ACTIVE_STATES, OPTIMIZER_LABELS, OPTIMIZERS, LRFinderResult, RunConfig, RunRecord,
-                            RunRefused, cancel_job, charts, decide_head, default_preset, delete_run, depth_choices,
+                            RunRefused, cancel_job, decide_head, default_preset, delete_run, depth_choices,
                             format_seconds, largest_movers, list_runs, load_run, poll_job, start_job, start_lr_finder,
                             sweep_table)
 from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan

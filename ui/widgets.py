@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tlviz import diagnose_charts
+from tlviz import charts
 from tlviz.diagnose import AREA_TITLES, SEVERITY_TITLES
 from tlviz.findings import Finding
 
@@ -50,10 +50,10 @@ def finding_card(finding: Finding, *, evidence: bool = False, images=None, note:
         alert(finding.severity, f"**{finding.title}**")
         st.caption(f"`{finding.id}` · {SEVERITY_TITLES[finding.severity]} · {AREA_TITLES[finding.area]}")
         with st.expander("Evidence and fix", expanded=finding.severity == "error"):
-            table = diagnose_charts.evidence_table(finding.evidence)
+            table = charts.evidence_table(finding.evidence)
             if len(table):
                 st.dataframe(table, hide_index=True, width="stretch")
-            chart = diagnose_charts.finding_chart(finding)
+            chart = charts.finding_chart(finding)
             if chart is not None:
                 st.altair_chart(chart, width="stretch")
             _example_images(finding, images)

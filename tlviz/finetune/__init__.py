@@ -17,7 +17,7 @@ Public API (TensorFlow is imported only when a run starts):
 - For a page that sets a run up: `decide_head` (new head or not), `depth_choices`
   (unfreeze depths at block boundaries), `images_key` (the content key runs record
   for the pixels they ran on), `OPTIMIZERS` / `OPTIMIZER_LABELS`, `largest_movers`.
-- Charts live in `tlviz.finetune.charts` (Altair; import it where needed).
+- Its charts are in `tlviz.charts` (``finetune``).
 """
 
 from tlviz.finetune.build import decide_head, depth_choices

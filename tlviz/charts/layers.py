@@ -1,4 +1,4 @@
-"""Altair chart builders for the foundation pages. Pure functions: DataFrame in, chart out."""
+"""Altair charts for the Freezing status page: pure functions of the layer table."""
 
 from __future__ import annotations
 
@@ -38,13 +38,3 @@ def params_by_depth(table: pd.DataFrame, status_column: str = "trainable") -> al
         .properties(height=240)
     )
 
-
-def class_counts(counts: dict[str, int]) -> alt.Chart:
-    """Bar chart of images per class."""
-    df = pd.DataFrame({"class": list(counts), "images": list(counts.values())})
-    return (
-        alt.Chart(df)
-        .mark_bar()
-        .encode(x=alt.X("class:N", sort=None), y="images:Q", tooltip=["class", "images"])
-        .properties(height=200)
-    )
