@@ -2,7 +2,8 @@
 
 tlviz is configured with environment variables, read when a value is needed (so a test or a
 server can change them at run time). `SETTINGS` documents each: its kind, default and what it
-controls; the README's configuration table is checked against it (tests/test_config.py).
+controls. Nothing else in tlviz reads a ``TLVIZ_*`` variable: the modules call `megabytes`,
+`count`, `path` or `paths` here, and their ``DEFAULT_*`` constants come from `default`.
 
 Kinds and parsing (the same for every variable):
 
@@ -12,19 +13,31 @@ Kinds and parsing (the same for every variable):
 - ``"paths"`` — folders separated by the OS path separator, or ``off``; `paths` returns None when
   unset (no restriction), ``[]`` when ``off`` / ``none`` / empty, else the resolved folders.
 
-Unset or empty means the default. A value that cannot be parsed raises `ConfigError` naming the
-variable and saying what to set instead.
+Unset or empty means the default. A value that cannot be parsed raises `ConfigError` (a
+``ValueError``) naming the variable and saying what to set instead; no setting falls back to its
+default silently.
+
+The README's two tables of settings (under "Configuration" and "Limits and how to change them")
+are generated from `SETTINGS` (a test compares them)::
+
+    python -m tlviz.config                     # print both tables
+    python -m tlviz.config --update README.md  # rewrite them in place
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from tlviz.errors import ConfigError
+
+
+#: The README sections the settings are listed in (`Setting.section`), in the README's order.
+SECTIONS = ("settings", "limits")
 
 
 @dataclass(frozen=True)
@@ -36,9 +49,12 @@ class Setting:
         kind: ``"mb"``, ``"count"``, ``"path"`` or ``"paths"``.
         default: the value when unset: a number, or a function computing it on this machine, or
             None (no default: the caller decides).
-        default_text: the default as the documentation says it.
-        what: what the setting controls, one sentence.
+        default_text: the default as the documentation says it. Defaults to the number
+            `default` written with thousands separators.
+        what: what the setting controls, as the README's table says it.
         example: a value the error message suggests.
+        section: the README table it is listed in, one of `SECTIONS`. Defaults to ``"settings"``
+            (the "Configuration" table); ``"limits"`` is the table of upload and image limits.
     """
 
     name: str
@@ -47,6 +63,15 @@ class Setting:
     default_text: str
     what: str
     example: str = ""
+    section: str = "settings"
+
+    @property
+    def documented_default(self) -> str:
+        """`default_text`, or the number `default` with thousands separators when the text is empty."""
+        if self.default_text or callable(self.default) or self.default is None:
+            return self.default_text
+        d = float(self.default)
+        return f"{int(d):,}" if d.is_integer() else f"{d:,g}"
 
 
 def _memory_default() -> float:
@@ -64,31 +89,56 @@ def _jobs_default() -> float:
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("TLVIZ_RUNS_DIR", "path", None, "`~/.tlviz/runs` (else `./tlviz_runs`)",
             "where fine-tuning runs are stored (config, history, metrics, weight changes, model, TensorBoard "
-            "event files)", "/srv/tlviz/runs"),
+            "event files: `pip install tensorboard && tensorboard --logdir $TLVIZ_RUNS_DIR`)", "/srv/tlviz/runs"),
     Setting("TLVIZ_MEMORY_MB", "mb", _memory_default, "an eighth of the machine's memory, 256–1,536 MB",
-            "working memory of one heavy job beyond the model's weights and the decoded images; batch sizes are "
-            "planned from it", "1024"),
-    Setting("TLVIZ_ACTIVATION_CACHE_MB", "mb", 1024, "1024",
-            "memory budget for cached base activations in a fine-tuning run", "1024"),
+            "working memory of one heavy job beyond the model's weights and the decoded images: every pass of the "
+            "model over images runs in batches sized from it and the model's own layer output sizes (training mode "
+            "and gradients cost more than inference), so a ResNet50 at 224×224 runs in smaller batches than the "
+            "32×32 sample", "1024"),
+    Setting("TLVIZ_ACTIVATION_CACHE_MB", "mb", 1024, "",
+            "memory budget for cached base activations; above it a run trains the whole model and says so", "1024"),
     Setting("TLVIZ_MAX_JOBS", "count", _jobs_default,
             "half the CPU cores, at most machine memory ÷ (`TLVIZ_MEMORY_MB` + 1.5 GB), at least 1",
-            "heavy jobs running at once; the others wait in one first-come-first-served queue", "2"),
-    Setting("TLVIZ_MAX_MODEL_MB", "mb", 500, "500", "largest model file accepted", "500"),
-    Setting("TLVIZ_MAX_ARCHIVE_ENTRIES", "count", 50_000, "50,000",
-            "most entries in an image-set `.zip` (or files under a folder)", "50000"),
-    Setting("TLVIZ_MAX_ARCHIVE_MB", "mb", 2048, "2048",
-            "most uncompressed bytes an image-set `.zip`'s entries may declare", "2048"),
-    Setting("TLVIZ_MAX_IMAGE_MB", "mb", 100, "100", "largest single image file, uncompressed", "100"),
-    Setting("TLVIZ_MAX_DECODED_MB", "mb", 4096, "4096",
-            "memory for a decoded image set at the model's input size", "4096"),
-    Setting("TLVIZ_MAX_IMAGE_PIXELS", "count", 40_000_000, "40,000,000", "most pixels in one image", "40000000"),
-    Setting("TLVIZ_IMAGE_ROOTS", "paths", None, "unset: any folder",
-            "the server folders image sets may be read from (`off` hides the option)", "/data/images"),
+            "heavy jobs (fine-tuning runs, learning-rate tests, normalization comparisons, diagnoses) running at "
+            "once; the others wait in one first-come-first-served queue", "2"),
+    Setting("TLVIZ_MAX_MODEL_MB", "mb", 500, "", "largest model file", "500", section="limits"),
+    Setting("TLVIZ_MAX_ARCHIVE_ENTRIES", "count", 50_000, "",
+            "entries in a `.zip`, or files under a server folder", "50000", section="limits"),
+    Setting("TLVIZ_MAX_ARCHIVE_MB", "mb", 2048, "", "total uncompressed size a `.zip` declares", "2048",
+            section="limits"),
+    Setting("TLVIZ_MAX_IMAGE_MB", "mb", 100, "", "one image file; larger ones are skipped unread", "100",
+            section="limits"),
+    Setting("TLVIZ_MAX_IMAGE_PIXELS", "count", 40_000_000, "",
+            "pixels in one image; larger ones are skipped undecoded", "40000000", section="limits"),
+    Setting("TLVIZ_MAX_DECODED_MB", "mb", 4096, "", "memory for a decoded image set at the model's input size",
+            "4096", section="limits"),
+    Setting("TLVIZ_IMAGE_ROOTS", "paths", None, "unset (any folder)",
+            "folders the Server folder option may read, `:`-separated, or `off`", "/data/images", section="limits"),
 )}
 
 
+def default(name: str) -> float | None:
+    """A setting's default value (computed on this machine where it depends on it).
+
+    Args:
+        name: the variable's name, a key of `SETTINGS`.
+
+    Returns:
+        The default number, or None for a setting without one (a path: the caller decides).
+    """
+    s = _setting(name)
+    return s.default() if callable(s.default) else s.default
+
+
 def raw(name: str) -> str | None:
-    """The variable's text, stripped; None when unset or empty."""
+    """The variable's text.
+
+    Args:
+        name: the variable's name, a key of `SETTINGS`.
+
+    Returns:
+        The text, stripped; None when unset or empty.
+    """
     _setting(name)
     value = os.environ.get(name)
     if value is None or not value.strip():
@@ -99,13 +149,19 @@ def raw(name: str) -> str | None:
 def number(name: str) -> float:
     """A ``"mb"`` or ``"count"`` setting as a positive number (the default when unset).
 
+    Args:
+        name: the variable's name, a key of `SETTINGS`.
+
+    Returns:
+        The value: megabytes for ``"mb"``, a whole number for ``"count"``.
+
     Raises:
-        ConfigError: the value is not a positive number.
+        ConfigError: the value is not a positive number (for ``"count"``: a positive whole number).
     """
     s = _setting(name)
     text = raw(name)
     if text is None:
-        d = s.default() if callable(s.default) else s.default
+        d = default(name)
         if d is None:
             raise ConfigError(f"{name} has no default; set it.")
         return float(d)
@@ -114,7 +170,7 @@ def number(name: str) -> float:
     except ValueError:
         value = float("nan")
     whole = s.kind == "count"
-    if not math.isfinite(value) or value <= 0 or (whole and value < 1):
+    if not math.isfinite(value) or value <= 0 or (whole and not value.is_integer()):
         what = "a positive whole number" if whole else "a positive number of megabytes"
         raise ConfigError(f"{name}={text!r} is not {what}. Set it to e.g. {s.example}, or unset it for the default "
                           f"({_default_now(s)}).")
@@ -122,23 +178,57 @@ def number(name: str) -> float:
 
 
 def megabytes(name: str) -> int:
-    """A ``"mb"`` setting in bytes."""
+    """A ``"mb"`` setting in bytes.
+
+    Args:
+        name: the variable's name, a key of `SETTINGS`.
+
+    Returns:
+        The value (or the default) in bytes.
+
+    Raises:
+        ConfigError: the value is not a positive number.
+    """
     return int(number(name) * 2**20)
 
 
 def count(name: str) -> int:
-    """A ``"count"`` setting as a whole number."""
+    """A ``"count"`` setting as a whole number.
+
+    Args:
+        name: the variable's name, a key of `SETTINGS`.
+
+    Returns:
+        The value (or the default).
+
+    Raises:
+        ConfigError: the value is not a positive whole number.
+    """
     return int(number(name))
 
 
 def path(name: str) -> Path | None:
-    """A ``"path"`` setting (``~`` expanded), or None when unset."""
+    """A ``"path"`` setting.
+
+    Args:
+        name: the variable's name, a key of `SETTINGS`.
+
+    Returns:
+        The folder (``~`` expanded), or None when unset or empty.
+    """
     text = raw(name)
     return Path(text).expanduser() if text is not None else None
 
 
 def paths(name: str) -> list[Path] | None:
-    """A ``"paths"`` setting: None when unset, ``[]`` when off, else the resolved folders."""
+    """A ``"paths"`` setting.
+
+    Args:
+        name: the variable's name, a key of `SETTINGS`.
+
+    Returns:
+        None when unset, ``[]`` when ``off`` / ``none`` / empty, else the resolved folders.
+    """
     _setting(name)
     value = os.environ.get(name)
     if value is None:
@@ -148,11 +238,84 @@ def paths(name: str) -> list[Path] | None:
     return [Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p.strip()]
 
 
-def table() -> str:
-    """The settings as a Markdown table (the README's configuration table is checked against it)."""
+def table(section: str | None = None) -> str:
+    """The settings as a Markdown table, as the README shows them.
+
+    Args:
+        section: only the settings of this README section (one of `SECTIONS`). Defaults to
+            `None` (every setting).
+
+    Returns:
+        The table: variable, default, what it controls; one row per setting.
+    """
+    if section is not None and section not in SECTIONS:
+        raise ValueError(f"Unknown section {section!r}; pass one of {', '.join(SECTIONS)}.")
     rows = ["| variable | default | what |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | {s.default_text} | {s.what} |" for s in SETTINGS.values()]
+    rows += [f"| `{s.name}` | {s.documented_default} | {s.what} |"
+             for s in SETTINGS.values() if section is None or s.section == section]
     return "\n".join(rows)
+
+
+def readme_markers(section: str) -> tuple[str, str]:
+    """The two comment lines around a section's generated table in the README.
+
+    Args:
+        section: one of `SECTIONS`.
+
+    Returns:
+        ``(start, end)``.
+    """
+    return (f"<!-- {section}: generated by `python -m tlviz.config --update README.md`; do not edit -->",
+            f"<!-- end of {section} -->")
+
+
+def update_readme(text: str) -> str:
+    """`text` (the README) with every section's table replaced by `table(section)`.
+
+    Args:
+        text: the README's text, holding one pair of `readme_markers` per section.
+
+    Returns:
+        The new text.
+
+    Raises:
+        ValueError: a section's markers are missing.
+    """
+    for section in SECTIONS:
+        start, end = readme_markers(section)
+        head, found_start, rest = text.partition(start)
+        _, found_end, tail = rest.partition(end)
+        if not found_start or not found_end:
+            raise ValueError(f"The file has no {start!r} ... {end!r} block to replace.")
+        text = f"{head}{start}\n\n{table(section)}\n\n{end}{tail}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tlviz.config [--update README.md]``: print the README's tables of settings, or rewrite them.
+
+    Args:
+        argv: the arguments. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit status.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tlviz.config",
+                                     description="Print the README's tables of TLVIZ_* settings, or rewrite them.")
+    parser.add_argument("--update", metavar="FILE", help="rewrite the tables between the markers in FILE")
+    args = parser.parse_args(argv)
+    if args.update is None:
+        print("\n\n".join(table(section) for section in SECTIONS))
+        return 0
+    target = Path(args.update)
+    text = target.read_text(encoding="utf-8")
+    new = update_readme(text)
+    if new != text:
+        target.write_text(new, encoding="utf-8")
+    print(f"{target}: {'updated' if new != text else 'already up to date'}")
+    return 0
 
 
 def _setting(name: str) -> Setting:
@@ -163,11 +326,17 @@ def _setting(name: str) -> Setting:
 
 
 def _default_now(s: Setting) -> str:
+    """The default as an error message says it: the number on this machine where it is computed."""
     try:
         d = s.default() if callable(s.default) else s.default
     except Exception:  # noqa: BLE001 - the message must not fail
-        return s.default_text
+        return s.documented_default
     if d is None:
-        return s.default_text
+        return s.documented_default
     unit = " MB" if s.kind == "mb" else ""
-    return f"{d:g}{unit} on this machine" if callable(s.default) else f"{d:g}{unit}"
+    text = f"{int(d)}" if float(d).is_integer() else f"{d:g}"
+    return f"{text}{unit} on this machine" if callable(s.default) else f"{text}{unit}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

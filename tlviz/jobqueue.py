@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tlviz.errors import TlvizError
+from tlviz import config
 from tlviz.finetune.store import pid_alive, read_json, write_json
 
 ENV_MAX_JOBS = "TLVIZ_MAX_JOBS"
@@ -67,23 +67,16 @@ def default_max_jobs() -> int:
 
 
 def max_jobs() -> int:
-    """How many heavy jobs run at once: ``TLVIZ_MAX_JOBS``, else `default_max_jobs()`.
+    """How many heavy jobs run at once.
+
+    Returns:
+        ``TLVIZ_MAX_JOBS``, else `default_max_jobs()`.
 
     Raises:
-        TlvizError: the variable is set but is not a whole number of at least 1
+        ConfigError: (a `TlvizError`) the variable is set but is not a whole number of at least 1
             (the message says how to set it).
     """
-    raw = os.environ.get(ENV_MAX_JOBS, "").strip()
-    if not raw:
-        return default_max_jobs()
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise TlvizError(f"{ENV_MAX_JOBS}={raw!r} is not a whole number of at least 1. Set it to e.g. 2, or unset "
-                         f"it for the default ({default_max_jobs()} on this machine).")
-    return n
+    return config.count(ENV_MAX_JOBS)
 
 
 def _queue_dir(jobs_dir: Path) -> Path:

@@ -27,19 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
+from tlviz import config
 from tlviz.finetune.build import is_stochastic
 
-DEFAULT_CACHE_MB = 1024
 ENV_CACHE_MB = "TLVIZ_ACTIVATION_CACHE_MB"
+DEFAULT_CACHE_MB = int(config.default(ENV_CACHE_MB))
 
 
 def cache_budget_bytes() -> int:
-    """The activation-cache budget in bytes (``TLVIZ_ACTIVATION_CACHE_MB``, default 1024)."""
-    try:
-        mb = float(os.environ.get(ENV_CACHE_MB, DEFAULT_CACHE_MB))
-    except ValueError:
-        mb = DEFAULT_CACHE_MB
-    return int(max(mb, 0) * 1024 * 1024)
+    """The activation-cache budget.
+
+    Returns:
+        ``TLVIZ_ACTIVATION_CACHE_MB`` in bytes (default `DEFAULT_CACHE_MB`).
+
+    Raises:
+        ConfigError: the variable is set but is not a positive number (the message says how to set it).
+    """
+    return config.megabytes(ENV_CACHE_MB)
 
 
 # -- graph surgery -------------------------------------------------------------

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tlviz import config
 from tlviz.errors import TlvizError
 from tlviz.jsonsafe import json_safe
 
@@ -65,9 +66,15 @@ def runs_dir(path: str | os.PathLike | None = None) -> Path:
     Args:
         path: an explicit folder. Defaults to ``TLVIZ_RUNS_DIR``, else
             ``~/.tlviz/runs``, else ``./tlviz_runs``.
+
+    Returns:
+        The folder.
+
+    Raises:
+        TlvizError: no candidate folder is writable (the message says to set ``TLVIZ_RUNS_DIR``).
     """
     if path is None:
-        path = os.environ.get(ENV_RUNS_DIR) or None
+        path = config.path(ENV_RUNS_DIR)
     candidates = [Path(path).expanduser()] if path else [Path.home() / ".tlviz" / "runs", Path.cwd() / "tlviz_runs"]
     last_exc = None
     for p in candidates:

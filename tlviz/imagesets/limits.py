@@ -1,56 +1,49 @@
 """The size limits an image set is held to, and the messages when one is crossed.
 
-Each limit is read from its environment variable when it is needed, so a test or a server can
-change it at run time: ``TLVIZ_MAX_ARCHIVE_ENTRIES``, ``TLVIZ_MAX_ARCHIVE_MB``,
-``TLVIZ_MAX_IMAGE_MB``, ``TLVIZ_MAX_DECODED_MB`` and ``TLVIZ_MAX_IMAGE_PIXELS`` (see the
-`tlviz.imagesets` docstring for what each bounds).
+Each limit is read through `tlviz.config` when it is needed, so a test or a server can change it
+at run time: ``TLVIZ_MAX_ARCHIVE_ENTRIES``, ``TLVIZ_MAX_ARCHIVE_MB``, ``TLVIZ_MAX_IMAGE_MB``,
+``TLVIZ_MAX_DECODED_MB`` and ``TLVIZ_MAX_IMAGE_PIXELS`` (see the `tlviz.imagesets` docstring for
+what each bounds, `tlviz.config.SETTINGS` for the defaults). A value that is not a positive
+number raises `ConfigError`.
 """
 
 from __future__ import annotations
 
-import os
-
+from tlviz import config
 from tlviz.errors import ImageSetRefused
 from tlviz.imagesets.imageset import _SkipImage
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(float(os.environ.get(name, default)))
-    except ValueError:
-        return default
-
-
 def max_archive_entries() -> int:
     """Most entries in a `.zip` (or files under a folder); ``TLVIZ_MAX_ARCHIVE_ENTRIES``."""
-    return _env_int("TLVIZ_MAX_ARCHIVE_ENTRIES", 50_000)
+    return config.count("TLVIZ_MAX_ARCHIVE_ENTRIES")
 
 
 def max_archive_bytes() -> int:
     """Most uncompressed bytes a `.zip`'s entries may declare; ``TLVIZ_MAX_ARCHIVE_MB``."""
-    return _env_int("TLVIZ_MAX_ARCHIVE_MB", 2048) * 1024 * 1024
+    return config.megabytes("TLVIZ_MAX_ARCHIVE_MB")
 
 
 def max_image_bytes() -> int:
-    """Most bytes of one image file; ``TLVIZ_MAX_IMAGE_MB`` (default 100 MB)."""
-    return _env_int("TLVIZ_MAX_IMAGE_MB", 100) * 1024 * 1024
+    """Most bytes of one image file; ``TLVIZ_MAX_IMAGE_MB``."""
+    return config.megabytes("TLVIZ_MAX_IMAGE_MB")
 
 
 def max_decoded_bytes() -> int:
-    """Most bytes the decoded ``uint8`` set may take; ``TLVIZ_MAX_DECODED_MB`` (default 4,096 MB)."""
-    return _env_int("TLVIZ_MAX_DECODED_MB", 4096) * 1024 * 1024
+    """Most bytes the decoded ``uint8`` set may take; ``TLVIZ_MAX_DECODED_MB``."""
+    return config.megabytes("TLVIZ_MAX_DECODED_MB")
 
 
 def max_image_pixels() -> int:
     """Most pixels in one image; ``TLVIZ_MAX_IMAGE_PIXELS``."""
-    return _env_int("TLVIZ_MAX_IMAGE_PIXELS", 40_000_000)
+    return config.count("TLVIZ_MAX_IMAGE_PIXELS")
 
 
 def _oversize(n: int, cap: int, labels: bool) -> Exception:
     if labels:
         return ImageSetRefused(f"labels.txt is {n / 1e6:,.1f} MB; it should list one class name per line "
                                f"(at most {cap // 1024:,} KB). Fix labels.txt and load the set again.")
-    return _SkipImage(f"{n / 1024 / 1024:,.1f} MB is over the per-image limit of {cap // 1024 // 1024:,} MB: "
+    return _SkipImage(f"{n / 1024 / 1024:,.1f} MB is over the per-image limit of {cap / 2**20:,.4g} MB: "
                       "not read (shrink the image, or raise TLVIZ_MAX_IMAGE_MB)")
 
 

@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 
+from tlviz import config
 from tlviz.errors import ModelRefused
 from tlviz.models.messages import clean, mb
 
-# Upload limit for a model file, in MB. Override with TLVIZ_MAX_MODEL_MB.
-DEFAULT_MAX_MODEL_MB = 500
+#: Upload limit for a model file, in MB (``TLVIZ_MAX_MODEL_MB`` changes it; `tlviz.config` holds the default).
+DEFAULT_MAX_MODEL_MB = int(config.default("TLVIZ_MAX_MODEL_MB"))
 
 #: Name of the metadata file tlviz embeds inside a `.keras` archive (ignored by Keras).
 EMBEDDED_METADATA = "tlviz.json"
@@ -27,12 +27,15 @@ _MAX_CONFIG_BYTES = 32 * 2**20
 
 
 def max_model_bytes() -> int:
-    """The model size limit in bytes (``TLVIZ_MAX_MODEL_MB``, default 500)."""
-    try:
-        mb = float(os.environ.get("TLVIZ_MAX_MODEL_MB", DEFAULT_MAX_MODEL_MB))
-    except ValueError:
-        mb = DEFAULT_MAX_MODEL_MB
-    return int(mb * 1024 * 1024)
+    """The model size limit.
+
+    Returns:
+        ``TLVIZ_MAX_MODEL_MB`` in bytes (default `DEFAULT_MAX_MODEL_MB`).
+
+    Raises:
+        ConfigError: the variable is set but is not a positive number.
+    """
+    return config.megabytes("TLVIZ_MAX_MODEL_MB")
 
 
 def _too_big_message(filename: str, size: int) -> str:
