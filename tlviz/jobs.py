@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tlviz import jobqueue
-from tlviz.errors import TlvizError
+from tlviz.errors import AnalysisRefused, TlvizError  # AnalysisRefused: defined in tlviz.errors, still importable here
 from tlviz.finetune import worker
 from tlviz.finetune.store import check_run_id, now_iso, read_json, runs_dir, write_json
 
@@ -67,10 +67,6 @@ NO_SOURCE_NOTE = ("The resize methods were not compared: the original image file
                   "worker process (load the image set from a folder or a .zip to compare them).")
 #: A job whose worker has not recorded its process id yet is taken as starting for this many seconds.
 _STARTING_S = 60.0
-
-
-class AnalysisRefused(TlvizError):
-    """An analysis job cannot be started with these arguments."""
 
 
 @dataclass

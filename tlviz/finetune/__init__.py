@@ -20,9 +20,10 @@ Public API (TensorFlow is imported only when a run starts):
 - Its charts are in `tlviz.charts` (``finetune``).
 """
 
+from tlviz.errors import RunRefused
 from tlviz.finetune.build import decide_head, depth_choices
 from tlviz.finetune.cache import images_key
-from tlviz.finetune.config import OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, RunRefused, default_preset
+from tlviz.finetune.config import OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, default_preset
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
 from tlviz.finetune.run import RunResult, linear_probe, run_finetune, stratified_split
 from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,

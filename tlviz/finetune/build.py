@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tlviz.finetune.config import RunConfig, RunRefused
+from tlviz.errors import RunRefused
+from tlviz.finetune.config import RunConfig
 from tlviz.layers import freezing_findings, layer_table, totals
 
 #: Layer classes that behave differently in training (random) and carry no weights.

@@ -5,16 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from tlviz.errors import TlvizError
+from tlviz.errors import RunRefused  # defined in tlviz.errors; still importable from here
 from tlviz.presets import PIXEL_PRESET, PRESETS
 
 OPTIMIZERS = ("adam", "sgd")
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
 BN_MODES = ("frozen", "train")
-
-
-class RunRefused(TlvizError):
-    """A run cannot start: the configuration or the model makes it pointless or impossible."""
 
 
 @dataclass

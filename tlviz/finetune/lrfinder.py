@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tlviz.errors import RunRefused
 from tlviz.finetune.build import build_run_model
 from tlviz.finetune.cache import ActivationCache, compute_activations, find_cut, images_key, weights_key
-from tlviz.finetune.config import RunConfig, RunRefused
+from tlviz.finetune.config import RunConfig
 from tlviz.finetune.run import _budget, _optimizer, check_run, check_train_memory, stratified_split
 from tlviz.presets import apply_preset
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tlviz.errors import RunRefused
 from tlviz.finetune.build import (BuiltModel, HeadDecision, build_run_model, check_trainable, decide_head,
                                   trainable_params)
 from tlviz.finetune.cache import ActivationCache, Cut, compute_activations, find_cut, images_key, weights_key
-from tlviz.finetune.config import RunConfig, RunRefused
+from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import HISTORY_COLUMNS, RunWriter, clean_json
 from tlviz.finetune.summary import describe_curves, frozen_changed, snapshot, weight_change
 from tlviz.findings import Finding

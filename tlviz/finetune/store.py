@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from tlviz import config
-from tlviz.errors import TlvizError
+from tlviz.errors import RunRefused, TlvizError
 from tlviz.jsonsafe import json_safe
 
 ENV_RUNS_DIR = "TLVIZ_RUNS_DIR"
@@ -272,7 +272,7 @@ class RunRecord:
     @property
     def run_config(self):
         """The stored config as a `RunConfig`, or None when it is missing or no longer valid."""
-        from tlviz.finetune.config import RunConfig, RunRefused
+        from tlviz.finetune.config import RunConfig
 
         if not self.config:
             return None

@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from tlviz.finetune.config import RunConfig, RunRefused
+from tlviz.errors import RunRefused
+from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import new_run_id
 
 SWEEP_COLUMNS = ["unfreeze", "lr", "state", "best_val_accuracy", "run_id"]

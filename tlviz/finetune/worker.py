@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from tlviz import jobqueue
-from tlviz.errors import TlvizError
-from tlviz.finetune.config import RunConfig, RunRefused
+from tlviz.errors import RunRefused, TlvizError
+from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import (ACTIVE_STATES, RunProgress, RunRecord, RunWriter, check_run_id, load_run,
                                   new_run_id, now_iso, pid_alive, read_json, runs_dir, write_json)
 
