@@ -550,7 +550,7 @@ def test_ranking_chart_highlights_the_winner(base_report):
     assert enc["x"]["field"] == "accuracy" and enc["x"]["scale"]["domain"] == [0, 1]
     assert enc["y"]["sort"] == list(base_report.results["setting"])  # best first
     assert enc["color"]["field"] == "is_best"
-    assert enc["color"]["scale"]["range"][0] == charts.normalization.WINNER_COLOR
+    assert enc["color"]["scale"]["range"][0] == charts.palette.BEST_COLOR
     rows = _values(spec)
     assert [r["setting"] for r in rows if r["is_best"]] == ["tf"]
 

@@ -1,4 +1,12 @@
-"""Altair charts of runs. Pure functions: DataFrames in, charts out."""
+"""Altair charts for the Fine-tuning page: pure functions of a run's DataFrames.
+
+- `history_long(history)` — per-epoch history in long form; `curves_chart(history)`
+  and `compare_chart(histories)` draw it (train / validation in `palette.SPLIT_COLORS`).
+- `weight_change_chart(report)` — how far each layer moved, trainable / frozen.
+- `sweep_heatmap(table)` — best validation accuracy per (unfreeze depth, learning rate).
+- `lr_finder_chart(curve, suggestion)` — the learning-rate range test.
+- The run's confusion matrix is `tlviz.charts.confusion_chart`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,10 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-SPLIT_LABELS = {"": "train", "val_": "validation"}
+from tlviz.charts import palette
+
+#: Keras's metric prefix -> the split's word.
+SPLIT_LABELS = {"": palette.TRAIN, "val_": palette.VALIDATION}
 
 
 def history_long(history: pd.DataFrame, run: str | None = None) -> pd.DataFrame:
@@ -30,10 +41,11 @@ def history_long(history: pd.DataFrame, run: str | None = None) -> pd.DataFrame:
 def _metric_chart(long: pd.DataFrame, metric: str, color: str, dash: str | None, width: int = 320):
     data = long[long["metric"] == metric]
     y_scale = alt.Scale(domain=[0, 1]) if metric == "accuracy" else alt.Scale(zero=False, type="symlog")
+    c_scale = palette.scale(palette.SPLIT_COLORS) if color == "split" else alt.Scale(range=palette.CATEGORY_COLORS)
     enc = {
         "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
         "y": alt.Y("value:Q", title=metric, scale=y_scale),
-        "color": alt.Color(f"{color}:N", title=color),
+        "color": alt.Color(f"{color}:N", title=color, scale=c_scale),
         "tooltip": [f"{c}:{t}" for c, t in (("run", "N"), ("split", "N"), ("epoch", "Q"), ("value", "Q"),
                                                 ("phase", "N")) if c in data.columns],
     }
@@ -55,45 +67,24 @@ def compare_chart(histories: dict[str, pd.DataFrame]) -> alt.HConcatChart:
     return alt.hconcat(_metric_chart(long, "loss", "run", "split"), _metric_chart(long, "accuracy", "run", "split"))
 
 
-def confusion_frame(confusion: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    """Confusion counts in long form: ``true, predicted, count, share`` (share of the true class)."""
-    cm = np.asarray(confusion)
-    rows = []
-    for i, t in enumerate(class_names):
-        total = cm[i].sum()
-        for j, p in enumerate(class_names):
-            rows.append({"true": str(t), "predicted": str(p), "count": int(cm[i, j]),
-                         "share": float(cm[i, j] / total) if total else 0.0})
-    return pd.DataFrame(rows, columns=["true", "predicted", "count", "share"])
-
-
-def confusion_chart(confusion: np.ndarray, class_names: list[str]) -> alt.LayerChart:
-    """Heatmap of the validation confusion matrix with the counts written in."""
-    df = confusion_frame(confusion, class_names)
-    order = [str(c) for c in class_names]
-    base = alt.Chart(df).encode(
-        x=alt.X("predicted:N", sort=order, title="predicted"),
-        y=alt.Y("true:N", sort=order, title="true class"),
-    )
-    rect = base.mark_rect().encode(color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]),
-                                                   title="share of class"),
-                                   tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".0%")])
-    text = base.mark_text().encode(text="count:Q",
-                                   color=alt.condition("datum.share > 0.5", alt.value("white"), alt.value("black")))
-    side = max(180, 28 * len(order))
-    return (rect + text).properties(width=side, height=side, title="validation confusion matrix")
-
-
 def weight_change_chart(report: pd.DataFrame) -> alt.Chart:
-    """Relative weight change per layer, in model order; frozen layers sit at exactly zero."""
+    """Relative weight change per layer, in model order; frozen layers sit at exactly zero.
+
+    Args:
+        report: `RunResult.weight_change` (``path``, ``class``, ``trainable``,
+            ``rel_change``, ``params``).
+
+    Returns:
+        An Altair bar chart coloured trainable / frozen (`palette.STATUS_COLORS`).
+    """
     df = report.copy()
-    df["status"] = np.where(df["trainable"].astype(bool), "trained", "frozen")
+    df["status"] = np.where(df["trainable"].astype(bool), palette.TRAINABLE, palette.FROZEN)
     df["rel_change"] = df["rel_change"].astype(float).replace([np.inf, -np.inf], np.nan)
     order = list(df["path"])
     return alt.Chart(df).mark_bar().encode(
         x=alt.X("path:N", sort=order, title="layer (input → output)", axis=alt.Axis(labelAngle=-45, labelLimit=160)),
         y=alt.Y("rel_change:Q", title="relative L2 change"),
-        color=alt.Color("status:N", scale=alt.Scale(domain=["trained", "frozen"], range=["#d62728", "#1f77b4"])),
+        color=alt.Color("status:N", scale=palette.scale(palette.STATUS_COLORS)),
         tooltip=["path", "class", "status", alt.Tooltip("rel_change:Q", format=".4g"), "params"],
     ).properties(height=240, title="how far each layer's weights moved")
 
@@ -108,16 +99,24 @@ def sweep_heatmap(table: pd.DataFrame) -> alt.LayerChart:
     base = alt.Chart(df).encode(x=alt.X("rate:O", sort=rates, title="learning rate"),
                                 y=alt.Y("unfreeze:O", title="unfreeze depth", sort="descending"))
     rect = base.mark_rect().encode(
-        color=alt.Color("best_val_accuracy:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]),
-                        title="best val accuracy"),
+        color=alt.Color("best_val_accuracy:Q", scale=palette.sequential([0, 1]), title="best val accuracy"),
         tooltip=["unfreeze", "rate", "state", alt.Tooltip("best_val_accuracy:Q", format=".1%"), "run_id"])
-    text = base.mark_text(color="white").encode(text="text:N")
+    text = base.mark_text().encode(text="text:N", color=palette.cell_text("datum.best_val_accuracy > 0.6"))
     return (rect + text).properties(title="sweep: best validation accuracy", width=max(200, 70 * len(rates)),
                                     height=max(120, 40 * df["unfreeze"].nunique()))
 
 
 def lr_finder_chart(curve: pd.DataFrame, suggestion: float | None = None) -> alt.LayerChart:
-    """Loss against learning rate (log axis): raw loss as dots, smoothed loss as a line, the suggestion as a rule."""
+    """Loss against learning rate (log axis): raw loss as dots, smoothed loss as a line, the suggestion as a rule.
+
+    Args:
+        curve: `LRFinderResult.curve` (``lr``, ``loss``, ``smoothed``).
+        suggestion: the suggested rate, drawn as a dashed `palette.REFERENCE_COLOR`
+            line. Defaults to `None` (no line).
+
+    Returns:
+        An Altair layer chart.
+    """
     df = curve.copy()
     df = df[np.isfinite(df["loss"].astype(float)) & (df["loss"].astype(float) < 1e6)]
     x = alt.X("lr:Q", scale=alt.Scale(type="log"), title="learning rate (log scale)", axis=alt.Axis(format=".0e"))
@@ -128,7 +127,7 @@ def lr_finder_chart(curve: pd.DataFrame, suggestion: float | None = None) -> alt
     title = "learning-rate range test"
     if suggestion:
         sug = pd.DataFrame({"lr": [suggestion], "label": [f"suggested {suggestion:.1e}"]})
-        layers.append(alt.Chart(sug).mark_rule(color="red", strokeDash=[4, 3], size=2).encode(
-            x="lr:Q", tooltip=["label"]))
-        title += f" (red line: suggested rate {suggestion:.1e})"
+        layers.append(alt.Chart(sug).mark_rule(color=palette.REFERENCE_COLOR, strokeDash=palette.REFERENCE_DASH,
+                                               size=2).encode(x="lr:Q", tooltip=["label"]))
+        title += f" (dashed line: suggested rate {suggestion:.1e})"
     return alt.layer(*layers).properties(title=title, height=260, width=520)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-TRAINABLE_COLORS = alt.Scale(domain=["trainable", "frozen"], range=["#2e7d32", "#90a4ae"])
+from tlviz.charts import palette
 
 
 def params_by_depth(table: pd.DataFrame, status_column: str = "trainable") -> alt.Chart:
-    """Bar chart of parameters per layer, in depth order, coloured trainable / frozen.
+    """Bar chart of parameters per layer, in depth order, coloured trainable / frozen (`palette.STATUS_COLORS`).
 
     Args:
         table: a `tlviz.layers.layer_table` (optionally with ``would_train``).
@@ -24,7 +24,7 @@ def params_by_depth(table: pd.DataFrame, status_column: str = "trainable") -> al
         raise ValueError(f"Column {status_column!r} not in the layer table; use 'trainable' or 'would_train'.")
     df = table[table["holds_weights"]].copy()
     df["params"] = df["trainable_params"] + df["non_trainable_params"]
-    df["status"] = df[status_column].map({True: "trainable", False: "frozen"})
+    df["status"] = df[status_column].map({True: palette.TRAINABLE, False: palette.FROZEN})
     return (
         alt.Chart(df)
         .mark_bar()
@@ -32,7 +32,7 @@ def params_by_depth(table: pd.DataFrame, status_column: str = "trainable") -> al
             x=alt.X("depth:O", title="layer depth (input → output)",
                     axis=alt.Axis(labelOverlap=True, labelAngle=0)),
             y=alt.Y("params:Q", title="parameters"),
-            color=alt.Color("status:N", scale=TRAINABLE_COLORS, title=None),
+            color=alt.Color("status:N", scale=palette.scale(palette.STATUS_COLORS), title=None),
             tooltip=["path", "class", "params", "status", "role"],
         )
         .properties(height=240)

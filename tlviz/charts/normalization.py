@@ -11,8 +11,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-WINNER_COLOR = "#2e7d32"
-OTHER_COLOR = "#9e9e9e"
+from tlviz.charts import palette
+
 METRICS = {
     "accuracy": "Accuracy",
     "mean_confidence": "Mean confidence",
@@ -20,13 +20,8 @@ METRICS = {
 }
 
 
-def _highlight(field: str = "is_best") -> alt.Color:
-    return alt.Color(f"{field}:N", scale=alt.Scale(domain=[True, False], range=[WINNER_COLOR, OTHER_COLOR]),
-                     legend=None)
-
-
 def ranking_chart(results: pd.DataFrame, metric: str = "accuracy", chance: float | None = None) -> alt.LayerChart:
-    """Horizontal bars of `metric` per setting, best first, the winner highlighted.
+    """Horizontal bars of `metric` per setting, best first, the winner in `palette.BEST_COLOR`.
 
     For accuracy, each bar carries its 95 % interval (``accuracy_low`` /
     ``accuracy_high``) as a whisker, and `chance` is drawn as a dashed line, so a
@@ -60,10 +55,10 @@ def ranking_chart(results: pd.DataFrame, metric: str = "accuracy", chance: float
         tooltip=[alt.Tooltip("rank:Q"), alt.Tooltip("setting:N"), alt.Tooltip("kind:N"),
                  alt.Tooltip(f"{metric}:Q", format=".1%", title=METRICS[metric]), alt.Tooltip("n:Q", title="images")],
     )
-    bars = base.mark_bar().encode(color=_highlight())
+    bars = base.mark_bar().encode(color=palette.flag("is_best", palette.BEST_COLOR))
     layers = [bars]
     if interval:
-        layers.append(base.mark_rule(color="#333333").encode(x="accuracy_low:Q", x2="accuracy_high:Q"))
+        layers.append(base.mark_rule(color=palette.INK).encode(x="accuracy_low:Q", x2="accuracy_high:Q"))
         labels = base.mark_text(align="left", dx=3).encode(x="accuracy_high:Q",
                                                             text=alt.Text(f"{metric}:Q", format=".1%"))
     else:
@@ -72,8 +67,8 @@ def ranking_chart(results: pd.DataFrame, metric: str = "accuracy", chance: float
     title = f"{METRICS[metric]} (best first)"
     if interval and chance is not None:
         line = pd.DataFrame({"chance": [float(chance)]})
-        layers.append(alt.Chart(line).mark_rule(strokeDash=[4, 3], color="#b00020").encode(
-            x="chance:Q", tooltip=[alt.Tooltip("chance:Q", format=".1%", title="chance")]))
+        rule = alt.Chart(line).mark_rule(strokeDash=palette.REFERENCE_DASH, color=palette.REFERENCE_COLOR)
+        layers.append(rule.encode(x="chance:Q", tooltip=[alt.Tooltip("chance:Q", format=".1%", title="chance")]))
         title = f"{METRICS[metric]} with 95 % interval; dashed: chance ({chance:.1%})"
     return alt.layer(*layers).properties(height=alt.Step(22), title=title)
 
@@ -99,11 +94,10 @@ def per_class_heatmap(per_class: pd.DataFrame, preset_order: list[str] | None = 
                  alt.Tooltip("n:Q", title="images")],
     )
     rect = base.mark_rect().encode(
-        color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"), title="Accuracy",
+        color=alt.Color("accuracy:Q", scale=palette.sequential([0, 1]), title="Accuracy",
                         legend=alt.Legend(format="%")))
     text = base.mark_text(fontSize=11).encode(
-        text=alt.Text("accuracy:Q", format=".0%"),
-        color=alt.condition(alt.datum.accuracy > 0.6, alt.value("white"), alt.value("black")))
+        text=alt.Text("accuracy:Q", format=".0%"), color=palette.cell_text("datum.accuracy > 0.6"))
     return (rect + text).properties(title="Per-class accuracy by preset")
 
 
@@ -134,6 +128,6 @@ def fingerprint_chart(ranking: pd.DataFrame) -> alt.LayerChart:
                  alt.Tooltip("mean_shift:Q", format=".3g", title="mean shift (in BN std)"),
                  alt.Tooltip("std_ratio:Q", format=".3g", title="std ratio (1 = match)")],
     )
-    bars = base.mark_bar().encode(color=_highlight())
+    bars = base.mark_bar().encode(color=palette.flag("is_best", palette.BEST_COLOR))
     labels = base.mark_text(align="left", dx=3).encode(text=alt.Text("distance:Q", format=".3g"))
     return (bars + labels).properties(height=alt.Step(22))

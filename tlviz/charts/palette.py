@@ -1,0 +1,122 @@
+"""The colours and words every tlviz chart uses, so one meaning looks the same on every page.
+
+Colours come from the Okabe–Ito set, which stays distinct under the common forms of
+colour blindness, and each is named for what it means rather than for its hue:
+
+- blue is the part that does what it should: a trainable layer, the best preset, the
+  accuracy a finding says is possible, the train curve (validation is orange);
+- vermillion is what needs a look: a flagged class, the accuracy the user gets when a
+  finding explains why it is low, the cells of a label mapping, reference lines (chance,
+  a suggested learning rate);
+- grey is everything else: a frozen layer, the other presets.
+
+Words shared by charts and tables (trainable / frozen, train / validation, the roles of
+compared accuracies) are defined here too; a finding's severity and area words are
+`tlviz.findings.SEVERITIES` and `AREAS`, and no chart colours them.
+
+Heatmaps use one sequential scheme, with the number in each cell written white on the
+dark end and black on the light end.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+
+# -- words -------------------------------------------------------------------------------
+
+#: A layer whose weights train / do not train (``trainable`` is membership in
+#: ``model.trainable_weights``, see `tlviz.layers`).
+TRAINABLE = "trainable"
+FROZEN = "frozen"
+#: The two halves of an image set in a fine-tuning run, as Keras names its metrics (``val_`` prefix).
+TRAIN = "train"
+VALIDATION = "validation"
+#: Roles of the accuracies a finding compares: what it should be, what the user gets, anything else.
+EXPECTED = "expected"
+MEASURED = "measured"
+OTHER = "other"
+
+# -- colours -----------------------------------------------------------------------------
+
+BLUE = "#0072B2"
+ORANGE = "#E69F00"
+VERMILLION = "#D55E00"
+BLUISH_GREEN = "#009E73"
+REDDISH_PURPLE = "#CC79A7"
+SKY_BLUE = "#56B4E9"
+GREY = "#9E9E9E"
+#: Thin marks drawn over bars (interval whiskers).
+INK = "#333333"
+#: Text on a dark / light heatmap cell.
+TEXT_ON_DARK = "white"
+TEXT_ON_LIGHT = "black"
+
+TRAINABLE_COLOR = BLUE
+FROZEN_COLOR = GREY
+#: The best setting (preset) and every other one.
+BEST_COLOR = BLUE
+OTHER_COLOR = GREY
+#: A class or cell a finding points at.
+FLAG_COLOR = VERMILLION
+#: A line to read the bars against: chance accuracy, a suggested learning rate.
+REFERENCE_COLOR = VERMILLION
+REFERENCE_DASH = [4, 3]
+
+STATUS_COLORS = {TRAINABLE: TRAINABLE_COLOR, FROZEN: FROZEN_COLOR}
+SPLIT_COLORS = {TRAIN: BLUE, VALIDATION: ORANGE}
+ROLE_COLORS = {EXPECTED: BLUE, MEASURED: VERMILLION, OTHER: GREY}
+#: Colours for things with no meaning of their own (one run each in a comparison), in order.
+CATEGORY_COLORS = [BLUE, ORANGE, BLUISH_GREEN, VERMILLION, REDDISH_PURPLE, SKY_BLUE, INK, GREY]
+#: The Vega scheme of every heatmap (light = few / low, dark = many / high).
+SEQUENTIAL_SCHEME = "blues"
+
+
+def scale(colors: dict) -> alt.Scale:
+    """A categorical scale from words to their colours.
+
+    Args:
+        colors: word -> colour, e.g. `STATUS_COLORS`; the legend keeps its order.
+
+    Returns:
+        An `alt.Scale` with that domain and range.
+    """
+    return alt.Scale(domain=list(colors), range=list(colors.values()))
+
+
+def flag(field: str, color: str, other: str = OTHER_COLOR) -> alt.Color:
+    """Colour by a boolean column: `color` where it is true, `other` elsewhere, no legend.
+
+    Args:
+        field: the boolean column, e.g. ``"is_best"``.
+        color: the colour of the true rows, e.g. `BEST_COLOR` or `FLAG_COLOR`.
+        other: the colour of the false rows. Defaults to `OTHER_COLOR`.
+
+    Returns:
+        An `alt.Color` encoding.
+    """
+    return alt.Color(f"{field}:N", scale=alt.Scale(domain=[True, False], range=[color, other]), legend=None)
+
+
+def sequential(domain: list | None = None) -> alt.Scale:
+    """The heatmap scale (`SEQUENTIAL_SCHEME`).
+
+    Args:
+        domain: the values at the light and the dark end. Defaults to `None`
+            (the data's range).
+
+    Returns:
+        An `alt.Scale`.
+    """
+    return alt.Scale(scheme=SEQUENTIAL_SCHEME) if domain is None else alt.Scale(scheme=SEQUENTIAL_SCHEME, domain=domain)
+
+
+def cell_text(dark: str) -> alt.Color | dict:
+    """The colour of the number written in a heatmap cell: readable on the cell's shade.
+
+    Args:
+        dark: a Vega expression true on the dark cells, e.g. ``"datum.share > 0.5"``.
+
+    Returns:
+        A conditional colour encoding.
+    """
+    return alt.condition(dark, alt.value(TEXT_ON_DARK), alt.value(TEXT_ON_LIGHT))
