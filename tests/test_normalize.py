@@ -320,6 +320,23 @@ def test_logits_and_binary_outputs_become_probabilities():
     assert pred.tolist() == [1, 0] and conf[1] == pytest.approx(1 - 1 / (1 + np.exp(3)))
 
 
+@pytest.mark.parametrize("out", [
+    np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32),  # probabilities
+    np.array([[2.0, 0.0, -1.0], [-5.0, 3.0, 2.999]], np.float32),  # logits
+    np.array([[0.9], [0.2], [0.5]], np.float32),  # one sigmoid unit
+    np.array([[2.0], [-3.0], [0.0]], np.float32),  # one logit unit
+])
+def test_one_output_rule_for_normalize_and_diagnose(out):
+    """`tlviz.outputs` is the one output->class rule: the class alone equals the class with its probability."""
+    from tlviz.outputs import first_output, predicted_classes, top_class
+
+    pred, conf = top_class(out)
+    np.testing.assert_array_equal(predicted_classes(out), pred)
+    assert ((conf >= 0.5 - 1e-6) | (out.shape[1] > 2)).all()
+    for several in ({"probs": out, "features": out * 0}, [out, out * 0], (out,)):  # the first output is read
+        np.testing.assert_array_equal(predicted_classes(first_output(several)), pred)
+
+
 # -- custom presets and settings -----------------------------------------------------
 
 @pytest.mark.parametrize("scale, mean, std, expected", [

@@ -44,6 +44,8 @@ from typing import Callable
 
 import numpy as np
 
+from tlviz.outputs import first_output
+
 ENV_MEMORY_MB = "TLVIZ_MEMORY_MB"
 MODES = ("inference", "training_forward", "eager", "train")
 #: Largest layer outputs alive at once in a compiled forward pass (input, output, a skip branch, workspace).
@@ -248,15 +250,6 @@ def forward(model, training: bool = False) -> Callable:
         return first_output(fn(tf.convert_to_tensor(x)))
 
     return run
-
-
-def first_output(out) -> np.ndarray:
-    """The first output of a model call, as a numpy array."""
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return np.asarray(out)
 
 
 def batch_starts(n: int, batch_size: int) -> range:

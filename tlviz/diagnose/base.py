@@ -178,16 +178,6 @@ def _names(items, limit: int = 6) -> str:
     return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _classes_of(out: np.ndarray) -> np.ndarray:
-    """Predicted class index per row (one sigmoid unit: threshold at 0.5, or 0 for logits)."""
-    out = np.asarray(out, dtype=np.float32).reshape(len(out), -1)
-    if out.shape[1] == 1:
-        p = out[:, 0]
-        cut = 0.0 if np.any((p < 0) | (p > 1)) else 0.5
-        return (p >= cut).astype(np.int64)
-    return out.argmax(axis=1).astype(np.int64)
-
-
 def _sample_note(sample: np.ndarray, n: int) -> str:
     return f"all {n} images" if len(sample) == n else f"{len(sample)} of {n} images, seeded and class-balanced"
 

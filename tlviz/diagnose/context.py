@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlviz.diagnose.assignment import _confusion, best_assignment
-from tlviz.diagnose.base import SEED, _balanced_sample, _classes_of
+from tlviz.diagnose.base import SEED, _balanced_sample
 from tlviz.diagnose.probe import Probe, _feature_tensor, _probe_sample, run_probe
 from tlviz.errors import CheckSkipped, DiagnosisRefused
 from tlviz.findings import Finding
 from tlviz.imagesets import ImageSet
+from tlviz.outputs import predicted_classes
 from tlviz.presets import PRESETS, applicable_presets, apply_preset
 from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
 
@@ -305,7 +306,7 @@ class DiagnosisContext:
         run = forward(clone, training=True)
         for i in range(0, n, batch):
             idx = order[i:i + batch]
-            out[idx] = _classes_of(run(apply_preset(arr[idx], preset)))
+            out[idx] = predicted_classes(run(apply_preset(arr[idx], preset)))
             self.say(start + span * (i + len(idx)) / n, text)
         return out
 

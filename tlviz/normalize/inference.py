@@ -19,30 +19,10 @@ import numpy as np
 
 from tlviz.errors import NormalizationRefused
 from tlviz.imagesets import ImageSet
-from tlviz.memory import first_output
 from tlviz.normalize.inputs import _as_loaded, _check_shapes, _image_array, label_match
 from tlviz.normalize.results import DEFAULT_BATCH_SIZE, Evaluation, FeatureTap, LabelMatch, Setting
+from tlviz.outputs import first_output, top_class
 from tlviz.presets import CustomPreset, applicable_presets, apply_preset
-
-
-def _top(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted index and its probability; logits are turned into probabilities."""
-    out = out.reshape(len(out), -1).astype(np.float32, copy=False)
-    if out.shape[1] == 1:  # one sigmoid unit: binary classifier
-        p = out[:, 0]
-        if np.any((p < 0) | (p > 1)):
-            p = 1.0 / (1.0 + np.exp(-p))
-        pred = (p >= 0.5).astype(np.int32)
-        return pred, np.where(pred == 1, p, 1.0 - p).astype(np.float32)
-    probs = out
-    is_prob = (out.min(axis=1) >= 0) & (out.max(axis=1) <= 1) & (np.abs(out.sum(axis=1) - 1) < 1e-3)
-    if not is_prob.all():
-        z = out - out.max(axis=1, keepdims=True)
-        soft = np.exp(z)
-        soft /= soft.sum(axis=1, keepdims=True)
-        probs = np.where(is_prob[:, None], out, soft)
-    pred = probs.argmax(axis=1).astype(np.int32)
-    return pred, probs[np.arange(len(pred)), pred].astype(np.float32)
 
 
 def _prepare(images: np.ndarray, preset, channel_order: str) -> np.ndarray:
@@ -88,10 +68,10 @@ def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB"
                 j = starts[k + 1]
                 nxt = pool.submit(_prepare, images[j:j + batch_size], preset, channel_order)
             if tap is None:
-                p, c = _top(first_output(keras_model.predict_on_batch(x)))
+                p, c = top_class(first_output(keras_model.predict_on_batch(x)))
             else:
                 out, f = tap.model.predict_on_batch(x)
-                p, c = _top(np.asarray(out))
+                p, c = top_class(out)
                 feats = _keep_features(feats, np.asarray(f), tap.indices, i)
             preds[i:i + len(x)] = p
             conf[i:i + len(x)] = c
