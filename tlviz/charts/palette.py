@@ -110,13 +110,13 @@ def sequential(domain: list | None = None) -> alt.Scale:
     return alt.Scale(scheme=SEQUENTIAL_SCHEME) if domain is None else alt.Scale(scheme=SEQUENTIAL_SCHEME, domain=domain)
 
 
-def cell_text(dark: str) -> alt.Color | dict:
+def cell_text(dark: str) -> dict:
     """The colour of the number written in a heatmap cell: readable on the cell's shade.
 
     Args:
         dark: a Vega expression true on the dark cells, e.g. ``"datum.share > 0.5"``.
 
     Returns:
-        A conditional colour encoding.
+        A conditional colour encoding (`alt.condition`).
     """
     return alt.condition(dark, alt.value(TEXT_ON_DARK), alt.value(TEXT_ON_LIGHT))
