@@ -213,3 +213,25 @@ def test_cli_layers_table_and_refusal(base_model_path, tmp_path):
     out = subprocess.run([sys.executable, "-m", "tlviz", "layers", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert "not a Keras model" in out.stderr and "model.save" in out.stderr
+
+
+@pytest.mark.parametrize("make, random", [
+    (lambda k: k.layers.Dropout(0.5), True),
+    (lambda k: k.layers.SpatialDropout2D(0.2), True),
+    (lambda k: k.layers.GaussianNoise(0.1), True),
+    (lambda k: k.layers.RandomFlip(), True),
+    (lambda k: k.layers.Dropout(0.0), False),  # does nothing
+    (lambda k: k.layers.GaussianNoise(0.0), False),
+    (lambda k: k.layers.BatchNormalization(), False),  # batch statistics, not random
+    (lambda k: k.layers.Dense(2), False),
+])
+def test_random_in_training_is_one_rule(make, random):
+    """One rule for "this layer is random in training": diagnose's clones and the fine-tuning cache both use it."""
+    import keras
+
+    from tlviz.diagnose import clones
+    from tlviz.finetune import cache
+    from tlviz.layers import random_in_training
+
+    assert random_in_training(make(keras)) is random
+    assert clones.random_in_training is cache.random_in_training is random_in_training

@@ -15,7 +15,13 @@ import pandas as pd
 
 from tlviz.findings import Finding
 
+#: BatchNormalization layers: batch statistics in training, moving statistics in inference.
 BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
+#: Layers that draw random numbers in training (dropout, noise) and carry no weights.
+NOISE_CLASSES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+                 "AlphaDropout", "GaussianNoise")
+#: Keras augmentation layers that are random in training but not named ``Random…``.
+AUGMENT_CLASSES = ("RandAugment", "AugMix", "CutMix", "MixUp", "Solarization")
 
 LAYER_COLUMNS = [
     "depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params",
@@ -28,6 +34,31 @@ class _Leaf:
     path: str
     layer: object
     ancestors: tuple  # containing models, outermost first (excluding the root)
+
+
+def random_in_training(layer) -> bool:
+    """Whether a layer draws random numbers when called with ``training=True``.
+
+    Dropout and noise layers (`NOISE_CLASSES`), augmentation layers (``Random…`` and
+    `AUGMENT_CLASSES`); one whose ``rate`` or ``stddev`` is 0 does nothing and is not counted.
+    BatchNormalization (batch statistics in training) is not random: see `BN_CLASSES`.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        True when the layer's output in training mode is random.
+    """
+    cls = type(layer).__name__
+    if cls in NOISE_CLASSES or cls in AUGMENT_CLASSES or cls.startswith("Random"):
+        rate = getattr(layer, "rate", None)
+        stddev = getattr(layer, "stddev", None)
+        if rate is not None and float(rate) == 0.0:
+            return False
+        if stddev is not None and float(stddev) == 0.0:
+            return False
+        return True
+    return False
 
 
 def iter_leaves(model, _prefix: str = "", _ancestors: tuple = ()):

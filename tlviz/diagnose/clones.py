@@ -14,25 +14,7 @@ import itertools
 
 from tlviz.diagnose.base import SEED
 from tlviz.errors import CheckSkipped
-from tlviz.layers import BN_CLASSES, iter_leaves
-
-_NOISE_CLASSES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
-                  "AlphaDropout", "GaussianNoise")
-_AUGMENT_CLASSES = ("RandAugment", "AugMix", "CutMix", "MixUp", "Solarization")
-
-
-def _is_noise(layer) -> bool:
-    """Layers that behave differently in training mode (other than BatchNormalization)."""
-    cls = type(layer).__name__
-    if cls in _NOISE_CLASSES or cls in _AUGMENT_CLASSES or cls.startswith("Random"):
-        rate = getattr(layer, "rate", None)
-        stddev = getattr(layer, "stddev", None)
-        if rate is not None and float(rate) == 0.0:
-            return False
-        if stddev is not None and float(stddev) == 0.0:
-            return False
-        return True
-    return False
+from tlviz.layers import BN_CLASSES, iter_leaves, random_in_training
 
 
 def _describe_layer(path: str, layer) -> str:
@@ -103,7 +85,7 @@ def clone_for_training_mode(model, noise: bool = True, force_bn_batch_statistics
         if "seed" in config and config["seed"] is None:
             config = {**config, "seed": SEED}  # reproducible dropout / noise
         new = layer.__class__.from_config(config)
-        if not noise and _is_noise(layer):
+        if not noise and random_in_training(layer):
             return wrapper(new, name=layer.name)
         return new
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from tlviz.diagnose.base import EXAMPLES, Check, _jsonable, _names, _sample_note
-from tlviz.diagnose.clones import _describe_layer, _is_noise, clone_for_training_mode
+from tlviz.diagnose.clones import _describe_layer, clone_for_training_mode
 from tlviz.diagnose.context import TRAINING_BATCH, DiagnosisContext, PresetEvidence
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
 from tlviz.imagesets import RESIZE_DESCRIPTIONS
-from tlviz.layers import BN_CLASSES, has_initial_statistics, iter_leaves
+from tlviz.layers import BN_CLASSES, has_initial_statistics, iter_leaves, random_in_training
 from tlviz.presets import PIXEL_PRESET, preset_snippet
 
 
@@ -228,7 +228,7 @@ def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[F
 
     noise, bn = [], []
     for leaf in iter_leaves(ctx.model):
-        if _is_noise(leaf.layer):
+        if random_in_training(leaf.layer):
             noise.append(_describe_layer(leaf.path, leaf.layer))
         elif type(leaf.layer).__name__ in BN_CLASSES and leaf.layer.trainable:
             bn.append(leaf.path)

@@ -12,10 +12,7 @@ import numpy as np
 
 from tlviz.errors import RunRefused
 from tlviz.finetune.config import RunConfig
-from tlviz.layers import freezing_findings, layer_table, totals
-
-#: Layer classes that behave differently in training (random) and carry no weights.
-_STOCHASTIC_PREFIXES = ("Dropout", "SpatialDropout", "GaussianDropout", "GaussianNoise", "AlphaDropout")
+from tlviz.layers import NOISE_CLASSES, freezing_findings, layer_table, totals
 
 #: Names given to the layers of a new head (a numeric suffix is added on clashes).
 NEW_HEAD_NAMES = ("tlviz_head_pool", "tlviz_head_dropout", "tlviz_head")
@@ -148,7 +145,7 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
     # A dropout directly below the old classifier belonged to it: the new head brings its own.
     while True:
         producer = getattr(features, "_keras_history", [None])[0]
-        if producer is None or not type(producer).__name__.startswith(_STOCHASTIC_PREFIXES):
+        if producer is None or type(producer).__name__ not in NOISE_CLASSES:
             break
         notes.append(f"'{producer.name}' (a {type(producer).__name__} just below the old head) is left out: the new "
                      "head has its own dropout.")
@@ -170,12 +167,6 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
 def trainable_params(model) -> int:
     """Trainable parameters, counted as Keras does (shared weights once)."""
     return totals(layer_table(model))["trainable_params"]
-
-
-def is_stochastic(layer) -> bool:
-    """Whether `layer` draws random numbers in training (dropout, noise, augmentation)."""
-    name = type(layer).__name__
-    return name.startswith(_STOCHASTIC_PREFIXES) or name.startswith("Random")
 
 
 def _unique(name: str, taken: set[str]) -> str:

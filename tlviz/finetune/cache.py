@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tlviz import config
-from tlviz.finetune.build import is_stochastic
+from tlviz.layers import BN_CLASSES, random_in_training
 
 ENV_CACHE_MB = "TLVIZ_ACTIVATION_CACHE_MB"
 DEFAULT_CACHE_MB = int(config.default(ENV_CACHE_MB))
@@ -127,14 +127,14 @@ class Cut:
 
 
 def _frozen_and_deterministic(layer) -> bool:
-    if is_stochastic(layer):
+    if random_in_training(layer):
         return False
     if layer.trainable and layer.trainable_weights:
         return False
     if getattr(layer, "_call_has_training_arg", False):
         # Frozen BatchNormalization uses its moving statistics; anything else with a
         # training argument might behave differently in training.
-        return type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization") and not layer.trainable
+        return type(layer).__name__ in BN_CLASSES and not layer.trainable
     return True
 
 
