@@ -632,3 +632,13 @@ def test_cli_says_no_best_setting_for_an_untrained_model(tmp_path, digits_0_4):
                          "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     obj = json.loads(js.stdout)
     assert obj["best"] is None and "better than chance" in obj["inconclusive"]
+
+
+def test_normalize_and_diagnose_share_the_drop_threshold():
+    """The 5-point accuracy gap is written once (`tlviz.stats`); the diagnose registry's entries reference it."""
+    from tlviz.diagnose.registry import threshold
+    from tlviz.normalize import findings
+    from tlviz.stats import NOTICEABLE_DROP
+
+    assert threshold("normalization-mismatch", "drop") == threshold("double-normalization", "drop") == NOTICEABLE_DROP
+    assert findings.NOTICEABLE_DROP is NOTICEABLE_DROP

@@ -5,7 +5,7 @@ that compares an accuracy with a threshold uses its interval, so tlviz names
 no "best" and raises no finding where the numbers cannot tell.
 
 Public API: `chance_level(labels, n_classes)`, `wilson_interval(correct, n, z=Z95)`,
-`clearly_above(correct, n, level, z=Z95)`, `format_interval(lo, hi)`, `Z95`.
+`clearly_above(correct, n, level, z=Z95)`, `format_interval(lo, hi)`, `Z95`, `NOTICEABLE_DROP`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import numpy as np
 
 #: Two-sided 95 % normal quantile.
 Z95 = 1.959963984540054
+#: An accuracy gap (fraction) between two input settings on the same images that counts as a problem:
+#: 5 points. The normalization findings (`tlviz.normalize`) and the diagnose registry's preset checks
+#: (`tlviz.diagnose.registry`, threshold ``drop``, where the reason is written) both use it.
+NOTICEABLE_DROP = 0.05
 
 
 def chance_level(labels: np.ndarray, n_classes: int) -> float:

@@ -29,14 +29,17 @@ from types import MappingProxyType
 from tlviz.diagnose import finetuning, inference, pretraining
 from tlviz.diagnose.base import Check, Threshold
 from tlviz.findings import AREAS, SEVERITIES
+from tlviz.stats import NOTICEABLE_DROP
 
 AREA_TITLES = {"pretraining": "Pre-training", "finetuning": "Fine-tuning", "inference": "Inference pipeline"}
 SEVERITY_TITLES = {"error": "Error", "warning": "Warning", "info": "Info"}
 
-#: Shared by the two checks that ask whether one preset is clearly better than another on the same images.
-_PRESET_DROP = Threshold(0.05, "A gap of 5 accuracy points between two presets on the same images is a loss users "
-                               "notice, and more than the few images by which presets the model tolerates equally "
-                               "well differ; a smaller gap is not taken as evidence either way.")
+#: Shared by the two checks that ask whether one preset is clearly better than another on the same images;
+#: the value is `tlviz.stats.NOTICEABLE_DROP`, which the normalization findings use too.
+_PRESET_DROP = Threshold(NOTICEABLE_DROP, "A gap of 5 accuracy points between two presets on the same images is a "
+                                          "loss users notice, and more than the few images by which presets the "
+                                          "model tolerates equally well differ; a smaller gap is not taken as "
+                                          "evidence either way.")
 
 CHECKS: tuple[Check, ...] = (
     Check("weights-not-finite", "error", "pretraining", "NaN or infinite weights",

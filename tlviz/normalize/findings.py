@@ -15,9 +15,7 @@ import pandas as pd
 from tlviz.findings import Finding
 from tlviz.imagesets import RESIZE_DESCRIPTIONS
 from tlviz.normalize.results import CHANGE_COLUMNS, NormalizationReport, Setting
-
-# Accuracy drop (fraction) from which a mismatch counts as a problem.
-_MISMATCH_DROP = 0.05
+from tlviz.stats import NOTICEABLE_DROP
 
 _RAW_PIXEL_LAYERS = ("Rescaling", "Normalization")
 
@@ -128,7 +126,7 @@ def normalization_findings(report: NormalizationReport, inference_preset: str = 
                                          if report.best_setting else "bilinear"))
         if report.accuracy_available:
             drop = acc[best] - acc[inference_preset]
-            if drop >= _MISMATCH_DROP:
+            if drop >= NOTICEABLE_DROP:
                 changed = int(np.sum(report.predictions[best] != report.predictions[inference_preset]))
                 out.append(Finding(
                     id="preset-mismatch", severity="error", area="inference",
@@ -152,7 +150,7 @@ def normalization_findings(report: NormalizationReport, inference_preset: str = 
             if not len(sub):
                 continue
             worst = sub.sort_values("accuracy").iloc[0]
-            if ref - worst["accuracy"] >= _MISMATCH_DROP:
+            if ref - worst["accuracy"] >= NOTICEABLE_DROP:
                 how = (RESIZE_DESCRIPTIONS.get(worst["resize"], worst["resize"]) if kind == "resize"
                        else "BGR channel order (what OpenCV's `cv2.imread` returns)")
                 out.append(Finding(
