@@ -1,4 +1,7 @@
-"""Make measurements JSON-safe: numpy types to Python, NaN / infinity to None."""
+"""Make measurements JSON-safe: numpy types to Python, NaN / infinity to None.
+
+Public API: `json_safe(obj, digits=None)`, `finite_or_none(value)`.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +36,19 @@ def json_safe(obj, digits: int | None = None):
             return None
         return round(f, digits) if digits is not None else f
     return obj
+
+
+def finite_or_none(value) -> float | None:
+    """One number as a plain float, or None when it is missing or not a finite number.
+
+    Args:
+        value: a number (Python or numpy), None, or anything else.
+
+    Returns:
+        ``float(value)`` when that is finite; None for None, NaN, infinity and non-numbers.
+    """
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

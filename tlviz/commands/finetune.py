@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 
+from tlviz.jsonsafe import finite_or_none
 from tlviz.progress import reporter_for
 
 HELP = "fine-tune a copy of the model on an image set and report the curves (the model file is not changed)"
@@ -25,13 +25,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="runs folder to store the run in (default: $TLVIZ_RUNS_DIR or ~/.tlviz/runs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-
-
-def _num(v):
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 def run(args) -> int:
@@ -77,11 +70,13 @@ def run(args) -> int:
     reporter.close()
     if args.json:
         print(json.dumps({
-            "history": [{"epoch": int(r.epoch), "loss": _num(r.loss), "accuracy": _num(r.accuracy),
-                         "val_loss": _num(r.val_loss), "val_accuracy": _num(r.val_accuracy)}
+            "history": [{"epoch": int(r.epoch), "loss": finite_or_none(r.loss),
+                         "accuracy": finite_or_none(r.accuracy), "val_loss": finite_or_none(r.val_loss),
+                         "val_accuracy": finite_or_none(r.val_accuracy)}
                         for r in result.history.itertuples()],
             "trainable_params": int(result.trainable_params),
-            "final": {"val_accuracy": _num(result.final["val_accuracy"]), "val_loss": _num(result.final["val_loss"])},
+            "final": {"val_accuracy": finite_or_none(result.final["val_accuracy"]),
+                      "val_loss": finite_or_none(result.final["val_loss"])},
             "frozen_layers_changed": list(result.frozen_layers_changed),
             "model_path": str(result.model_path),
         }))
@@ -120,5 +115,5 @@ def _step(info: dict) -> tuple[float | None, str, str]:
 
 
 def _fmt(v) -> str:
-    v = _num(v)
+    v = finite_or_none(v)
     return "  nan " if v is None else f"{v:.4f}"

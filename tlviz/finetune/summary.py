@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from tlviz.findings import Finding, sort_findings
+from tlviz.jsonsafe import finite_or_none
 
 #: Training accuracy this many points above validation accuracy counts as overfitting.
 OVERFIT_POINTS = 15.0
@@ -90,13 +91,11 @@ def describe_curves(history: pd.DataFrame, state: str, chance: float, config=Non
     lr = getattr(config, "lr", None)
     if state == "diverged":
         last = history.iloc[-1] if len(history) else None
-        loss = None if last is None else _num(last.get("loss"))
+        loss = None if last is None else finite_or_none(last.get("loss"))
         out.append(Finding(
             id="run-diverged", severity="error", area="finetuning",
-            title="The run diverged: the loss " + ("became NaN" if loss is None or not math.isfinite(loss)
-                                                   else "exploded") + ", so it was stopped",
-            evidence={"learning_rate": lr, "epochs_done": int(len(history)),
-                      "last_loss": loss if loss is not None and math.isfinite(loss) else None},
+            title=f"The run diverged: the loss {'became NaN' if loss is None else 'exploded'}, so it was stopped",
+            evidence={"learning_rate": lr, "epochs_done": int(len(history)), "last_loss": loss},
             fix=("The learning rate is too high for this setup. Try 10 to 100 times lower (use the learning-rate "
                  "finder), or unfreeze fewer layers."),
         ))
@@ -153,13 +152,6 @@ def _still_improving(history: pd.DataFrame) -> bool:
     loss_falling = vl[-1] < vl[:-1].min() * 0.99
     acc_rising = va[-1] > va[:-1].max() + 0.005
     return bool(loss_falling and va[-1] >= va[:-1].max() - 0.005) or bool(acc_rising)
-
-
-def _num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def confusion_cell(metrics: dict, true_index: int, predicted_index: int) -> np.ndarray:

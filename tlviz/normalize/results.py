@@ -13,13 +13,13 @@ Also the constants shared by the other modules: `DEFAULT_BATCH_SIZE`,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from tlviz.imagesets import RESIZE_METHODS
+from tlviz.jsonsafe import finite_or_none
 from tlviz.presets import PRESETS, CustomPreset, preset_resize, preset_snippet
 
 #: Largest batch a forward pass uses; the actual size is planned from the memory budget and the
@@ -325,25 +325,19 @@ class NormalizationReport:
         rows = self.results[self.results["kind"].isin(["preset", "custom"])]
         fp = None
         if self.fingerprint.ranking is not None:
-            fp = [{"preset": str(r.preset), "distance": _num(r.distance)}
+            fp = [{"preset": str(r.preset), "distance": finite_or_none(r.distance)}
                   for r in self.fingerprint.ranking.itertuples()]
         return {
             "results": [
-                {"preset": str(r.preset), "accuracy": _num(r.accuracy),
-                 "interval": None if _num(r.accuracy_low) is None else [_num(r.accuracy_low), _num(r.accuracy_high)],
-                 "mean_confidence": _num(r.mean_confidence), "n": int(r.n)}
+                {"preset": str(r.preset), "accuracy": finite_or_none(r.accuracy),
+                 "interval": (None if finite_or_none(r.accuracy_low) is None
+                              else [finite_or_none(r.accuracy_low), finite_or_none(r.accuracy_high)]),
+                 "mean_confidence": finite_or_none(r.mean_confidence), "n": int(r.n)}
                 for r in rows.itertuples()
             ],
             "best": self.best_preset,
             "inconclusive": self.inconclusive,
-            "chance": _num(self.chance),
+            "chance": finite_or_none(self.chance),
             "fingerprint": fp,
             "builtin_preprocessing": list(self.builtin_preprocessing),
         }
-
-
-def _num(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return None if math.isnan(v) or math.isinf(v) else v
