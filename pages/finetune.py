@@ -31,7 +31,7 @@ for warning in images.class_warnings():
     st.warning(warning, icon=":material/warning:")
 config = panels.config_form(loaded, images, table)
 # One class cannot be fine-tuned: say so now rather than after starting a worker.
-too_few_classes = sum(n > 0 for n in images.counts.values()) < 2
+too_few_classes = not images.two_classes_present
 busy = st.session_state.get("ft_job") is not None or too_few_classes
 b1, b2, _ = st.columns([1, 1, 2])
 if b1.button("Start run", type="primary", key="ft_start", disabled=busy or config is None,

@@ -454,6 +454,24 @@ def test_one_class_loads_and_says_why_it_cannot_be_fine_tuned(tmp_path):
     assert any("single image in class(es) 'birds'" in w for w in load_image_set(tmp_path, (8, 8)).class_warnings())
 
 
+def test_two_classes_with_images_is_one_rule(tmp_path, loaded_base):
+    """The image set's warning, the fine-tuning refusal and the page's disabled buttons all ask `two_classes_present`."""
+    from tlviz.errors import RunRefused
+    from tlviz.finetune import RunConfig
+    from tlviz.finetune.run import check_run
+    from tlviz.imagesets import two_classes_present
+
+    assert not two_classes_present([]) and not two_classes_present([3, 3]) and two_classes_present([0, 2])
+    for i in range(3):
+        write_image(tmp_path / "cats" / f"{i}.png")
+    (tmp_path / "labels.txt").write_text("cats\ndogs\n")  # two classes, one of them without images
+    s = load_image_set(tmp_path, loaded_base.image_size, loaded_base.channels)
+    assert len(s.class_names) == 2 and not s.two_classes_present
+    assert any("Only one class has images ('cats')" in w for w in s.class_warnings())
+    with pytest.raises(RunRefused, match="at least two classes; this image set has 1"):
+        check_run(loaded_base, s, RunConfig(preset="tf"))
+
+
 def test_empty_class_folders_are_listed_from_a_folder(tmp_path):
     write_image(tmp_path / "cats" / "1.png")
     write_image(tmp_path / "dogs" / "1.png")

@@ -23,7 +23,7 @@ from tlviz.diagnose.base import SEED, _balanced_sample
 from tlviz.diagnose.probe import Probe, _feature_tensor, _probe_sample, run_probe
 from tlviz.errors import CheckSkipped, DiagnosisRefused
 from tlviz.findings import Finding
-from tlviz.imagesets import ImageSet
+from tlviz.imagesets import ImageSet, two_classes_present
 from tlviz.outputs import predicted_classes
 from tlviz.presets import PRESETS, applicable_presets, apply_preset
 from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
@@ -227,7 +227,7 @@ class DiagnosisContext:
         if self.match.labels is None or not self.weights_finite:
             return None
         labels = self.match.labels
-        if len(np.unique(labels)) < 2:
+        if not two_classes_present(labels):
             return None
         report = self.normalization
         order = _preset_order(report)

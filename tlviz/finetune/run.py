@@ -156,10 +156,9 @@ def check_run(loaded, images, config: RunConfig) -> HeadDecision:
     check_trainable(loaded, config)
     if len(images) == 0:
         raise RunRefused("The image set holds no images. Load an image set with one sub-folder per class.")
-    present = np.unique(images.labels)
-    if len(present) < 2:
+    if not images.two_classes_present:
         raise RunRefused("Fine-tuning needs images of at least two classes; this image set has "
-                         f"{len(present)}. Add class folders.")
+                         f"{len(np.unique(images.labels))}. Add class folders.")
     if tuple(images.image_size) != tuple(loaded.image_size) or images.images.shape[-1] != loaded.channels:
         raise RunRefused(f"The images are {images.image_size} × {images.images.shape[-1]} but the model takes "
                          f"{loaded.image_size} × {loaded.channels}. Decode the image set at the model's input size.")

@@ -54,7 +54,7 @@ Modules:
 - `tlviz.imagesets.sources` — `ImageSource` (made from a folder or a `.zip`, refused as a whole
   or decoded into an `ImageSet`), `open_source`, `load_image_set`.
 - `tlviz.imagesets.imageset` — `ImageSet`, `Skipped` and the skip reasons, the class rules
-  (class folders, ``labels.txt`` order).
+  (class folders, ``labels.txt`` order, `two_classes_present`).
 - `tlviz.imagesets.decoding` — `decode_image`: allowed decoders, pixel limit, modes, resize methods.
 - `tlviz.imagesets.folders` — walking a folder, bounded file reads, server folders.
 - `tlviz.imagesets.archives` — a `.zip`'s end record, entry names and paths, bounded entry reads.
@@ -75,6 +75,7 @@ from tlviz.imagesets.imageset import (
     REASON_NO_IMAGES_IN_CLASS,
     ImageSet,
     Skipped,
+    two_classes_present,
 )
 from tlviz.imagesets.limits import (
     max_archive_bytes,
@@ -92,4 +93,5 @@ __all__ = [
     "ImageSet", "ImageSource", "Skipped",
     "check_server_folder", "decode_image", "load_image_set", "max_archive_bytes", "max_archive_entries",
     "max_decoded_bytes", "max_image_bytes", "max_image_pixels", "open_source", "server_folder_roots",
+    "two_classes_present",
 ]

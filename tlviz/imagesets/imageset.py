@@ -1,6 +1,8 @@
 """What an image set is made of: the decoded `ImageSet`, the files skipped, and the class rules.
 
 - `ImageSet` — the decoded, labelled images at one model input size.
+- `two_classes_present(labels)` — the rule fine-tuning and every accuracy measurement rest on: at
+  least two classes have images (`ImageSet.two_classes_present` for a set).
 - `Skipped` — a file that was not loaded, and why (the `REASON_*` sentences are shared with pages
   and tests).
 - The listing a source makes before anything is decoded (`_Entry`, `_Listing`), the exception a
@@ -34,6 +36,18 @@ REASON_LISTED_EMPTY = "listed in labels.txt but no images found (class kept, 0 i
 
 _IGNORED_NAMES = {"labels.txt", ".DS_Store", "Thumbs.db", "desktop.ini"}
 _MAX_LABELS_BYTES = 1024 * 1024
+
+
+def two_classes_present(labels) -> bool:
+    """Whether at least two classes have images: what fine-tuning and accuracy need.
+
+    Args:
+        labels: integer class labels, one per image.
+
+    Returns:
+        True when the labels hold two or more distinct classes.
+    """
+    return len(np.unique(np.asarray(labels))) >= 2
 
 
 @dataclass
@@ -85,6 +99,11 @@ class ImageSet:
     def image_size(self) -> tuple[int, int]:
         return (int(self.images.shape[1]), int(self.images.shape[2]))
 
+    @property
+    def two_classes_present(self) -> bool:
+        """Whether at least two classes have images (`two_classes_present`)."""
+        return two_classes_present(self.labels)
+
     def matches(self, n_outputs: int) -> bool:
         """Whether the number of classes equals the model's number of outputs."""
         return len(self.class_names) == n_outputs
@@ -99,8 +118,8 @@ class ImageSet:
         """
         counts = self.counts
         out = []
-        present = [c for c, n in counts.items() if n > 0]
-        if len(present) < 2:
+        if not self.two_classes_present:
+            present = [c for c, n in counts.items() if n > 0]
             which = f" ('{present[0]}')" if present else ""
             out.append(f"Only one class has images{which}: fine-tuning and accuracy need at least two classes. "
                        "Put the images in one sub-folder per class.")
