@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
+from tlviz.commands import load_inputs
 from tlviz.diagnose import diagnose
-from tlviz.imagesets import open_source
-from tlviz.models import load_model
 from tlviz.presets import PRESETS
 from tlviz.progress import reporter_for
 
@@ -29,11 +28,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     progress = reporter_for(args)
-    progress(0.0, "Loading the model…")
-    loaded = load_model(args.model)
-    progress(0.0, "Loading the images…")
-    source = open_source(args.images)
-    images = source.load(loaded.image_size, loaded.channels)
+    loaded, source, images = load_inputs(args.model, args.images, progress)
     report = diagnose(loaded, images, args.preset, source=source, progress=progress)
     progress.close()
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from tlviz.commands import load_inputs
 from tlviz.jsonsafe import finite_or_none
 from tlviz.progress import reporter_for
 
@@ -31,14 +32,9 @@ def run(args) -> int:
     from tlviz.finetune.config import RunConfig, default_preset
     from tlviz.finetune.run import check_run, run_finetune
     from tlviz.finetune.store import RunWriter, new_run_id, runs_dir
-    from tlviz.imagesets import load_image_set
-    from tlviz.models import load_model
 
     reporter = reporter_for(args)
-    reporter(0.0, "Loading the model…")
-    loaded = load_model(args.model)
-    reporter(0.0, "Loading the images…")
-    images = load_image_set(args.images, loaded.image_size, loaded.channels)
+    loaded, _, images = load_inputs(args.model, args.images, reporter)
     config = RunConfig(unfreeze=args.unfreeze, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                        preset=args.preset or default_preset(None, loaded.recorded_preset))
     check_run(loaded, images, config)  # refuse before creating a run folder

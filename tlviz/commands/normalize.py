@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tlviz.imagesets import open_source
-from tlviz.models import load_model
+from tlviz.commands import load_inputs
 from tlviz.normalize import NormalizationRefused, analyze, custom_preset, normalization_findings
 from tlviz.presets import PRESETS, CustomPreset, applicable_presets
 from tlviz.progress import reporter_for
@@ -43,11 +42,7 @@ def run(args) -> int:
         raise NormalizationRefused(f"--batch-size must be 1 or more, not {args.batch_size}.")
     custom = custom_from_args(args)
     progress = reporter_for(args)
-    progress(0.0, "Loading the model…")
-    loaded = load_model(args.model)
-    progress(0.0, "Loading the images…")
-    source = open_source(args.images)
-    images = source.load(loaded.image_size, loaded.channels)
+    loaded, source, images = load_inputs(args.model, args.images, progress)
     teachable = loaded.teachable_machine or args.inference_preset == "teachable"
     report = analyze(loaded, images, source=source, custom=custom,
                      presets=applicable_presets(loaded.channels, teachable=teachable),
