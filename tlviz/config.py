@@ -26,6 +26,7 @@ are generated from `SETTINGS` (a test compares them)::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -281,13 +282,10 @@ def update_readme(text: str) -> str:
     Raises:
         ValueError: a section's markers are missing.
     """
+    from tlviz.readme import replace_block
+
     for section in SECTIONS:
-        start, end = readme_markers(section)
-        head, found_start, rest = text.partition(start)
-        _, found_end, tail = rest.partition(end)
-        if not found_start or not found_end:
-            raise ValueError(f"The file has no {start!r} ... {end!r} block to replace.")
-        text = f"{head}{start}\n\n{table(section)}\n\n{end}{tail}"
+        text = replace_block(text, *readme_markers(section), table(section))
     return text
 
 
@@ -300,22 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    import argparse
+    from tlviz.readme import update_command
 
-    parser = argparse.ArgumentParser(prog="python -m tlviz.config",
-                                     description="Print the README's tables of TLVIZ_* settings, or rewrite them.")
-    parser.add_argument("--update", metavar="FILE", help="rewrite the tables between the markers in FILE")
-    args = parser.parse_args(argv)
-    if args.update is None:
-        print("\n\n".join(table(section) for section in SECTIONS))
-        return 0
-    target = Path(args.update)
-    text = target.read_text(encoding="utf-8")
-    new = update_readme(text)
-    if new != text:
-        target.write_text(new, encoding="utf-8")
-    print(f"{target}: {'updated' if new != text else 'already up to date'}")
-    return 0
+    blocks = [(*readme_markers(section), functools.partial(table, section)) for section in SECTIONS]
+    return update_command("python -m tlviz.config", "tables of TLVIZ_* settings", blocks, argv)
 
 
 def _setting(name: str) -> Setting:

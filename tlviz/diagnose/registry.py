@@ -22,13 +22,12 @@ Public API: `CHECKS`, `CHECK_IDS`, `CHECKS_BY_ID`, `AREA_TITLES`, `SEVERITY_TITL
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from types import MappingProxyType
 
 from tlviz.diagnose import finetuning, inference, pretraining
 from tlviz.diagnose.base import Check, Threshold
 from tlviz.findings import AREAS, SEVERITIES
+from tlviz.readme import update_command
 from tlviz.stats import NOTICEABLE_DROP
 
 AREA_TITLES = {"pretraining": "Pre-training", "finetuning": "Fine-tuning", "inference": "Inference pipeline"}
@@ -183,15 +182,6 @@ def readme_table() -> str:
     return "\n".join(rows)
 
 
-def _replace_table(text: str) -> str:
-    """`text` with the part between the README markers replaced by `readme_table()`."""
-    head, start, rest = text.partition(README_START)
-    old, end, tail = rest.partition(README_END)
-    if not start or not end:
-        raise ValueError(f"The file has no {README_START!r} ... {README_END!r} block to replace.")
-    return f"{head}{start}\n\n{readme_table()}\n\n{end}{tail}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m tlviz.diagnose [--update README.md]``: print or rewrite the README's table of checks.
 
@@ -201,13 +191,5 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    parser = argparse.ArgumentParser(prog="python -m tlviz.diagnose",
-                                     description="Print the README's table of checks, or rewrite it in a file.")
-    parser.add_argument("--update", metavar="FILE", help="rewrite the table between the markers in FILE")
-    args = parser.parse_args(argv)
-    if args.update is None:
-        print(readme_table())
-        return 0
-    path = Path(args.update)
-    path.write_text(_replace_table(path.read_text(encoding="utf-8")), encoding="utf-8")
-    return 0
+    return update_command("python -m tlviz.diagnose", "table of checks", [(README_START, README_END, readme_table)],
+                          argv)
