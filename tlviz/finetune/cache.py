@@ -11,7 +11,7 @@ Activations are cached per (model, image set, preset, cut) so that a sweep of
 learning rates at one depth computes them once: in memory within a worker
 process, and on disk (``<runs dir>/.cache/activations``) across processes.
 
-Memory budget: ``TLVIZ_ACTIVATION_CACHE_MB`` (default 1024). When the
+Memory budget: ``TLVIZ_ACTIVATION_CACHE_MB`` (`DEFAULT_CACHE_MB`, from `tlviz.config`). When the
 activations of all images at the cut would take more than that, the run
 trains the whole model instead (slower, same results) and says so. The disk
 cache holds at most the same amount; the oldest files are removed first.

@@ -5,23 +5,20 @@ the model's input size and held as ``uint8``. Files that cannot be used are
 skipped and listed with the reason; archives that look hostile are refused as a
 whole before any image is decoded.
 
-Limits (override with environment variables):
+Limits (environment variables read through `tlviz.config`, whose `SETTINGS` hold the defaults; a
+value that is not a positive number raises `ConfigError`):
 
-- ``TLVIZ_MAX_ARCHIVE_ENTRIES`` — entries in a `.zip`, or files under a folder
-  (default 50,000). A `.zip`'s count is read from its end record before its
-  entry list is parsed.
-- ``TLVIZ_MAX_ARCHIVE_MB`` — total uncompressed size a `.zip`'s entries declare
-  (default 2,048 MB).
-- ``TLVIZ_MAX_IMAGE_MB`` — one image file, uncompressed (default 100 MB); a
-  larger file is skipped without being read.
-- ``TLVIZ_MAX_DECODED_MB`` — memory for the decoded set at the model's input size
-  (default 4,096 MB, e.g. 27,000 images at 224×224×3); a set that would need more
-  is refused before decoding, so thousands of tiny files cannot blow up to
-  gigabytes.
-- ``TLVIZ_MAX_IMAGE_PIXELS`` — pixels in one image (default 40,000,000); larger
-  images are treated as decompression bombs and skipped without being decoded.
-  Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, twice of which is a hard
-  error) applies on top.
+- ``TLVIZ_MAX_ARCHIVE_ENTRIES`` — entries in a `.zip`, or files under a folder. A `.zip`'s count
+  is read from its end record before its entry list is parsed.
+- ``TLVIZ_MAX_ARCHIVE_MB`` — total uncompressed size a `.zip`'s entries declare.
+- ``TLVIZ_MAX_IMAGE_MB`` — one image file, uncompressed; a larger file is skipped without being
+  read.
+- ``TLVIZ_MAX_DECODED_MB`` — memory for the decoded set at the model's input size (the default
+  holds e.g. 27,000 images at 224×224×3); a set that would need more is refused before decoding,
+  so thousands of tiny files cannot blow up to gigabytes.
+- ``TLVIZ_MAX_IMAGE_PIXELS`` — pixels in one image; larger images are treated as decompression
+  bombs and skipped without being decoded. Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``,
+  twice of which is a hard error) applies on top.
 
 Server folders (the app's "Server folder" option reads a folder on the machine
 tlviz runs on): ``TLVIZ_IMAGE_ROOTS`` lists the folders it may read, separated
