@@ -1,0 +1,103 @@
+"""Keras call arguments recorded in a model: which nested models are called with a fixed ``training``.
+
+The keras-io transfer-learning guide calls the base as ``base(inputs, training=False)`` so that its
+BatchNormalization layers stay in inference mode even after ``base.trainable = True``. The
+functional graph records that argument (the node's call kwargs; the saved config's
+``inbound_nodes``), so tlviz reads it instead of guessing.
+
+Keras 3 itself does not keep it: when the outer model is called with ``training=True`` (as
+``fit`` does), `keras.src.models.functional` passes that value to every layer that takes
+``training``, the pinned nested model included (verified with Keras 3.15, for Keras 3's own
+models). `honour_recorded_training` makes a model behave as it was written: a nested model
+called with a constant ``training`` keeps it whatever the outer call says.
+
+Public API:
+
+- `recorded_training(model)` -> ``{path: bool}`` for nested models called with a constant ``training``;
+- `honour_recorded_training(model)` -> the paths it pinned (idempotent; apply to every clone);
+- `inference_only_paths(model)` -> paths of layers that always run in inference mode because a
+  model around them is pinned to ``training=False``.
+"""
+
+from __future__ import annotations
+
+
+def _is_model(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def _fixed_value(layer):
+    """The constant ``training`` value of every call of `layer` in its graph, or None."""
+    values = set()
+    for node in getattr(layer, "_inbound_nodes", []) or []:
+        arguments = getattr(node, "arguments", None)
+        kwargs = getattr(arguments, "kwargs", None) or {}
+        value = kwargs.get("training", None)
+        if not isinstance(value, bool):
+            return None
+        values.add(value)
+    return values.pop() if len(values) == 1 else None
+
+
+def _walk(model, prefix: str = ""):
+    for layer in getattr(model, "layers", []):
+        path = f"{prefix}{layer.name}"
+        yield path, layer
+        if _is_model(layer):
+            yield from _walk(layer, path + "/")
+
+
+def recorded_training(model) -> dict[str, bool]:
+    """Nested models called with a constant ``training`` argument.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        ``{path: value}``, e.g. ``{"mobilenetv2_1.00_224": False}``; paths use ``/`` between nesting
+        levels, as in `tlviz.layers.layer_table`. Empty when no call fixes ``training``.
+    """
+    return {path: value for path, layer in _walk(model)
+            if _is_model(layer) and (value := _fixed_value(layer)) is not None}
+
+
+def honour_recorded_training(model) -> list[str]:
+    """Make Keras respect the recorded ``training`` argument of pinned nested models.
+
+    Keras 3 overrides a graph's recorded ``training=False`` with the outer call's value; this
+    takes ``training`` out of the arguments Keras injects into those nested models, so their
+    recorded value applies (also inside ``fit``). Apply it to every clone: Keras does not save it.
+
+    Args:
+        model: a Keras model (changed in place).
+
+    Returns:
+        The paths of the nested models pinned.
+    """
+    pinned = []
+    for path, layer in _walk(model):
+        if _is_model(layer) and _fixed_value(layer) is not None:
+            context = getattr(layer, "_call_context_args", None)
+            if context is not None and "training" in context:
+                layer._call_context_args = set(context) - {"training"}
+            pinned.append(path)
+    return pinned
+
+
+def inference_only_paths(model) -> set[str]:
+    """Paths of layers inside a nested model pinned to ``training=False`` (they always run in inference mode).
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        Every layer path (at any depth) below a nested model whose calls all pass ``training=False``.
+    """
+    out: set[str] = set()
+    pinned = [p for p, v in recorded_training(model).items() if v is False]
+    for path, _layer in _walk(model):
+        if any(path.startswith(p + "/") for p in pinned):
+            out.add(path)
+    return out
