@@ -11,6 +11,7 @@ from pathlib import Path  # noqa: E402
 import streamlit as st  # noqa: E402
 
 import ui  # noqa: E402
+from tlviz.errors import ConfigError  # noqa: E402
 
 # Page scripts live in pages/. Until some session of a freshly started server
 # has run `st.navigation` below, Streamlit treats that folder as a legacy
@@ -40,12 +41,16 @@ def navigation():
 
 def main() -> None:
     st.set_page_config(page_title="tlviz", page_icon=":material/troubleshoot:", layout="wide")
-    ui.init_state()
-    ui.freeze_startup_objects()  # after the sample model is loaded: Keras's per-run collection skips them
-    page = navigation()
-    ui.sidebar()
-    ui.mark_shell_drawn()
-    page.run()
+    try:
+        ui.init_state()
+        ui.freeze_startup_objects()  # after the sample model is loaded: Keras's per-run collection skips them
+        page = navigation()
+        ui.sidebar()
+        ui.mark_shell_drawn()
+        page.run()
+    except ConfigError as exc:  # a TLVIZ_* variable the server was started with makes no sense
+        st.error(f"tlviz is misconfigured: {exc} Whoever runs this server must fix the setting and restart it.",
+                 icon=":material/settings:")
 
 
 main()

@@ -103,3 +103,19 @@ def test_pages_run_through_the_router_while_streamlit_treats_pages_as_legacy():
         assert [t.value for t in at.title] == [title]
         assert at.sidebar.selectbox(key="model_choice").value == "digits_base.keras"
         assert PagesManager.uses_pages_directory is False
+
+
+def test_a_bad_setting_is_reported_not_raised(monkeypatch):
+    """A server started with a nonsensical TLVIZ_* value says which one and how to fix it, on every page."""
+    from apptest_helpers import texts
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TLVIZ_MAX_MODEL_MB", "lots")
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    if "TLVIZ_MAX_MODEL_MB" not in texts(at):  # the sample model came from the cache: uploading reads the limit
+        at.radio(key="model_kind").set_value("Upload")
+        at.run()
+        assert not at.exception, at.exception
+    assert "TLVIZ_MAX_MODEL_MB='lots' is not a positive number" in texts(at)
