@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from tlviz.charts import params_by_depth
-from tlviz.layers import base_weight_layers, freezing_findings, totals, unfreeze_plan
+from tlviz.layers import base_weight_layers, freezing_findings, inference_by_call_notes, totals, unfreeze_plan
 
 ui.page_start()
 st.title("Freezing status")
@@ -30,6 +30,10 @@ if n_bn:
     st.info(f"{n_bn} BatchNormalization layers (marked ✱ below). A frozen BatchNormalization layer runs in "
             "inference mode: it normalizes with its stored moving mean/variance instead of the batch's "
             "statistics, and does not update them.", icon=":material/info:")
+for note in inference_by_call_notes(table):
+    st.info(note + " tlviz runs it that way in its diagnosis and fine-tuning runs. Keras 3 itself passes `fit`'s "
+            "`training=True` into a nested model whatever its recorded argument; to keep these layers in inference "
+            "mode in your own `fit` too, also set `trainable = False` on them.", icon=":material/info:")
 
 show = table.copy()
 show["path"] = [("✱ " if bn else "") + p for p, bn in zip(show["path"], show["is_bn"])]
@@ -37,9 +41,13 @@ only_weights = st.toggle("Only layers with weights", value=False)
 if only_weights:
     show = show[show["holds_weights"]]
 st.dataframe(
-    show[["depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params", "trainable", "role"]],
+    show[["depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params", "trainable", "role",
+          "inference_by_call"]],
     hide_index=True, width="stretch",
-    column_config={"trainable": st.column_config.CheckboxColumn("trainable (effective)")},
+    column_config={"trainable": st.column_config.CheckboxColumn("trainable (effective)"),
+                   "inference_by_call": st.column_config.TextColumn(
+                       "inference mode by call", help="The model around this layer that the graph calls with "
+                                                      "`training=False`: the layer always runs in inference mode.")},
 )
 
 st.subheader("Preview: unfreeze the top of the base")

@@ -22,8 +22,8 @@ def _keras_counts(model):
     return count(model.trainable_weights), count(model.non_trainable_weights)
 
 
-def _mobilenet(top_trainable: int | None):
-    """MobileNetV2 (alpha 0.35, weights=None) as a nested base under a new head."""
+def _mobilenet(top_trainable: int | None, pin: bool = True):
+    """MobileNetV2 (alpha 0.35, weights=None) as a nested base under a new head, called with training=False."""
     import keras
 
     base = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, include_top=False, weights=None)
@@ -34,7 +34,7 @@ def _mobilenet(top_trainable: int | None):
         for layer in base.layers[:-top_trainable]:
             layer.trainable = False
     inp = keras.Input((64, 64, 3))
-    x = base(inp, training=False)
+    x = base(inp, training=False) if pin else base(inp)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
     out = keras.layers.Dense(3, activation="softmax", name="head")(x)
@@ -145,8 +145,11 @@ def test_head_frozen_and_bn_warnings():
     model.get_layer("head").trainable = False
     ids = [f.id for f in freezing_findings(model)]
     assert "head-frozen" in ids
-    # trainable BN inside the unfrozen top of the base
-    assert "bn-trainable-in-base" in ids
+    # base(x, training=False) keeps the trainable BN of the unfrozen top in inference mode: no warning (issue 13)
+    assert "bn-trainable-in-base" not in ids
+    # without it, trainable BN inside the unfrozen top of the base is the fault
+    unpinned, _ = _mobilenet(10, pin=False)
+    assert "bn-trainable-in-base" in [f.id for f in freezing_findings(unpinned)]
     clean, base2 = _mobilenet(None)
     assert freezing_findings(clean) == []
 
@@ -235,3 +238,44 @@ def test_random_in_training_is_one_rule(make, random):
 
     assert random_in_training(make(keras)) is random
     assert clones.random_in_training is cache.random_in_training is random_in_training
+
+
+def _guide_mobilenet(pin: bool = True):
+    """The keras-io transfer-learning guide's recipe, fine-tuning phase: base(x, training=False), then unfrozen."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, include_top=False)
+    base.trainable = False
+    inputs = keras.Input((96, 96, 3))
+    x = base(inputs, training=False) if pin else base(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(5, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    base.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
+    return model, base
+
+
+def test_guide_recipe_keeps_bn_in_inference_mode_and_gets_no_bn_warning():
+    """The guide's own fine-tuning recipe is not a fault; the same model without training=False is (issue 13)."""
+    from tlviz.layers import inference_by_call, inference_by_call_notes
+
+    model, base = _guide_mobilenet()
+    table = layer_table(model)
+    inside = table[table["path"].str.startswith(base.name + "/")]
+    assert set(inside["inference_by_call"]) == {base.name}
+    assert set(table[~table["path"].str.startswith(base.name + "/")]["inference_by_call"]) == {""}
+    n_bn = int(inside["is_bn"].sum())
+    assert n_bn > 10 and inside[inside["is_bn"]]["trainable"].all()
+    assert inference_by_call(table) == {base.name: {"layers": len(inside), "bn": n_bn, "trainable_bn": n_bn}}
+    notes = inference_by_call_notes(table)
+    assert len(notes) == 1 and notes[0].startswith(
+        f"BatchNormalization runs in inference mode: the base `{base.name}` is called with `training=False`")
+    assert "bn-trainable-in-base" not in [f.id for f in freezing_findings(model, table)]
+    unpinned, _ = _guide_mobilenet(pin=False)
+    table = layer_table(unpinned)
+    assert set(table["inference_by_call"]) == {""} and inference_by_call_notes(table) == []
+    found = [f for f in freezing_findings(unpinned, table) if f.id == "bn-trainable-in-base"]
+    assert found and "training=False" in found[0].fix and found[0].evidence["trainable_bn_layers"] == n_bn

@@ -55,3 +55,32 @@ def test_page_file_runs_on_its_own():
     assert at.title[0].value == "Freezing status"
     assert at.sidebar.selectbox(key="model_choice").value == "digits_base.keras"
     assert {m.label: m.value for m in at.metric}["Trainable"] == "24,021"
+
+
+def test_layers_page_says_a_base_called_with_training_false_runs_in_inference_mode(tmp_path):
+    """Issue 13: the recorded call argument is read from the file and shown, and the BN warning stays quiet."""
+    import keras
+
+    from apptest_helpers import upload_model
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((32, 32, 3))
+    y = keras.layers.Conv2D(4, 3, name="conv")(i)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    base = keras.Model(i, keras.layers.GlobalAveragePooling2D(name="pool")(y), name="pinned_base")
+    j = keras.Input((32, 32, 3))
+    model = keras.Model(j, keras.layers.Dense(5, activation="softmax", name="head")(base(j, training=False)))
+    path = tmp_path / "pinned.keras"
+    model.save(path)
+    at = open_app()
+    upload_model(at, "pinned.keras", path.read_bytes())
+    assert not at.exception, at.exception
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("BatchNormalization runs in inference mode: the base `pinned_base` is called with `training=False`"
+               in i.value for i in at.info)
+    assert not any("BatchNormalization layers are trainable" in w.value for w in at.warning)
+    table = at.dataframe[0].value.set_index("path")
+    assert table.loc["✱ pinned_base/bn", "inference_by_call"] == "pinned_base"
+    assert table.loc["head", "inference_by_call"] == ""

@@ -8,8 +8,11 @@ functional graph records that argument (the node's call kwargs; the saved config
 Keras 3 itself does not keep it: when the outer model is called with ``training=True`` (as
 ``fit`` does), `keras.src.models.functional` passes that value to every layer that takes
 ``training``, the pinned nested model included (verified with Keras 3.15, for Keras 3's own
-models). `honour_recorded_training` makes a model behave as it was written: a nested model
-called with a constant ``training`` keeps it whatever the outer call says.
+models: a plain ``fit`` of the guide's model updates the pinned base's moving statistics).
+`honour_recorded_training` makes a model behave as it was written: a nested model called with a
+constant ``training`` keeps it whatever the outer call says, and the layers inside a model pinned
+to ``training=False`` run in inference mode even in a graph that calls them directly (the
+flattened graph the fine-tuning activation cache trains).
 
 Public API:
 
@@ -68,7 +71,10 @@ def honour_recorded_training(model) -> list[str]:
 
     Keras 3 overrides a graph's recorded ``training=False`` with the outer call's value; this
     takes ``training`` out of the arguments Keras injects into those nested models, so their
-    recorded value applies (also inside ``fit``). Apply it to every clone: Keras does not save it.
+    recorded value applies (also inside ``fit``). Every layer inside a model pinned to
+    ``training=False`` is released the same way, so it runs in inference mode wherever it is
+    called from (a layer called without ``training`` runs in inference mode), e.g. in a flattened
+    copy of the graph that shares the layers. Apply it to every clone: Keras does not save it.
 
     Args:
         model: a Keras model (changed in place).
@@ -77,11 +83,14 @@ def honour_recorded_training(model) -> list[str]:
         The paths of the nested models pinned.
     """
     pinned = []
+    inside = inference_only_paths(model)
     for path, layer in _walk(model):
-        if _is_model(layer) and _fixed_value(layer) is not None:
+        fixed = _is_model(layer) and _fixed_value(layer) is not None
+        if fixed or path in inside:
             context = getattr(layer, "_call_context_args", None)
             if context is not None and "training" in context:
                 layer._call_context_args = set(context) - {"training"}
+        if fixed:
             pinned.append(path)
     return pinned
 

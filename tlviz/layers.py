@@ -2,7 +2,9 @@
 
 Keras rule this module encodes: a layer's weights train only if the layer *and
 every model containing it* have ``trainable=True``. BatchNormalization with
-``trainable=False`` also runs in inference mode (moving statistics).
+``trainable=False`` also runs in inference mode (moving statistics), and so does
+every layer of a nested model the graph calls with ``training=False`` (the keras-io
+guide's ``base(inputs, training=False)``; read by `tlviz.callargs`, not guessed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tlviz.callargs import recorded_training
 from tlviz.findings import Finding
 
 #: BatchNormalization layers: batch statistics in training, moving statistics in inference.
@@ -25,7 +28,7 @@ AUGMENT_CLASSES = ("RandAugment", "AugMix", "CutMix", "MixUp", "Solarization")
 
 LAYER_COLUMNS = [
     "depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params",
-    "own_trainable", "trainable", "is_bn", "role", "holds_weights", "frozen_container",
+    "own_trainable", "trainable", "is_bn", "role", "holds_weights", "frozen_container", "inference_by_call",
 ]
 
 
@@ -138,9 +141,13 @@ def layer_table(model) -> pd.DataFrame:
         ``trainable`` is the *effective* trainability (layer and all containing
         models trainable); parameter counts follow Keras (a frozen layer's
         weights count as non-trainable; weights shared by two layers are
-        counted once, at the first).
+        counted once, at the first); ``inference_by_call`` is the path of the
+        outermost model around the layer that the graph calls with
+        ``training=False`` (the layer always runs in inference mode), ``""`` when
+        there is none.
     """
     roles = _roles(model)
+    pinned = [p for p, value in recorded_training(model).items() if value is False]
     # Keras 3 trains exactly the variables in the root model's trainable_weights:
     # the root's flag and each layer's own flag count; a container's flag acts
     # only when it is set (it propagates to the layers inside at that moment).
@@ -177,6 +184,7 @@ def layer_table(model) -> pd.DataFrame:
             "role": roles.get(id(layer), "base"),
             "holds_weights": bool(layer.weights),
             "frozen_container": containers_frozen[0] if containers_frozen else "",
+            "inference_by_call": next((p for p in pinned if leaf.path.startswith(p + "/")), ""),
         })
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
@@ -188,8 +196,53 @@ def totals(table: pd.DataFrame) -> dict[str, int]:
     return {"total_params": t + nt, "trainable_params": t, "non_trainable_params": nt}
 
 
+def inference_by_call(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Layers kept in inference mode by a ``training=False`` call, per pinned model.
+
+    Args:
+        table: a `layer_table`.
+
+    Returns:
+        ``{model path: {"layers": n, "bn": n_batchnorm, "trainable_bn": n}}`` in table order;
+        empty when no nested model is called with ``training=False``.
+    """
+    if "inference_by_call" not in table:
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for path, rows in table[table["inference_by_call"] != ""].groupby("inference_by_call", sort=False):
+        out[path] = {"layers": int(len(rows)), "bn": int(rows["is_bn"].sum()),
+                     "trainable_bn": int((rows["is_bn"] & rows["trainable"]).sum())}
+    return out
+
+
+def inference_by_call_notes(table: pd.DataFrame) -> list[str]:
+    """One sentence per model called with ``training=False`` that holds BatchNormalization layers.
+
+    Args:
+        table: a `layer_table`.
+
+    Returns:
+        E.g. ``["BatchNormalization runs in inference mode: the base `mobilenetv2_0.35_96` is called
+        with `training=False` (52 layers, 52 of them trainable: their scale and offset train, their
+        moving statistics stay)."]``.
+    """
+    out = []
+    for path, n in inference_by_call(table).items():
+        if not n["bn"]:
+            continue
+        trainable = (f", {n['trainable_bn']} of them trainable: their scale and offset train, their moving "
+                     "statistics stay" if n["trainable_bn"] else "")
+        out.append(f"BatchNormalization runs in inference mode: the base `{path}` is called with "
+                   f"`training=False` ({n['bn']} layer{'s' if n['bn'] != 1 else ''}{trainable}).")
+    return out
+
+
 def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]:
     """Plain-language problems with the freezing setup, most severe first.
+
+    A trainable BatchNormalization layer inside a base the model calls with
+    ``training=False`` runs in inference mode (`layer_table`'s ``inference_by_call``),
+    so it does not count for ``bn-trainable-in-base``.
 
     Returns:
         Findings with ids ``no-trainable-weights``, ``head-frozen`` and
@@ -236,7 +289,10 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
                  "\"frozen\" while training changes these weights. Make the intent explicit: set "
                  "`base.trainable = True`, then freeze the layers you want frozen one by one, and compile again."),
         ))
-    base_bn = table[(table["role"] == "base") & table["is_bn"] & table["trainable"]]
+    # BN inside a base called with training=False runs in inference mode whatever its flag (as the model is
+    # written; tlviz's own runs honour it, see tlviz.callargs).
+    by_call = table["inference_by_call"] != "" if "inference_by_call" in table else pd.Series(False, table.index)
+    base_bn = table[(table["role"] == "base") & table["is_bn"] & table["trainable"] & ~by_call]
     base_train = table[(table["role"] == "base") & table["holds_weights"] & table["trainable"]]
     base_frozen = table[(table["role"] == "base") & table["holds_weights"] & ~table["trainable"]]
     nested_base = bool(table[table["role"] == "base"]["path"].str.contains("/").any())
