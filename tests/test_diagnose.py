@@ -222,7 +222,9 @@ def test_head_frozen(small, clean):
 
 def test_bn_trainable_in_base_and_trainable_inside_frozen_model(small, clean):
     checks = ["bn-trainable-in-base", "trainable-inside-frozen-model"]
-    assert "bn-trainable-in-base" in ids(diagnose(summarize(nested(True)), small, checks=checks))
+    # nested() calls its base with training=False: its trainable BN runs in inference mode, no warning (issue 13)
+    assert "bn-trainable-in-base" not in ids(diagnose(summarize(nested(True)), small, checks=checks))
+    assert "bn-trainable-in-base" in ids(diagnose(summarize(nested_unpinned()), small, checks=checks))
     odd = diagnose(summarize(nested(False, inner_trainable=True)), small, checks=checks)
     assert "trainable-inside-frozen-model" in ids(odd)
     assert ids(diagnose(summarize(nested(False)), small, checks=checks)) == set()
@@ -493,7 +495,7 @@ def test_freezing_findings_agree_with_the_registry():
     frozen, head_frozen = tiny(), tiny()
     frozen.trainable = False
     head_frozen.get_layer("head").trainable = False
-    seen = {f.id: (f.severity, f.area) for m in (frozen, head_frozen, nested(True), nested(False, True))
+    seen = {f.id: (f.severity, f.area) for m in (frozen, head_frozen, nested_unpinned(), nested(False, True))
             for f in freezing_findings(m)}
     assert seen == {c.id: (c.severity, c.area) for c in CHECKS if c.run is finetuning.check_freezing}
 
@@ -721,3 +723,89 @@ def test_never_trained_batchnorm_is_certain_without_running_the_model(loaded_bas
     assert f.evidence["initial_statistics"] is True and f.evidence["measured_on_images"] is False
     assert f.evidence["bn_layers"] == 3 and "initial statistics" in f.title
     assert "model_recalibrated.keras" in f.fix
+
+
+# -- recorded call arguments (issue 13): the keras-io guide's recipe is not a fault ---------------------------
+
+def nested_unpinned():
+    """`nested(True)` with its base called without ``training=False``: trainable BN inside an unfrozen base."""
+    pinned = nested(True)
+    i2 = keras.Input((32, 32, 3))
+    return keras.Model(i2, pinned.get_layer("head")(pinned.get_layer("base")(i2)), name="nested_unpinned")
+
+
+def guide_mobilenet(pin: bool = True):
+    """The guide's fine-tuning phase: a MobileNetV2 base called with training=False, unfrozen, compiled at 1e-5."""
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, include_top=False)
+    base.trainable = False
+    inputs = keras.Input((96, 96, 3))
+    x = base(inputs, training=False) if pin else base(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    outputs = keras.layers.Dense(5, activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs, name="guide")
+    base.trainable = True
+    calibrate_bn(base)  # trainable: a frozen BN layer would ignore training=True
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
+    return model, base
+
+
+def calibrate_bn(base):
+    """Give an untrained base's BatchNormalization layers the statistics of one batch, so its features vary.
+
+    With ``weights=None`` every layer holds mean 0 / variance 1 and MobileNetV2's features vanish (about 1e-11).
+    """
+    bn = [leaf.layer for leaf in iter_leaves(base) if type(leaf.layer).__name__ == "BatchNormalization"]
+    momentum = [layer.momentum for layer in bn]
+    for layer in bn:
+        layer.momentum = 0.0
+    base(np.random.default_rng(0).uniform(-1, 1, (32, *base.input_shape[1:])).astype("float32"), training=True)
+    for layer, m in zip(bn, momentum):
+        layer.momentum = m
+
+
+@pytest.fixture(scope="module")
+def images_96(digits_0_4):
+    return subset(load_image_set(digits_0_4, (96, 96), 3), 12)
+
+
+def test_guide_recipe_gets_no_bn_warning_and_only_dropout_flips_in_training_mode(images_96):
+    checks = ["bn-trainable-in-base", "training-mode-inference"]
+    model, base = guide_mobilenet()
+    before = weights_of(model)
+    report = diagnose(summarize(model), images_96, checks=checks)
+    assert set(checks) <= set(report.checks_run)
+    assert "bn-trainable-in-base" not in ids(report)
+    f = finding(report, "training-mode-inference")
+    n_bn = sum(type(leaf.layer).__name__ == "BatchNormalization" for leaf in iter_leaves(base))
+    assert f.evidence["layers"] == ["dropout (Dropout rate=0.2)"] and f.evidence["bn_layers_updated"] == 0
+    assert f.evidence["kept_in_inference_by_call"] == {base.name: n_bn}
+    assert f"{n_bn} BatchNormalization layers inside `{base.name}`" in f.fix
+    assert f"`{base.name}` with `training=False`" in f.fix and "BatchNormalization layers normalize" not in f.fix
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model)))
+    # The same model without training=False: its trainable BatchNormalization layers are the fault.
+    unpinned, base2 = guide_mobilenet(pin=False)
+    report = diagnose(summarize(unpinned), images_96, checks=checks)
+    assert "training=False" in finding(report, "bn-trainable-in-base").fix
+    f = finding(report, "training-mode-inference")
+    assert f.evidence["bn_layers_updated"] == n_bn and f.evidence["kept_in_inference_by_call"] == {}
+    assert "Trainable BatchNormalization" in f.fix
+
+
+def test_bn_statistics_mismatch_measures_a_pinned_base_and_names_it(images_96, monkeypatch):
+    """The measurement puts every BN on batch statistics, a pinned base's too; the fix says the call pins them."""
+    from tlviz.diagnose import inference
+
+    model, base = guide_mobilenet()  # statistics that look trained (not the initial 0 / 1)
+    calls = []
+    real = inference.clone_for_training_mode
+    monkeypatch.setattr(inference, "clone_for_training_mode", lambda *a, **k: calls.append(k) or real(*a, **k))
+    report = diagnose(summarize(model), images_96, checks=["bn-statistics-mismatch"])
+    assert "bn-statistics-mismatch" in report.checks_run
+    assert calls and all(k["honour_training"] is False and k["force_bn_batch_statistics"] for k in calls)
+    bn = [leaf for leaf in iter_leaves(model) if type(leaf.layer).__name__ == "BatchNormalization"]
+    pinned = inference._pinned_bn(model, bn)
+    assert list(pinned) == [base.name] and len(pinned[base.name]) == len(bn)
+    note = inference._pinned_recalibration_note(pinned)
+    assert f"`{base.name}` with `training=False`" in note and "fine-tuning will not repair them" in note

@@ -1,8 +1,9 @@
 """The private copies of a model that the checks run, so the loaded (shared) model is never changed.
 
-- `clone_for_training_mode(model, noise=True, force_bn_batch_statistics=False)`:
+- `clone_for_training_mode(model, noise=True, force_bn_batch_statistics=False, honour_training=True)`:
   same weights and `trainable` flags, to call with ``training=True`` (which
-  overwrites BatchNormalization statistics in place).
+  overwrites BatchNormalization statistics in place); a nested model the graph
+  calls with a fixed ``training`` keeps it (`tlviz.callargs`).
 - `fresh_clone(model, seed)`: the same architecture with fresh, seeded random
   weights (the pre-training probe's reference).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+from tlviz.callargs import honour_recorded_training
 from tlviz.diagnose.base import SEED
 from tlviz.errors import CheckSkipped
 from tlviz.layers import BN_CLASSES, iter_leaves, random_in_training
@@ -56,7 +58,8 @@ def _copy_trainable(src, dst) -> None:
             b.trainable = a.trainable
 
 
-def clone_for_training_mode(model, noise: bool = True, force_bn_batch_statistics: bool = False):
+def clone_for_training_mode(model, noise: bool = True, force_bn_batch_statistics: bool = False,
+                            honour_training: bool = True):
     """A private copy of `model` (same weights, same `trainable` flags) to run with ``training=True``.
 
     Calling a model with ``training=True`` updates its BatchNormalization moving
@@ -69,6 +72,12 @@ def clone_for_training_mode(model, noise: bool = True, force_bn_batch_statistics
         force_bn_batch_statistics: make every BatchNormalization layer trainable
             in the copy, so that it uses batch statistics in training mode (a
             frozen BN layer always uses its moving statistics). Defaults to `False`.
+        honour_training: run the copy as the model is written: a nested model
+            called with ``training=False`` (the keras-io guide's
+            ``base(inputs, training=False)``) stays in inference mode under
+            ``training=True`` (`tlviz.callargs.honour_recorded_training`; Keras 3
+            alone would switch it). Defaults to `True`; `False` for a measurement
+            that needs every layer in training mode.
 
     Returns:
         The copy.
@@ -97,6 +106,8 @@ def clone_for_training_mode(model, noise: bool = True, force_bn_batch_statistics
                            f"({type(exc).__name__}: {str(exc)[:160]}); tlviz never runs the loaded model itself "
                            "in training mode because that would change its BatchNormalization statistics.") from None
     _copy_trainable(model, clone)
+    if honour_training:
+        honour_recorded_training(clone)
     if force_bn_batch_statistics:
         for leaf in iter_leaves(clone):
             if type(leaf.layer).__name__ in BN_CLASSES:

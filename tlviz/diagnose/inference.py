@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tlviz.callargs import inference_only_paths, recorded_training
 from tlviz.diagnose.base import EXAMPLES, Check, _jsonable, _names, _sample_note
 from tlviz.diagnose.clones import _describe_layer, clone_for_training_mode
 from tlviz.diagnose.context import TRAINING_BATCH, DiagnosisContext, PresetEvidence
@@ -183,7 +184,9 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext, check: Check) -> list[Fi
     # (which reads the first BN layer only, so it survives broken statistics further up).
     fp = ev.report.fingerprint
     candidates = list(dict.fromkeys([best_inf] + ([fp.best] if fp.best else [])))
-    clone = clone_for_training_mode(ctx.model, noise=False, force_bn_batch_statistics=True)
+    # A measurement, not a replay: every BN layer on batch statistics, a base called with
+    # training=False included (its stored statistics are the ones under test).
+    clone = clone_for_training_mode(ctx.model, noise=False, force_bn_batch_statistics=True, honour_training=False)
     acc_batch, best_batch = -1.0, best_inf
     for k, preset in enumerate(candidates):
         preds = ctx.predict_training_mode(clone, f"BatchNormalization with batch statistics ({preset})…",
@@ -196,6 +199,7 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext, check: Check) -> list[Fi
     if acc_batch - acc_inf < check.threshold("gap"):
         return []
     dist = None if fp.ranking is None else dict(zip(fp.ranking["preset"], fp.ranking["distance"])).get(best_batch)
+    pinned = _pinned_bn(ctx.model, bn)
     return [check.finding(
         (f"Accuracy is {acc_inf:.1%} with the stored BatchNormalization statistics but {acc_batch:.1%} with "
          "batch statistics"),
@@ -204,12 +208,33 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext, check: Check) -> list[Fi
          "bn_layers": len(bn), "examples": [leaf.path for leaf in bn[:5]],
          "batch_size": getattr(ctx, "training_batch", TRAINING_BATCH), "n_images": int(len(sample)),
          "sample": _sample_note(sample, len(ev.labels)),
-         "first_bn_fingerprint_distance": dist},
+         "first_bn_fingerprint_distance": dist,
+         "bn_layers_in_inference_by_call": {p: len(v) for p, v in pinned.items()}},
         ("The moving mean / variance stored in the BatchNormalization layers do not describe these images: "
          "too few training steps for them to settle, a momentum too high for a short run, or images prepared "
          "differently in training. Make sure inference prepares images exactly like training; then re-estimate "
-         "the statistics on training images (only they change):\n" + _RECALIBRATE),
+         "the statistics on training images (only they change):\n"
+         + _RECALIBRATE + (_pinned_recalibration_note(pinned) if pinned else "")),
     )]
+
+
+def _pinned_bn(model, bn_leaves) -> dict[str, list[str]]:
+    """BatchNormalization paths kept in inference mode by a ``training=False`` call, per pinned model."""
+    pinned = [p for p, value in recorded_training(model).items() if value is False]
+    out: dict[str, list[str]] = {}
+    for leaf in bn_leaves:
+        owner = next((p for p in pinned if leaf.path.startswith(p + "/")), None)
+        if owner is not None:
+            out.setdefault(owner, []).append(leaf.path)
+    return out
+
+
+def _pinned_recalibration_note(pinned: dict[str, list[str]]) -> str:
+    names = ", ".join(f"`{p}`" for p in pinned)
+    n = sum(len(v) for v in pinned.values())
+    return (f"\nThe model calls {names} with `training=False`: as written, {n} of these layers use the stored "
+            "statistics in training too, so fine-tuning will not repair them; the loop above still reaches them "
+            "(Keras 3 passes the outer `training=True` into a nested model whatever its recorded argument).")
 
 
 _RECALIBRATE = ("```python\nimport keras\n\n"
@@ -223,19 +248,30 @@ _RECALIBRATE = ("```python\nimport keras\n\n"
 
 
 def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[Finding]:
-    """``training-mode-inference``: predictions flip (and BN statistics change) under ``training=True``."""
+    """``training-mode-inference``: predictions flip (and BN statistics change) under ``training=True``.
+
+    Layers inside a nested model the graph calls with ``training=False`` stay in
+    inference mode (`tlviz.callargs`): they are not listed, and the training-mode
+    pass runs the model as written.
+    """
     import keras
 
-    noise, bn = [], []
+    pinned = {p for p, value in recorded_training(ctx.model).items() if value is False}
+    inside = inference_only_paths(ctx.model)
+    noise, bn, kept = [], [], {}
     for leaf in iter_leaves(ctx.model):
-        if random_in_training(leaf.layer):
+        is_bn = type(leaf.layer).__name__ in BN_CLASSES and leaf.layer.trainable
+        if leaf.path in inside and (is_bn or random_in_training(leaf.layer)):
+            owner = next(p for p in sorted(pinned, key=len) if leaf.path.startswith(p + "/"))
+            kept.setdefault(owner, []).append("BatchNormalization" if is_bn else type(leaf.layer).__name__)
+        elif random_in_training(leaf.layer):
             noise.append(_describe_layer(leaf.path, leaf.layer))
-        elif type(leaf.layer).__name__ in BN_CLASSES and leaf.layer.trainable:
+        elif is_bn:
             bn.append(leaf.path)
     if not noise and not bn:
         return []
     ctx.require_finite()
-    clone = clone_for_training_mode(ctx.model, noise=True)
+    clone = clone_for_training_mode(ctx.model, noise=True)  # honours training=False calls
     sample = ctx.training_sample
     preds = ctx.predict_training_mode(clone, "Running the model in training mode…", indices=sample)
     reference = ctx.inference_predictions[sample]
@@ -258,6 +294,7 @@ def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[F
         f"Running the model in training mode changes {share:.1%} of its predictions",
         {"flipped_share": share, "flipped": int(len(flipped)), "n_images": int(len(preds)), "layers": layers,
          "bn_layers_updated": len(bn), "bn_mean_shift_after_one_pass": float(np.mean(shifts)) if shifts else None,
+         "kept_in_inference_by_call": {p: len(v) for p, v in kept.items()},
          "preset": ctx.working_preset, "sample": _sample_note(sample, len(ctx.images)),
          "example_files": [ctx.images.files[i] for i in flipped[:EXAMPLES]]},
         (f"These layers behave differently when the model is called with `training=True` (as inference code "
@@ -265,10 +302,24 @@ def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[F
          + ("Dropout and noise layers randomise the output. " if noise else "")
          + ("Trainable BatchNormalization layers normalize with each batch's statistics and overwrite their "
             "stored ones, so the model \"learns during inference\". " if bn else "")
+         + (_kept_note(kept) if kept else "")
          + "Run inference in inference mode:\n"
          "```python\nprobs = model.predict(x)              # always inference mode\n"
          "probs = model(x, training=False)      # inside your own loops and train_step\n```"),
     )]
+
+
+def _kept_note(kept: dict[str, list[str]]) -> str:
+    """The sentence on layers a ``training=False`` call keeps in inference mode (`kept`: classes per model)."""
+    counts: dict[str, int] = {}
+    for classes in kept.values():
+        for cls in classes:
+            counts[cls] = counts.get(cls, 0) + 1
+    what = ", ".join(f"{n} {cls} layer{'s' if n != 1 else ''}" for cls, n in counts.items())
+    names = ", ".join(f"`{p}`" for p in kept)
+    return (f"Left out: the {what} inside {names}, because the model calls {names} with `training=False`, so they "
+            "stay in inference mode as written (Keras 3 itself still passes an outer `model(x, training=True)` into "
+            "a nested model, one more reason to call the model as below). ")
 
 
 def check_input_resized(ctx: DiagnosisContext, check: Check) -> list[Finding]:
