@@ -642,3 +642,33 @@ def test_normalize_and_diagnose_share_the_drop_threshold():
 
     assert threshold("normalization-mismatch", "drop") == threshold("double-normalization", "drop") == NOTICEABLE_DROP
     assert findings.NOTICEABLE_DROP is NOTICEABLE_DROP
+
+
+# -- uncertainty (issue 13): a drop counts only when its paired interval clears the 5 points ------------------
+
+def test_findings_show_the_drop_interval_and_the_images(base_report):
+    from tlviz.stats import NOTICEABLE_DROP
+
+    found = {f.id: f for f in nz.normalization_findings(base_report, "unit")}
+    for fid in ("preset-mismatch", "channel-order-sensitive"):
+        ev = found[fid].evidence
+        lo, hi = ev["drop_interval"]
+        assert NOTICEABLE_DROP <= lo <= ev["drop"] <= hi and ev["n_images"] == base_report.n_images
+        assert "95 % interval" in found[fid].fix and f"{base_report.n_images} images" in found[fid].fix
+    assert "resize-sensitive" not in found  # every resize method scores the same
+    assert nz.findings.undecided_findings(base_report, "unit") == {}
+    d = nz.findings.accuracy_drop(base_report, "tf", "tf · nearest resize")
+    assert d.difference == 0 and d.high < NOTICEABLE_DROP
+
+
+def test_too_few_images_to_decide_a_drop_is_no_finding(loaded_base, base_images, base_source):
+    from dataclasses import replace
+
+    keep = np.concatenate([np.flatnonzero(base_images.labels == c)[:8] for c in range(5)])
+    few = replace(base_images, images=base_images.images[keep], labels=base_images.labels[keep],
+                  files=[base_images.files[i] for i in keep],
+                  original_sizes=[base_images.original_sizes[i] for i in keep])
+    report = nz.analyze(loaded_base, few, source=base_source)
+    assert "resize-sensitive" not in {f.id for f in nz.normalization_findings(report, "tf")}
+    undecided = nz.findings.undecided_findings(report, "tf")
+    assert "Too few images to decide" in undecided["resize-sensitive"] and "40 images" in undecided["resize-sensitive"]
