@@ -360,7 +360,7 @@ def test_training_mode_inference_names_the_layers(clean, small):
 
 
 def test_pretraining_no_better_than_random(loaded_base, base_images, clean, base_on_5_9):
-    random_base = summarize(fresh_clone(loaded_base.model, seed=7), metadata=loaded_base.metadata)
+    random_base = random_with_statistics(loaded_base)  # a fresh clone is certain from its BN statistics
     report = diagnose(random_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
     f = finding(report, "pretraining-no-better-than-random")
     assert f.evidence["probe_accuracy_pretrained"] - f.evidence["probe_accuracy_random"] < 0.1
@@ -644,7 +644,7 @@ def test_trained_model_is_not_at_chance(clean, sample_unit):
 
 
 def test_probe_evidence_states_the_sample_and_the_signal(loaded_base, base_images):
-    random_base = summarize(fresh_clone(loaded_base.model, seed=7), metadata=loaded_base.metadata)
+    random_base = random_with_statistics(loaded_base)  # a fresh clone is certain from its BN statistics
     report = diagnose(random_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
     f = finding(report, "pretraining-no-better-than-random")
     assert "class-balanced" in f.evidence["sample"] and isinstance(f.evidence["features_carry_signal"], bool)
@@ -809,3 +809,114 @@ def test_bn_statistics_mismatch_measures_a_pinned_base_and_names_it(images_96, m
     assert list(pinned) == [base.name] and len(pinned[base.name]) == len(bn)
     note = inference._pinned_recalibration_note(pinned)
     assert f"`{base.name}` with `training=False`" in note and "fine-tuning will not repair them" in note
+
+
+# -- uncertainty (issue 13): the probe decides on intervals; a never-trained base is certain ----------------
+
+def random_with_statistics(loaded, seed: int = 7):
+    """`loaded`'s architecture with fresh random weights but the trained BatchNormalization statistics, so that
+    only the probe (not the file) can tell the weights are random."""
+    fresh = fresh_clone(loaded.model, seed=seed)
+    trained = {leaf.path: leaf.layer for leaf in iter_leaves(loaded.model)}
+    for leaf in iter_leaves(fresh):
+        if type(leaf.layer).__name__ == "BatchNormalization":
+            leaf.layer.moving_mean.assign(trained[leaf.path].moving_mean)
+            leaf.layer.moving_variance.assign(trained[leaf.path].moving_variance)
+    return summarize(fresh, metadata=loaded.metadata)
+
+
+def with_duplicates(images, n: int = 12):
+    """The image set with the first `n` images added again (exact copies, new file names)."""
+    keep = np.concatenate([np.arange(len(images)), np.arange(n)])
+    return replace(images, images=images.images[keep], labels=images.labels[keep],
+                   files=list(images.files) + [f"dup_{i}_{images.files[i]}" for i in range(n)],
+                   original_sizes=[images.original_sizes[i] for i in keep])
+
+
+def test_random_mobilenet_base_is_certain_from_its_batchnorm_statistics(small, monkeypatch):
+    """A MobileNetV2-shaped base with weights=None: the file proves it, no probe runs."""
+    from tlviz.diagnose import context
+
+    monkeypatch.setattr(context, "run_probe", lambda ctx: pytest.fail("ran the probe"))
+    keras.utils.set_random_seed(1)
+    base = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3), include_top=False)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(base(inp, training=False))
+    model = keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="head")(x), name="random_mobilenet")
+    report = diagnose(summarize(model), small, "tf", checks=["pretraining-no-better-than-random"])
+    f = finding(report, "pretraining-no-better-than-random")
+    n_bn = sum(type(leaf.layer).__name__ == "BatchNormalization" for leaf in iter_leaves(base))
+    assert f.evidence["initial_statistics"] is True and f.evidence["measured_on_images"] is False
+    assert f.evidence["bn_layers"] == n_bn > 0 and "never trained" in f.title
+    assert 'weights="imagenet"' in f.fix
+
+
+def test_probe_fires_only_when_the_gain_interval_is_below_the_margin(loaded_base, base_images):
+    report = diagnose(random_with_statistics(loaded_base), base_images, "tf",
+                      checks=["pretraining-no-better-than-random"])
+    f = finding(report, "pretraining-no-better-than-random")
+    ev = f.evidence
+    lo, hi = ev["gain_interval"]
+    assert lo <= ev["gain"] <= hi < ev["gain_required"] <= 0.1
+    assert ev["n_images"] == 200 and ev["random_copies"] == 3 and ev["duplicates_left_out"] == 0
+    assert "95 % interval" in f.fix and "200 images" in f.fix
+
+
+def test_trained_sample_does_not_fire_even_with_duplicated_images(loaded_base, base_images, base_source):
+    for images in (base_images, with_duplicates(base_images, 12), with_duplicates(subset(base_images, 30), 12)):
+        report = diagnose(loaded_base, images, "tf", checks=["pretraining-no-better-than-random"])
+        assert "pretraining-no-better-than-random" in report.checks_run, skipped(report)
+        assert "pretraining-no-better-than-random" not in ids(report)
+
+
+def test_probe_sample_leaves_exact_duplicates_out(base_images):
+    from tlviz.diagnose.probe import _distinct
+
+    dup = with_duplicates(base_images, 12)
+    distinct = _distinct(dup.images)
+    assert int(np.sum(~distinct)) == 12 and distinct[:len(base_images)].all()
+    sample, shots = dg_probe_sample(dup, distinct)
+    assert len(np.unique(sample)) == len(sample) and np.all(sample < len(base_images))
+    assert shots == 39
+
+
+def dg_probe_sample(images, distinct):
+    from tlviz.diagnose import SEED, _probe_sample
+
+    return _probe_sample(np.asarray(images.labels), np.random.default_rng(SEED), distinct)
+
+
+def test_too_few_images_skip_the_probe_and_chance_checks_with_a_sentence(loaded_base, base_images, dead_head_report):
+    report = diagnose(random_with_statistics(loaded_base), subset(base_images, 20), "tf",
+                      checks=["pretraining-no-better-than-random"])
+    reason = skipped(report)["pretraining-no-better-than-random"]  # the gain's interval straddles the margin
+    assert "Too few images to decide" in reason and "100 images" in reason and "95 % interval" in reason
+    tiny_set = subset(base_images, 5)
+    # the dead head is at chance on 901 images (a finding) but cannot be told from a weak model on 25
+    assert "no-better-than-chance" in ids(dead_head_report)
+    base = keras.Model(loaded_base.model.inputs[0], loaded_base.model.get_layer("dropout").output, name="features")
+    inp = keras.Input((32, 32, 3))
+    head = keras.layers.Dense(5, activation="softmax", name="new_head")
+    model = keras.Model(inp, head(base(inp)), name="dead_head_small")
+    head.kernel.assign(np.zeros(head.kernel.shape, np.float32))
+    head.bias.assign(np.array([0.3, 0.1, 0.0, 0.2, 0.0], np.float32))
+    small_report = diagnose(summarize(model, metadata=loaded_base.metadata), tiny_set, "unit",
+                            checks=["no-better-than-chance"])
+    reason = skipped(small_report)["no-better-than-chance"]
+    assert "Too few images to decide" in reason and "25 images" in reason
+
+
+def test_paired_difference_interval():
+    from tlviz.stats import decide, paired_difference
+
+    # Newcombe (1998), method 10, on 12 / 5 / 2 / 21 pairs
+    a = np.array([1] * 12 + [1] * 5 + [0] * 2 + [0] * 21, bool)
+    b = np.array([1] * 12 + [0] * 5 + [1] * 2 + [0] * 21, bool)
+    d = paired_difference(a, b)
+    assert d.difference == pytest.approx(0.075) and (d.only_a, d.only_b, d.n) == (5, 2, 40)
+    assert d.low == pytest.approx(-0.0594, abs=5e-4) and d.high == pytest.approx(0.2046, abs=5e-4)
+    same = paired_difference(np.ones(900, bool), np.ones(900, bool))
+    assert same.difference == 0 and -0.005 < same.low <= 0 <= same.high < 0.005
+    assert decide(same.low, same.high, 0.05) is False
+    assert decide(*paired_difference(np.ones(40, bool), np.ones(40, bool)).interval, 0.05) is None
+    assert decide(*paired_difference(np.ones(900, bool), np.arange(900) % 2 == 0).interval, 0.05) is True

@@ -20,7 +20,7 @@ import numpy as np
 
 from tlviz.diagnose.assignment import _confusion, best_assignment
 from tlviz.diagnose.base import SEED, _balanced_sample
-from tlviz.diagnose.probe import Probe, _feature_tensor, _probe_sample, run_probe
+from tlviz.diagnose.probe import Probe, _distinct, _feature_tensor, _probe_sample, run_probe
 from tlviz.errors import CheckSkipped, DiagnosisRefused
 from tlviz.findings import Finding
 from tlviz.imagesets import ImageSet, two_classes_present
@@ -200,11 +200,13 @@ class DiagnosisContext:
 
     @functools.cached_property
     def probe_setup(self) -> dict:
-        """The probe's seeded, class-balanced sample and the head's input tensor (or `CheckSkipped`)."""
+        """The probe's seeded, class-balanced sample of distinct images and the head's input (or `CheckSkipped`)."""
         rng = np.random.default_rng(SEED)
-        sample, shots = _probe_sample(np.asarray(self.images.labels), rng)
+        distinct = _distinct(self.images.images)
+        sample, shots = _probe_sample(np.asarray(self.images.labels), rng, distinct)
         idx, tensor, name = _feature_tensor(self.model)
-        return {"rng": rng, "sample": sample, "shots": shots, "idx": idx, "tensor": tensor, "name": name}
+        return {"rng": rng, "sample": sample, "shots": shots, "idx": idx, "tensor": tensor, "name": name,
+                "duplicates": int(np.sum(~distinct))}
 
     def _feature_tap(self):
         """Keep the probe's features during the preset comparison (None when no probe can run)."""

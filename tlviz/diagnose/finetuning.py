@@ -10,7 +10,7 @@ from tlviz.diagnose.base import Check, _names
 from tlviz.diagnose.context import DiagnosisContext
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
-from tlviz.stats import wilson_interval
+from tlviz.stats import format_interval, wilson_interval
 
 
 def check_freezing(ctx: DiagnosisContext, check: Check) -> list[Finding]:
@@ -24,7 +24,12 @@ def check_freezing(ctx: DiagnosisContext, check: Check) -> list[Finding]:
 
 
 def check_no_better_than_chance(ctx: DiagnosisContext, check: Check) -> list[Finding]:
-    """``no-better-than-chance``: no preset makes the model clearly better than chance; the probe says why."""
+    """``no-better-than-chance``: no preset makes the model clearly better than chance; the probe says why.
+
+    Fires only when the 95 % Wilson interval of the most accurate preset neither
+    clears chance nor reaches ``margin`` above it; an interval that is not above
+    chance but reaches further skips the check (too few images to decide).
+    """
     ctx.require_labels()
     ctx.require_finite()
     ev = ctx.preset_evidence
@@ -33,8 +38,15 @@ def check_no_better_than_chance(ctx: DiagnosisContext, check: Check) -> list[Fin
     top = max(ev.accuracy, key=ev.accuracy.get)
     n = len(ev.labels)
     lo, hi = wilson_interval(int(round(ev.accuracy[top] * n)), n)
+    margin = check.threshold("margin")
+    if hi >= ev.chance + margin:
+        raise CheckSkipped(
+            f"Too few images to decide whether the model is better than chance: the most accurate preset, `{top}`, "
+            f"scores {ev.accuracy[top]:.1%} on {n} images (95 % interval {format_interval(lo, hi)}), not clearly "
+            f"above {ev.chance:.1%} chance but possibly up to {(hi - ev.chance) * 100:.1f} points above it, beyond "
+            f"the {margin * 100:g} points that count as guessing. More images narrow the interval.")
     evidence = {"accuracy_by_preset": ev.accuracy, "most_accurate_preset": top, "interval": [lo, hi],
-                "chance": ev.chance, "n_images": n}
+                "chance": ev.chance, "n_images": n, "margin": margin}
     try:
         p = ctx.probe
     except CheckSkipped as exc:

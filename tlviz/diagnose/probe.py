@@ -1,11 +1,18 @@
 """The pre-training probe: do the base's features separate these classes better than random ones?
 
-A nearest-class-mean (cosine) linear probe is trained on the features at the
-head's input, on a seeded, class-balanced sample of at most `PROBE_MAX_IMAGES`
-images, once with the model's own weights and `PROBE_RANDOM_INITS` times with
-the same architecture re-initialised (`fresh_clone`). The pre-trained features
-usually come from the preset comparison's own pass (`tlviz.normalize.FeatureTap`),
-so only the random copies are run again.
+A nearest-class-mean (cosine) probe is scored leave-one-out on the features at
+the head's input, on a seeded, class-balanced sample of at most
+`PROBE_MAX_IMAGES` distinct images (an exact duplicate of an image already in
+the sample is left out, so that it cannot stand in for itself): each image is
+classified by the class means of all the other images of the sample, once on
+the model's own features and once on the features of each of
+`PROBE_RANDOM_INITS` copies of the same architecture re-initialised
+(`fresh_clone`; the best copy counts). Both probes are therefore scored on the
+same held-out images, and `tlviz.stats.paired_difference` turns the two
+per-image outcomes into the gain of the pre-trained features with its 95 %
+interval.
+The pre-trained features usually come from the preset comparison's own pass
+(`tlviz.normalize.FeatureTap`), so only the random copies are run again.
 
 `DiagnosisContext.probe` runs it once per diagnosis (`run_probe`, a `Probe`);
 ``pretraining-no-better-than-random`` and ``no-better-than-chance`` read it.
@@ -13,6 +20,7 @@ so only the random copies are run again.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,18 +31,15 @@ from tlviz.diagnose.base import SEED
 from tlviz.diagnose.clones import fresh_clone
 from tlviz.errors import CheckSkipped
 from tlviz.presets import apply_preset
-from tlviz.stats import format_interval, wilson_interval
+from tlviz.stats import PairedDifference, chance_level, format_interval, paired_difference, wilson_interval
 
 #: The probe's sample: at most this many images in all ...
 PROBE_MAX_IMAGES = 400
 #: ... and at most this many per class.
 PROBE_MAX_PER_CLASS = 40
-#: Training images per class in each split (fewer when a class has fewer than twice as many).
-PROBE_SHOTS = 10
-#: Random train / test splits averaged.
-PROBE_SPLITS = 5
-#: Fresh random copies of the architecture compared with the pre-trained weights.
-PROBE_RANDOM_INITS = 1
+#: Fresh random copies of the architecture compared with the pre-trained weights. Random initialisations
+#: differ among themselves by several points, so the pre-trained features are compared with the best copy.
+PROBE_RANDOM_INITS = 3
 
 if TYPE_CHECKING:
     from tlviz.diagnose.context import DiagnosisContext
@@ -45,12 +50,18 @@ class Probe:
     """The probe's result.
 
     Attributes:
-        pretrained: accuracy on the base's own features (mean over the splits).
-        random: accuracy on the features of fresh random copies.
-        n_images / n_classes: the sample.
-        shots: training images per class in each split.
+        pretrained: leave-one-out accuracy on the base's own features.
+        random: leave-one-out accuracy on the features of the best of `PROBE_RANDOM_INITS` fresh random copies.
+        n_images / n_classes: the sample (every image is held out once, so both
+            accuracies are measured on all `n_images`).
+        shots: images per class the class means are computed from (the smallest
+            class of the sample, less the held-out image).
         feature_layer / feature_dim: where the features were taken, and their size.
-        n_test: test images in one split.
+        n_test: images each probe was scored on.
+        gain: the pre-trained accuracy minus the random one on the same images,
+            with its 95 % interval (`tlviz.stats.PairedDifference`).
+        majority: the share of the sample's most common class.
+        duplicates: exact duplicate images left out of the sample.
     """
 
     pretrained: float
@@ -61,27 +72,41 @@ class Probe:
     feature_layer: str
     feature_dim: int
     n_test: int = 0
+    gain: PairedDifference | None = None
+    majority: float = 0.0
+    duplicates: int = 0
 
     @property
     def chance(self) -> float:
-        return 1.0 / max(self.n_classes, 1)
+        """The probe's chance level: always answering the sample's most common class."""
+        return max(self.majority, 1.0 / max(self.n_classes, 1))
 
     @property
     def interval(self) -> tuple[float, float]:
-        """95 % interval of the pre-trained probe's accuracy (on one split's test images: conservative)."""
+        """95 % Wilson interval of the pre-trained probe's accuracy."""
         return wilson_interval(int(round(self.pretrained * self.n_test)), self.n_test)
+
+    @property
+    def random_interval(self) -> tuple[float, float]:
+        """95 % Wilson interval of the random probe's accuracy."""
+        return wilson_interval(int(round(self.random * self.n_test)), self.n_test)
 
     @property
     def signal(self) -> bool:
         """Whether the base's features carry signal: the probe is clearly above chance."""
         return self.interval[0] > self.chance
 
+    def required_gain(self, margin: float, headroom: float) -> float:
+        """The gain pre-training must show: `margin`, or the share `headroom` of the random probe's errors
+        when that is smaller (random features that already score near 100 % leave no room for `margin`)."""
+        return float(min(margin, headroom * (1.0 - self.random)))
+
     def signal_sentence(self) -> str:
         lo, hi = self.interval
         what = "carry signal for these classes" if self.signal else "carry no clear signal for these classes"
         return (f"The base's features {what}: a nearest-class-mean probe on them reaches {self.pretrained:.1%} "
-                f"(95 % interval {format_interval(lo, hi)}, {self.n_test} test images) against {self.chance:.1%} "
-                f"chance, on a seeded, class-balanced sample of {self.n_images} images.")
+                f"(95 % interval {format_interval(lo, hi)}, each of {self.n_test} images held out in turn) against "
+                f"{self.chance:.1%} chance, on a seeded, class-balanced sample.")
 
 
 def _feature_tensor(model):
@@ -136,32 +161,63 @@ def _features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _probe_sample(labels: np.ndarray, rng) -> tuple[np.ndarray, int]:
-    """Seeded, stratified sample of image indices (classes with at least 4 images)."""
-    classes = [c for c in np.unique(labels) if np.sum(labels == c) >= 4]
+def _distinct(images: np.ndarray) -> np.ndarray:
+    """Whether each image is the first of its exact duplicates (same pixels), as a boolean mask."""
+    seen: set[bytes] = set()
+    keep = np.zeros(len(images), dtype=bool)
+    for i, image in enumerate(images):
+        key = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        keep[i] = key not in seen
+        seen.add(key)
+    return keep
+
+
+def _probe_sample(labels: np.ndarray, rng, distinct: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Seeded, stratified sample of image indices (classes with at least 4 distinct images).
+
+    Args:
+        labels: the image set's labels.
+        rng: a seeded `numpy.random.Generator`.
+        distinct: per image, whether it is the first of its exact duplicates
+            (`_distinct`); the others are left out. Defaults to keeping every image.
+
+    Returns:
+        ``(indices, shots)``: the sample and the images per class its class means
+        are computed from when one image is held out.
+    """
+    labels = np.asarray(labels)
+    keep = np.ones(len(labels), dtype=bool) if distinct is None else np.asarray(distinct, dtype=bool)
+    classes = [c for c in np.unique(labels) if np.sum((labels == c) & keep) >= 4]
     if len(classes) < 2:
-        raise CheckSkipped("The probe needs at least two classes with four or more images each.")
+        raise CheckSkipped("The probe needs at least two classes with four or more distinct images each.")
     per_class = int(min(PROBE_MAX_PER_CLASS, max(4, PROBE_MAX_IMAGES // len(classes))))
     chosen = []
     for c in classes:
-        idx = np.flatnonzero(labels == c)
+        idx = np.flatnonzero((labels == c) & keep)
         chosen.append(rng.permutation(idx)[:per_class])
-    shots = int(min(PROBE_SHOTS, min(len(c) for c in chosen) // 2))
+    shots = int(min(len(c) for c in chosen) - 1)
     return np.concatenate(chosen), shots
 
 
-def _ncm_accuracy(feats: np.ndarray, labels: np.ndarray, splits) -> float:
-    """Nearest-class-mean (cosine) probe accuracy, averaged over the splits."""
-    accs = []
-    for train, test in splits:
-        x = feats - feats[train].mean(axis=0)
-        x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-        classes = np.unique(labels[train])
-        centres = np.stack([x[train][labels[train] == c].mean(axis=0) for c in classes])
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True) + 1e-12
-        pred = classes[np.argmax(x[test] @ centres.T, axis=1)]
-        accs.append(float(np.mean(pred == labels[test])))
-    return float(np.mean(accs))
+def _loo_correct(feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image, whether the nearest-class-mean (cosine) probe built from all *other* images is right.
+
+    The features are centred on the sample's mean (no labels involved) and scaled
+    to unit length; an image's own class mean leaves it out, exactly.
+    """
+    x = feats - feats.mean(axis=0)
+    x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    classes, own = np.unique(labels, return_inverse=True)
+    sums = np.stack([x[own == c].sum(axis=0) for c in range(len(classes))])
+    dots = x @ sums.T
+    norms2 = np.repeat(np.sum(sums * sums, axis=1)[None, :], len(x), axis=0)
+    rows = np.arange(len(x))
+    self_dot = np.sum(x * x, axis=1)
+    with_self = dots[rows, own]
+    dots[rows, own] = with_self - self_dot  # the own class's sum without the image
+    norms2[rows, own] = norms2[rows, own] - 2 * with_self + self_dot
+    cosine = dots / np.sqrt(np.maximum(norms2, 1e-24))
+    return np.argmax(cosine, axis=1) == own
 
 
 def _tapped_features(ctx: DiagnosisContext, preset: str, sample: np.ndarray) -> np.ndarray | None:
@@ -188,18 +244,9 @@ def run_probe(ctx: DiagnosisContext) -> Probe:
             architecture that cannot be re-created).
     """
     setup = ctx.probe_setup
-    rng, sample, shots = setup["rng"], setup["sample"], setup["shots"]
-    labels_all = np.asarray(ctx.images.labels)
+    sample = setup["sample"]
+    labels = np.asarray(ctx.images.labels)[sample]
     images = ctx.images.images[sample]
-    labels = labels_all[sample]
-    splits = []
-    for _ in range(PROBE_SPLITS):
-        train, test = [], []
-        for c in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            train.append(idx[:shots])
-            test.append(idx[shots:])
-        splits.append((np.concatenate(train), np.concatenate(test)))
     idx, name = setup["idx"], setup["name"]
     preset = ctx.working_preset
     pre_feats = _tapped_features(ctx, preset, sample)
@@ -208,7 +255,7 @@ def run_probe(ctx: DiagnosisContext) -> Probe:
         pre_feats = _features(ctx.model, idx, images, preset)
     if not np.all(np.isfinite(pre_feats)):
         raise CheckSkipped("The base's features contain NaN or infinite values, so no probe can be trained on them.")
-    pre = _ncm_accuracy(pre_feats, labels, splits)
+    pre = _loo_correct(pre_feats, labels)
     rand = []
     for r in range(PROBE_RANDOM_INITS):
         ctx.say(0.4 + 0.3 * r, f"Probe: the same architecture with fresh random weights ({r + 1} of "
@@ -220,7 +267,11 @@ def run_probe(ctx: DiagnosisContext) -> Probe:
                                f"({type(exc).__name__}: {str(exc)[:120]}).") from None
         feats = _features(fresh, idx, images, preset)
         feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
-        rand.append(_ncm_accuracy(feats, labels, splits))
+        rand.append(_loo_correct(feats, labels))
         del fresh
-    return Probe(pre, float(np.mean(rand)), int(len(sample)), int(len(np.unique(labels))), shots, name,
-                 int(pre_feats.shape[1]), int(len(splits[0][1])))
+    best = max(rand, key=lambda c: float(c.mean()))
+    gain = paired_difference(pre, best)
+    n_classes = int(len(np.unique(labels)))
+    majority = chance_level(np.unique(labels, return_inverse=True)[1], n_classes)
+    return Probe(float(pre.mean()), float(best.mean()), int(len(sample)), n_classes, int(setup["shots"]), name,
+                 int(pre_feats.shape[1]), int(len(sample)), gain, majority, int(setup.get("duplicates", 0)))
