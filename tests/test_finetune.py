@@ -481,3 +481,74 @@ def test_tf_preset_matches_numpy_preset(preset):
 
     x = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
     np.testing.assert_allclose(np.asarray(tf_preset(x, preset)), apply_preset(x, preset), rtol=1e-6, atol=1e-5)
+
+
+# -- recorded call arguments (issue 13): a run keeps a base called with training=False in inference mode -------
+
+def _guide_loaded(pin: bool = True):
+    """The keras-io guide's model (MobileNetV2 base called with training=False, unfrozen) as a LoadedModel."""
+    import keras
+
+    from tlviz.models import summarize
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, include_top=False)
+    base.trainable = False
+    inputs = keras.Input((96, 96, 3))
+    x = base(inputs, training=False) if pin else base(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="head")(x))
+    base.trainable = True
+    rng = np.random.default_rng(0)  # statistics that look trained, so a change would show
+    for layer in base.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.moving_mean.assign(rng.normal(0, 0.5, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape).astype("float32"))
+    return summarize(model, filename="guide.keras"), base.name
+
+
+def _bn_state(model, base_name: str) -> dict:
+    from tlviz.layers import iter_leaves
+
+    return {leaf.path: [np.array(v) for v in leaf.layer.weights] for leaf in iter_leaves(model)
+            if leaf.path.startswith(base_name + "/") and type(leaf.layer).__name__ == "BatchNormalization"}
+
+
+@pytest.fixture(scope="module")
+def images_96_5_9(digits_5_9):
+    from dataclasses import replace
+
+    from tlviz.imagesets import load_image_set
+
+    images = load_image_set(digits_5_9, (96, 96), 3)
+    keep = np.sort(np.concatenate([np.flatnonzero(images.labels == c)[:12] for c in range(5)]))
+    return replace(images, images=images.images[keep], labels=images.labels[keep],
+                   files=[images.files[i] for i in keep],
+                   original_sizes=[images.original_sizes[i] for i in keep])
+
+
+@pytest.mark.parametrize("pin, unfreeze, use_cache", [(True, 12, True), (True, 1000, False), (False, 1000, False)],
+                         ids=["pinned-cached-top", "pinned-whole-base", "unpinned-whole-base"])
+def test_a_run_keeps_a_base_called_with_training_false_in_inference_mode(images_96_5_9, pin, unfreeze, use_cache):
+    """BatchNormalization trains its scale and offset (bn='train') but keeps its moving statistics when pinned."""
+    from tlviz.finetune.run import run_finetune
+
+    loaded, base_name = _guide_loaded(pin)
+    before = _bn_state(loaded.model, base_name)
+    res = run_finetune(loaded, images_96_5_9, RunConfig(unfreeze=unfreeze, lr=1e-2, epochs=1, batch_size=16,
+                                                         preset="tf", bn="train", new_head=False,
+                                                         use_cache=use_cache))
+    assert res.state == "completed"
+    after = _bn_state(res.model, base_name)
+    trained = [p for p in after if not np.allclose(after[p][0], before[p][0])]  # gamma moved
+    assert trained  # BatchNormalization did train
+    moving = [p for p in after if not (np.allclose(after[p][2], before[p][2]) and np.allclose(after[p][3], before[p][3]))]
+    if pin:
+        assert moving == []  # inference mode, as the model is written
+        assert any(f"'{base_name}' with `training=False`" in n for n in res.notes)
+        assert res.cache_used is use_cache
+    else:
+        assert set(moving) == set(trained)  # batch statistics: the moving ones follow the batches
+    assert _bn_state(loaded.model, base_name).keys() == before.keys()
+    assert all(np.array_equal(a, b) for p in before for a, b in zip(before[p], _bn_state(loaded.model, base_name)[p]))

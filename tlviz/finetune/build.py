@@ -1,7 +1,10 @@
 """The model a run trains: a clone of the loaded model, with a new head if needed.
 
 The loaded model is never touched: `clone` copies architecture and weights,
-and every change (new head, trainable flags) happens on the copy.
+and every change (new head, trainable flags) happens on the copy. The copy runs
+as the model is written: a nested model called with ``training=False`` (the
+keras-io guide's ``base(inputs, training=False)``) stays in inference mode during
+the run, which Keras 3 alone would not do (`tlviz.callargs`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tlviz.callargs import honour_recorded_training, recorded_training
 from tlviz.errors import RunRefused
 from tlviz.finetune.config import RunConfig
 from tlviz.layers import NOISE_CLASSES, freezing_findings, layer_table, totals
@@ -54,13 +58,44 @@ def clone(model):
     """A copy of `model` with its own weights and the same trainable flags.
 
     Uses ``keras.models.clone_model`` followed by ``set_weights``; the
-    original model is only read.
+    original model is only read. The copy honours the recorded ``training``
+    arguments of nested models (`tlviz.callargs.honour_recorded_training`).
     """
     import keras
 
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
+    honour_recorded_training(copy)
     return copy
+
+
+def inference_call_notes(model) -> list[str]:
+    """Sentences for the user on nested models the run keeps in inference mode (``training=False`` calls).
+
+    Args:
+        model: the run's model.
+
+    Returns:
+        One sentence per nested model called with ``training=False`` that holds
+        BatchNormalization or dropout layers; empty otherwise.
+    """
+    from tlviz.layers import BN_CLASSES, iter_leaves, random_in_training
+
+    out = []
+    for path, value in recorded_training(model).items():
+        if value is not False:
+            continue
+        leaves = [leaf.layer for leaf in iter_leaves(model) if leaf.path.startswith(path + "/")]
+        n_bn = sum(type(layer).__name__ in BN_CLASSES for layer in leaves)
+        n_noise = sum(random_in_training(layer) for layer in leaves)
+        if not n_bn and not n_noise:
+            continue
+        what = " and ".join(part for part in (
+            f"{n_bn} BatchNormalization layer{'s' if n_bn != 1 else ''} (moving statistics unchanged)" if n_bn else "",
+            f"{n_noise} dropout / noise layer{'s' if n_noise != 1 else ''}" if n_noise else "") if part)
+        out.append(f"The model calls '{path}' with `training=False`: its {what} stay in inference mode during "
+                   "this run, as the model is written.")
+    return out
 
 
 def decide_head(n_outputs: int, model_class_names: list[str] | None, image_class_names: list[str],
@@ -126,7 +161,7 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
     import keras
 
     model = clone(loaded.model)
-    notes: list[str] = []
+    notes: list[str] = inference_call_notes(model)
     if not head.new_head:
         return BuiltModel(model, False, not _outputs_probabilities(model), notes)
     table = layer_table(model)
@@ -161,6 +196,7 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
         x = keras.layers.Dropout(config.head_dropout, name=names[1])(x)
     out = keras.layers.Dense(n_classes, activation="softmax", name=names[2])(x)
     new = keras.Model(model.inputs, out, name=f"{model.name}_finetuned")
+    honour_recorded_training(new)  # the layers are the clone's (already honoured): idempotent
     return BuiltModel(new, True, False, notes)
 
 
