@@ -543,7 +543,8 @@ def test_a_run_keeps_a_base_called_with_training_false_in_inference_mode(images_
     after = _bn_state(res.model, base_name)
     trained = [p for p in after if not np.allclose(after[p][0], before[p][0])]  # gamma moved
     assert trained  # BatchNormalization did train
-    moving = [p for p in after if not (np.allclose(after[p][2], before[p][2]) and np.allclose(after[p][3], before[p][3]))]
+    moving = [p for p in after
+              if not (np.allclose(after[p][2], before[p][2]) and np.allclose(after[p][3], before[p][3]))]
     if pin:
         assert moving == []  # inference mode, as the model is written
         assert any(f"'{base_name}' with `training=False`" in n for n in res.notes)
