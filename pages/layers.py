@@ -4,6 +4,7 @@ import streamlit as st
 
 import ui
 from tlviz.charts import params_by_depth
+from tlviz.callargs import keras_honours_recorded_training
 from tlviz.layers import base_weight_layers, freezing_findings, inference_by_call_notes, totals, unfreeze_plan
 
 ui.page_start()
@@ -31,9 +32,11 @@ if n_bn:
             "inference mode: it normalizes with its stored moving mean/variance instead of the batch's "
             "statistics, and does not update them.", icon=":material/info:")
 for note in inference_by_call_notes(table):
-    st.info(note + " tlviz runs it that way in its diagnosis and fine-tuning runs. Keras 3 itself passes `fit`'s "
-            "`training=True` into a nested model whatever its recorded argument; to keep these layers in inference "
-            "mode in your own `fit` too, also set `trainable = False` on them.", icon=":material/info:")
+    caveat = ("" if keras_honours_recorded_training() else
+              " The installed Keras passes `fit`'s `training=True` into a nested model whatever its recorded argument "
+              "(measured): to keep these layers in inference mode in your own `fit` too, also set `trainable = False` "
+              "on them.")
+    st.info(note + " tlviz runs it that way in its diagnosis and fine-tuning runs." + caveat, icon=":material/info:")
 
 show = table.copy()
 show["path"] = [("✱ " if bn else "") + p for p, bn in zip(show["path"], show["is_bn"])]

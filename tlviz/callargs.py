@@ -19,10 +19,14 @@ Public API:
 - `recorded_training(model)` -> ``{path: bool}`` for nested models called with a constant ``training``;
 - `honour_recorded_training(model)` -> the paths it pinned (idempotent; apply to every clone);
 - `inference_only_paths(model)` -> paths of layers that always run in inference mode because a
-  model around them is pinned to ``training=False``.
+  model around them is pinned to ``training=False``;
+- `keras_honours_recorded_training()` -> whether the installed Keras keeps a recorded
+  ``training=False`` when the outer call says ``training=True`` (measured once per process).
 """
 
 from __future__ import annotations
+
+import functools
 
 
 def _is_model(layer) -> bool:
@@ -110,3 +114,31 @@ def inference_only_paths(model) -> set[str]:
         if any(path.startswith(p + "/") for p in pinned):
             out.add(path)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def keras_honours_recorded_training() -> bool:
+    """Whether the installed Keras keeps a nested model's recorded ``training=False`` under ``training=True``.
+
+    Measured, not assumed: a two-layer base with BatchNormalization (moving statistics far from
+    the batch's) is called with ``training=False`` inside an outer model, and the outer model is
+    run once with ``training=True`` and once with ``training=False``. tf.keras 2 kept the recorded
+    value; Keras 3.15 does not (its functional graph passes the outer value in), so a user's own
+    ``fit`` updates those BatchNormalization layers.
+
+    Returns:
+        True when both runs agree (the recorded argument wins).
+    """
+    import keras
+    import numpy as np
+
+    i = keras.Input((3,))
+    bn = keras.layers.BatchNormalization()
+    base = keras.Model(i, bn(i))
+    bn.set_weights([np.ones(3), np.zeros(3), np.full(3, 4.0), np.full(3, 9.0)])
+    j = keras.Input((3,))
+    outer = keras.Model(j, base(j, training=False))
+    x = np.linspace(-1.0, 1.0, 12, dtype="float32").reshape(4, 3)
+    a = np.asarray(outer(x, training=True))
+    b = np.asarray(outer(x, training=False))
+    return bool(np.allclose(a, b, atol=1e-5))

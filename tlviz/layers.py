@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tlviz.callargs import recorded_training
+from tlviz.callargs import keras_honours_recorded_training, recorded_training
 from tlviz.findings import Finding
 
 #: BatchNormalization layers: batch statistics in training, moving statistics in inference.
@@ -241,8 +241,11 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
     """Plain-language problems with the freezing setup, most severe first.
 
     A trainable BatchNormalization layer inside a base the model calls with
-    ``training=False`` runs in inference mode (`layer_table`'s ``inference_by_call``),
-    so it does not count for ``bn-trainable-in-base``.
+    ``training=False`` runs in inference mode as the model is written (`layer_table`'s
+    ``inference_by_call``), so it does not count for the usual ``bn-trainable-in-base``. When the
+    installed Keras does not honour that argument in ``fit`` (Keras 3.15 does not:
+    `tlviz.callargs.keras_honours_recorded_training`), ``bn-trainable-in-base`` fires for them with
+    that reason and the explicit fix instead of "call the base with ``training=False``".
 
     Returns:
         Findings with ids ``no-trainable-weights``, ``head-frozen`` and
@@ -307,6 +310,27 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
                  "and can wreck what the base learned. Keep BN frozen (it then runs in inference mode): "
                  "call the base with `base(x, training=False)` or set `layer.trainable = False` on every "
                  "BatchNormalization layer, then compile again."),
+        ))
+        return out
+    pinned_bn = table[(table["role"] == "base") & table["is_bn"] & table["trainable"] & by_call]
+    if len(pinned_bn) and len(base_train) and not keras_honours_recorded_training():
+        import keras
+
+        bases = sorted(set(pinned_bn["inference_by_call"]))
+        out.append(Finding(
+            id="bn-trainable-in-base", severity="warning", area="finetuning",
+            title=f"Keras {keras.__version__} updates these BatchNormalization layers in `fit` despite `training=False`",
+            evidence={"trainable_bn_layers": int(len(pinned_bn)), "examples": list(pinned_bn["path"][:5]),
+                      "called_with_training_false": bases, "keras_version": keras.__version__,
+                      "keras_honours_training_false": False},
+            fix=(f"The model calls {', '.join(f'`{b}`' for b in bases)} with `training=False`, which kept "
+                 "BatchNormalization in inference mode in tf.keras 2 and in the keras-io fine-tuning guide. The "
+                 f"installed Keras ({keras.__version__}, measured in this process) passes `fit`'s `training=True` "
+                 f"into the nested model anyway, so its {len(pinned_bn)} trainable BatchNormalization layers "
+                 "update their moving statistics from your batches. Freeze them explicitly before compiling:\n"
+                 "```python\nfor layer in base.layers:\n    if isinstance(layer, keras.layers.BatchNormalization):\n"
+                 "        layer.trainable = False\nmodel.compile(...)\n```\ntlviz's own fine-tuning runs keep the "
+                 "call's `training=False`."),
         ))
     return out
 

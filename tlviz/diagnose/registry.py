@@ -54,7 +54,8 @@ CHECKS: tuple[Check, ...] = (
           "layers set trainable inside a model marked frozen (Keras 3 trains them)",
           run=finetuning.check_freezing),
     Check("bn-trainable-in-base", "warning", "finetuning", "trainable BatchNormalization in the base",
-          "BatchNormalization trainable inside an unfrozen base",
+          "BatchNormalization trainable inside an unfrozen base (inside a base called with `training=False` only "
+          "when the installed Keras overrides that in `fit`, as Keras 3.15 does: measured, not assumed)",
           run=finetuning.check_freezing),
     Check("class-count-mismatch", "error", "finetuning", "classes vs model outputs",
           "the image set's classes ≠ the model's outputs (by name when the model records them, else by count)",
