@@ -925,3 +925,21 @@ def test_paired_difference_interval():
     assert decide(same.low, same.high, 0.05) is False
     assert decide(*paired_difference(np.ones(40, bool), np.ones(40, bool)).interval, 0.05) is None
     assert decide(*paired_difference(np.ones(900, bool), np.arange(900) % 2 == 0).interval, 0.05) is True
+
+
+def test_resize_comparison_too_few_images_is_a_skipped_check(loaded_base, digits_0_4, tmp_path):
+    """40 images cannot tell whether another resize method costs 5 points: Diagnose says so instead of judging."""
+    import shutil
+
+    from tlviz.imagesets import open_source
+
+    for folder in sorted(p for p in digits_0_4.iterdir() if p.is_dir()):
+        (tmp_path / folder.name).mkdir()
+        for f in sorted(folder.iterdir())[:8]:
+            shutil.copyfile(f, tmp_path / folder.name / f.name)
+    source = open_source(tmp_path)
+    images = source.load(loaded_base.image_size, loaded_base.channels)
+    report = diagnose(loaded_base, images, inference_preset="tf", source=source, checks=["resize-sensitive"])
+    assert "resize-sensitive" not in ids(report)
+    reason = {s.id: s.reason for s in report.skipped}["resize-sensitive"]
+    assert "Too few images to decide" in reason and "40 images" in reason

@@ -361,7 +361,7 @@ def check_input_resized(ctx: DiagnosisContext, check: Check) -> list[Finding]:
 
 def _sensitivity(ctx: DiagnosisContext, check: Check) -> list[Finding]:
     """`check`'s finding from `tlviz.normalize.normalization_findings`, with this check's severity and area."""
-    from tlviz.normalize import normalization_findings
+    from tlviz.normalize import normalization_findings, undecided_findings
 
     ctx.require_labels()
     ctx.require_finite()
@@ -376,6 +376,10 @@ def _sensitivity(ctx: DiagnosisContext, check: Check) -> list[Finding]:
     for f in normalization_findings(report, report.best_preset):
         if f.id == check.id:
             out.append(check.adopt(f, evidence=_jsonable(f.evidence)))
+    if not out:
+        undecided = undecided_findings(report, report.best_preset).get(check.id)
+        if undecided:  # the interval of the drop straddles the threshold: neither a finding nor "fine"
+            raise CheckSkipped(undecided)
     return out
 
 

@@ -77,7 +77,8 @@ Functions:
   changes between two presets (gallery data).
 - `expects_raw_pixels(builtin_preprocessing) -> bool`.
 - `double_normalization(report, inference_preset) -> str | None`.
-- `normalization_findings(report, inference_preset) -> list[Finding]`.
+- `normalization_findings(report, inference_preset) -> list[Finding]`; `undecided_findings(report,
+  inference_preset)` -> the comparisons too few images cannot decide, with the sentence.
 
 `model` is always a `tlviz.models.LoadedModel` or a plain Keras model.
 
@@ -99,6 +100,7 @@ from tlviz.normalize.findings import (
     double_normalization,
     expects_raw_pixels,
     normalization_findings,
+    undecided_findings,
 )
 from tlviz.normalize.inference import evaluate_preset, evaluate_setting
 from tlviz.normalize.inputs import custom_preset, label_match
@@ -132,5 +134,5 @@ __all__ = [
     "PER_CLASS_COLUMNS", "RESULT_COLUMNS", "TIE_Z",
     "Evaluation", "FeatureTap", "Fingerprint", "LabelMatch", "NormalizationRefused", "NormalizationReport", "Setting",
     "analyze", "changed_predictions", "custom_preset", "double_normalization", "evaluate_preset", "evaluate_setting",
-    "expects_raw_pixels", "fingerprint", "label_match", "normalization_findings",
+    "expects_raw_pixels", "fingerprint", "label_match", "normalization_findings", "undecided_findings",
 ]
