@@ -943,3 +943,47 @@ def test_resize_comparison_too_few_images_is_a_skipped_check(loaded_base, digits
     assert "resize-sensitive" not in ids(report)
     reason = {s.id: s.reason for s in report.skipped}["resize-sensitive"]
     assert "Too few images to decide" in reason and "40 images" in reason
+
+
+def test_normalization_mismatch_shows_the_paired_interval(sample_unit):
+    f = finding(sample_unit, "normalization-mismatch")
+    lo, hi = f.evidence["drop_interval"]
+    assert 0.05 <= lo <= f.evidence["drop"] <= hi <= 1.0
+    assert f"{f.evidence['n_images']} images" in f.fix and "95 % interval" in f.fix
+
+
+def test_normalization_mismatch_undecided_on_a_few_images_is_skipped():
+    """A 1-in-12 gap cannot clear a 5-point threshold: the judgement skips with the numbers."""
+    from dataclasses import replace
+
+    from tlviz.diagnose.context import PresetEvidence
+    from tlviz.diagnose.inference import judge_normalization_mismatch
+    from tlviz.diagnose.registry import CHECKS_BY_ID
+    from tlviz.errors import CheckSkipped
+
+    labels = np.arange(12) % 3
+    tf_preds, unit_preds = labels.copy(), labels.copy()
+    unit_preds[0] = (labels[0] + 1) % 3  # one image differs: 100 % against 91.7 %
+
+    class _Fp:
+        ranking = None
+        order = None
+        reason = "not needed"
+
+    class _Report:
+        fingerprint = _Fp()
+        predictions = {"tf": tf_preds, "unit": unit_preds}
+
+    ev = PresetEvidence(report=_Report(), labels=labels, accuracy={"tf": 1.0, "unit": 11 / 12}, best="tf",
+                        best_by="accuracy", label_note=None, weights_finite=True, image_size=(32, 32),
+                        resize="bilinear", files=[f"{i}.png" for i in range(12)])
+    with pytest.raises(CheckSkipped, match=r"Too few images to decide: `unit` scores 91.7% and `tf` 100.0% on 12"):
+        judge_normalization_mismatch(ev, "unit", CHECKS_BY_ID["normalization-mismatch"])
+    # The same gap on 1,200 images (100 differ) clears it.
+    many = np.tile(labels, 100)
+    wrong = many.copy()
+    wrong[:1200:12] = (many[:1200:12] + 1) % 3
+    _Report.predictions = {"tf": many, "unit": wrong}
+    big = replace(ev, labels=many, files=[f"{i}.png" for i in range(1200)])
+    found = judge_normalization_mismatch(big, "unit", CHECKS_BY_ID["normalization-mismatch"])
+    assert found and found[0].evidence["drop_interval"][0] >= 0.05

@@ -19,6 +19,7 @@ from tlviz.findings import Finding
 from tlviz.imagesets import RESIZE_DESCRIPTIONS
 from tlviz.layers import BN_CLASSES, has_initial_statistics, iter_leaves, random_in_training
 from tlviz.presets import PIXEL_PRESET, preset_snippet
+from tlviz.stats import decide, format_points, paired_difference
 
 
 def _decisively_closer(d_a: float, d_b: float, check: Check) -> bool:
@@ -54,6 +55,16 @@ def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) 
         a_best, a_inf = ev.accuracy[best], ev.accuracy.get(preset)
         if a_inf is None or a_best - a_inf < check.threshold("drop"):
             return []
+        # The same images under both presets: the paired interval of the drop must clear the threshold.
+        d = paired_difference(preds[best] == ev.labels, preds[preset] == ev.labels)
+        verdict = decide(d.low, d.high, check.threshold("drop"))
+        if verdict is None:
+            raise CheckSkipped(
+                f"Too few images to decide: `{preset}` scores {a_inf:.1%} and `{best}` {a_best:.1%} on {d.n} images; "
+                f"the drop of {d.difference * 100:.1f} points has a 95 % interval of {format_points(d.low, d.high)}, "
+                f"which reaches below the {check.threshold('drop') * 100:.0f}-point threshold. Add images to decide.")
+        if verdict is False:
+            return []
         if fp.ranking is not None:
             dist = dict(zip(fp.ranking["preset"], fp.ranking["distance"]))
             if preset in dist and _decisively_closer(dist[preset], dist[best], check):
@@ -66,11 +77,13 @@ def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) 
         right = changed_idx[(preds[best][changed_idx] == ev.labels[changed_idx])]
         evidence = {"inference_preset": preset, "expected_preset": best, "accuracy_expected": a_best,
                     "accuracy_inference": a_inf, "accuracy_by_preset": ev.accuracy,
+                    "drop": d.difference, "drop_interval": [d.low, d.high],
                     "changed_predictions": int(len(changed_idx)), "n_images": len(ev.files),
                     "fingerprint_order": fp.order, "example_files": [ev.files[i] for i in right[:EXAMPLES]]}
         title = (f"Your inference preset `{preset}` scores {a_inf:.1%}; the model expects `{best}` ({a_best:.1%})")
         lead = (f"Preparing images with `{preset}` changes {len(changed_idx)} of {len(ev.files)} predictions and "
-                f"costs {a_best - a_inf:.1%} accuracy.")
+                f"costs {a_best - a_inf:.1%} accuracy (95 % interval {format_points(d.low, d.high)} on "
+                f"{d.n} images).")
     else:
         dist = dict(zip(fp.ranking["preset"], fp.ranking["distance"]))
         d_best, d_inf = float(dist[best]), float(dist.get(preset, np.inf))
@@ -187,23 +200,34 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext, check: Check) -> list[Fi
     # A measurement, not a replay: every BN layer on batch statistics, a base called with
     # training=False included (its stored statistics are the ones under test).
     clone = clone_for_training_mode(ctx.model, noise=False, force_bn_batch_statistics=True, honour_training=False)
-    acc_batch, best_batch = -1.0, best_inf
+    acc_batch, best_batch, batch_preds = -1.0, best_inf, None
     for k, preset in enumerate(candidates):
         preds = ctx.predict_training_mode(clone, f"BatchNormalization with batch statistics ({preset})…",
                                           preset=preset, start=k / len(candidates), span=1 / len(candidates),
                                           indices=sample)
         acc = float(np.mean(preds == labels))
         if acc > acc_batch:
-            acc_batch, best_batch = acc, preset
+            acc_batch, best_batch, batch_preds = acc, preset, preds
     del clone
     if acc_batch - acc_inf < check.threshold("gap"):
+        return []
+    # The same images both ways: the paired interval of the gain must clear the threshold.
+    d = paired_difference(batch_preds == labels, ctx.inference_predictions[sample] == labels)
+    verdict = decide(d.low, d.high, check.threshold("gap"))
+    if verdict is None:
+        raise CheckSkipped(
+            f"Too few images to decide: accuracy is {acc_inf:.1%} with the stored statistics and {acc_batch:.1%} with "
+            f"batch statistics on {d.n} images; the gain's 95 % interval {format_points(d.low, d.high)} reaches "
+            f"below the {check.threshold('gap') * 100:.0f}-point threshold. Add images to decide.")
+    if verdict is False:
         return []
     dist = None if fp.ranking is None else dict(zip(fp.ranking["preset"], fp.ranking["distance"])).get(best_batch)
     pinned = _pinned_bn(ctx.model, bn)
     return [check.finding(
         (f"Accuracy is {acc_inf:.1%} with the stored BatchNormalization statistics but {acc_batch:.1%} with "
-         "batch statistics"),
+         f"batch statistics (95 % interval of the gain: {format_points(d.low, d.high)}, {d.n} images)"),
         {"accuracy_inference_mode": acc_inf, "accuracy_batch_statistics": acc_batch, "preset_inference": best_inf,
+         "gain": d.difference, "gain_interval": [d.low, d.high],
          "preset_batch_statistics": best_batch,
          "bn_layers": len(bn), "examples": [leaf.path for leaf in bn[:5]],
          "batch_size": getattr(ctx, "training_batch", TRAINING_BATCH), "n_images": int(len(sample)),
