@@ -987,3 +987,18 @@ def test_normalization_mismatch_undecided_on_a_few_images_is_skipped():
     big = replace(ev, labels=many, files=[f"{i}.png" for i in range(1200)])
     found = judge_normalization_mismatch(big, "unit", CHECKS_BY_ID["normalization-mismatch"])
     assert found and found[0].evidence["drop_interval"][0] >= 0.05
+
+
+def test_label_order_needs_intervals_that_clear_the_thresholds(loaded_base, base_images):
+    """The full swapped set fires with its interval; 2 images per class cannot decide and say so."""
+    stripped = copy_of(loaded_base, metadata={})
+    q = np.array([1, 2, 0, 4, 3])
+    swapped = replace(base_images, labels=q[base_images.labels])
+    f = finding(diagnose(stripped, swapped, "tf", checks=["label-order-mismatch"]), "label-order-mismatch")
+    lo, hi = f.evidence["gain_interval"]
+    assert 0.2 <= lo <= hi <= 1.0 and f.evidence["n_images"] == len(swapped)
+    few = subset(swapped, 2)
+    report = diagnose(stripped, few, "tf", checks=["label-order-mismatch"])
+    assert "label-order-mismatch" not in ids(report)
+    reason = {s.id: s.reason for s in report.skipped}["label-order-mismatch"]
+    assert "Too few images to decide" in reason and f"on {len(few)} images" in reason

@@ -26,7 +26,7 @@ from tlviz.findings import Finding
 from tlviz.imagesets import ImageSet, two_classes_present
 from tlviz.outputs import predicted_classes
 from tlviz.presets import PRESETS, applicable_presets, apply_preset
-from tlviz.stats import chance_level, clearly_above, format_interval, wilson_interval
+from tlviz.stats import chance_level, clearly_above, decide, format_interval, format_points, paired_difference, wilson_interval
 
 #: bn-statistics-mismatch and training-mode-inference run the model in training mode on a seeded,
 #: class-balanced sample of at most this many images (a training-mode pass costs about twice an inference pass).
@@ -51,6 +51,9 @@ class _LabelOrder:
     assignment: np.ndarray  # assignment[t] = model output predicted for true class t
     confusion: np.ndarray
     fires: bool
+    gain_interval: tuple = (0.0, 0.0)  # 95 % paired interval of accuracy_with_mapping - accuracy
+    n_images: int = 0
+    undecided: str | None = None  # the point estimates say "fires" but the intervals cannot decide
 
 
 @dataclass
@@ -243,9 +246,24 @@ class DiagnosisContext:
             if best is None or acc_m > best.accuracy_with_mapping + 1e-9:
                 best = _LabelOrder(p, acc, acc_m, perm, c, False)
         identity = bool(np.all(best.assignment == np.arange(self.k)))
-        best.fires = (not identity
-                      and best.accuracy_with_mapping >= _threshold("label-order-mismatch", "min_accuracy")
-                      and best.accuracy_with_mapping - best.accuracy >= _threshold("label-order-mismatch", "gain"))
+        min_accuracy = _threshold("label-order-mismatch", "min_accuracy")
+        gain = _threshold("label-order-mismatch", "gain")
+        preds = report.predictions[best.preset].astype(np.int64)
+        # Same images with and without the re-ordering: the paired interval of the gain, and the
+        # Wilson interval of the re-ordered accuracy, must clear their thresholds.
+        d = paired_difference(preds == best.assignment[labels], preds == labels)
+        lo, hi = wilson_interval(int(np.sum(preds == best.assignment[labels])), len(labels))
+        best.gain_interval, best.n_images = (d.low, d.high), d.n
+        looks = (not identity and best.accuracy_with_mapping >= min_accuracy
+                 and best.accuracy_with_mapping - best.accuracy >= gain)
+        verdicts = (decide(d.low, d.high, gain), decide(lo, hi, min_accuracy))
+        best.fires = looks and verdicts == (True, True)
+        if looks and not best.fires:
+            best.undecided = (
+                f"Too few images to decide: re-ordering the classes raises accuracy from {best.accuracy:.1%} to "
+                f"{best.accuracy_with_mapping:.1%} on {d.n} images, but the 95 % intervals (gain "
+                f"{format_points(d.low, d.high)}; re-ordered accuracy {format_interval(lo, hi)}) do not clear the "
+                f"thresholds ({gain * 100:.0f} points, {min_accuracy:.0%}). Add images to decide.")
         return best
 
     @functools.cached_property

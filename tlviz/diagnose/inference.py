@@ -140,6 +140,8 @@ def check_label_order_mismatch(ctx: DiagnosisContext, check: Check) -> list[Find
     lo = ctx.label_order
     if lo is None:
         raise CheckSkipped("Only one class is present in the image set, so no class order can be compared.")
+    if lo.undecided:
+        raise CheckSkipped(lo.undecided)
     if not lo.fires:
         return []
     names = ctx.match.output_names
@@ -157,6 +159,7 @@ def check_label_order_mismatch(ctx: DiagnosisContext, check: Check) -> list[Find
         (f"The class order differs from the model's output order: accuracy {lo.accuracy:.1%}, "
          f"{lo.accuracy_with_mapping:.1%} once the classes are re-ordered"),
         {"preset": lo.preset, "accuracy": lo.accuracy, "accuracy_with_mapping": lo.accuracy_with_mapping,
+         "gain_interval": list(lo.gain_interval), "n_images": lo.n_images,
          "mapping": mapping, "moved_classes": moved, "model_output_order": order, "classes": names,
          "confusion_matrix": lo.confusion, "example_files": [report.files[i] for i in wrong[:EXAMPLES]]},
         ("The model is right, but about other class names: its output i is the class listed at position i below, "
