@@ -123,3 +123,27 @@ def teachable_zip(keras2: Path, labels: str | None, folder: str = "") -> bytes:
         if labels is not None:
             zf.writestr(folder + "labels.txt", labels)
     return buf.getvalue()
+
+
+def guide_model(pin: bool = True, softmax: bool = True):
+    """The keras-io transfer-learning guide's fine-tuning phase (issue 13), uncompiled.
+
+    A MobileNetV2 base (alpha 0.35, 96x96, ``weights=None``) frozen, called as ``base(x, training=False)``
+    (or without it, `pin=False`), pooling, dropout, a 5-class head; then ``base.trainable = True``.
+
+    Returns:
+        ``(model, base)``.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, include_top=False)
+    base.trainable = False
+    inputs = keras.Input((96, 96, 3))
+    x = base(inputs, training=False) if pin else base(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    outputs = keras.layers.Dense(5, activation="softmax" if softmax else None, name="head")(x)
+    model = keras.Model(inputs, outputs, name="guide")
+    base.trainable = True
+    return model, base

@@ -739,16 +739,9 @@ def nested_unpinned():
 
 def guide_mobilenet(pin: bool = True):
     """The guide's fine-tuning phase: a MobileNetV2 base called with training=False, unfrozen, compiled at 1e-5."""
-    keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, include_top=False)
-    base.trainable = False
-    inputs = keras.Input((96, 96, 3))
-    x = base(inputs, training=False) if pin else base(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(0.2, name="dropout")(x)
-    outputs = keras.layers.Dense(5, activation="softmax", name="head")(x)
-    model = keras.Model(inputs, outputs, name="guide")
-    base.trainable = True
+    from conftest import guide_model
+
+    model, base = guide_model(pin)
     calibrate_bn(base)  # trainable: a frozen BN layer would ignore training=True
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
     return model, base

@@ -487,19 +487,11 @@ def test_tf_preset_matches_numpy_preset(preset):
 
 def _guide_loaded(pin: bool = True):
     """The keras-io guide's model (MobileNetV2 base called with training=False, unfrozen) as a LoadedModel."""
-    import keras
+    from conftest import guide_model
 
     from tlviz.models import summarize
 
-    keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, include_top=False)
-    base.trainable = False
-    inputs = keras.Input((96, 96, 3))
-    x = base(inputs, training=False) if pin else base(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="head")(x))
-    base.trainable = True
+    model, base = guide_model(pin)
     rng = np.random.default_rng(0)  # statistics that look trained, so a change would show
     for layer in base.layers:
         if type(layer).__name__ == "BatchNormalization":

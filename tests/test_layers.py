@@ -244,17 +244,9 @@ def test_random_in_training_is_one_rule(make, random):
 def _guide_mobilenet(pin: bool = True):
     """The keras-io transfer-learning guide's recipe, fine-tuning phase: base(x, training=False), then unfrozen."""
     import keras
+    from conftest import guide_model
 
-    keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, include_top=False)
-    base.trainable = False
-    inputs = keras.Input((96, 96, 3))
-    x = base(inputs, training=False) if pin else base(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(5, name="head")(x)
-    model = keras.Model(inputs, outputs)
-    base.trainable = True
+    model, base = guide_model(pin, softmax=False)
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
     return model, base
 
