@@ -28,9 +28,9 @@ def _load_bench():
 tm = _load_bench()
 
 #: Cases of the cnn family asserted here (names from `truth_matrix.CASE_TABLE`): ones the engine gets right.
-#: Not asserted (the engine gets them wrong today, see the bench's output): clean/two-phase-recipe
-#: (bn-trainable-in-base warns about Keras 3's fit), bn-statistics/reset (normalization-mismatch names
-#: another preset for a model at chance).
+#: Not asserted (the engine gets them wrong today, see the bench's output): clean/two-phase-recipe and
+#: random-base/two-phase-recipe (bn-trainable-in-base warns that Keras 3's fit ignores training=False),
+#: bn-statistics/reset (normalization-mismatch names another preset for a model near chance).
 SUBSET = (
     "clean/trained",
     "clean/phase1-frozen-base",
