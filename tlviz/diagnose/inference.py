@@ -27,6 +27,25 @@ def _decisively_closer(d_a: float, d_b: float, check: Check) -> bool:
     return d_b - d_a >= check.threshold("fingerprint_margin") and d_b >= check.threshold("fingerprint_ratio") * d_a
 
 
+def _clears(correct_a, correct_b, threshold: float, what: str):
+    """The paired difference of two accuracies on the same images when its 95 % interval clears `threshold`.
+
+    Returns:
+        The `PairedDifference`, or None when the whole interval is below `threshold`.
+
+    Raises:
+        CheckSkipped: the interval straddles `threshold` (too few images to decide); `what` opens the numbers.
+    """
+    d = paired_difference(correct_a, correct_b)
+    verdict = decide(d.low, d.high, threshold)
+    if verdict is None:
+        raise CheckSkipped(
+            f"Too few images to decide: {what} on {d.n} images; the difference of {d.difference * 100:.1f} points has "
+            f"a 95 % interval of {format_points(d.low, d.high)}, which reaches below the {threshold * 100:.0f}-point "
+            "threshold. Add images to decide.")
+    return d if verdict else None
+
+
 def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) -> list[Finding]:
     """``normalization-mismatch``: the inference preset is clearly worse than the expected one (pure)."""
     if not ev.weights_finite:
@@ -56,14 +75,9 @@ def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) 
         if a_inf is None or a_best - a_inf < check.threshold("drop"):
             return []
         # The same images under both presets: the paired interval of the drop must clear the threshold.
-        d = paired_difference(preds[best] == ev.labels, preds[preset] == ev.labels)
-        verdict = decide(d.low, d.high, check.threshold("drop"))
-        if verdict is None:
-            raise CheckSkipped(
-                f"Too few images to decide: `{preset}` scores {a_inf:.1%} and `{best}` {a_best:.1%} on {d.n} images; "
-                f"the drop of {d.difference * 100:.1f} points has a 95 % interval of {format_points(d.low, d.high)}, "
-                f"which reaches below the {check.threshold('drop') * 100:.0f}-point threshold. Add images to decide.")
-        if verdict is False:
+        d = _clears(preds[best] == ev.labels, preds[preset] == ev.labels, check.threshold("drop"),
+                    f"`{preset}` scores {a_inf:.1%} and `{best}` {a_best:.1%}")
+        if d is None:
             return []
         if fp.ranking is not None:
             dist = dict(zip(fp.ranking["preset"], fp.ranking["distance"]))
@@ -215,14 +229,9 @@ def check_bn_statistics_mismatch(ctx: DiagnosisContext, check: Check) -> list[Fi
     if acc_batch - acc_inf < check.threshold("gap"):
         return []
     # The same images both ways: the paired interval of the gain must clear the threshold.
-    d = paired_difference(batch_preds == labels, ctx.inference_predictions[sample] == labels)
-    verdict = decide(d.low, d.high, check.threshold("gap"))
-    if verdict is None:
-        raise CheckSkipped(
-            f"Too few images to decide: accuracy is {acc_inf:.1%} with the stored statistics and {acc_batch:.1%} with "
-            f"batch statistics on {d.n} images; the gain's 95 % interval {format_points(d.low, d.high)} reaches "
-            f"below the {check.threshold('gap') * 100:.0f}-point threshold. Add images to decide.")
-    if verdict is False:
+    d = _clears(batch_preds == labels, ctx.inference_predictions[sample] == labels, check.threshold("gap"),
+                f"accuracy is {acc_inf:.1%} with the stored statistics and {acc_batch:.1%} with batch statistics")
+    if d is None:
         return []
     dist = None if fp.ranking is None else dict(zip(fp.ranking["preset"], fp.ranking["distance"])).get(best_batch)
     pinned = _pinned_bn(ctx.model, bn)
