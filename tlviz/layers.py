@@ -242,14 +242,15 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
 
     A trainable BatchNormalization layer inside a base the model calls with
     ``training=False`` runs in inference mode as the model is written (`layer_table`'s
-    ``inference_by_call``), so it does not count for the usual ``bn-trainable-in-base``. When the
-    installed Keras does not honour that argument in ``fit`` (Keras 3.15 does not:
-    `tlviz.callargs.keras_honours_recorded_training`), ``bn-trainable-in-base`` fires for them with
-    that reason and the explicit fix instead of "call the base with ``training=False``".
+    ``inference_by_call``), so it does not count for ``bn-trainable-in-base``: the model is
+    written the way the keras-io guide recommends. When the installed Keras does not honour that
+    argument in ``fit`` (Keras 3.15 does not: `tlviz.callargs.keras_honours_recorded_training`),
+    the info finding ``keras-overrides-training-false`` says so, with the explicit fix for a user
+    who trains with that Keras (tlviz's own runs keep the call's ``training=False``).
 
     Returns:
-        Findings with ids ``no-trainable-weights``, ``head-frozen`` and
-        ``bn-trainable-in-base`` (each only when it applies).
+        Findings with ids ``no-trainable-weights``, ``head-frozen``, ``trainable-inside-frozen-model``,
+        ``bn-trainable-in-base`` and ``keras-overrides-training-false`` (each only when it applies).
     """
     table = layer_table(model) if table is None else table
     out: list[Finding] = []
@@ -318,7 +319,7 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
 
         bases = sorted(set(pinned_bn["inference_by_call"]))
         out.append(Finding(
-            id="bn-trainable-in-base", severity="warning", area="finetuning",
+            id="keras-overrides-training-false", severity="info", area="finetuning",
             title=f"Keras {keras.__version__} updates these BatchNormalization layers in `fit` despite `training=False`",
             evidence={"trainable_bn_layers": int(len(pinned_bn)), "examples": list(pinned_bn["path"][:5]),
                       "called_with_training_false": bases, "keras_version": keras.__version__,
