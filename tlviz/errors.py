@@ -8,6 +8,7 @@ Where each is raised:
 - `DiagnosisRefused` — `tlviz.diagnose`: the diagnosis cannot run at all.
 - `RunRefused` — `tlviz.finetune`: a fine-tuning configuration or run that cannot go ahead.
 - `AnalysisRefused` — `tlviz.jobs`: a background job that cannot be started.
+- `RepairRefused` — `tlviz.repair`: an unknown repair, or one that does not apply to this model and these images.
 - `ConfigError` — `tlviz.config`: a ``TLVIZ_*`` environment variable with a value that makes no sense.
 - `CheckSkipped` — not an error for the user: a diagnosis check raises it to say why it could not decide.
 """
@@ -39,6 +40,10 @@ class RunRefused(TlvizError):
 
 class AnalysisRefused(TlvizError):
     """A background analysis job cannot be started (the message says why and what to do)."""
+
+
+class RepairRefused(TlvizError):
+    """A repair cannot be made: unknown, not applicable to this model and image set (the message says why)."""
 
 
 class ConfigError(TlvizError, ValueError):
