@@ -9,6 +9,8 @@ Where each is raised:
 - `RunRefused` — `tlviz.finetune`: a fine-tuning configuration or run that cannot go ahead.
 - `AnalysisRefused` — `tlviz.jobs`: a background job that cannot be started.
 - `RepairRefused` — `tlviz.repair`: an unknown repair, or one that does not apply to this model and these images.
+- `ClusterUnreachable` — `tlviz.finetune.executors`: the Ray cluster of ``TLVIZ_RAY_ADDRESS`` cannot be reached
+  (the caller may offer to run on this machine instead).
 - `ConfigError` — `tlviz.config`: a ``TLVIZ_*`` environment variable with a value that makes no sense.
 - `CheckSkipped` — not an error for the user: a diagnosis check raises it to say why it could not decide.
 """
@@ -44,6 +46,10 @@ class AnalysisRefused(TlvizError):
 
 class RepairRefused(TlvizError):
     """A repair cannot be made: unknown, not applicable to this model and image set (the message says why)."""
+
+
+class ClusterUnreachable(TlvizError):
+    """The Ray cluster named by ``TLVIZ_RAY_ADDRESS`` cannot be reached (the message says what was tried)."""
 
 
 class ConfigError(TlvizError, ValueError):
