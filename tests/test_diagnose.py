@@ -344,6 +344,23 @@ def test_bn_statistics_mismatch(loaded_base, base_images, clean):
     assert "bn-statistics-mismatch" in clean.checks_run and "bn-statistics-mismatch" not in ids(clean)
 
 
+def test_reset_bn_statistics_are_certain_and_keep_normalization_mismatch_quiet(loaded_base, base_images):
+    """Every BN at mean 0 / variance 1: bn-statistics-mismatch from the file alone; the preset comparison on such a
+    model says nothing about the preprocessing it was trained with, so normalization-mismatch says so and skips."""
+    reset = copy_of(loaded_base)
+    for layer in reset.model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))
+            layer.moving_variance.assign(np.ones(layer.moving_variance.shape, np.float32))
+    report = diagnose(reset, base_images, "tf", checks=["bn-statistics-mismatch", "normalization-mismatch"])
+    f = finding(report, "bn-statistics-mismatch")
+    assert f.evidence["initial_statistics"] is True and f.evidence["measured_on_images"] is False
+    assert "normalization-mismatch" not in ids(report)
+    assert "initial statistics" in skipped(report)["normalization-mismatch"]
+    assert report.evidence.bn_initial == f.evidence["bn_layers"] == 3
+    assert copy_of(loaded_base).model.get_layer("block2_bn").moving_variance.numpy().min() != 1.0
+
+
 def test_bn_statistics_mismatch_is_skipped_without_batch_normalization(small):
     reasons = skipped(diagnose(summarize(tiny()), small, checks=["bn-statistics-mismatch"]))
     assert "no BatchNormalization layer" in reasons["bn-statistics-mismatch"]

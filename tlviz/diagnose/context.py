@@ -24,6 +24,7 @@ from tlviz.diagnose.probe import Probe, _distinct, _feature_tensor, _probe_sampl
 from tlviz.errors import CheckSkipped, DiagnosisRefused
 from tlviz.findings import Finding
 from tlviz.imagesets import ImageSet, two_classes_present
+from tlviz.layers import BN_CLASSES, has_initial_statistics, iter_leaves
 from tlviz.outputs import predicted_classes
 from tlviz.presets import PRESETS, applicable_presets, apply_preset
 from tlviz.stats import chance_level, clearly_above, decide, format_interval, format_points, paired_difference, wilson_interval
@@ -74,6 +75,10 @@ class PresetEvidence:
         chance: accuracy of always answering the most common class (None without labels).
         at_chance: when no preset's accuracy is clearly above `chance` (95 % Wilson
             interval), the sentence saying so; `best` is then None.
+        bn_initial: the number of BatchNormalization layers when every one of them still
+            holds its initial statistics (mean 0, variance 1: read from the file), else 0.
+            Accuracy per preset then says how inputs of each scale pass through
+            un-normalized layers, not which preprocessing the model was trained with.
     """
 
     report: object | None
@@ -89,6 +94,7 @@ class PresetEvidence:
     channels: int = 3
     chance: float | None = None
     at_chance: str | None = None
+    bn_initial: int = 0
 
 
 class DiagnosisContext:
@@ -267,10 +273,16 @@ class DiagnosisContext:
         return best
 
     @functools.cached_property
+    def bn_initial(self) -> int:
+        """How many BatchNormalization layers the model has when all hold their initial statistics, else 0."""
+        bn = [leaf for leaf in iter_leaves(self.model) if type(leaf.layer).__name__ in BN_CLASSES]
+        return len(bn) if bn and all(has_initial_statistics(leaf.layer) for leaf in bn) else 0
+
+    @functools.cached_property
     def preset_evidence(self) -> PresetEvidence:
         images = self.images
         base = dict(image_size=images.image_size, resize=images.resize, files=list(images.files),
-                    channels=int(images.images.shape[-1]))
+                    channels=int(images.images.shape[-1]), bn_initial=self.bn_initial)
         report = self.normalization
         if not self.weights_finite:
             return PresetEvidence(report, None, None, None, None, "the model holds NaN or infinite weights",

@@ -56,6 +56,12 @@ def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) 
     best = ev.best
     if ev.at_chance:
         raise CheckSkipped(ev.at_chance + " See no-better-than-chance.")
+    if ev.bn_initial:
+        raise CheckSkipped(
+            f"Every BatchNormalization layer ({ev.bn_initial}) still holds its initial statistics (mean 0, variance "
+            "1; see bn-statistics-mismatch), so the accuracy under each preset measures how inputs of each scale "
+            "pass through layers that normalize nothing, not the preprocessing the model was trained with. Fix the "
+            "statistics first, then compare presets again.")
     if best is None:
         raise CheckSkipped(f"Accuracy cannot be measured ({ev.label_note or 'no labels'}) and there is no "
                            f"label-free fingerprint ({fp.reason}), so there is no evidence of the preset the "
