@@ -152,3 +152,60 @@ def test_nothing_usable_is_refused(tmp_path):
     (tmp_path / "bad" / "c" / "x.jpg").write_bytes(b"nope")
     with pytest.raises(ImageSetRefused, match="No usable images"):
         load_image_set(tmp_path / "bad", (8, 8))
+
+
+def _jpeg_with_orientation(pixels: np.ndarray, orientation: int | None) -> bytes:
+    """A JPEG of `pixels` whose EXIF says `orientation` (None: no EXIF at all), as a phone writes it."""
+    buf = io.BytesIO()
+    img = Image.fromarray(pixels)
+    if orientation is None:
+        img.save(buf, "JPEG", quality=95)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        img.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _top_bright(h=40, w=24) -> np.ndarray:
+    """Bright top half, dark bottom half: any turn or flip of it is easy to tell apart."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 2] = 230
+    a[: h // 2, : w // 3] = (230, 20, 20)  # a red patch at the top left
+    return a
+
+
+def test_exif_orientation_is_recorded_ignored_by_default_and_applied_on_request(tmp_path):
+    root = tmp_path / "set"
+    (root / "a").mkdir(parents=True)
+    for name, o in (("plain.jpg", None), ("normal.jpg", 1), ("rot180.jpg", 3), ("rot90cw.jpg", 6), ("mirror.jpg", 2)):
+        (root / "a" / name).write_bytes(_jpeg_with_orientation(_top_bright(), o))
+    source = open_source(root)
+    s = source.load((40, 40))
+    got = dict(zip(s.files, s.orientations))
+    assert got == {"a/mirror.jpg": 2, "a/normal.jpg": 1, "a/plain.jpg": 1, "a/rot180.jpg": 3, "a/rot90cw.jpg": 6}
+    assert s.orientation_known and s.orientation == "ignore"
+    assert source.orientations() == got  # from the headers alone
+    # Ignored (as Keras's load_img does): every image keeps its stored pixels.
+    for f in s.files:
+        top, bottom = s.images[s.files.index(f)][:20].mean(), s.images[s.files.index(f)][20:].mean()
+        assert top > bottom + 100, f
+    applied = source.load((40, 40), orientation="apply", only=["a/rot180.jpg", "a/rot90cw.jpg", "a/mirror.jpg"])
+    assert sorted(applied.files) == ["a/mirror.jpg", "a/rot180.jpg", "a/rot90cw.jpg"]
+    img = {f: applied.images[i].astype(int) for i, f in enumerate(applied.files)}
+    assert img["a/rot180.jpg"][20:].mean() > img["a/rot180.jpg"][:20].mean() + 100  # bright half now at the bottom
+    left, right = img["a/rot90cw.jpg"][:, :20].mean(), img["a/rot90cw.jpg"][:, 20:].mean()
+    assert right > left + 100  # turned 90° clockwise: the top went right
+    red = img["a/mirror.jpg"][:20, :, 0] - img["a/mirror.jpg"][:20, :, 1]
+    assert red[:, 30:].mean() > red[:, :10].mean() + 100  # mirrored: the red patch moved to the right
+    with pytest.raises(ValueError, match="orientation"):
+        source.load((8, 8), orientation="rotate")
+
+
+def test_a_subset_made_by_hand_does_not_claim_orientations(base_images):
+    from dataclasses import replace
+
+    assert base_images.orientation_known and set(base_images.orientations) == {1}
+    part = replace(base_images, images=base_images.images[:5], labels=base_images.labels[:5],
+                   files=base_images.files[:5])
+    assert not part.orientation_known

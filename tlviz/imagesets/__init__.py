@@ -41,6 +41,13 @@ What is promised for untrusted uploads:
 - In a folder, symbolic links and anything that is not a regular file (FIFOs,
   devices, sockets) are skipped without being opened; hidden folders are ignored.
 
+EXIF orientation (phones store a photo's pixels as the sensor saw them and an EXIF tag saying how
+to turn them): each image's orientation is recorded (`ImageSet.orientations`, 1 = "normal";
+`ImageSource.orientations()` reads it from the headers alone). The pixels are kept as stored by
+default, which is what Keras's ``load_img`` and ``image_dataset_from_directory`` give a model;
+``ImageSource.load(..., orientation="apply")`` turns them as a phone shows them (``only=`` decodes
+just some files, e.g. the turned ones).
+
 Class names keep spaces and non-ASCII letters; they are NFC-normalised (as is
 ``labels.txt``, read one name per line or in Teachable Machine's ``0 name`` spelling:
 `tlviz.labels`), and zip names written as UTF-8 without the UTF-8 flag (macOS,
@@ -52,7 +59,8 @@ Modules:
   or decoded into an `ImageSet`), `open_source`, `load_image_set`.
 - `tlviz.imagesets.imageset` — `ImageSet`, `Skipped` and the skip reasons, the class rules
   (class folders, ``labels.txt`` order, `two_classes_present`).
-- `tlviz.imagesets.decoding` — `decode_image`: allowed decoders, pixel limit, modes, resize methods.
+- `tlviz.imagesets.decoding` — `decode_image` / `decode_image_details`: allowed decoders, pixel limit, modes,
+  resize methods, EXIF orientation.
 - `tlviz.imagesets.folders` — walking a folder, bounded file reads, server folders.
 - `tlviz.imagesets.archives` — a `.zip`'s end record, entry names and paths, bounded entry reads.
 - `tlviz.imagesets.limits` — the ``TLVIZ_*`` limits above and the messages when one is crossed.
@@ -60,7 +68,14 @@ Modules:
 Everything public is imported from this package (``from tlviz.imagesets import load_image_set``).
 """
 
-from tlviz.imagesets.decoding import RESIZE_DESCRIPTIONS, RESIZE_METHODS, decode_image
+from tlviz.imagesets.decoding import (
+    ORIENTATION_NAMES,
+    ORIENTATIONS,
+    RESIZE_DESCRIPTIONS,
+    RESIZE_METHODS,
+    decode_image,
+    decode_image_details,
+)
 from tlviz.imagesets.folders import ENV_IMAGE_ROOTS, check_server_folder, server_folder_roots
 from tlviz.imagesets.imageset import (
     ARCHIVE_EXTENSIONS,
@@ -84,11 +99,12 @@ from tlviz.imagesets.limits import (
 from tlviz.imagesets.sources import ImageSource, load_image_set, open_source
 
 __all__ = [
-    "ARCHIVE_EXTENSIONS", "ENV_IMAGE_ROOTS", "IMAGE_EXTENSIONS", "RESIZE_DESCRIPTIONS", "RESIZE_METHODS",
+    "ARCHIVE_EXTENSIONS", "ENV_IMAGE_ROOTS", "IMAGE_EXTENSIONS", "ORIENTATIONS", "ORIENTATION_NAMES",
+    "RESIZE_DESCRIPTIONS", "RESIZE_METHODS",
     "REASON_EMPTY_CLASS", "REASON_LISTED_EMPTY", "REASON_NESTED_ARCHIVE", "REASON_NESTED_ARCHIVE_FOLDER",
     "REASON_NO_IMAGES_IN_CLASS",
     "ImageSet", "ImageSource", "Skipped",
-    "check_server_folder", "decode_image", "load_image_set", "max_archive_bytes", "max_archive_entries",
+    "check_server_folder", "decode_image", "decode_image_details", "load_image_set", "max_archive_bytes", "max_archive_entries",
     "max_decoded_bytes", "max_image_bytes", "max_image_pixels", "open_source", "server_folder_roots",
     "two_classes_present",
 ]

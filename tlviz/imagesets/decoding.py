@@ -1,7 +1,8 @@
 """Decoding one image: only the allowed Pillow decoders, pixel limits, modes, resize methods.
 
 `decode_image(data, size, channels, resize)` turns a file's bytes into ``uint8``
-``(H, W, channels)``. Only the PNG, JPEG, BMP, GIF and WebP decoders run, whatever a file is
+``(H, W, channels)``; `decode_image_details` also returns the file's EXIF orientation, and
+applies it on request (``orientation="apply"``). Only the PNG, JPEG, BMP, GIF and WebP decoders run, whatever a file is
 named (Pillow's other plugins are never reached); the pixel count is checked from the header
 before any pixel is decoded; grayscale, alpha, palette, CMYK and 16-bit images are converted.
 Data that cannot be used raises `_SkipImage` with the reason, naming the format where the
@@ -15,7 +16,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tlviz.imagesets.imageset import _SkipImage
 from tlviz.imagesets.limits import max_image_pixels
@@ -26,6 +27,18 @@ RESIZE_DESCRIPTIONS = {
     "nearest": "nearest-neighbour resize",
     "area": "area (box) resize",
     "crop": "centre crop to a square, then bilinear resize",
+}
+#: What to do with a file's EXIF orientation tag: ``"ignore"`` it (what Keras's ``load_img`` and
+#: ``image_dataset_from_directory`` do, and tlviz's default) or ``"apply"`` it (what phones, browsers and
+#: ``PIL.ImageOps.exif_transpose`` show).
+ORIENTATIONS = ("ignore", "apply")
+#: The EXIF tag that holds the orientation.
+EXIF_ORIENTATION_TAG = 0x0112
+#: What each EXIF orientation value means (1 is "normal": the pixels are stored the way they are shown).
+ORIENTATION_NAMES = {
+    1: "normal", 2: "mirrored left-right", 3: "rotated 180°", 4: "mirrored top-bottom",
+    5: "mirrored and rotated 90° counter-clockwise", 6: "rotated 90° clockwise",
+    7: "mirrored and rotated 90° clockwise", 8: "rotated 90° counter-clockwise",
 }
 
 _PIL_FILTERS = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "area": Image.BOX, "crop": Image.BILINEAR}
@@ -59,9 +72,32 @@ def _what_is_it(data: bytes) -> str:
     return "not a readable image: unknown format or corrupt header (supported: PNG, JPEG, BMP, GIF, WebP)"
 
 
-def decode_image(data: bytes, size: tuple[int, int], channels: int = 3,
-                 resize: str = "bilinear") -> tuple[np.ndarray, tuple[int, int], str]:
-    """Decode one image to ``uint8`` ``(H, W, channels)``.
+def decode_image(data: bytes, size: tuple[int, int], channels: int = 3, resize: str = "bilinear",
+                 orientation: str = "ignore", *, with_orientation: bool = False):
+    """Decode one image to ``uint8`` ``(H, W, channels)``; by default its EXIF orientation is ignored, as Keras does.
+
+    Args / Raises: as `decode_image_details`.
+
+    Returns:
+        ``(array, (orig_width, orig_height), orig_mode)``, plus the EXIF orientation as a fourth
+        item with ``with_orientation=True``.
+    """
+    out = decode_image_details(data, size, channels, resize, orientation)
+    return out if with_orientation else out[:3]
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 to 8) of an opened image; 1 ("normal") when it has none or it is unreadable."""
+    try:
+        value = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block only means "no orientation"
+        return 1
+    return value if value in ORIENTATION_NAMES else 1
+
+
+def decode_image_details(data: bytes, size: tuple[int, int], channels: int = 3, resize: str = "bilinear",
+                         orientation: str = "ignore") -> tuple[np.ndarray, tuple[int, int], str, int]:
+    """Decode one image to ``uint8`` ``(H, W, channels)``, and read its EXIF orientation.
 
     Only the PNG, JPEG, BMP, GIF and WebP decoders are tried. The pixel count is
     checked from the header before any pixel is decoded. Grayscale, RGBA
@@ -73,10 +109,16 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 3,
         size: ``(height, width)`` to resize to.
         channels: 1 or 3. Defaults to `3`.
         resize: one of `RESIZE_METHODS`. Defaults to `"bilinear"`.
+        orientation: ``"ignore"`` keeps the pixels as stored (Keras's ``load_img`` does the same);
+            ``"apply"`` turns them the way the EXIF orientation says (as phones show them) before
+            resizing. Defaults to `"ignore"`.
 
     Returns:
-        ``(array, (orig_width, orig_height), orig_mode)``.
+        ``(array, (orig_width, orig_height), orig_mode, exif_orientation)``: the size and mode as
+        stored in the file; the orientation is 1 ("normal") when the file records none.
     """
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"Unknown orientation {orientation!r}. Use one of: {', '.join(ORIENTATIONS)}.")
     if not data:
         raise _SkipImage("empty file (0 bytes)")
     limit = max_image_pixels()
@@ -87,6 +129,7 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 3,
             raise _SkipImage(f"{w0}x{h0} pixels is over the limit of {limit:,} (possible decompression bomb): "
                              "not decoded (raise TLVIZ_MAX_IMAGE_PIXELS to allow it)")
         mode = img.mode
+        turned = exif_orientation(img)
         img.load()
     except _SkipImage:
         raise
@@ -99,6 +142,8 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 3,
         if "truncated" in text.lower() or isinstance(exc, EOFError):
             raise _SkipImage("truncated image file (the data ends early): export or download it again") from None
         raise _SkipImage(f"corrupt image ({text[:120]})") from None
+    if orientation == "apply" and turned != 1:
+        img = ImageOps.exif_transpose(img)
     img = _to_mode(img, channels)
     h, w = size
     if resize == "crop":
@@ -110,7 +155,7 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 3,
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[..., np.newaxis]
-    return arr, (w0, h0), mode
+    return arr, (w0, h0), mode, turned
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:

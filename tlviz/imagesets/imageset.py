@@ -73,6 +73,10 @@ class ImageSet:
         original_sizes: ``(width, height)`` of each image before resizing.
         original_modes: Counter of PIL modes seen before conversion (``"RGB"``, ``"L"``...).
         label_order_from_file: True when `labels.txt` fixed the class order.
+        orientations: the EXIF orientation of each image (1 to 8, 1 = "normal"), aligned with
+            `images`; empty when not recorded (see `orientation_known`).
+        orientation: ``"ignore"`` when the pixels are as stored in the files (what Keras's
+            ``load_img`` gives), ``"apply"`` when each image was turned as its EXIF orientation says.
     """
 
     images: np.ndarray
@@ -85,6 +89,8 @@ class ImageSet:
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
     original_modes: Counter = field(default_factory=Counter)
     label_order_from_file: bool = False
+    orientations: list[int] = field(default_factory=list)
+    orientation: str = "ignore"
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -98,6 +104,12 @@ class ImageSet:
     @property
     def image_size(self) -> tuple[int, int]:
         return (int(self.images.shape[1]), int(self.images.shape[2]))
+
+    @property
+    def orientation_known(self) -> bool:
+        """Whether `orientations` holds one EXIF orientation per image (a set built by hand, or a
+        subset made with `dataclasses.replace`, may not)."""
+        return len(self.orientations) == len(self)
 
     @property
     def two_classes_present(self) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 
 from tlviz.errors import ImageSetRefused
 from tlviz.imagesets.archives import _check_entry_paths, _declared_entry_count, _list_zip
-from tlviz.imagesets.decoding import RESIZE_METHODS, decode_image
+from tlviz.imagesets.decoding import ORIENTATIONS, RESIZE_METHODS, _PIL_FORMATS, decode_image, exif_orientation
 from tlviz.imagesets.folders import _list_folder
 from tlviz.imagesets.imageset import IMAGE_EXTENSIONS, ImageSet, Skipped, _class_order, _Entry, _SkipImage
 from tlviz.imagesets.limits import (
@@ -117,7 +117,7 @@ class ImageSource:
                    origin=("zip", data))
 
     def load(self, size: tuple[int, int], channels: int = 3, resize: str = "bilinear",
-             progress=None) -> ImageSet:
+             progress=None, *, orientation: str = "ignore", only=None) -> ImageSet:
         """Decode every image at `size` with `channels` channels.
 
         Args:
@@ -125,6 +125,12 @@ class ImageSource:
             channels: 1 or 3. Defaults to `3`.
             resize: one of `RESIZE_METHODS`. Defaults to `"bilinear"`.
             progress: optional callable ``progress(done, total)``.
+            orientation: ``"ignore"`` keeps each image's pixels as stored, as Keras's ``load_img``
+                and ``image_dataset_from_directory`` do; ``"apply"`` turns each image the way its
+                EXIF orientation says (as a phone shows it). Either way the orientations are
+                recorded (`ImageSet.orientations`). Defaults to `"ignore"`.
+            only: decode only these files (paths as in `ImageSet.files`), e.g. the images whose
+                orientation is not "normal". Defaults to all.
 
         Returns:
             An `ImageSet`; files that could not be used are in its `skipped` list.
@@ -136,12 +142,17 @@ class ImageSource:
             raise ValueError(f"Unknown resize method {resize!r}. Use one of: {', '.join(RESIZE_METHODS)}.")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {channels}.")
+        if orientation not in ORIENTATIONS:
+            raise ValueError(f"Unknown orientation {orientation!r}. Use one of: {', '.join(ORIENTATIONS)}.")
         class_names, order_from_file, skipped = _class_order(self._entries, self._labels_txt,
                                                              self._empty_classes, self._skipped, self.name)
         index = {c: i for i, c in enumerate(class_names)}
         h, w = size
         wanted = []
+        only = None if only is None else set(only)
         for entry in self._entries:
+            if only is not None and entry.rel not in only:
+                continue
             if entry.cls in index:
                 wanted.append(entry)
             else:
@@ -153,12 +164,13 @@ class ImageSource:
                 f"{need / 2**20:,.0f} MB of memory, over the limit of {max_decoded_bytes() / 2**20:,.0f} MB. "
                 "Load a smaller sample, or raise TLVIZ_MAX_DECODED_MB.")
         images = np.empty((len(wanted), h, w, channels), dtype=np.uint8)
-        labels, files, sizes, modes = [], [], [], Counter()
+        labels, files, sizes, modes, turns = [], [], [], Counter(), []
         n = 0
 
         def work(entry):
             try:
-                return decode_image(entry.read(max_image_bytes()), size, channels, resize)
+                return decode_image(entry.read(max_image_bytes()), size, channels, resize, orientation,
+                                    with_orientation=True)
             except _SkipImage as exc:
                 return str(exc)
             except Exception as exc:  # noqa: BLE001 - one bad file must never stop the batch
@@ -176,13 +188,14 @@ class ImageSource:
                     if isinstance(out, str):
                         skipped.append(Skipped(entry.rel, out))
                         continue
-                    arr, orig_size, mode = out
+                    arr, orig_size, mode, turned = out
                     images[n] = arr
                     n += 1
                     labels.append(index[entry.cls])
                     files.append(entry.rel)
                     sizes.append(orig_size)
                     modes[mode] += 1
+                    turns.append(int(turned))
         if progress is not None:
             progress(len(self._entries), len(self._entries))
         if n == 0:
@@ -202,7 +215,33 @@ class ImageSource:
             original_sizes=sizes,
             original_modes=modes,
             label_order_from_file=order_from_file,
+            orientations=turns,
+            orientation=orientation,
         )
+
+    def orientations(self, files=None) -> dict[str, int]:
+        """The EXIF orientation of each image file, read from its header (no pixel is decoded).
+
+        Args:
+            files: the paths (as in `ImageSet.files`) to read. Defaults to every image file.
+
+        Returns:
+            ``{path: orientation}`` (1 to 8, 1 = "normal"); a file that cannot be read or holds
+            no orientation counts as "normal".
+        """
+        from PIL import Image
+
+        wanted = None if files is None else set(files)
+        out = {}
+        for entry in self._entries:
+            if wanted is not None and entry.rel not in wanted:
+                continue
+            try:
+                with Image.open(io.BytesIO(entry.read(max_image_bytes())), formats=_PIL_FORMATS) as img:
+                    out[entry.rel] = exif_orientation(img)
+            except Exception:  # noqa: BLE001 - an unreadable file is skipped when decoded; here it is "normal"
+                out[entry.rel] = 1
+        return out
 
     def read_bytes(self, rel: str) -> bytes:
         """The raw bytes of one image by its relative path.
