@@ -18,7 +18,7 @@ import sys
 from tlviz.errors import TlvizError
 from tlviz.progress import ProgressReporter
 
-SUBCOMMANDS = ("layers", "normalize", "finetune", "diagnose", "convert")
+SUBCOMMANDS = ("layers", "normalize", "finetune", "diagnose", "repair", "convert")
 EXIT_INVALID_INPUT = 2
 
 
