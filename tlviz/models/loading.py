@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from tlviz.errors import ModelRefused
+from tlviz.models.compiled import SAVED_LOSS_KEY, saved_loss
 from tlviz.models.h5 import _read_h5_config, load_h5
 from tlviz.models.legacy import needs_translation
 from tlviz.models.messages import (
@@ -120,6 +121,9 @@ def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -
                        metadata=metadata if isinstance(metadata, dict) else {})
     loaded.conversion = conversion
     loaded.teachable_machine = is_teachable_machine(config)
+    loss = saved_loss(kind, config, data)  # the file's loss, for output-loss-mismatch (loaded with compile=False)
+    if loss is not None:
+        loaded.metadata.setdefault(SAVED_LOSS_KEY, loss)
     names = loaded.metadata.get("class_names")
     if names and loaded.n_outputs and len(names) != loaded.n_outputs:
         raise ModelRefused(
