@@ -159,8 +159,13 @@ class DiagnosisReport:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
-    def to_markdown(self) -> str:
-        """The report as Markdown: summary, findings by area with evidence and fix, skipped checks."""
+    def to_markdown(self, repairs=None) -> str:
+        """The report as Markdown: summary, findings by area with evidence and fix, skipped checks.
+
+        Args:
+            repairs: `tlviz.repair.RepairResult` objects made for this model, listed in a
+                "Repairs applied" section at the end. Defaults to none.
+        """
         c = self.counts_by_severity
         lines = [f"# tlviz diagnosis: {self.model_name}", "",
                  f"- Model: `{self.model_file or self.model_name}`",
@@ -186,6 +191,10 @@ class DiagnosisReport:
             lines += ["## Skipped checks", ""]
             lines += [f"- `{s.id}` ({s.title}): {s.reason}" for s in self.skipped]
             lines.append("")
+        if repairs:
+            from tlviz.repair import repairs_markdown
+
+            lines += [repairs_markdown(list(repairs))]
         return "\n".join(lines)
 
 
