@@ -33,7 +33,10 @@ Kinds and their parameters (`start_analysis`):
   resize methods and channel order; default True);
 - ``"diagnose"`` — none: the diagnosis is measured for the ``unit`` inference
   preset, and a page judges another preset with
-  `tlviz.diagnose.DiagnosisReport.for_preset`, which needs no model run.
+  `tlviz.diagnose.DiagnosisReport.for_preset`, which needs no model run;
+- ``"repair"`` — `tlviz.repair.repair_params`: ``fixes``, ``inference_preset``,
+  ``target``, ``double_normalization``, ``top_block``; the result is a
+  `tlviz.repair.RepairResult` (the repaired ``.keras`` bytes and the proof).
 
 The resize variants decode the original files again: a server folder is
 re-opened by its path, an uploaded ``.zip`` is saved once per content under
@@ -57,7 +60,7 @@ from tlviz.errors import AnalysisRefused, TlvizError  # AnalysisRefused: defined
 from tlviz.finetune import worker
 from tlviz.finetune.store import check_run_id, now_iso, read_json, runs_dir, write_json
 
-ANALYSIS_KINDS = ("normalize", "diagnose")
+ANALYSIS_KINDS = ("normalize", "diagnose", "repair")
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 #: What a killed or crashed analysis worker's message tells the user to change.
@@ -136,6 +139,13 @@ def _params(kind: str, params: dict | None) -> dict:
     if kind not in ANALYSIS_KINDS:
         raise AnalysisRefused(f"Unknown analysis kind {kind!r}. Use one of: {', '.join(ANALYSIS_KINDS)}.")
     params = dict(params or {})
+    if kind == "repair":
+        from tlviz.repair import RepairRefused, repair_params
+
+        try:
+            return repair_params(params)
+        except RepairRefused as exc:
+            raise AnalysisRefused(str(exc)) from None
     if kind == "diagnose":
         if params:
             raise AnalysisRefused(
@@ -343,7 +353,7 @@ def start_analysis(kind: str, loaded, images, params: dict | None = None, *, sou
     previous = latest_job(kind, key, owner, root)
     if previous is not None and poll_analysis(previous, root).active:
         return previous
-    notes = [] if reopen or (kind == "normalize" and not params["variants"]) else [NO_SOURCE_NOTE]
+    notes = [] if reopen or kind == "repair" or (kind == "normalize" and not params["variants"]) else [NO_SOURCE_NOTE]
     if has_result(kind, key, root):
         job_id, _ = worker.new_job(kind, {"key": key, "owner": owner, "params": params, "notes": [],
                                           "from_store": True}, root, state="done", queued=False)
@@ -551,6 +561,11 @@ def _run_analysis(job: dict, progress, notes: list[str], log):
 
     tf.get_logger().setLevel("ERROR")
     loaded, images = worker._load_inputs(job)
+    if job["kind"] == "repair":
+        from tlviz.repair import repair
+
+        params = dict(job.get("params") or {})
+        return repair(loaded, images, params.pop("fixes"), params.pop("inference_preset"), progress=progress, **params)
     source = _open_source(job.get("source"), notes)
     if job["kind"] == "normalize":
         from tlviz import normalize
