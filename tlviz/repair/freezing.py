@@ -57,6 +57,8 @@ def compile_for_fit(model, n_outputs: int) -> None:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
         metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=loss, metrics=[metric])
+    # Built now, so the file holds its (zero) slots and Keras loads it without a warning about missing variables.
+    model.optimizer.build(model.trainable_variables)
 
 
 def freezing_table(model) -> list[dict]:

@@ -73,9 +73,9 @@ def prepend_affine(model, affine):
     layers = affine.layers(INPUT_LAYER_NAME)
     if not layers:
         return copy_model(model), []
-    new = prepend_layers(model, layers)
+    new = prepend_layers(model, layers)  # may rename them: read the names after
     names = [layer.name for layer in layers]
-    set_flip_kernels(new, [n for n in names if n.endswith("_rgb_to_bgr")])
+    set_flip_kernels(new, [layer.name for layer in layers if type(layer).__name__ == "Conv2D"])
     return new, names
 
 
