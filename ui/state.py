@@ -12,6 +12,9 @@ Session-state keys (initialised by `init_state`, at the top of the router):
 - ``keep_<widget key>``: the sidebar's choices (see `ui.sidebar`).
 - ``workspace``: this browser session's workspace token (see `workspace`).
 - ``<prefix>_job``: the analysis job a page is following (see `ui.analysis`), or None.
+- ``model_history``: models made current from a repair and the models they replaced (see
+  `adopt_model`), newest first, so nothing is lost; ``keep_model_history`` the one the sidebar's
+  history picker shows (`ui.history`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from ui import cache
 
 DEFAULT_MODEL = "digits_base.keras"
 DEFAULT_IMAGES = "digits_0_4"
+#: The sidebar's model-source choice that lists `model_history`.
+HISTORY_KIND = "History"
+#: At most this many models are kept in a session's history (each one held in memory).
+HISTORY_MAX = 6
 
 
 def init_state() -> None:
@@ -45,6 +52,8 @@ def init_state() -> None:
     st.session_state.setdefault("keep_model_choice", DEFAULT_MODEL)
     st.session_state.setdefault("keep_images_kind", "Sample")
     st.session_state.setdefault("keep_images_choice", DEFAULT_IMAGES)
+    st.session_state.setdefault("model_history", [])
+    st.session_state.setdefault("keep_model_history", None)
     workspace()
     if st.session_state["model"] is None and st.session_state["model_error"] is None:
         set_model(cache.load_sample_model(DEFAULT_MODEL))
@@ -58,6 +67,47 @@ def set_model(loaded: LoadedModel) -> None:
     st.session_state["model_error"] = None
     st.session_state["best_preset"] = None
     _reload_images()
+
+
+def model_history() -> list[dict]:
+    """The session's model history, newest first: ``{"key", "label", "loaded"}`` per model."""
+    return list(st.session_state.get("model_history") or [])
+
+
+def _remember(loaded: LoadedModel, label: str) -> str:
+    """Put `loaded` first in the history (once per model) and return its key."""
+    key = cache.model_key(loaded)
+    history = [h for h in model_history() if h["key"] != key]
+    st.session_state["model_history"] = [{"key": key, "label": label, "loaded": loaded}] + history[:HISTORY_MAX - 1]
+    return key
+
+
+def adopt_model(loaded: LoadedModel, label: str, previous_label: str | None = None) -> None:
+    """Make `loaded` (e.g. a repaired copy) current; the model it replaces stays in the sidebar's history.
+
+    Args:
+        loaded: the new current model.
+        label: how the history lists it.
+        previous_label: how the history lists the model it replaces. Defaults to its file name.
+    """
+    previous = st.session_state.get("model")
+    if previous is not None and not any(h["key"] == cache.model_key(previous) for h in model_history()):
+        _remember(previous, previous_label or previous.filename or previous.name)
+    key = _remember(loaded, label)
+    st.session_state["keep_model_kind"] = HISTORY_KIND
+    st.session_state["keep_model_history"] = key
+    set_model(loaded)
+
+
+def use_history(key: str) -> None:
+    """Make the history's model `key` current again (nothing happens for an unknown key)."""
+    entry = next((h for h in model_history() if h["key"] == key), None)
+    if entry is None:
+        return
+    st.session_state["keep_model_history"] = key
+    current_model = st.session_state.get("model")
+    if current_model is None or cache.model_key(current_model) != key:
+        set_model(entry["loaded"])
 
 
 def set_image_source(source: ImageSource, key: str) -> None:
