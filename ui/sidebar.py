@@ -11,7 +11,8 @@ from tlviz.imagesets import ImageSource, check_server_folder, open_source, serve
 from tlviz.models import max_model_bytes
 from tlviz.samples import SAMPLE_IMAGE_SETS, SAMPLE_MODELS, sample_path
 from ui import cache
-from ui.state import current, set_image_source, set_model
+from ui.history import history_picker
+from ui.state import HISTORY_KIND, current, model_history, set_image_source, set_model
 
 #: File types the model uploader takes: the loadable ones, and the ones that get a specific answer.
 MODEL_UPLOAD_TYPES = ["keras", "h5", "hdf5", "zip", "pb", "json", "tflite", "pt", "pth", "onnx"]
@@ -55,9 +56,14 @@ def sidebar() -> None:
 
 def _model_picker() -> None:
     st.subheader("Model")
-    kind = st.radio("Model source", ["Sample", "Upload"], horizontal=True, key=_sticky("model_kind"),
+    kinds = ["Sample", "Upload"] + ([HISTORY_KIND] if model_history() else [])  # see ui.history
+    if st.session_state.get("keep_model_kind") not in kinds:
+        st.session_state["keep_model_kind"] = "Sample"
+    kind = st.radio("Model source", kinds, horizontal=True, key=_sticky("model_kind"),
                     label_visibility="collapsed", on_change=_keep, args=("model_kind",))
-    if kind == "Sample":
+    if kind == HISTORY_KIND:
+        history_picker()
+    elif kind == "Sample":
         choice = st.selectbox("Sample model", SAMPLE_MODELS, key=_sticky("model_choice"),
                               on_change=_keep, args=("model_choice",))
         loaded = st.session_state.get("model")
