@@ -1,0 +1,402 @@
+"""Checks on the image set itself: turned photos, copies, and labels the images contradict.
+
+- ``exif-orientation`` (`check_exif_orientation`): images whose EXIF orientation is not
+  "normal". Keras's ``load_img`` and ``image_dataset_from_directory`` ignore the tag, phones
+  and browsers apply it, so a pipeline that trains one way and predicts the other sees turned
+  images. How many, and the accuracy on them with and without the turn (the same images,
+  a paired 95 % interval); the turned versions are decoded again from the original files.
+- ``duplicate-images`` (`check_duplicate_images`): exact or near duplicates
+  (`tlviz.duplicates`: a difference hash, confirmed on thumbnails) under two classes, or
+  enough copies within classes that a random split leaks them into validation.
+- ``likely-mislabelled`` (`check_likely_mislabelled`): out-of-fold predictions of a linear
+  probe (`fit_probe`, multinomial logistic regression written here) on the frozen base's
+  features (the head's input, as `tlviz.diagnose.probe` takes them) confidently name another
+  class than the image's folder. Copies of one image stay in one fold, so a copy cannot vouch
+  for itself. The probe is trained on the folder labels, not on the model's head: it works
+  for a new set of classes (before fine-tuning) as well.
+
+How a check is written (its registry entry, ``check.finding``, ``check.threshold``,
+`CheckSkipped`): see `tlviz.diagnose.base.Check`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from tlviz.diagnose.base import SEED, Check, _balanced_sample
+from tlviz.diagnose.context import DiagnosisContext
+from tlviz.errors import CheckSkipped
+from tlviz.findings import Finding
+from tlviz.stats import chance_level, format_interval, paired_difference, wilson_interval
+
+#: Pairs of duplicates shown in the evidence (as thumbnails on the page).
+PAIRS_SHOWN = 12
+#: Suspected mislabelled images shown in the evidence (a ranked gallery on the page).
+SUSPECTS_SHOWN = 16
+#: The probe scores at most this many images (a seeded, class-balanced sample of a larger set).
+MISLABEL_MAX_IMAGES = 3000
+#: Folds of the out-of-fold probe.
+FOLDS = 5
+#: The probe works on at most this many principal components of the features.
+PROBE_COMPONENTS = 128
+#: L2 penalty of the probe on standardised components (strong enough that its probabilities are not
+#: all 0 or 1 on a few hundred images).
+PROBE_L2 = 0.01
+#: Gradient steps of the probe's fit.
+PROBE_STEPS = 300
+
+
+# -- shared measurements -----------------------------------------------------------------
+
+def duplicate_groups(ctx: DiagnosisContext, check: Check | None = None):
+    """The image set's `tlviz.duplicates.DuplicateGroups`, found once per diagnosis."""
+    from tlviz.duplicates import find_duplicates
+
+    cached = ctx.__dict__.get("_duplicate_groups")
+    if cached is None:
+        if check is not None:
+            cached = find_duplicates(ctx.images.images, int(check.threshold("max_bits")), check.threshold("tolerance"))
+        else:
+            cached = find_duplicates(ctx.images.images)
+        ctx.__dict__["_duplicate_groups"] = cached
+    return cached
+
+
+def _predict(ctx: DiagnosisContext, images: np.ndarray, preset: str) -> np.ndarray:
+    """Predicted classes of `images` under `preset`, in batches planned from the memory budget."""
+    from tlviz.memory import forward, plan_batch
+    from tlviz.outputs import predicted_classes
+    from tlviz.presets import apply_preset
+
+    batch = plan_batch(ctx.model, "inference", n=len(images)).batch_size
+    run = forward(ctx.model)
+    out = [predicted_classes(run(apply_preset(images[i:i + batch], preset))) for i in range(0, len(images), batch)]
+    return np.concatenate(out).astype(np.int64) if out else np.empty(0, dtype=np.int64)
+
+
+# -- exif-orientation ---------------------------------------------------------------------
+
+def _orientations(ctx: DiagnosisContext) -> np.ndarray:
+    images = ctx.images
+    if images.orientation_known:
+        return np.asarray(images.orientations, dtype=np.int64)
+    if ctx.source is None:
+        raise CheckSkipped("The images' EXIF orientation was not recorded and their original files cannot be "
+                           "opened again (the image set was built in memory). Load it from a folder or a .zip.")
+    found = ctx.source.orientations(images.files)
+    return np.array([found.get(f, 1) for f in images.files], dtype=np.int64)
+
+
+def check_exif_orientation(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``exif-orientation``: images carry an EXIF orientation other than "normal"."""
+    from tlviz.imagesets import ORIENTATION_NAMES
+
+    images = ctx.images
+    orient = _orientations(ctx)
+    turned = np.flatnonzero(orient != 1)
+    if not len(turned):
+        return []
+    kinds = {ORIENTATION_NAMES[int(o)]: int(c) for o, c in sorted(Counter(orient[turned].tolist()).items())}
+    files = [images.files[i] for i in turned]
+    as_loaded = "as stored (the tag ignored)" if images.orientation == "ignore" else "turned as the tag says"
+    other = "apply" if images.orientation == "ignore" else "ignore"
+    other_words = "turned as the tag says" if other == "apply" else "as stored (the tag ignored)"
+    evidence = {"turned_images": int(len(turned)), "n_images": len(images), "orientations": kinds,
+                "images_seen_by_the_model": as_loaded, "example_files": files[:8]}
+    measured, note = None, None
+    labels = ctx.preset_evidence.labels if ctx.weights_finite and not ctx.unlabelled else None
+    if ctx.source is None:
+        note = "the original files cannot be opened again, so the turned versions could not be compared"
+    elif labels is None:
+        note = ctx.match.reason or "without labels, accuracy cannot be measured"
+    else:
+        preset = ctx.working_preset
+        ctx.say(0.2, f"Decoding the {len(turned)} turned images {other_words}…")
+        again = ctx.source.load(images.image_size, int(images.images.shape[-1]), images.resize,
+                                orientation=other, only=files)
+        where = {f: i for i, f in enumerate(again.files)}
+        keep = [k for k, f in enumerate(files) if f in where]
+        if not keep:
+            note = "the turned images could not be decoded again"
+        else:
+            idx = turned[keep]
+            ctx.say(0.5, f"Predicting the {len(idx)} turned images {other_words}…")
+            other_preds = _predict(ctx, again.images[[where[files[k]] for k in keep]], preset)
+            current = np.asarray(ctx.normalization.predictions[preset], dtype=np.int64)[idx]
+            truth = np.asarray(labels)[idx]
+            d = paired_difference(other_preds == truth, current == truth)
+            measured = d
+            evidence.update({"preset": preset, "accuracy_as_loaded": d.accuracy_b, "accuracy_other_way": d.accuracy_a,
+                             "difference": d.difference, "difference_interval": [d.low, d.high],
+                             "changed_predictions": int(np.sum(other_preds != current)), "compared_images": d.n})
+    if note:
+        evidence["accuracy_note"] = note
+    title = (f"{len(turned)} of {len(images)} images carry an EXIF orientation other than normal "
+             f"({', '.join(f'{c} {k}' for k, c in kinds.items())})")
+    if measured is not None:
+        effect = (f"On these {measured.n} images the model scores {measured.accuracy_b:.1%} {as_loaded} and "
+                  f"{measured.accuracy_a:.1%} {other_words} (difference {measured.describe()}). ")
+    else:
+        effect = f"Accuracy with and without the turn was not compared: {note}. "
+    fix = ("Phones store a photo's pixels as the sensor saw them plus an EXIF tag saying how to turn them; Keras's "
+           "`load_img` and `image_dataset_from_directory` ignore the tag (tensorflow issue 49834) while phones, "
+           "browsers and `PIL.ImageOps.exif_transpose` apply it, so training and inference can see the same photo "
+           "turned differently. " + effect + "Make both sides do the same, best by writing the turn into the files "
+           "once:\n```python\nfrom pathlib import Path\nfrom PIL import Image, ImageOps\n\n"
+           "for path in Path(\"images\").rglob(\"*.jp*g\"):\n    with Image.open(path) as img:\n"
+           "        fixed = ImageOps.exif_transpose(img)  # turns the pixels and drops the tag\n"
+           "    fixed.save(path, quality=95)\n```")
+    return [check.finding(title, evidence, fix)]
+
+
+# -- duplicate-images ---------------------------------------------------------------------
+
+def check_duplicate_images(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``duplicate-images``: copies under two classes, or enough copies within classes to leak across a split."""
+    images = ctx.images
+    n = len(images)
+    if n < 2:
+        raise CheckSkipped("A single image cannot have a duplicate.")
+    ctx.say(0.1, f"Hashing {n} images…")
+    found = duplicate_groups(ctx, check)
+    if not len(found):
+        return []
+    labels = np.asarray(images.labels)
+    classes = found.classes(labels)
+    cross = [g for g, c in zip(found.groups, classes) if len(c) > 1]
+    within_copies = int(sum(len(g) - 1 for g, c in zip(found.groups, classes) if len(c) == 1))
+    share = within_copies / n
+    if not cross and share < check.threshold("leak_share"):
+        return []
+    names = images.class_names
+    pairs = []
+    order = sorted(range(len(found.groups)), key=lambda k: (len(classes[k]) == 1, k))
+    diffs = {(i, j): d for i, j, d in found.pairs}
+    for k in order:
+        g = found.groups[k]
+        for other in g[1:]:
+            i, j = int(g[0]), int(other)
+            pairs.append({"a": images.files[i], "b": images.files[j], "class_a": names[labels[i]],
+                          "class_b": names[labels[j]], "difference": diffs.get((i, j), diffs.get((j, i))),
+                          "exact": bool(np.array_equal(images.images[i], images.images[j]))})
+            if len(pairs) >= PAIRS_SHOWN:
+                break
+        if len(pairs) >= PAIRS_SHOWN:
+            break
+    evidence = {"groups": len(found), "images_in_groups": int(sum(len(g) for g in found.groups)),
+                "cross_class_groups": len(cross), "copies_within_classes": within_copies,
+                "share_within_classes": share, "exact_groups": int(sum(found.exact)), "n_images": n,
+                "hash_bits": found.max_bits, "tolerance": found.tolerance, "pairs": pairs,
+                "example_files": [f for p in pairs[:4] for f in (p["a"], p["b"])]}
+    parts = []
+    if cross:
+        parts.append(f"{len(cross)} group{'s' if len(cross) != 1 else ''} of copies under two or more classes")
+    if within_copies:
+        parts.append(f"{within_copies} extra cop{'ies' if within_copies != 1 else 'y'} within classes "
+                     f"({share:.1%} of the images)")
+    title = "Duplicate images: " + " and ".join(parts)
+    lead = []
+    if cross:
+        lead.append("The same image under two labels teaches the model nothing but noise, and caps accuracy: decide "
+                    "which class each belongs to and delete the other copy.")
+    if within_copies:
+        lead.append("Copies within a class land on both sides of a random train / validation split, so validation "
+                    "accuracy measures memory instead of generalisation: remove the extra copies, or split by group "
+                    "so that copies stay on one side.")
+    fix = (" ".join(lead) + " Exact copies and near copies (re-encoded or resized) are found by a difference hash "
+           "and confirmed on thumbnails:\n```python\nfrom sklearn.model_selection import GroupShuffleSplit\n"
+           "from tlviz.duplicates import duplicate_group_ids\n\n"
+           "groups = duplicate_group_ids(images)  # one id per image; copies share it\n"
+           "split = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=0)\n"
+           "train_idx, val_idx = next(split.split(images, labels, groups))\n```")
+    return [check.finding(title, evidence, fix)]
+
+
+# -- likely-mislabelled ---------------------------------------------------------------------
+
+def _folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
+    """A fold per image: stratified by label, every group (copies of one image) in one fold."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    load = np.zeros((k, int(labels.max()) + 1), dtype=np.int64)
+    uniq = np.unique(groups)
+    order = rng.permutation(len(uniq))
+    for g in uniq[order]:
+        members = np.flatnonzero(groups == g)
+        c = int(labels[members[0]])
+        f = int(np.argmin(load[:, c] + rng.random(k) * 1e-3))
+        fold[members] = f
+        load[f, c] += len(members)
+    return fold
+
+
+def _components(feats: np.ndarray, limit: int = PROBE_COMPONENTS) -> np.ndarray:
+    """The features centred and projected on their first principal components (no labels involved)."""
+    x = feats - feats.mean(axis=0)
+    if x.shape[1] <= limit:
+        return x
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:limit].T
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = PROBE_L2,
+              steps: int = PROBE_STEPS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Multinomial logistic regression with an L2 penalty, fitted by gradient descent (Nesterov momentum).
+
+    Args:
+        x: ``(n, d)`` features; standardised here with their own mean and spread.
+        y: ``(n,)`` integer labels below `n_classes`.
+        n_classes: the number of classes.
+        l2: the penalty on the weights. Defaults to `PROBE_L2`.
+        steps: gradient steps. Defaults to `PROBE_STEPS`.
+
+    Returns:
+        ``(weights, bias, mean, scale)``: predict with `probe_probabilities`.
+    """
+    mean = x.mean(axis=0)
+    # One scale for every dimension (the root mean variance): per-dimension scaling would blow up directions
+    # that only hold float noise (a base whose features barely vary) into confident nonsense.
+    scale = float(np.sqrt(np.mean(x.var(axis=0)))) + 1e-12
+    z = (x - mean) / scale
+    n, d = z.shape
+    onehot = np.eye(n_classes)[y]
+    # Step size from the gradient's Lipschitz constant: |z|^2 / (2n) + l2 (power iteration on z^T z).
+    v = np.random.default_rng(SEED).normal(size=d)
+    for _ in range(20):
+        v = z.T @ (z @ v)
+        v /= np.linalg.norm(v) + 1e-12
+    lipschitz = float(np.linalg.norm(z @ v) ** 2) / (2 * n) + l2
+    step = 1.0 / lipschitz
+    w = np.zeros((d, n_classes))
+    b = np.zeros(n_classes)
+    w_prev, b_prev = w.copy(), b.copy()
+    for t in range(1, steps + 1):
+        mom = (t - 1) / (t + 2)
+        wl, bl = w + mom * (w - w_prev), b + mom * (b - b_prev)
+        p = _softmax(z @ wl + bl)
+        g = p - onehot
+        w_prev, b_prev = w, b
+        w = wl - step * (z.T @ g / n + l2 * wl)
+        b = bl - step * g.mean(axis=0)
+    return w, b, mean, scale
+
+
+def probe_probabilities(probe, x: np.ndarray) -> np.ndarray:
+    """Class probabilities of a `fit_probe` result for features `x`."""
+    w, b, mean, scale = probe
+    return _softmax(((x - mean) / scale) @ w + b)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def out_of_fold(feats: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_classes: int,
+                folds: int = FOLDS) -> np.ndarray:
+    """Every image's class probabilities from a probe that never saw it (nor a copy of it).
+
+    Args:
+        feats: ``(n, d)`` features.
+        labels: ``(n,)`` integer labels.
+        groups: ``(n,)`` group ids; images of one group are held out together.
+        n_classes: the number of classes.
+        folds: the number of folds. Defaults to `FOLDS`.
+
+    Returns:
+        ``(n, n_classes)`` probabilities.
+    """
+    x = _components(np.asarray(feats, dtype=np.float64))
+    fold = _folds(labels, groups, folds)
+    probs = np.zeros((len(labels), n_classes))
+    for f in range(folds):
+        test = fold == f
+        if not test.any() or test.all():
+            continue
+        probe = fit_probe(x[~test], labels[~test], n_classes)
+        probs[test] = probe_probabilities(probe, x[test])
+    return probs
+
+
+def _features_for(ctx: DiagnosisContext, preset: str, indices: np.ndarray) -> tuple[np.ndarray, str]:
+    """Features at the head's input for `indices` (those the preset comparison kept are reused)."""
+    from tlviz.diagnose.probe import _features, _tapped_features
+
+    setup = ctx.probe_setup
+    idx, layer = setup["idx"], setup["name"]
+    out = np.zeros((len(indices), 0))
+    have = {}
+    tapped = _tapped_features(ctx, preset, setup["sample"])
+    if tapped is not None:
+        have = {int(i): tapped[k] for k, i in enumerate(setup["sample"])}
+    missing = [int(i) for i in indices if int(i) not in have]
+    if missing:
+        ctx.say(0.1, f"Features of the frozen base for {len(missing)} images…")
+        computed = _features(ctx.model, idx, ctx.images.images[np.array(missing)], preset)
+        have.update({i: computed[k] for k, i in enumerate(missing)})
+    out = np.stack([have[int(i)] for i in indices]) if len(indices) else out
+    return out, layer
+
+
+def check_likely_mislabelled(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``likely-mislabelled``: out-of-fold probe predictions confidently contradict images' labels."""
+    ctx.require_labelled()
+    ctx.require_finite()
+    images = ctx.images
+    all_labels = np.asarray(images.labels, dtype=np.int64)
+    counts = np.bincount(all_labels, minlength=len(images.class_names))
+    usable = np.flatnonzero(counts >= FOLDS)
+    if len(usable) < 2:
+        raise CheckSkipped(f"The probe needs at least two classes with {FOLDS} or more images each (one per fold).")
+    keep = np.flatnonzero(np.isin(all_labels, usable))
+    chosen = keep[_balanced_sample(all_labels[keep], MISLABEL_MAX_IMAGES, SEED)]
+    preset = ctx.working_preset
+    feats, layer = _features_for(ctx, preset, chosen)
+    if not np.all(np.isfinite(feats)):
+        raise CheckSkipped("The base's features contain NaN or infinite values, so no probe can be trained on them.")
+    remap = {int(c): k for k, c in enumerate(usable)}
+    y = np.array([remap[int(c)] for c in all_labels[chosen]], dtype=np.int64)
+    groups = duplicate_groups(ctx).group_ids()[chosen]
+    ctx.say(0.6, f"Out-of-fold probe on {len(chosen)} images ({FOLDS} folds)…")
+    probs = out_of_fold(feats, y, groups, len(usable))
+    pred = probs.argmax(axis=1)
+    n = len(y)
+    right = int(np.sum(pred == y))
+    lo, hi = wilson_interval(right, n)
+    chance = chance_level(y, len(usable))
+    if lo < check.threshold("min_probe_accuracy"):
+        raise CheckSkipped(
+            f"The probe on the base's features gets {right / n:.1%} of {n} held-out images right (95 % interval "
+            f"{format_interval(lo, hi)}; chance {chance:.1%}), below the {check.threshold('min_probe_accuracy'):.0%} "
+            "it needs before its disagreement with a label means anything. The base's features do not separate "
+            "these classes well enough (see pretraining-no-better-than-random).")
+    confident = probs[np.arange(n), pred]
+    suspect = np.flatnonzero((pred != y) & (confident >= check.threshold("confidence")))
+    share = len(suspect) / n
+    if share < check.threshold("min_share"):
+        return []
+    suspect = suspect[np.argsort(-confident[suspect], kind="stable")]
+    names = [images.class_names[int(c)] for c in usable]
+    rows = [{"file": images.files[int(chosen[i])], "label": names[y[i]], "predicted": names[pred[i]],
+             "confidence": float(confident[i]), "label_probability": float(probs[i, y[i]])}
+            for i in suspect[:SUSPECTS_SHOWN]]
+    moves = Counter((r["label"], r["predicted"]) for r in rows)
+    evidence = {"suspects": len(suspect), "share": share, "n_scored": n, "n_images": len(images),
+                "probe_accuracy": right / n, "probe_accuracy_interval": [lo, hi], "chance": chance,
+                "feature_layer": layer, "preset": preset, "folds": FOLDS, "ranked_suspects": rows,
+                "example_files": [r["file"] for r in rows[:8]]}
+    most = ", ".join(f"'{a}' → '{b}' ({c})" for (a, b), c in moves.most_common(3))
+    title = (f"{len(suspect)} image{'s' if len(suspect) != 1 else ''} look mislabelled: a probe that never saw them "
+             f"confidently names another class")
+    fix = (f"A linear probe on the frozen base's features ('{layer}', under `{preset}`), trained on the other folds, "
+           f"gets {right / n:.1%} of the {n} images right (95 % interval {format_interval(lo, hi)}), yet gives "
+           f"{len(suspect)} images ({share:.1%}) another class with at least {check.threshold('confidence'):.0%} "
+           f"confidence (most often {most}). Look at the ranked suspects: move each truly mislabelled image to its "
+           "class folder (or delete it), then train again. Labels the images contradict cap the accuracy any model "
+           "can reach, and fine-tuning on them teaches the mistakes:\n```python\nimport shutil\n\n"
+           "shutil.move(\"images/cat/0042.jpg\", \"images/dog/0042.jpg\")  # one suspect, checked by eye\n```")
+    return [check.finding(title, evidence, fix)]
+
