@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from tlviz.diagnose import finetuning, inference, pretraining
+from tlviz.diagnose import data, finetuning, inference, outputs, pretraining
 from tlviz.diagnose.base import Check, Threshold
 from tlviz.findings import AREAS, SEVERITIES
 from tlviz.readme import update_command
@@ -147,6 +147,59 @@ CHECKS: tuple[Check, ...] = (
           thresholds={"margin": Threshold(0.10, "A model at most 10 points above always answering the most common "
                                                 "class is guessing for any practical purpose; an interval reaching "
                                                 "beyond that means too few images to call it broken.")}),
+    Check("prediction-collapse", "error", "finetuning", "predictions that ignore the image",
+          "the model gives one class to {share:.0%} or more of the images, the whole 95 % interval of that share "
+          "minus the class's share of the labels above {excess:pts}; or the features at the head's input barely "
+          "change between images (relative spread below {feature_spread:g})",
+          run=outputs.check_prediction_collapse,
+          thresholds={
+              "share": Threshold(0.9, "A model that puts 9 images in 10 into one class is not classifying, unless the "
+                                      "images really are that lopsided (hence the comparison with the labels)."),
+              "excess": Threshold(0.2, "Beyond 20 points more than the labels hold, the excess is not a model's "
+                                       "preference among look-alike classes but one class absorbing the others."),
+              "feature_spread": Threshold(0.01, "Features that differ between images by under 1 % of their size carry "
+                                                "no information about the image: the base passes the same vector for "
+                                                "all of them."),
+          }),
+    Check("output-loss-mismatch", "error", "finetuning", "the output activation vs the loss",
+          "the last layer's activation and the saved loss disagree: softmax / sigmoid with `from_logits=True`, a linear "
+          "output with a probability loss, `Dense(1)` with softmax (always 1.0), sigmoid on a multi-class head with a "
+          "categorical loss, one unit with `categorical_crossentropy` (read from the file, no images)",
+          run=outputs.check_output_loss_mismatch),
+    Check("exif-orientation", "warning", "inference", "EXIF orientation",
+          "images carry an EXIF orientation other than \"normal\" (Keras's `load_img` ignores it, phones apply "
+          "it); says how many, and the accuracy on them with and without the turn (paired 95 % interval)",
+          run=data.check_exif_orientation),
+    Check("duplicate-images", "warning", "finetuning", "duplicate images",
+          "exact or near duplicates (difference hash within {max_bits:g} of 64 bits, 32×32 thumbnails within "
+          "{tolerance:g} grey levels) under two classes, or copies within classes making {leak_share:.0%} or more "
+          "of the images (they would fall on both sides of a train / validation split)",
+          run=data.check_duplicate_images,
+          thresholds={
+              "max_bits": Threshold(6, "Re-encoding (JPEG quality 60) or resizing a photo changes at most about 5 of "
+                                       "the hash's 64 bits; a wider net only adds pairs the thumbnails reject."),
+              "tolerance": Threshold(2.0, "Re-encoded or resized copies of a 224-pixel photo differ by under 1 grey "
+                                          "level on average, while distinct photos (and distinct digits of the "
+                                          "sample) differ by 5 or more."),
+              "leak_share": Threshold(0.01, "Copies making under 1 % of the images shift validation accuracy by under "
+                                            "a point; from there they inflate it measurably."),
+          }),
+    Check("likely-mislabelled", "warning", "finetuning", "labels the images contradict",
+          "a probe on the frozen base's features, trained on the other folds, gives {min_share:.0%} or more of the "
+          "images another class than their folder's with {confidence:.0%} confidence or more (only when the probe "
+          "itself is right on at least {min_probe_accuracy:.0%} of held-out images, the whole 95 % interval)",
+          run=data.check_likely_mislabelled,
+          thresholds={
+              "confidence": Threshold(0.9, "A probe that is right on most held-out images and still 90 % sure of "
+                                           "another class is rarely wrong about the image; below that, hard and "
+                                           "ambiguous images dominate."),
+              "min_share": Threshold(0.01, "Any probe misjudges a few hard images confidently; on the clean samples "
+                                           "they stay under 1 % of the set, so only more is taken as a labelling "
+                                           "problem."),
+              "min_probe_accuracy": Threshold(0.7, "A probe that gets fewer than 70 % of held-out images right has "
+                                                   "not learnt the classes well enough for its disagreement with a "
+                                                   "label to mean anything."),
+          }),
 )
 CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)
 CHECKS_BY_ID = MappingProxyType({c.id: c for c in CHECKS})
