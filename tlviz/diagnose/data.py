@@ -70,7 +70,7 @@ def _predict(ctx: DiagnosisContext, images: np.ndarray, preset: str) -> np.ndarr
     from tlviz.outputs import predicted_classes
     from tlviz.presets import apply_preset
 
-    batch = plan_batch(ctx.model, "inference", n=len(images)).batch_size
+    batch = plan_batch(ctx.model, n=len(images)).batch_size  # an inference pass (the default mode)
     run = forward(ctx.model)
     out = [predicted_classes(run(apply_preset(images[i:i + batch], preset))) for i in range(0, len(images), batch)]
     return np.concatenate(out).astype(np.int64) if out else np.empty(0, dtype=np.int64)
