@@ -29,7 +29,9 @@ Modules
 - `base`: `Check` (a registry entry) and `Threshold`.
 - `context`: `DiagnosisContext` (the measurements several checks share) and
   `PresetEvidence`; `probe`, `clones`, `assignment`: measurements it uses.
-- `pretraining`, `finetuning`, `inference`: the checks, by area.
+- `pretraining`, `finetuning`, `inference`: the checks, by area; `outputs` (prediction-collapse,
+  output-loss-mismatch) and `data` (exif-orientation, duplicate-images, likely-mislabelled, with the
+  out-of-fold probe `data.out_of_fold`): issue 14's checks, by topic.
 - `report`: `DiagnosisReport` and its Markdown / JSON exports; `runner`: `diagnose`.
 
 Public API
