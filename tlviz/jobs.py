@@ -36,7 +36,10 @@ Kinds and their parameters (`start_analysis`):
   `tlviz.diagnose.DiagnosisReport.for_preset`, which needs no model run;
 - ``"repair"`` — `tlviz.repair.repair_params`: ``fixes``, ``inference_preset``,
   ``target``, ``double_normalization``, ``top_block``; the result is a
-  `tlviz.repair.RepairResult` (the repaired ``.keras`` bytes and the proof).
+  `tlviz.repair.RepairResult` (the repaired ``.keras`` bytes and the proof);
+- ``"gradcam"`` — `tlviz.gradcam.job_params`: ``items``, the ``[image index, preset]`` pairs a
+  gallery shows; the result is a `tlviz.gradcam.GradcamReport` (a heatmap per item, or the
+  sentence saying the model has no convolutional feature map).
 
 The resize variants decode the original files again: a server folder is
 re-opened by its path, an uploaded ``.zip`` is saved once per content under
@@ -60,7 +63,7 @@ from tlviz.errors import AnalysisRefused, TlvizError  # AnalysisRefused: defined
 from tlviz.finetune import worker
 from tlviz.finetune.store import check_run_id, now_iso, read_json, runs_dir, write_json
 
-ANALYSIS_KINDS = ("normalize", "diagnose", "repair")
+ANALYSIS_KINDS = ("normalize", "diagnose", "repair", "gradcam")
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 #: What a killed or crashed analysis worker's message tells the user to change.
@@ -146,6 +149,13 @@ def _params(kind: str, params: dict | None) -> dict:
             return repair_params(params)
         except RepairRefused as exc:
             raise AnalysisRefused(str(exc)) from None
+    if kind == "gradcam":
+        from tlviz.gradcam import job_params
+
+        try:
+            return job_params((params or {}).get("items") or [])
+        except (TypeError, ValueError) as exc:
+            raise AnalysisRefused(f"Grad-CAM: {exc}") from None
     if kind == "diagnose":
         if params:
             raise AnalysisRefused(
@@ -353,7 +363,7 @@ def start_analysis(kind: str, loaded, images, params: dict | None = None, *, sou
     previous = latest_job(kind, key, owner, root)
     if previous is not None and poll_analysis(previous, root).active:
         return previous
-    notes = [] if reopen or kind == "repair" or (kind == "normalize" and not params["variants"]) else [NO_SOURCE_NOTE]
+    notes = [] if reopen or kind in ("repair", "gradcam") or (kind == "normalize" and not params["variants"]) else [NO_SOURCE_NOTE]
     if has_result(kind, key, root):
         job_id, _ = worker.new_job(kind, {"key": key, "owner": owner, "params": params, "notes": [],
                                           "from_store": True}, root, state="done", queued=False)
@@ -566,6 +576,10 @@ def _run_analysis(job: dict, progress, notes: list[str], log):
 
         params = dict(job.get("params") or {})
         return repair(loaded, images, params.pop("fixes"), params.pop("inference_preset"), progress=progress, **params)
+    if job["kind"] == "gradcam":
+        from tlviz import gradcam
+
+        return gradcam.explain(loaded, images, gradcam.items_from_params(job.get("params")), progress=progress)
     source = _open_source(job.get("source"), notes)
     if job["kind"] == "normalize":
         from tlviz import normalize
