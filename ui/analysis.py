@@ -75,7 +75,7 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
     st.session_state[f"{prefix}_job"] = None
     if report is not None:
         st.session_state[f"_{prefix}_shown"] = (pair, kind, key)
-        if not jobs.can_reopen(source):
+        if kind in ("normalize", "diagnose") and not jobs.can_reopen(source):  # the kinds that decode files again
             st.caption(jobs.NO_SOURCE_NOTE)
         return report, None
     if status is not None and status.active:
