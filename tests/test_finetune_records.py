@@ -117,3 +117,129 @@ def test_stored_finding_that_is_not_one_is_refused(data):
 def test_stored_finding_round_trips():
     f = Finding("x", "warning", "inference", "Title", evidence={"n": np.int64(3).item()}, fix="Do this.")
     assert Finding.from_dict({**f.to_dict(), "extra": 1}) == f
+
+
+# -- executors: local by default, Ray only when configured ----------------------------------------------
+
+_DEFAULT_PATH = r"""
+import os, sys
+os.environ.pop("TLVIZ_RAY_ADDRESS", None)
+import tlviz.finetune, tlviz.finetune.worker, tlviz.finetune.raydriver, tlviz.finetune.remote, tlviz.cli
+import ui.finetune, ui.sidebar
+from tlviz.finetune import RunConfig, executors, start_job, wait_job
+from tlviz.imagesets import load_image_set
+from tlviz.models import load_model
+from tlviz.samples import sample_path
+
+assert executors.default_executor() == "local" and executors.describe_executor().startswith("this machine")
+loaded = load_model(sample_path("digits_base.keras"))
+images = load_image_set(sample_path("digits_5_9"), loaded.image_size, loaded.channels)
+st = wait_job(start_job(loaded, images, [RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")]).job_id, timeout=180)
+assert st.state == "done" and st.executor == "local", st.message
+rec = st.runs[0]
+assert rec.state == "completed" and rec.where["executor"] == "local" and rec.where["device"] in ("CPU", "GPU")
+assert rec.ran_on.startswith("local · ")
+assert "ray" not in sys.modules, "the default path imported ray"
+print("default path ok")
+"""
+
+
+def test_default_path_runs_locally_and_never_imports_ray(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TLVIZ_RAY_ADDRESS"}
+    env.update(TLVIZ_RUNS_DIR=str(tmp_path / "runs"), PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", _DEFAULT_PATH], capture_output=True, text=True, cwd=root, env=env,
+                          timeout=300)
+    assert done.returncode == 0 and "default path ok" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("auto", ("auto", None, None)), ("AUTO", ("auto", None, None)),
+    ("head:6379", ("gcs", "head", 6379)), ("10.0.0.2", ("gcs", "10.0.0.2", 6379)),
+    ("ray://head:10001", ("client", "head", 10001)), ("ray://head", ("client", "head", 10001)),
+])
+def test_ray_addresses_are_parsed(text, parsed):
+    from tlviz.finetune.executors import parse_address
+
+    assert parse_address(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["http://head:8265", "head:port", "ray://", "head:99999", "a b:1"])
+def test_a_nonsense_ray_address_is_refused_with_the_forms_that_work(text, monkeypatch):
+    from tlviz.errors import ConfigError, RunRefused
+    from tlviz.finetune import executors
+
+    with pytest.raises(ConfigError, match="TLVIZ_RAY_ADDRESS.*`auto`.*ray://host:10001"):
+        executors.parse_address(text)
+    monkeypatch.setenv("TLVIZ_RAY_ADDRESS", text)
+    with pytest.raises(RunRefused, match="is not a Ray address"):
+        executors.choose_executor(None)
+    assert "is not a Ray address" in executors.describe_executor()
+
+
+def test_executor_choice(monkeypatch):
+    from tlviz.errors import RunRefused
+    from tlviz.finetune import executors
+
+    monkeypatch.delenv("TLVIZ_RAY_ADDRESS", raising=False)
+    assert executors.choose_executor(None) == "local" and executors.choose_executor("local") == "local"
+    with pytest.raises(RunRefused, match="needs TLVIZ_RAY_ADDRESS"):
+        executors.choose_executor("ray")
+    with pytest.raises(RunRefused, match="Unknown executor"):
+        executors.choose_executor("dask")
+    monkeypatch.setenv("TLVIZ_RAY_ADDRESS", "auto")
+    assert executors.choose_executor(None) == "ray" and executors.choose_executor("local") == "local"
+    assert executors.describe_executor() == "Ray cluster `auto`"
+
+
+def test_asha_without_ray_is_refused(monkeypatch, loaded_base, base_images):
+    from tlviz.errors import RunRefused
+    from tlviz.finetune.worker import start_job
+
+    monkeypatch.delenv("TLVIZ_RAY_ADDRESS", raising=False)
+    with pytest.raises(RunRefused, match="ASHA.*Ray Tune.*TLVIZ_RAY_ADDRESS"):
+        start_job(loaded_base, base_images, [RunConfig(epochs=1), RunConfig(epochs=1, lr=1e-2)], asha=True)
+
+
+def test_where_a_run_ran_in_one_line():
+    from tlviz.finetune.executors import describe_where
+
+    assert describe_where({}) == "" and describe_where(None) == ""
+    assert describe_where({"executor": "local", "node": "box", "device": "CPU"}) == "local · box · CPU"
+    assert describe_where({"executor": "ray", "node": "10.0.0.2", "device": "GPU",
+                           "device_name": "NVIDIA A100"}) == "Ray · 10.0.0.2 · GPU (NVIDIA A100)"
+
+
+def test_a_stopped_run_reads_its_stop_epoch(tmp_path):
+    from tlviz.finetune.store import RunWriter, list_runs, load_run
+
+    w = RunWriter(tmp_path / "20240101-000000-000aaaa")
+    w.write_config(RunConfig(epochs=4, sweep_id="s"))
+    w.epoch([{"epoch": 1, "phase": "main", "loss": 1.6, "accuracy": 0.2, "val_loss": 1.6, "val_accuracy": 0.2,
+              "lr": 1e-7, "elapsed_s": 1.0, "partial": False}])
+    w.status("stopped", "stopped early by ASHA after epoch 1", stopped_at=1,
+             where={"executor": "ray", "node": "10.0.0.2", "device": "CPU"})
+    rec = load_run(w.run_id, tmp_path)
+    assert rec.state == "stopped" and rec.stopped_at == 1 and not rec.active  # no metrics needed
+    row = list_runs(tmp_path).iloc[0]
+    assert row["stopped_at"] == 1 and row["ran_on"] == "Ray · 10.0.0.2 · CPU"
+
+
+def test_job_status_counts_runs_running_at_once():
+    from tlviz.finetune.worker import JobStatus
+
+    runs = [_record("a", "running", None), _record("b", "running", None), _record("c", "completed", 0.5),
+            _record("d", "queued", None)]
+    for r in runs[:2]:
+        r.progress = {"stage": "main", "batches_done": 5, "total_batches": 10}
+    st = JobStatus("j", "runs", "running", runs=runs, current=runs[0], progress=runs[0].progress, executor="ray")
+    assert st.fraction == pytest.approx((1 + 0.5 + 0.5) / 4)
+    assert st.text.startswith("2 runs at once on the Ray cluster · 1 of 4 done")
+    waiting = JobStatus("j", "runs", "running", "connecting to the Ray cluster at auto", runs=runs[3:],
+                        executor="ray")
+    assert waiting.text == "Connecting to the Ray cluster at auto…"

@@ -12,6 +12,7 @@ Kinds and parsing (the same for every variable):
 - ``"path"`` — a folder; `path` returns it (expanded) or None when unset.
 - ``"paths"`` — folders separated by the OS path separator, or ``off``; `paths` returns None when
   unset (no restriction), ``[]`` when ``off`` / ``none`` / empty, else the resolved folders.
+- ``"text"`` — free text checked by the module that uses it (an address); `raw` returns it or None.
 
 Unset or empty means the default. A value that cannot be parsed raises `ConfigError` (a
 ``ValueError``) naming the variable and saying what to set instead; no setting falls back to its
@@ -47,7 +48,7 @@ class Setting:
 
     Args:
         name: the variable's name.
-        kind: ``"mb"``, ``"count"``, ``"path"`` or ``"paths"``.
+        kind: ``"mb"``, ``"count"``, ``"path"``, ``"paths"`` or ``"text"``.
         default: the value when unset: a number, or a function computing it on this machine, or
             None (no default: the caller decides).
         default_text: the default as the documentation says it. Defaults to the number
@@ -102,6 +103,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "half the CPU cores, at most machine memory ÷ (`TLVIZ_MEMORY_MB` + 1.5 GB), at least 1",
             "heavy jobs (fine-tuning runs, learning-rate tests, normalization comparisons, diagnoses) running at "
             "once; the others wait in one first-come-first-served queue", "2"),
+    Setting("TLVIZ_RAY_ADDRESS", "text", None, "unset (runs on this machine)",
+            "a Ray cluster that runs fine-tuning runs, sweeps (Ray Tune) and learning-rate tests instead of this "
+            "machine's worker processes: `auto` (the cluster `ray start --head` started on this machine), "
+            "`host:6379` or `ray://host:10001`; needs `pip install -r requirements-ray.txt`", "ray://head:10001"),
     Setting("TLVIZ_MAX_MODEL_MB", "mb", 500, "", "largest model file", "500", section="limits"),
     Setting("TLVIZ_MAX_ARCHIVE_ENTRIES", "count", 50_000, "",
             "entries in a `.zip`, or files under a server folder", "50000", section="limits"),

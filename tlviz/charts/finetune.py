@@ -3,7 +3,8 @@
 - `history_long(history)` — per-epoch history in long form; `curves_chart(history)`
   and `compare_chart(histories)` draw it (train / validation in `palette.SPLIT_COLORS`).
 - `weight_change_chart(report)` — how far each layer moved, trainable / frozen.
-- `sweep_heatmap(table)` — best validation accuracy per (unfreeze depth, learning rate).
+- `sweep_heatmap(table)` — best validation accuracy per (unfreeze depth, learning rate); runs stopped
+  early (ASHA on Ray Tune) faded, dashed, with the epoch they stopped at.
 - `lr_finder_chart(curve, suggestion)` — the learning-rate range test.
 - The run's confusion matrix is `tlviz.charts.confusion_chart`.
 """
@@ -90,19 +91,37 @@ def weight_change_chart(report: pd.DataFrame) -> alt.Chart:
 
 
 def sweep_heatmap(table: pd.DataFrame) -> alt.LayerChart:
-    """Best validation accuracy per (unfreeze depth, learning rate); pending cells show their state."""
+    """Best validation accuracy per (unfreeze depth, learning rate); pending cells show their state.
+
+    A run an early-stopping scheduler stopped (state ``stopped``, ``stopped_at`` its last epoch) is drawn
+    faded with a dashed outline, its text says ``stopped ep N`` under the accuracy it had reached.
+    """
     df = table.copy()
+    if "stopped_at" not in df.columns:
+        df["stopped_at"] = None
     df["rate"] = df["lr"].map(lambda v: f"{float(v):.0e}")
-    df["text"] = [f"{v:.0%}" if v is not None and np.isfinite(v) else s
-                  for v, s in zip(pd.to_numeric(df["best_val_accuracy"], errors="coerce"), df["state"])]
+    df["stopped"] = df["state"] == "stopped"
+    acc = pd.to_numeric(df["best_val_accuracy"], errors="coerce")
+    df["text"] = [f"{v:.0%}" if v is not None and np.isfinite(v) else s for v, s in zip(acc, df["state"])]
+    df["text"] = [f"{t}\nstopped ep {int(at)}" if stopped and pd.notna(at) else t
+                  for t, stopped, at in zip(df["text"], df["stopped"], df["stopped_at"])]
+    df["stopped_at"] = df["stopped_at"].astype(object).where(df["stopped_at"].notna(), None)
     rates = [f"{v:.0e}" for v in sorted(df["lr"].astype(float).unique())]
     base = alt.Chart(df).encode(x=alt.X("rate:O", sort=rates, title="learning rate"),
                                 y=alt.Y("unfreeze:O", title="unfreeze depth", sort="descending"))
-    rect = base.mark_rect().encode(
+    rect = base.mark_rect(strokeWidth=2).encode(
         color=alt.Color("best_val_accuracy:Q", scale=palette.sequential([0, 1]), title="best val accuracy"),
-        tooltip=["unfreeze", "rate", "state", alt.Tooltip("best_val_accuracy:Q", format=".1%"), "run_id"])
-    text = base.mark_text().encode(text="text:N", color=palette.cell_text("datum.best_val_accuracy > 0.6"))
-    return (rect + text).properties(title="sweep: best validation accuracy", width=max(200, 70 * len(rates)),
+        opacity=alt.condition("datum.stopped", alt.value(0.45), alt.value(1.0)),
+        stroke=alt.condition("datum.stopped", alt.value(palette.REFERENCE_COLOR), alt.value(None)),
+        strokeDash=alt.condition("datum.stopped", alt.value(palette.REFERENCE_DASH), alt.value([1, 0])),
+        tooltip=["unfreeze", "rate", "state", alt.Tooltip("best_val_accuracy:Q", format=".1%"),
+                 alt.Tooltip("stopped_at:Q", title="stopped after epoch"), "run_id"])
+    text = base.mark_text(lineBreak="\n").encode(text="text:N",
+                                                  color=palette.cell_text("datum.best_val_accuracy > 0.6"))
+    title = "sweep: best validation accuracy"
+    if df["stopped"].any():
+        title += " (faded, dashed: stopped early by ASHA)"
+    return (rect + text).properties(title=title, width=max(200, 70 * len(rates)),
                                     height=max(120, 40 * df["unfreeze"].nunique()))
 
 

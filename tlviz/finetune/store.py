@@ -8,7 +8,10 @@ A run folder holds:
 - ``config.json`` — the `RunConfig`, the model and the image set it ran on, and the
   workspace (``owner``) that started it (written first);
 - ``status.json`` — ``state`` (queued / running / completed / cancelled /
-  diverged / failed / refused), a message, times, the worker's pid;
+  diverged / stopped / failed / refused), a message, times, the worker's pid,
+  and ``where`` it ran (``executor`` local / ray, ``node``, ``device`` CPU / GPU;
+  see `tlviz.finetune.executors`); a run that a sweep's early-stopping scheduler
+  (ASHA on Ray Tune) ``stopped`` records the epoch in ``stopped_at``;
 - ``progress.json`` — epoch, batch, elapsed and remaining time (while running);
 - ``history.json`` — per-epoch metrics, rewritten after every epoch;
 - ``metrics.json`` — final metrics, per-class accuracy, confusion matrix,
@@ -47,15 +50,15 @@ from tlviz.errors import RunRefused, TlvizError
 from tlviz.jsonsafe import json_safe
 
 ENV_RUNS_DIR = "TLVIZ_RUNS_DIR"
-STATES = ("queued", "running", "completed", "cancelled", "diverged", "failed", "refused")
-FINAL_STATES = ("completed", "cancelled", "diverged", "failed", "refused")
+STATES = ("queued", "running", "completed", "cancelled", "diverged", "stopped", "failed", "refused")
+FINAL_STATES = ("completed", "cancelled", "diverged", "stopped", "failed", "refused")
 ACTIVE_STATES = ("queued", "running")
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "elapsed_s", "partial"]
 RUN_COLUMNS = [
     "run_id", "created", "state", "message", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer",
     "preset", "new_head", "two_phase", "bn", "augment", "head_dropout", "weight_decay", "sweep_id",
     "best_val_accuracy", "final_val_accuracy", "final_val_loss", "time_s", "model", "images", "cache_used",
-    "owner",
+    "owner", "ran_on", "stopped_at",
 ]
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
@@ -297,6 +300,29 @@ class RunRecord:
     def job_id(self) -> str | None:
         """The worker job that runs (or ran) it, once the worker was started."""
         return self.status.get("job_id")
+
+    @property
+    def where(self) -> dict:
+        """Where it ran (``executor``, ``node``, ``device``, ...): ``{}`` until its worker started it."""
+        w = self.status.get("where")
+        return w if isinstance(w, dict) else {}
+
+    @property
+    def ran_on(self) -> str:
+        """Where it ran, in one line (`tlviz.finetune.executors.describe_where`); ``""`` when unknown."""
+        from tlviz.finetune.executors import describe_where
+
+        return describe_where(self.where)
+
+    @property
+    def stopped_at(self) -> int | None:
+        """The epoch after which the sweep's scheduler stopped it (None: it was not stopped early)."""
+        if self.state != "stopped":
+            return None
+        at = self.status.get("stopped_at")
+        if at is None and len(self.history):
+            at = self.history["epoch"].max()
+        return None if at is None else int(at)
 
     @property
     def image_key(self) -> str | None:
@@ -590,7 +616,8 @@ def list_runs(root: str | os.PathLike | None = None, owner: str | None = None) -
             "final_val_accuracy": final.get("val_accuracy"), "final_val_loss": final.get("val_loss"),
             "time_s": r.metrics.get("elapsed_s", r.history["elapsed_s"].max() if len(r.history) else None),
             "model": r.model.get("filename", ""), "images": r.images.get("source", ""),
-            "cache_used": r.metrics.get("cache_used"), "owner": r.owner,
+            "cache_used": r.metrics.get("cache_used"), "owner": r.owner, "ran_on": r.ran_on,
+            "stopped_at": r.stopped_at,
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 

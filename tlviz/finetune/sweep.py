@@ -1,4 +1,10 @@
-"""Sweeps: a grid of unfreeze depths × learning rates, run as a queue."""
+"""Sweeps: a grid of unfreeze depths × learning rates.
+
+On this machine a sweep runs as a queue in one worker process; on a Ray
+cluster (``TLVIZ_RAY_ADDRESS``) it runs through Ray Tune, optionally with the
+ASHA scheduler stopping poor configurations early (`tlviz.finetune.raydriver`):
+those runs end in state ``stopped`` and the table says after which epoch.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from tlviz.errors import RunRefused
 from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import new_run_id
 
-SWEEP_COLUMNS = ["unfreeze", "lr", "state", "best_val_accuracy", "run_id"]
+SWEEP_COLUMNS = ["unfreeze", "lr", "state", "best_val_accuracy", "run_id", "stopped_at"]
 #: Most runs one sweep may queue.
 MAX_SWEEP_RUNS = 36
 
@@ -53,9 +59,15 @@ def sweep_table(runs: pd.DataFrame, sweep_id: str) -> pd.DataFrame:
     Args:
         runs: `tlviz.finetune.store.list_runs()`.
         sweep_id: the sweep.
+
+    Returns:
+        The rows, by depth and rate; ``stopped_at`` is the epoch after which an
+        early-stopping scheduler stopped the run (None for the others).
     """
     sel = runs[runs["sweep_id"] == sweep_id]
-    out = sel[["unfreeze", "lr", "state", "best_val_accuracy", "run_id"]].copy()
+    if "stopped_at" not in sel.columns:
+        sel = sel.assign(stopped_at=None)
+    out = sel[SWEEP_COLUMNS].copy()
     out["unfreeze"] = out["unfreeze"].astype(int)
     out["lr"] = out["lr"].astype(float)
     return out.sort_values(["unfreeze", "lr"]).reset_index(drop=True)

@@ -17,7 +17,15 @@ Job folders live in ``<runs dir>/.jobs/<job id>/``: ``job.json``,
 
 Every job goes through the one queue of heavy jobs (`tlviz.jobqueue`): its
 worker process starts at once, lowers its priority and waits for a free slot
-before it imports TensorFlow. The analysis jobs of `tlviz.jobs` (normalization,
+before it imports TensorFlow.
+
+Executors (`tlviz.finetune.executors`): by default the worker process runs the
+job itself (``local``). With ``TLVIZ_RAY_ADDRESS`` set, the worker process is a
+light Ray *driver* instead (`tlviz.finetune.raydriver.driver_main`): it takes no
+slot of the local queue, sends the model and the images to the cluster's object
+store, runs the job there and writes what comes back (progress every epoch,
+then history, metrics, weight changes, model and TensorBoard files) into the same
+run folders, so `poll_job` and `cancel_job` work the same for both. The analysis jobs of `tlviz.jobs` (normalization,
 diagnosis) share the launching, the worker prologue and the death reasons
 defined here.
 """
@@ -103,6 +111,9 @@ class JobStatus:
     progress: dict = field(default_factory=dict)
     result: dict | None = None
     queue_position: int | None = None
+    executor: str = "local"
+    unreachable: bool = False
+    configs: list[dict] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -119,13 +130,21 @@ class JobStatus:
         return dataclasses.replace(info, stage="lrfind") if self.kind == "lrfind" else info
 
     @property
+    def running_runs(self) -> list[RunRecord]:
+        """The runs in progress (several at once on a Ray cluster)."""
+        return [r for r in self.runs if r.state == "running"]
+
+    @property
     def fraction(self) -> float:
         """Progress of the whole job between 0 and 1 (0 while it waits in the queue)."""
         if self.queue_position:
             return 0.0
-        if self.kind == "lrfind" or self.current is not None:
+        if self.kind == "lrfind":
             return self.progress_info.fraction
-        return self.done_runs / max(len(self.runs), 1)
+        if len(self.runs) == 1 and self.current is not None:
+            return self.progress_info.fraction
+        running = sum(r.progress_info.fraction for r in self.running_runs)
+        return min((self.done_runs + running) / max(len(self.runs), 1), 1.0)
 
     @property
     def text(self) -> str:
@@ -136,7 +155,13 @@ class JobStatus:
             return self.progress_info.text
         n, done = len(self.runs), self.done_runs
         if self.current is None:
-            return "Starting the worker…" if done == 0 else f"{done} of {n} runs done"
+            if done == 0:
+                return (self.message[:1].upper() + self.message[1:] + "…") if self.executor == "ray" and \
+                    self.message else "Starting the worker…"
+            return f"{done} of {n} runs done"
+        running = len(self.running_runs)
+        if running > 1:
+            return f"{running} runs at once on the Ray cluster · {done} of {n} done · first: {self.progress_info.text}"
         return (f"Run {done + 1} of {n} · " if n > 1 else "") + self.progress_info.text
 
     @property
@@ -303,7 +328,8 @@ def _images_info(images, image_key) -> dict:
             "image_key": image_key, "resize": images.resize}
 
 
-def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str | None = None) -> Job:
+def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str | None = None,
+              executor: str | None = None, asha: bool = False) -> Job:
     """Queue one or more runs and start a worker process for them.
 
     Args:
@@ -312,14 +338,25 @@ def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str
         configs: one `RunConfig` per run, run in this order.
         root: the runs folder. Defaults to `runs_dir()`.
         owner: the workspace starting it (the app's session token); recorded in every run.
+        executor: ``"local"`` (worker processes on this machine) or ``"ray"`` (the
+            cluster of ``TLVIZ_RAY_ADDRESS``; several runs go through Ray Tune).
+            Defaults to `None`: Ray when ``TLVIZ_RAY_ADDRESS`` is set, else local.
+        asha: on Ray, let Ray Tune's ASHA scheduler stop poorly performing runs
+            early (state ``stopped``). Defaults to `False`.
 
     Returns:
         The `Job`; its run folders exist (state ``queued``) when this returns.
+
+    Raises:
+        RunRefused: no or invalid configurations, ASHA without Ray.
+        ClusterUnreachable: the Ray cluster cannot be reached (nothing was created;
+            the caller may offer ``executor="local"``).
     """
     if not configs:
         raise RunRefused("No run to start: give at least one configuration.")
     for c in configs:
         c.validate()
+    ray_target = _ray_target(executor, asha)
     tidy(root)
     inputs = prepare_inputs(loaded, images, root)
     run_ids = []
@@ -331,23 +368,49 @@ def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str
         w.write_config(c, _model_info(loaded), _images_info(images, inputs["image_key"]), owner=owner)
         w.status("queued", "waiting for the worker")
         run_ids.append(rid)
-    return _launch("runs", {"run_ids": run_ids, "configs": [c.to_dict() for c in configs], "owner": owner},
-                   loaded, images, inputs, root)
+    return _launch("runs", {"run_ids": run_ids, "configs": [c.to_dict() for c in configs], "owner": owner,
+                            "asha": bool(asha)}, loaded, images, inputs, root, ray_target)
 
 
 def start_lr_finder(loaded, images, config: RunConfig, *, root=None, steps: int = 100,
-                    owner: str | None = None) -> Job:
-    """Start the learning-rate range test for `config` in a worker process."""
+                    owner: str | None = None, executor: str | None = None) -> Job:
+    """Start the learning-rate range test for `config` in a worker process (or on Ray: see `start_job`).
+
+    Raises:
+        RunRefused: an invalid configuration.
+        ClusterUnreachable: the Ray cluster cannot be reached.
+    """
     config.validate()
+    ray_target = _ray_target(executor, False)
     inputs = prepare_inputs(loaded, images, root)
     return _launch("lrfind", {"run_ids": [], "configs": [config.to_dict()], "steps": int(steps), "owner": owner},
-                   loaded, images, inputs, root)
+                   loaded, images, inputs, root, ray_target)
 
 
-def _launch(kind, spec, loaded, images, inputs, root) -> Job:
-    job_id, jdir = new_job(kind, {"model": _model_info(loaded), "images": _images_info(images, inputs["image_key"]),
-                                  **inputs, **spec}, root)
-    pid = spawn(job_id, worker_main, root)
+def _ray_target(executor: str | None, asha: bool) -> str | None:
+    """The Ray address a job goes to (probed: `executors.check_reachable`), or None for a local job."""
+    from tlviz.finetune import executors
+
+    chosen = executors.choose_executor(executor)
+    if asha and chosen != "ray":
+        raise RunRefused("Early stopping (ASHA) runs through Ray Tune: set TLVIZ_RAY_ADDRESS to a Ray cluster, or "
+                         "start the sweep without early stopping.")
+    return executors.check_reachable() if chosen == "ray" else None
+
+
+def _launch(kind, spec, loaded, images, inputs, root, ray_target: str | None = None) -> Job:
+    spec = {"model": _model_info(loaded), "images": _images_info(images, inputs["image_key"]), **inputs, **spec,
+            "executor": "ray" if ray_target else "local"}
+    if ray_target:
+        from tlviz.finetune import raydriver
+
+        spec["ray_address"] = ray_target
+        spec["env"] = raydriver.forwarded_env()
+        job_id, jdir = new_job(kind, spec, root, queued=False)  # the cluster schedules: no local slot
+        pid = spawn(job_id, raydriver.driver_main, root)
+    else:
+        job_id, jdir = new_job(kind, spec, root)
+        pid = spawn(job_id, worker_main, root)
     for rid in spec["run_ids"]:
         w = RunWriter(runs_dir(root) / rid)
         w.status("queued", "waiting for the worker", pid=pid, job_id=job_id)
@@ -477,7 +540,9 @@ def poll_job(job_id: str, root=None) -> JobStatus:
     current = next((r for r in runs if r.state == "running"), None)
     progress = current.progress if current is not None else (read_json(jdir / "progress.json", {}) or {})
     result = read_json(jdir / "result.json") if job.get("kind") == "lrfind" else None
-    return JobStatus(job_id, job.get("kind", "runs"), state, message, runs, current, progress, result, position)
+    return JobStatus(job_id, job.get("kind", "runs"), state, message, runs, current, progress, result, position,
+                     executor=job.get("executor", "local"), unreachable=bool(status.get("unreachable")),
+                     configs=list(job.get("configs") or []))
 
 
 def death_reason(exitcode: int | None, tail: str | None = None) -> str:
@@ -683,6 +748,11 @@ def worker_main(job_dir: str) -> None:
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
+        from tlviz.finetune.device import setup_device
+        from tlviz.finetune.executors import local_where
+
+        where = local_where(setup_device())
+        status["where"] = where
         loaded, images = _load_inputs(job)
         from tlviz.finetune.cache import ActivationCache
 
@@ -691,7 +761,7 @@ def worker_main(job_dir: str) -> None:
             _run_lrfind(job, jdir, loaded, images, cache, cancelled)
             final = "cancelled" if cancelled() else "done"
         else:
-            _run_queue(job, loaded, images, cache, cancelled, log)
+            _run_queue(job, loaded, images, cache, cancelled, log, where)
             final = "cancelled" if cancelled() else "done"
         write_json(jdir / "status.json", {**status, "state": final, "message": "", "updated": now_iso()})
     except BaseException as exc:  # the worker must always leave a readable state behind
@@ -711,28 +781,53 @@ def worker_main(job_dir: str) -> None:
 
 def _load_inputs(job):
     """The `LoadedModel` and `ImageSet` saved by `prepare_inputs` for `job`, as the server had them."""
+    return loaded_from(job["model_file"], job), image_set_from(read_images_file(job["images_file"]), job)
+
+
+def read_images_file(path) -> dict:
+    """The arrays of an images ``.npz`` written by `prepare_inputs` (``images``, ``labels``, ...), in memory."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def loaded_from(source, job: dict):
+    """The `LoadedModel` of a job from its saved file or its bytes, with the metadata the server had.
+
+    Args:
+        source: the ``.keras`` file's path, or its bytes (a Ray worker gets them from the object store).
+        job: the job's ``job.json`` (``model``, ``model_key``).
+    """
+    from tlviz.models import load_model
+
+    loaded = load_model(source, filename=job["model"].get("filename") or None)
+    loaded.metadata = dict(job["model"].get("metadata") or {})
+    loaded.sha256 = job.get("model_key") or loaded.sha256
+    return loaded
+
+
+def image_set_from(arrays: dict, job: dict):
+    """The `ImageSet` of a job from the arrays of its images file (`read_images_file`).
+
+    Args:
+        arrays: ``images``, ``labels``, ``class_names``, ``files`` and ``details``.
+        job: the job's ``job.json`` (``images``: source and resize method).
+    """
     import json
     from collections import Counter
 
     from tlviz.imagesets import ImageSet, Skipped
-    from tlviz.models import load_model
 
-    loaded = load_model(job["model_file"], filename=job["model"].get("filename") or None)
-    loaded.metadata = dict(job["model"].get("metadata") or {})
-    loaded.sha256 = job.get("model_key") or loaded.sha256
-    with np.load(job["images_file"], allow_pickle=False) as z:
-        details = json.loads(str(z["details"])) if "details" in z.files else {}
-        images = ImageSet(images=z["images"], labels=z["labels"].astype(np.int64),
-                          class_names=[str(c) for c in z["class_names"]], files=[str(f) for f in z["files"]],
-                          source=job["images"].get("source", ""), resize=job["images"].get("resize", "bilinear"),
-                          skipped=[Skipped(f, r) for f, r in details.get("skipped", [])],
-                          original_sizes=[tuple(sz) for sz in details.get("original_sizes", [])],
-                          original_modes=Counter(details.get("original_modes", {})),
-                          label_order_from_file=bool(details.get("label_order_from_file", False)))
-    return loaded, images
+    details = json.loads(str(arrays["details"])) if "details" in arrays else {}
+    return ImageSet(images=arrays["images"], labels=np.asarray(arrays["labels"]).astype(np.int64),
+                    class_names=[str(c) for c in arrays["class_names"]], files=[str(f) for f in arrays["files"]],
+                    source=job["images"].get("source", ""), resize=job["images"].get("resize", "bilinear"),
+                    skipped=[Skipped(f, r) for f, r in details.get("skipped", [])],
+                    original_sizes=[tuple(sz) for sz in details.get("original_sizes", [])],
+                    original_modes=Counter(details.get("original_modes", {})),
+                    label_order_from_file=bool(details.get("label_order_from_file", False)))
 
 
-def _run_queue(job, loaded, images, cache, cancelled, log):
+def _run_queue(job, loaded, images, cache, cancelled, log, where=None):
     from tlviz.finetune.run import run_finetune
 
     for rid, cfg_dict in zip(job["run_ids"], job["configs"]):
@@ -742,7 +837,7 @@ def _run_queue(job, loaded, images, cache, cancelled, log):
         if cancelled():
             writer.status("cancelled", "cancelled before it started", pid=os.getpid())
             continue
-        writer.status("running", "", pid=os.getpid())
+        writer.status("running", "", pid=os.getpid(), where=where or {})
         try:
             cfg = RunConfig.from_dict(cfg_dict)
             res = run_finetune(loaded, images, cfg, writer=writer, should_cancel=cancelled, cache=cache,

@@ -1,0 +1,471 @@
+"""The Ray driver: a local worker process that runs a job on a Ray cluster and fills the run store.
+
+`tlviz.finetune.worker.start_job` starts it instead of a local worker when
+``TLVIZ_RAY_ADDRESS`` is set (`tlviz.finetune.executors`). It is light (no
+TensorFlow, no slot of the local queue of heavy jobs) and does, in order:
+
+1. connect (``ray.init``) with the ``tlviz`` package shipped to the cluster
+   (``runtime_env`` ``py_modules``: the nodes need TensorFlow, Keras and Ray, not
+   tlviz); a cluster that cannot be reached fails the job within
+   `CONNECT_TIMEOUT_S` with ``unreachable`` in its status (the page offers to run
+   on this machine);
+2. put the model's bytes and the image arrays into the object store (`put_inputs`);
+3. run the job: one run as a Ray task (`remote.run_task`), several runs (a
+   sweep) through Ray Tune (`remote.tune_trial`, the ASHA scheduler when the job
+   asks for it), the range test as a task (`remote.lrfind_task`);
+4. meanwhile collect the job's `remote.Board` every `POLL_S` and write what
+   the runs post into their folders (status with ``where``, progress, history),
+   then the files each run sends back. The Cancel flag file raises the board's
+   flag; runs that have not stopped `CANCEL_GRACE_S` later are stopped by Ray
+   (``ray.cancel`` / Tune's stopper). A run whose worker or node was lost is
+   marked failed with the reason; a sweep goes on with its other runs.
+
+This module imports ``ray`` inside its functions only, so the server can
+import it (to start the driver) without importing ``ray``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from tlviz.errors import ClusterUnreachable, RunRefused, TlvizError
+from tlviz.finetune import executors
+from tlviz.finetune.store import ACTIVE_STATES, RunWriter, now_iso, read_json, write_json
+
+#: Seconds between two collections of the board.
+POLL_S = 0.3
+#: Seconds a cancelled run has to stop by itself before Ray stops it.
+CANCEL_GRACE_S = 20.0
+#: Seconds ``ray.init`` may take before the cluster counts as unreachable.
+CONNECT_TIMEOUT_S = 60.0
+#: ASHA: a trial runs at least this many epochs; each rung keeps the best 1 / reduction factor.
+ASHA_GRACE_PERIOD = 1
+ASHA_REDUCTION_FACTOR = 2
+#: Settings forwarded to the cluster's workers when set here, so that runs there plan batches and caches alike.
+FORWARDED_SETTINGS = ("TLVIZ_MEMORY_MB", "TLVIZ_ACTIVATION_CACHE_MB", "TLVIZ_MAX_MODEL_MB")
+#: The ``tlviz`` package folder, shipped to the cluster with every job.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def forwarded_env() -> dict:
+    """The ``TLVIZ_*`` settings set here that the cluster's workers get too (`FORWARDED_SETTINGS`)."""
+    return {k: os.environ[k] for k in FORWARDED_SETTINGS if os.environ.get(k, "").strip()}
+
+
+def task_resources(cluster: dict) -> dict:
+    """What one run or range test asks of the cluster: a GPU when it has any, else one CPU.
+
+    Args:
+        cluster: `cluster_info`'s dict (``CPU``, ``GPU``).
+
+    Returns:
+        ``ray.remote`` options (``num_cpus``, ``num_gpus``).
+    """
+    return {"num_cpus": 1, "num_gpus": 1 if (cluster.get("GPU") or 0) >= 1 else 0}
+
+
+def trial_resources(cluster: dict, n_trials: int) -> dict:
+    """What each trial of a sweep asks for: one GPU when the cluster has GPUs, else a share of the CPUs.
+
+    The CPU share is the cluster's CPUs divided among the trials (at least one,
+    at most the largest node's), so the number of trials running at once follows
+    the cluster's resources; TensorFlow's thread pools are limited to it.
+
+    Args:
+        cluster: `cluster_info`'s dict (``CPU``, ``GPU``, ``max_node_CPU``).
+        n_trials: trials in the sweep.
+
+    Returns:
+        Ray Tune resources (``{"cpu": n}`` or ``{"cpu": 1, "gpu": 1}``).
+    """
+    cpus = max(int(cluster.get("CPU") or 1), 1)
+    if (cluster.get("GPU") or 0) >= 1:
+        return {"cpu": 1, "gpu": 1}
+    share = max(cpus // max(1, min(n_trials, cpus)), 1)
+    return {"cpu": max(1, min(share, int(cluster.get("max_node_CPU") or share)))}
+
+
+def lost_message(exc: BaseException, where: dict | None = None) -> str:
+    """The reason a run failed on the cluster, in words (a lost worker or node is said as such)."""
+    name = type(exc).__name__
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    on = f" on node {where['node']}" if where and where.get("node") else ""
+    lost = ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "ActorUnavailableError", "ObjectLostError",
+            "OwnerDiedError", "RaySystemError", "LocalRayletDiedError", "ObjectReconstructionFailedError")
+    if name in lost or any(n in str(exc)[:2000] for n in lost):
+        return (f"the Ray worker running this run{on} was lost before the run finished ({name}: {first}): its node "
+                "left the cluster, or the worker was killed (often for lack of memory). What was recorded is kept; "
+                "start the run again.")
+    return f"{name}: {first}" if first else name
+
+
+def cluster_info(ray, address: str) -> dict:
+    """What the cluster holds now: nodes alive, CPUs, GPUs, the largest node's CPUs, Ray's version."""
+    res = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [float((n.get("Resources") or {}).get("CPU", 0)) for n in nodes] or [0.0]
+    return {"address": address, "ray_version": ray.__version__, "nodes": len(nodes), "CPU": float(res.get("CPU", 0)),
+            "GPU": float(res.get("GPU", 0)), "max_node_CPU": max(node_cpus), "checked": now_iso()}
+
+
+def put_inputs(ray, job: dict) -> dict:
+    """Put the job's model (the ``.keras`` bytes) and images (the arrays) into the object store.
+
+    Returns:
+        ``{"model": ref, "images": ref, "meta": {...}}``: what every task and trial gets.
+    """
+    from tlviz.finetune.worker import read_images_file
+
+    meta = {"model": job["model"], "images": job["images"], "model_key": job.get("model_key"),
+            "image_key": job.get("image_key"), "set_key": Path(job["images_file"]).stem}
+    return {"model": ray.put(Path(job["model_file"]).read_bytes()),
+            "images": ray.put(read_images_file(job["images_file"])), "meta": meta}
+
+
+def connect(address: str, env: dict | None = None):
+    """``ray.init`` on `address`, with the ``tlviz`` package and `env` sent to the cluster's workers.
+
+    Returns:
+        The ``ray`` module, connected.
+
+    Raises:
+        ClusterUnreachable: nothing answers, or ``ray.init`` fails (the message says why).
+    """
+    executors.check_reachable(address)
+    import ray
+
+    runtime_env = {"py_modules": [str(PACKAGE_DIR)],
+                   "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}}
+    try:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING",
+                 ignore_reinit_error=True)
+    except Exception as exc:  # noqa: BLE001 - every failure to connect is said the same way
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ClusterUnreachable(f"Could not connect to the Ray cluster at {address}: {first}. Check that the "
+                                 f"cluster runs the same Ray version ({ray.__version__}) and Python, or run on this "
+                                 "machine.") from None
+    return ray
+
+
+class _Store:
+    """Writes what the runs post on the board into their folders (the driver's side of `remote.Board`)."""
+
+    def __init__(self, ray, board, job: dict, jdir: Path):
+        self.ray, self.board, self.jdir = ray, board, jdir
+        root = Path(job["root"])
+        self.writers = {rid: RunWriter(root / rid) for rid in job.get("run_ids", [])}
+        self.where: dict[str, dict] = {}
+        self.finished: set[str] = set()
+        self.lrfind_where: dict = {}
+
+    def _writer(self, run_id: str):
+        w = self.writers.get(run_id)
+        return w if w is not None and (w.dir / "config.json").exists() else None  # None: deleted meanwhile
+
+    def collect(self) -> None:
+        """Drain the board once and write every event."""
+        for run_id, kind, payload in self.ray.get(self.board.drain.remote(), timeout=60):
+            self.apply(run_id, kind, payload)
+
+    def apply(self, run_id: str, kind: str, payload) -> None:
+        from tlviz.finetune.remote import LRFIND
+
+        if run_id == LRFIND:
+            if kind == "progress":
+                write_json(self.jdir / "progress.json", payload)
+            elif kind == "status":
+                self.lrfind_where = payload.get("where") or {}
+            return
+        w = self._writer(run_id)
+        if w is None or run_id in self.finished:
+            return
+        if kind == "status":
+            self.where[run_id] = payload.get("where") or {}
+            w.status("running", "", where=self.where[run_id])
+        elif kind == "progress":
+            w.progress(payload)
+        elif kind == "history":
+            write_json(w.dir / "history.json", payload)
+        elif kind == "stopped":
+            self.write_files(w, payload.get("files") or {})
+            self.stop(run_id, int(payload.get("epoch") or 0))
+        elif kind == "result":
+            self.finish(run_id, payload)
+
+    @staticmethod
+    def write_files(w: RunWriter, files: dict) -> None:
+        for rel, data in files.items():
+            target = (w.dir / rel).resolve()
+            if w.dir.resolve() not in target.parents:  # only inside the run folder
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+
+    def finish(self, run_id: str, out: dict) -> None:
+        """A run's end: its files, then its final state (``completed`` needs ``metrics.json``, written first)."""
+        w = self._writer(run_id)
+        self.finished.add(run_id)
+        if w is None:
+            return
+        self.write_files(w, out.get("files") or {})
+        where = out.get("where") or self.where.get(run_id) or {}
+        w.status(out.get("state", "failed"), out.get("message", ""), **({"where": where} if where else {}))
+
+    def stop(self, run_id: str, epoch: int | None = None) -> None:
+        """Mark a run the scheduler stopped early, after `epoch` (default: its last recorded epoch)."""
+        if epoch is None:
+            w = self.writers.get(run_id)
+            hist = (read_json(w.dir / "history.json", []) or []) if w is not None else []
+            epoch = int(hist[-1]["epoch"]) if hist else 0
+        self.end(run_id, "stopped", f"stopped early by ASHA after epoch {epoch}: its validation loss was worse than "
+                 "most other runs' at that epoch", stopped_at=epoch)
+
+    def end(self, run_id: str, state: str, message: str, **extra) -> None:
+        """Mark a run that sent no results (failed, stopped, cancelled), keeping what it streamed."""
+        w = self._writer(run_id)
+        self.finished.add(run_id)
+        if w is None:
+            return
+        if (read_json(w.dir / "status.json", {}) or {}).get("state") not in ACTIVE_STATES:
+            return
+        where = self.where.get(run_id)
+        w.status(state, message, **extra, **({"where": where} if where else {}))
+
+
+def _follow(ray, refs: list, store: _Store, cancelled) -> bool:
+    """Collect the board until every ref is ready; cancel cooperatively, then by force. Returns: cancelled."""
+    pending, cancel_at = list(refs), None
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+        store.collect()
+        if cancel_at is None and cancelled():
+            store.board.cancel.remote()
+            cancel_at = time.monotonic()
+        if cancel_at is not None and time.monotonic() - cancel_at > CANCEL_GRACE_S:
+            for r in pending:
+                ray.cancel(r, force=True)
+    store.collect()
+    return cancel_at is not None
+
+
+def _outcome(ray, ref, store: _Store, run_id: str) -> None:
+    """Write the end of a run task: its results, or why it has none."""
+    try:
+        store.finish(run_id, ray.get(ref))
+    except ray.exceptions.TaskCancelledError:
+        store.end(run_id, "cancelled", "cancelled: the run did not stop by itself, so Ray stopped it; what it "
+                                       "recorded up to its last epoch is kept")
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, RunRefused):
+            store.end(run_id, "refused", str(cause))
+        else:
+            store.end(run_id, "failed", lost_message(cause or exc, store.where.get(run_id)))
+    except Exception as exc:  # noqa: BLE001 - a lost worker or node, and anything else Ray raises
+        store.end(run_id, "failed", lost_message(exc, store.where.get(run_id)))
+
+
+def _drive_run(ray, job, inputs, store: _Store, cluster, cancelled) -> None:
+    from tlviz.finetune import remote
+
+    rid, cfg = job["run_ids"][0], job["configs"][0]
+    w = store._writer(rid)
+    if w is not None:
+        w.status("queued", "waiting for the Ray cluster's resources")
+    ref = ray.remote(remote.run_task).options(max_retries=0, **task_resources(cluster)).remote(
+        inputs, cfg, rid, store.board)
+    _follow(ray, [ref], store, cancelled)
+    _outcome(ray, ref, store, rid)
+
+
+def _drive_lrfind(ray, job, jdir: Path, inputs, store: _Store, cluster, cancelled) -> dict:
+    from tlviz.finetune import remote
+
+    ref = ray.remote(remote.lrfind_task).options(max_retries=0, **task_resources(cluster)).remote(
+        inputs, job["configs"][0], int(job.get("steps", 100)), store.board)
+    _follow(ray, [ref], store, cancelled)
+    try:
+        out = ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, TlvizError):
+            raise type(cause)(str(cause)) from None
+        raise TlvizError(lost_message(cause or exc, store.lrfind_where)) from None
+    except ray.exceptions.TaskCancelledError:
+        return {}
+    except Exception as exc:  # noqa: BLE001
+        raise TlvizError(lost_message(exc, store.lrfind_where)) from None
+    if out.get("result") is not None:
+        write_json(jdir / "result.json", out["result"])
+    return out.get("where") or {}
+
+
+def _drive_tune(ray, job, inputs, store: _Store, cluster, cancelled, log) -> None:
+    """The runs of a job as Ray Tune trials (ASHA when ``job["asha"]``); fills their folders."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tlviz.finetune import remote
+    from tlviz.finetune.config import RunConfig
+
+    runs = list(zip(job["run_ids"], job["configs"]))
+    resources = trial_resources(cluster, len(runs))
+    threads = None if resources.get("gpu") else int(resources["cpu"])
+    trainable = tune.with_resources(tune.with_parameters(remote.tune_trial, inputs=inputs, board=store.board,
+                                                         runs=runs, threads=threads), resources)
+    scheduler = None
+    if job.get("asha"):
+        max_t = max(RunConfig.from_dict(c).total_epochs for _, c in runs)
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=ASHA_GRACE_PERIOD,
+                                  reduction_factor=ASHA_REDUCTION_FACTOR)
+    for rid, _ in runs:
+        w = store._writer(rid)
+        if w is not None:
+            w.status("queued", "waiting for the Ray cluster's resources")
+
+    force_file = store.jdir / "cancel.force"  # Tune pickles its stopper: it looks at a file, not at this process
+
+    class _Stopper(tune.Stopper):
+        def __init__(self, path: str):
+            self.path = path
+
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return os.path.exists(self.path)
+
+    storage = tempfile.mkdtemp(prefix="tlviz-tune-")
+    tuner = tune.Tuner(
+        trainable, param_space={"run_index": tune.grid_search(list(range(len(runs))))},
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", scheduler=scheduler, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"tlviz-{job['job_id']}", storage_path=storage, verbose=0,
+                                  stop=_Stopper(str(force_file)),
+                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+    box: dict = {}
+
+    def fit():
+        try:
+            box["grid"] = tuner.fit()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the driver's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True, name="tlviz-tune")
+    thread.start()
+    cancel_at = None
+    try:
+        while thread.is_alive():
+            thread.join(POLL_S)
+            store.collect()
+            if cancel_at is None and cancelled():
+                store.board.cancel.remote()
+                cancel_at = time.monotonic()
+            if cancel_at is not None and time.monotonic() - cancel_at > CANCEL_GRACE_S:
+                force_file.write_text(now_iso())
+        store.collect()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    if "error" in box:
+        raise box["error"]
+    for result in box["grid"]:
+        rid = runs[int(result.config["run_index"])][0]
+        if rid in store.finished:
+            continue
+        if result.error is not None:
+            log.error("trial of run %s failed: %s", rid, result.error)
+            store.end(rid, "failed", lost_message(result.error, store.where.get(rid)) + " The sweep went on with "
+                      "its other runs.")
+        elif cancel_at is not None:
+            store.end(rid, "cancelled", "cancelled: Ray Tune stopped the trial; what it recorded is kept")
+        else:
+            store.stop(rid)
+
+
+def _fail(jdir: Path, job: dict, status: dict, message: str, unreachable: bool = False) -> None:
+    write_json(jdir / "status.json", {**status, "state": "failed", "message": message, "unreachable": unreachable,
+                                      "updated": now_iso()})
+    for rid in job.get("run_ids", []):
+        p = Path(job.get("root", "")) / rid
+        if (read_json(p / "status.json", {}) or {}).get("state") in ACTIVE_STATES:
+            RunWriter(p).status("failed", message)
+
+
+def driver_main(job_dir: str) -> None:
+    """Entry point of the driver process: run the job of ``job.json`` on the Ray cluster it names."""
+    from tlviz.finetune.worker import begin_worker
+
+    jdir = Path(job_dir)
+    log = begin_worker(jdir)
+    job = read_json(jdir / "job.json", {}) or {}
+    address = job.get("ray_address") or ""
+    status = {"state": "running", "pid": os.getpid(), "executor": "ray",
+              "message": f"connecting to the Ray cluster at {address}", "updated": now_iso()}
+    write_json(jdir / "status.json", status)
+
+    def cancelled() -> bool:
+        return (jdir / "cancel").exists()
+
+    def too_slow() -> None:
+        _fail(jdir, job, status, f"Could not connect to the Ray cluster at {address}: no answer within "
+                                 f"{CONNECT_TIMEOUT_S:.0f} s. Check that it runs and that TLVIZ_RAY_ADDRESS names "
+                                 "it, or run on this machine.", unreachable=True)
+        os._exit(3)
+
+    timer = threading.Timer(CONNECT_TIMEOUT_S, too_slow)
+    timer.daemon = True
+    timer.start()
+    try:
+        ray = connect(address, job.get("env"))
+    except ClusterUnreachable as exc:
+        timer.cancel()
+        _fail(jdir, job, status, str(exc), unreachable=True)
+        return
+    except BaseException as exc:  # noqa: BLE001
+        timer.cancel()
+        log.error("connecting failed:\n%s", traceback.format_exc())
+        _fail(jdir, job, status, f"Could not connect to the Ray cluster at {address}: {type(exc).__name__}: {exc}",
+              unreachable=True)
+        return
+    timer.cancel()
+    try:
+        cluster = cluster_info(ray, address)
+        status.update(cluster=cluster, message="sending the model and the images to the cluster", updated=now_iso())
+        write_json(jdir / "status.json", status)
+        write_json(jdir.parent / executors.CLUSTER_FILE, cluster)
+        inputs = put_inputs(ray, job)
+        from tlviz.finetune import remote
+
+        board = ray.remote(num_cpus=0)(remote.Board).options(max_restarts=0).remote()
+        store = _Store(ray, board, job, jdir)
+        status.update(message="waiting for the Ray cluster's resources", updated=now_iso())
+        write_json(jdir / "status.json", status)
+        if job.get("kind") == "lrfind":
+            status["where"] = _drive_lrfind(ray, job, jdir, inputs, store, cluster, cancelled)
+        elif len(job.get("run_ids", [])) == 1:
+            _drive_run(ray, job, inputs, store, cluster, cancelled)
+        else:
+            _drive_tune(ray, job, inputs, store, cluster, cancelled, log)
+        for rid in job.get("run_ids", []):  # a run that neither ended nor was accounted for
+            store.end(rid, "cancelled" if cancelled() else "failed",
+                      "cancelled before it started" if cancelled() else "the run ended on the cluster without "
+                      "sending its results (see worker.log)")
+        write_json(jdir / "status.json", {**status, "state": "cancelled" if cancelled() else "done", "message": "",
+                                          "updated": now_iso()})
+    except BaseException as exc:  # the driver must always leave a readable state behind
+        log.error("job failed:\n%s", traceback.format_exc())
+        _fail(jdir, job, status, str(exc) if isinstance(exc, TlvizError) else f"{type(exc).__name__}: {exc}")
+    finally:
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
