@@ -119,14 +119,11 @@ def ray_installed() -> bool:
 
 
 def resolve_auto() -> str | None:
-    """The address ``auto`` stands for: ``RAY_ADDRESS``, else the cluster ``ray start --head`` started here.
+    """The address ``auto`` stands for: the cluster ``ray start --head`` started on this machine.
 
     Returns:
         ``host:port``, or None when no cluster is known on this machine.
     """
-    env = os.environ.get("RAY_ADDRESS", "").strip()
-    if env and env.lower() != "auto":
-        return env
     try:
         text = RAY_CURRENT_CLUSTER.read_text().strip()
     except OSError:

@@ -55,7 +55,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 def forwarded_env() -> dict:
     """The ``TLVIZ_*`` settings set here that the cluster's workers get too (`FORWARDED_SETTINGS`)."""
-    return {k: os.environ[k] for k in FORWARDED_SETTINGS if os.environ.get(k, "").strip()}
+    from tlviz import config
+
+    return {k: config.raw(k) for k in FORWARDED_SETTINGS if config.raw(k) is not None}
 
 
 def task_resources(cluster: dict) -> dict:
