@@ -3,8 +3,10 @@
 Thin page: the inference-preset select box and a Diagnose button -> a `tlviz.jobs`
 diagnose job (a worker process; measured once per model and image set and stored,
 see `ui.analysis`) -> finding cards (`ui.finding_card` with the evidence) grouped by
-area, skipped checks, Markdown / JSON downloads. The preset only re-judges two checks
-(`DiagnosisReport.for_preset`), so changing it is instant; the sample runs on its own.
+area, each fixable one with its Repair action (`ui.repair`: a repair job, the proof, the
+repaired file, "make it current"), skipped checks, Markdown / JSON downloads. The preset
+only re-judges two checks (`DiagnosisReport.for_preset`), so changing it is instant; the
+sample runs on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import streamlit as st
 import ui
 from tlviz import diagnose as dg
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
+from tlviz.repair import REPAIRS, fixable
+from ui import repair as repairs
 
 
 def _keep_preset() -> None:
@@ -26,6 +30,7 @@ ui.page_start()
 loaded, images = ui.require_images()
 
 st.title("Diagnose")
+repairs.adopted_notice(preset_widget="diag_inference_widget")
 st.caption(f"Runs every check tlviz has — {len(dg.CHECKS)} of them, on pre-training, fine-tuning and the inference "
            "pipeline — on the loaded model and image set, and lists what it finds, most severe first, with the "
            "evidence measured on your images and the fix.")
@@ -70,7 +75,12 @@ if not counts["error"] and not counts["warning"]:
 
 for area, items in report.by_area():
     st.subheader(dg.AREA_TITLES[area], divider="gray")
-    ui.finding_cards(items, evidence=True, images=images)
+    for finding in items:
+        ui.finding_card(finding, evidence=True, images=images)
+        if finding.id in REPAIRS:
+            repairs.repair_action(finding, preset)
+if len(fixable(f.id for f in report.findings)) > 1:
+    repairs.repair_several(fixable(f.id for f in report.findings), preset)
 
 if report.skipped:
     st.subheader("Skipped checks", divider="gray")
@@ -79,7 +89,8 @@ if report.skipped:
 st.subheader("Download the report", divider="gray")
 d1, d2 = st.columns(2)
 stem = f"tlviz-diagnosis-{loaded.name}"
-d1.download_button("Markdown", report.to_markdown(), file_name=f"{stem}.md", mime="text/markdown",
+d1.download_button("Markdown", report.to_markdown(repairs=repairs.repairs_made()), file_name=f"{stem}.md",
+                   mime="text/markdown",
                    icon=":material/description:", key="diag_download_md", width="stretch")
 d2.download_button("JSON", json.dumps(report.to_dict(), indent=2), file_name=f"{stem}.json",
                    mime="application/json", icon=":material/data_object:", key="diag_download_json",

@@ -139,3 +139,74 @@ def test_uploaded_model_waits_for_the_button_and_can_be_cancelled(tmp_path, modu
     assert at.session_state["diagnosis"].model_name == "mine"
     assert any("normalizes its input itself" in e.value for e in at.error)  # double normalization with `unit`
     assert len(at.get("download_button")) == 2
+
+
+# -- Repair (issue 15) ----------------------------------------------------------------------------------
+
+def test_repair_action_proves_the_repair_offers_the_file_and_makes_it_current(page, downloads):
+    """The real repair job (a worker process) on the sample fed `unit`, then 'make this the current model'."""
+    at = page
+    at.selectbox(key="diag_inference_widget").set_value("unit").run()
+    assert not at.exception
+    key = "rep_normalization-mismatch"
+    assert at.button(key=f"{key}_run") and at.radio(key=f"{key}_target").value == "raw"
+    assert "rep_several_run" not in [b.key for b in at.button]  # one fixable finding: no combined repair
+    at.button(key=f"{key}_run").click().run()
+    assert at.session_state[f"{key}_job"] is not None
+    settle(at, f"{key}_job")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Before (original, fed `unit`)"].endswith("%")
+    assert metrics["After (repaired file, fed `raw`)"] == "100.0%"
+    assert int(metrics["Held-out images"]) < len(at.session_state["images"])  # the other half estimated
+    assert any("95 % interval of the gain" in c.value and "held-out" in c.value for c in at.caption)
+    repaired = [d for d in downloads if d["file_name"] == "digits_base_repaired.keras"][-1]
+    assert repaired["data"][:2] == b"PK"
+    markdown = [d for d in downloads if d["mime"] == "text/markdown"][-1]["data"]
+    assert "## Repairs applied" in markdown and "`normalization-mismatch`" in markdown
+    # Make it current: the sample stays in the sidebar's history.
+    at.button(key=f"{key}_adopt").click().run()
+    assert not at.exception
+    assert at.session_state["model"].filename == "digits_base_repaired.keras"
+    assert at.session_state["model"].recorded_preset == "raw"
+    assert at.session_state["inference_preset"] == "raw"
+    assert at.radio(key="model_kind").value == "History"
+    labels = [h["label"] for h in at.session_state["model_history"]]
+    assert labels[0].startswith("digits_base_repaired.keras") and "digits_base.keras (before repair)" in labels
+    assert any("is the current model" in s.value for s in at.success)
+    # Back to the sample from the history: nothing was lost.
+    previous = next(h["key"] for h in at.session_state["model_history"] if "before repair" in h["label"])
+    at.selectbox(key="model_history_choice").set_value(previous).run()
+    assert not at.exception
+    assert at.session_state["model"].filename == "digits_base.keras"
+    at.radio(key="model_kind").set_value("Sample").run()
+    at.selectbox(key="diag_inference_widget").set_value("unit").run()
+    assert not at.exception and at.session_state["model"].filename == "digits_base.keras"
+
+
+def test_frozen_model_repair_wiring_opens_fine_tuning(frozen_model_path, base_images, module_runs, monkeypatch):
+    """Wiring only: the repair itself is computed here by the engine (not in a worker), the page shows it."""
+    from tlviz.models import load_model
+    from tlviz.repair import repair
+    from ui import repair as panel
+
+    result = repair(load_model(frozen_model_path), base_images, ["no-trainable-weights"], "unit")
+    asked = []
+
+    def analysis(kind, params=None, *, start=False, auto=False, prefix):
+        asked.append((kind, params, prefix))
+        return (result, None) if prefix == "rep_no-trainable-weights" else (None, None)
+
+    monkeypatch.setattr(panel, "analysis", analysis)
+    at = open_page(PAGE, model="digits_frozen.keras")
+    settle(at, "diag_job")
+    assert not at.exception
+    assert ("repair", {"fixes": ["no-trainable-weights"], "inference_preset": "unit", "top_block": False},
+            "rep_no-trainable-weights") in asked
+    assert at.checkbox(key="rep_no-trainable-weights_top").value is False
+    tables = [t.value for t in at.dataframe]
+    assert any("trainable" in t.columns and "new_head" in set(t.get("path", [])) for t in tables)
+    assert "rep_several_run" in [b.key for b in at.button]  # two fixable findings: a combined repair too
+    at.button(key="rep_no-trainable-weights_finetune").click().run()
+    assert not at.exception
+    assert at.session_state["model"].filename == "digits_frozen_repaired.keras"
+    assert at.session_state["model"].trainable_params == 325

@@ -109,8 +109,8 @@ def repair_label_order(chain, output_names: list[str], check_only: bool = False)
     moved = {output_names[t]: output_names[int(assignment[t])] for t in range(chain.k) if assignment[t] != t}
     return RepairStep(
         "label-order-mismatch",
-        f"Re-ordered the {chain.k} units of the output layer '{path}' so that output i is class "
-        f"'{output_names[0]}', '{output_names[1]}', … in the image set's order (estimated on {len(chain.fit)} images)",
+        f"Re-ordered the {chain.k} units of the output layer '{path}' so that its outputs follow the image set's "
+        f"classes ('{output_names[0]}', '{output_names[1]}', …; the order estimated on {len(chain.fit)} images)",
         "accuracy", cmp["before"], cmp["after"], cmp["interval"], len(chain.fit), cmp["n_eval"], preset, preset,
         details={"layer": path, "assignment": [int(a) for a in assignment], "class_names": list(output_names),
                  "was_output_of": {output_names[t]: int(assignment[t]) for t in range(chain.k)},

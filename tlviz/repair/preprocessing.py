@@ -148,8 +148,9 @@ def repair_normalization(chain, expected: str, scores: dict, target: str, teacha
     agree = float(np.mean(chain.predictions(new_model, feed, "eval") == chain.predictions(before_model, expected,
                                                                                             "eval")))
     chain.model, chain.feed = new_model, feed
-    notes = [f"Feed the repaired model {'raw 0-255 RGB pixels (the `raw` preset: no scaling at all)' if target == 'raw' else f'what your code sends now (`{feed}`)'}; "
-             f"its first layers ({', '.join(names)}) compute `{expected}` from that."]
+    send = ("raw 0-255 RGB pixels (the `raw` preset: no scaling at all)" if target == "raw" else
+            f"what your code sends now (`{feed}`)")
+    notes = [f"Feed the repaired model {send}; its first layers ({', '.join(names)}) compute `{expected}` from that."]
     if teachable_crop:
         notes.append("Teachable Machine's centre crop to a square happens before the model: keep cropping images "
                      "as before.")
