@@ -3,7 +3,9 @@
 Thin page: widgets -> a `tlviz.jobs` normalize job (a worker process; each
 comparison is computed once and stored, see `ui.analysis`) -> tables and
 `tlviz.charts`. Changing the inference preset only re-judges the
-stored comparison; the sample runs on its own, other models on the button.
+stored comparison; the sample runs on its own, other models on the button. The gallery of
+changed predictions shows, on request, where the model looks under the best and the inference
+preset (`ui.widgets.gallery`: Grad-CAM in a worker job).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from tlviz import normalize
-from tlviz import charts
+from tlviz import charts, normalize
+from ui.widgets import GalleryEntry, gallery
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 
 GALLERY_SIZE = 12
@@ -159,9 +161,9 @@ else:
     changes = normalize.changed_predictions(report, best, inference)
     st.caption(f"{len(changes)} of {report.n_images} images get another prediction with `{inference}` than with "
                f"`{best}`" + (f"; the first {GALLERY_SIZE} are shown." if len(changes) > GALLERY_SIZE else "."))
-    cols = st.columns(6)
-    for k, r in enumerate(changes.head(GALLERY_SIZE).itertuples()):
-        label = f"true {r.label} · " if r.label is not None else ""
-        cols[k % 6].image(images.images[r.index], width=96,
-                          caption=f"{label}{best}: {r.prediction_a} ({r.confidence_a:.0%}) → "
-                                  f"{inference}: {r.prediction_b} ({r.confidence_b:.0%})")
+    custom_ = report.custom
+    presets = tuple(custom_ if custom_ is not None and p == custom_.name else p for p in (best, inference))
+    gallery(images, [GalleryEntry(int(r.index), (f"true {r.label} · " if r.label is not None else "")
+                                  + f"{best}: {r.prediction_a} ({r.confidence_a:.0%}) → "
+                                    f"{inference}: {r.prediction_b} ({r.confidence_b:.0%})", presets)
+                     for r in changes.head(GALLERY_SIZE).itertuples()], key="norm_cam")

@@ -50,6 +50,22 @@ def test_page_ranks_tf_first_and_sets_best_preset(page):
     assert any("get another prediction with `unit`" in c.value for c in at.caption)
 
 
+def test_gallery_shows_where_the_model_looks_under_the_best_and_the_inference_preset(page):
+    """Grad-CAM on request: a worker job computes each shown image's heatmap under `tf` and under `unit`."""
+    at = page
+    assert at.session_state["inference_preset"] == "unit"
+    at.toggle(key="norm_cam_gradcam").set_value(True).run()
+    assert not at.exception
+    settle(at, "norm_cam_job")
+    shown = [i.caption for element in at.get("image") for i in element.proto.imgs]
+    assert len(at.get("image")) == 12 and len(shown) == 24  # 12 images, each under both presets
+    assert sum(c.startswith("tf: explains '") for c in shown) == 12
+    assert sum(c.startswith("unit: explains '") for c in shown) == 12
+    assert any("Grad-CAM at 'block3_relu' (8×8 grid" in c.value for c in at.caption)
+    at.toggle(key="norm_cam_gradcam").set_value(False).run()
+    assert len(at.get("image")) == 12
+
+
 def test_inference_preset_select_box_is_bound_to_session_state(page):
     at = page
     at.selectbox(key="norm_inference_widget").set_value("tf").run()

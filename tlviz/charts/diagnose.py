@@ -8,7 +8,9 @@
 - `finding_chart(finding)` — the chart that helps for a finding, or None: the
   confusion heatmap (`confusion_chart`) for label-order-mismatch, images per class
   (`class_counts`, the flagged classes marked) for class-imbalance and too-few-images,
-  the comparison otherwise.
+  predictions per class (the absorbing class marked) for prediction-collapse, the
+  comparison otherwise (exif-orientation: accuracy as loaded vs turned; likely-mislabelled:
+  the probe against chance).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tlviz.charts.overview import class_counts
 from tlviz.findings import Finding
 
 # Evidence keys shown as charts or image strips rather than in the table.
-_NOT_IN_TABLE = ("confusion_matrix", "example_files", "classes")
+_NOT_IN_TABLE = ("confusion_matrix", "example_files", "classes", "pairs", "ranked_suspects")
 
 
 _PERCENT_WORDS = ("accuracy", "share", "chance")
@@ -91,6 +93,13 @@ def comparison_frame(finding: Finding) -> pd.DataFrame | None:
     elif finding.id == "label-order-mismatch":
         rows = [{"what": "model's output order", "accuracy": e.get("accuracy"), "role": measured},
                 {"what": "classes re-ordered", "accuracy": e.get("accuracy_with_mapping"), "role": expected}]
+    elif finding.id == "exif-orientation" and e.get("accuracy_as_loaded") is not None:
+        rows = [{"what": f"as loaded ({e.get('images_seen_by_the_model')})", "accuracy": e.get("accuracy_as_loaded"),
+                 "role": measured},
+                {"what": "the other way", "accuracy": e.get("accuracy_other_way"), "role": other}]
+    elif finding.id == "likely-mislabelled":
+        rows = [{"what": "probe, held-out images", "accuracy": e.get("probe_accuracy"), "role": measured},
+                {"what": "chance (most common class)", "accuracy": e.get("chance"), "role": other}]
     rows = [r for r in rows if r["accuracy"] is not None]
     return pd.DataFrame(rows, columns=["what", "accuracy", "role"]) if rows else None
 
@@ -117,6 +126,9 @@ def finding_chart(finding: Finding):
                                predicted_title="model output")
     if finding.id in ("class-imbalance", "too-few-images") and e.get("counts"):
         return class_counts(e["counts"], _flagged_classes(e), title="Images per class")
+    if finding.id == "prediction-collapse" and e.get("prediction_histogram"):
+        return class_counts(e["prediction_histogram"], {str(e.get("predicted_class"))},
+                            title=f"Predictions per class ({e.get('preset')})")
     frame = comparison_frame(finding)
     if frame is not None:
         return comparison_chart(frame)
