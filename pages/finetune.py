@@ -1,8 +1,8 @@
 """Fine-tuning runs: short what-if runs at a chosen unfreeze depth and learning rate, compared.
 
 Thin page: the panels of `ui.finetune` (configuration, the running job, one run's
-results, the run list) -> `tlviz.finetune` (runs happen in a worker process,
-polled by a fragment) -> `tlviz.charts`.
+results, the run list) -> `tlviz.finetune` (runs happen in a worker process, or on
+the Ray cluster of ``TLVIZ_RAY_ADDRESS``, polled by a fragment) -> `tlviz.charts`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ st.title("Fine-tuning runs")
 st.caption("What if you unfreeze the last N layers at this learning rate? Each run trains a copy of the loaded model "
            "(the model itself is never changed) for a few epochs, in a separate process, and is kept on disk for "
            "comparison. When everything below the trained layers is frozen, their output is computed once and "
-           "reused: same results, much faster.")
+           "reused: same results, much faster. " + panels.where_runs_go())
 
 for warning in images.class_warnings():
     st.warning(warning, icon=":material/warning:")
@@ -40,6 +40,7 @@ if b1.button("Start run", type="primary", key="ft_start", disabled=busy or confi
 if b2.button("Find a learning rate", key="ft_lrfind", disabled=busy or config is None, icon=":material/search:",
              help="Smith's range test: about 100 steps with the rate rising from 1e-7 to 10; weights are restored."):
     panels.start("lrfind", loaded, images, config)
+panels.offer_local(loaded, images)
 
 with st.expander("Sweep: several depths × learning rates"):
     choices = dict(depth_choices(table))
@@ -49,11 +50,14 @@ with st.expander("Sweep: several depths × learning rates"):
     rates = st.multiselect("Learning rates", panels.RATES, default=[1e-4, 1e-3, 1e-2],
                            format_func=lambda r: f"{r:.0e}", key="ft_sweep_rates")
     n_runs = len(depths) * len(rates)
-    st.caption(f"{n_runs} runs of {config.epochs if config else '?'} epochs each, one after another; the other "
-               "settings come from above. Runs at one depth share the cached activations.")
+    order = "through Ray Tune, as many at once as the cluster has room for" if panels.on_ray() else \
+        "one after another"
+    st.caption(f"{n_runs} runs of {config.epochs if config else '?'} epochs each, {order}; the other settings come "
+               "from above. Runs at one depth share the cached activations.")
+    asha = panels.asha_option()
     if st.button("Start sweep", key="ft_sweep_start", disabled=busy or config is None or n_runs == 0):
         try:
-            panels.start("runs", loaded, images, config, sweep_configs(config, depths, rates))
+            panels.start("runs", loaded, images, config, sweep_configs(config, depths, rates), asha=asha)
         except RunRefused as exc:
             st.error(str(exc))
 

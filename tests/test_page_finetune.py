@@ -175,3 +175,68 @@ def test_after_a_reload_the_page_can_follow_a_run_in_progress(runs):
     at.run()
     _wait(at)
     assert "cancelled" in texts(at)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_ray_cluster_is_said_and_the_run_goes_local_on_request(runs, monkeypatch):
+    port = _free_port()
+    monkeypatch.setenv("TLVIZ_RAY_ADDRESS", f"ray://127.0.0.1:{port}")
+    at = open_page(PAGE, images="digits_5_9")
+    assert f"Runs go to: Ray cluster `ray://127.0.0.1:{port}`" in texts(at)
+    assert any(f"Fine-tuning runs on: Ray cluster" in c.value for c in at.sidebar.caption)
+    assert at.checkbox(key="ft_asha").value  # a sweep on Ray may stop poor runs early
+    at.number_input(key="ft_lr").set_value(1e-2)
+    at.number_input(key="ft_epochs").set_value(1)
+    at.button(key="ft_start").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["ft_job"] is None  # nothing started, nothing created
+    assert not [p for p in runs.glob("*") if not p.name.startswith(".")]
+    assert any(f"127.0.0.1:{port}" in e.value and "cannot be reached" in e.value for e in at.error)
+    at.button(key="ft_run_local").click()
+    at.run()
+    assert at.session_state["ft_job"] is not None and "ft_offer_local" not in at.session_state
+    _wait(at)
+    text = texts(at)
+    assert "completed" in text and "Ran on: local · " in text
+    table = at.dataframe[-1].value
+    assert table["ran_on"].iloc[0].startswith("local · ")
+    assert any(c.value.startswith("Last run: local · ") for c in at.sidebar.caption)
+
+
+def test_a_run_stopped_early_shows_why_and_the_sweep_heatmap_marks_it(runs):
+    from tlviz.finetune.config import RunConfig
+    from tlviz.finetune.store import RunWriter
+
+    at = open_page(PAGE, images="digits_5_9")
+    ws = at.session_state["workspace"]
+    for rid, lr, state in (("20240101-000000-000aaaa", 1e-7, "stopped"), ("20240101-000001-000bbbb", 1e-2, None)):
+        w = RunWriter(runs / rid)
+        w.write_config(RunConfig(epochs=3, lr=lr, sweep_id="sweep-x"), owner=ws)
+        w.epoch([{"epoch": 1, "phase": "main", "loss": 1.6, "accuracy": 0.2, "val_loss": 1.6, "val_accuracy": 0.2,
+                  "lr": lr, "elapsed_s": 1.0, "partial": False}])
+        where = {"executor": "ray", "node": "10.0.0.7", "device": "GPU", "device_name": "NVIDIA A100"}
+        if state == "stopped":
+            w.status("stopped", "stopped early by ASHA after epoch 1: its validation loss was worse", stopped_at=1,
+                     where=where)
+        else:
+            w.status("failed", "the Ray worker running this run on node 10.0.0.7 was lost", where=where)
+    at.run()
+    assert not at.exception, at.exception
+    at.selectbox(key="ft_show_run").set_value("20240101-000000-000aaaa")
+    at.run()
+    assert any("stopped early by ASHA after epoch 1" in w.value for w in at.warning)
+    assert "Ran on: Ray · 10.0.0.7 · GPU (NVIDIA A100)" in texts(at)
+    table = at.dataframe[-1].value
+    assert set(table["ran_on"]) == {"Ray · 10.0.0.7 · GPU (NVIDIA A100)"}
+    assert list(table.sort_values("run_id")["stopped_at"].fillna(-1)) == [1, -1]
+    assert at.selectbox(key="ft_sweep_show").value == "sweep-x"
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]  # the heatmap's title says what the dashes mean
+    assert any("faded, dashed: stopped early by ASHA" in spec for spec in specs)

@@ -11,11 +11,11 @@ import math
 import streamlit as st
 
 from tlviz import charts
-from tlviz.errors import TlvizError
+from tlviz.errors import ClusterUnreachable, ConfigError, TlvizError
 from tlviz.finetune import (ACTIVE_STATES, OPTIMIZER_LABELS, OPTIMIZERS, LRFinderResult, RunConfig, RunRecord,
-                            RunRefused, cancel_job, decide_head, default_preset, delete_run, depth_choices,
-                            format_seconds, largest_movers, list_runs, load_run, poll_job, start_job, start_lr_finder,
-                            sweep_table)
+                            RunRefused, cancel_job, decide_head, default_executor, default_preset, delete_run,
+                            depth_choices, describe_executor, format_seconds, largest_movers, list_runs, load_run,
+                            poll_job, start_job, start_lr_finder, sweep_table)
 from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 from ui.cache import model_key
@@ -27,7 +27,8 @@ POLL_S = 1.0
 GALLERY = 24
 STATE_ICONS = {"completed": ":material/check_circle:", "cancelled": ":material/stop_circle:",
                "diverged": ":material/warning:", "failed": ":material/error:", "refused": ":material/block:",
-               "running": ":material/hourglass_top:", "queued": ":material/schedule:"}
+               "running": ":material/hourglass_top:", "queued": ":material/schedule:",
+               "stopped": ":material/content_cut:"}
 
 
 def _val(v, fmt: str = "") -> str:
@@ -167,8 +168,19 @@ def config_form(loaded, images, table) -> RunConfig | None:
         return None
 
 
-def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig] | None = None) -> None:
+def on_ray() -> bool:
+    """Whether new runs go to a Ray cluster (``TLVIZ_RAY_ADDRESS``; a nonsensical value counts as no)."""
+    try:
+        return default_executor() == "ray"
+    except ConfigError:
+        return False
+
+
+def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig] | None = None,
+          executor: str | None = None, asha: bool = False) -> None:
     """Start runs (`kind` ``"runs"``: `configs`, else `config`) or the range test (``"lrfind"``) and rerun.
+
+    A Ray cluster that cannot be reached leaves an offer to run on this machine (`offer_local`).
 
     Args:
         kind: ``"runs"`` or ``"lrfind"``.
@@ -176,18 +188,67 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
         images: the current `ImageSet`.
         config: the configuration from `config_form`.
         configs: several configurations (a sweep). Defaults to ``[config]``.
+        executor: ``"local"`` or ``"ray"``. Defaults to the configured one.
+        asha: stop poor runs of a sweep early (Ray Tune's ASHA). Defaults to `False`.
     """
+    configs = configs or [config]
     try:
         if kind == "lrfind":
-            job = start_lr_finder(loaded, images, config, owner=workspace())
+            job = start_lr_finder(loaded, images, config, owner=workspace(), executor=executor)
         else:
-            job = start_job(loaded, images, configs or [config], owner=workspace())
+            job = start_job(loaded, images, configs, owner=workspace(), executor=executor, asha=asha)
+    except ClusterUnreachable as exc:
+        st.session_state["ft_offer_local"] = {"message": str(exc), "kind": kind,
+                                              "configs": [c.to_dict() for c in configs]}
+        return
     except TlvizError as exc:
         st.error(str(exc), icon=":material/block:")
         return
+    st.session_state.pop("ft_offer_local", None)
     st.session_state["ft_job"] = job.job_id
     st.session_state["ft_job_kind"] = kind
     st.rerun()
+
+
+def offer_local(loaded, images) -> None:
+    """When the Ray cluster could not be reached: the reason, and a button that runs the same job on this machine."""
+    offer = st.session_state.get("ft_offer_local")
+    if not offer:
+        return
+    with st.container(border=True):
+        st.error(offer["message"], icon=":material/cloud_off:")
+        what = "the range test" if offer["kind"] == "lrfind" else (
+            f"the {len(offer['configs'])} runs" if len(offer["configs"]) > 1 else "the run")
+        c1, c2, _ = st.columns([2, 1, 2])
+        if c1.button(f"Run {what} on this machine instead", key="ft_run_local", icon=":material/computer:",
+                     type="primary"):
+            try:
+                configs = [RunConfig.from_dict(c) for c in offer["configs"]]
+            except RunRefused as exc:
+                st.session_state.pop("ft_offer_local", None)
+                st.error(str(exc), icon=":material/block:")
+                return
+            start(offer["kind"], loaded, images, configs[0], configs, executor="local")
+        if c2.button("Dismiss", key="ft_offer_dismiss"):
+            st.session_state.pop("ft_offer_local", None)
+            st.rerun()
+
+
+def asha_option() -> bool:
+    """The sweep's early-stopping choice: shown (and possible) only when runs go to a Ray cluster."""
+    if not on_ray():
+        st.caption("On a Ray cluster (set `TLVIZ_RAY_ADDRESS`) a sweep runs through Ray Tune, several runs at once, "
+                   "and can stop poor configurations early.")
+        return False
+    return st.checkbox("Stop poor configurations early (ASHA)", value=True, key="ft_asha",
+                       help="Ray Tune's asynchronous successive halving: after each epoch (from the first), a run "
+                            "whose validation loss is worse than most runs' at that epoch stops; the heatmap marks "
+                            "it with the epoch it stopped at.")
+
+
+def where_runs_go() -> str:
+    """One line for the page: where a new run will run."""
+    return f"Runs go to: {describe_executor()}."
 
 
 # -- the running job -------------------------------------------------------------------
@@ -205,6 +266,9 @@ def _job_panel() -> None:
     status = poll_job(job_id)
     with st.container(border=True):
         st.progress(status.fraction, text=status.text)  # every heavy job goes through one queue
+        if status.executor == "ray":
+            placed = sorted({r.ran_on for r in status.running_runs if r.ran_on})
+            st.caption("On the Ray cluster" + (": " + "; ".join(placed) if placed else "") + ".")
         if status.kind != "lrfind" and not status.queue_position:
             if status.current is not None and len(status.current.history):
                 st.altair_chart(charts.curves_chart(status.current.history))
@@ -216,6 +280,12 @@ def _job_panel() -> None:
                   help="Stops after the current batch; what was measured is kept.")
     if not status.active:
         st.session_state["ft_job"] = None
+        if status.unreachable:
+            st.session_state["ft_offer_local"] = {"message": status.message, "kind": status.kind,
+                                                  "configs": status.configs}
+        shown = next((r for r in status.runs if r.run_id == status.run_to_show), None)
+        if shown is not None and shown.ran_on:
+            st.session_state["ft_last_ran_on"] = shown.ran_on
         if status.kind == "lrfind":
             st.session_state["ft_lr_result"] = status.result
             if status.state == "failed":
@@ -281,8 +351,12 @@ def show_run(rec: RunRecord, images, current_images_key: str) -> None:
     if rec.active:
         st.info("In progress: follow it above.", icon=":material/hourglass_top:")
         return
+    if rec.ran_on:
+        st.caption(f"Ran on: {rec.ran_on}")
     if rec.state in ("failed", "refused"):
         st.error(rec.message or "The run failed.", icon=":material/block:")
+    elif rec.state == "stopped":
+        st.warning(rec.message or "Stopped early by the sweep's scheduler.", icon=":material/content_cut:")
     out = rec.outcome
     if out.final:
         k = st.columns(5)
@@ -362,8 +436,11 @@ def runs_table(runs) -> None:
     """The table of this workspace's runs (a `tlviz.finetune.list_runs` table)."""
     view = runs[["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset",
                  "new_head", "two_phase", "bn", "augment", "best_val_accuracy", "final_val_accuracy", "time_s",
-                 "model", "images"]]
+                 "ran_on", "stopped_at", "model", "images"]]
     st.dataframe(view, hide_index=True, key="ft_runs_table", column_config={
+        "ran_on": st.column_config.TextColumn("ran on", help="local or Ray · node · CPU or GPU"),
+        "stopped_at": st.column_config.NumberColumn("stopped after epoch",
+                                                    help="Stopped early by ASHA (a sweep on Ray Tune)"),
         "lr": st.column_config.NumberColumn("lr", format="%.0e"),
         "best_val_accuracy": st.column_config.NumberColumn("best val acc", format="percent"),
         "final_val_accuracy": st.column_config.NumberColumn("final val acc", format="percent"),

@@ -6,7 +6,8 @@ import hashlib
 
 import streamlit as st
 
-from tlviz.errors import ImageSetRefused, ModelRefused
+from tlviz.errors import ImageSetRefused, ModelRefused, TlvizError
+from tlviz.finetune import default_executor, describe_executor, last_cluster
 from tlviz.imagesets import ImageSource, check_server_folder, open_source, server_folder_roots
 from tlviz.models import max_model_bytes
 from tlviz.samples import SAMPLE_IMAGE_SETS, SAMPLE_MODELS, sample_path
@@ -141,6 +142,22 @@ def _summary() -> None:
         st.markdown(f"**{len(images)} images** · {n_classes} class{'es' if n_classes != 1 else ''}{note}")
         if images.skipped:
             st.caption(f"{len(images.skipped)} files skipped (see Model & images)")
+    _where_runs_run()
+
+
+def _where_runs_run() -> None:
+    """Where fine-tuning runs go (this machine or a Ray cluster, with what it held) and where the last one ran."""
+    line = f"Fine-tuning runs on: {describe_executor()}"
+    try:
+        cluster = last_cluster() if default_executor() == "ray" else None  # what the last job found there
+    except TlvizError:  # a nonsensical TLVIZ_RAY_ADDRESS (said above) or no runs folder
+        cluster = None
+    if cluster:
+        line += (f" ({int(cluster.get('nodes') or 0)} node(s), {int(cluster.get('CPU') or 0)} CPUs, "
+                 f"{int(cluster.get('GPU') or 0)} GPUs at the last job)")
+    st.caption(line)
+    if st.session_state.get("ft_last_ran_on"):
+        st.caption(f"Last run: {st.session_state['ft_last_ran_on']}")
 
 
 def _shape(shape) -> str:

@@ -7,7 +7,10 @@ Public API (TensorFlow is imported only when a run starts):
   process (``run``); `linear_probe` — a fresh head on the frozen base;
   `stratified_split`.
 - `start_job`, `start_lr_finder`, `poll_job`, `cancel_job`, `wait_job` — the
-  same in a worker process (``worker``), as the app uses them.
+  same in a worker process (``worker``), as the app uses them; with
+  ``TLVIZ_RAY_ADDRESS`` set, on that Ray cluster (``executors``, ``raydriver``,
+  ``remote``; sweeps through Ray Tune, optionally with ASHA). `default_executor`,
+  `describe_executor`, `last_cluster` and `describe_where` say where runs go and ran.
   `JobStatus` has accessors for a progress bar (``fraction``, ``text``) and the
   range test's `LRFinderResult` (``lr_result``).
 - `list_runs`, `load_run`, `delete_run`, `runs_dir` — the runs on disk (``store``);
@@ -24,6 +27,7 @@ from tlviz.errors import RunRefused
 from tlviz.finetune.build import decide_head, depth_choices
 from tlviz.finetune.cache import images_key
 from tlviz.finetune.config import OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, default_preset
+from tlviz.finetune.executors import default_executor, describe_executor, describe_where, last_cluster
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
 from tlviz.finetune.run import RunResult, linear_probe, run_finetune, stratified_split
 from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,
@@ -37,5 +41,6 @@ __all__ = [
     "run_finetune", "stratified_split", "delete_run", "list_runs", "load_run", "runs_dir", "sweep_configs",
     "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
     "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
-    "images_key", "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers",
+    "images_key", "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",
+    "describe_where", "last_cluster",
 ]
