@@ -184,8 +184,11 @@ def feature_map(model) -> FeatureMap:
                                        f"traced ({type(exc).__name__}: {str(exc)[:120]}).")
     out = flat.outputs[0]
     t = out
+    single = None  # a 4-D map of one cell passed on the way (a grid pooled or convolved away)
     while not _spatial(tuple(t.shape)):
         op, inputs = _history(t)
+        if single is None and len(t.shape) == 4 and op is not None:
+            single = t
         if op is None or not inputs:
             return FeatureMap(None, reason=(
                 "The model has no convolutional feature map before its head (no layer output with a grid of "
@@ -194,6 +197,11 @@ def feature_map(model) -> FeatureMap:
         t = inputs[0]
     op, _ = _history(t)
     name = getattr(op, "name", "?")
+    if single is not None and _has_conv_below(single):
+        return FeatureMap(None, reason=(
+            f"The convolutional feature map that feeds the head ('{_history(single)[0].name}') has a single cell, so "
+            "there is no "
+            "region of the image to weigh: Grad-CAM needs a map with a grid of positions."))
     if not _has_conv_below(t):
         return FeatureMap(None, reason=(
             f"The head is fed by '{name}', which no convolutional layer precedes (the model works on the pixels "
