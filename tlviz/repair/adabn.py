@@ -34,7 +34,8 @@ def _read(layer) -> tuple[np.ndarray, np.ndarray]:
             keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64))
 
 
-def estimate_statistics(model, images: np.ndarray, preset: str, say=None, seed: int = 0) -> dict[str, tuple]:
+def estimate_statistics(model, images: np.ndarray, preset: str, say=None, seed: int = 0,
+                        with_predictions: bool = False):
     """Each BatchNormalization layer's mean and variance over `images`, by forward passes in training mode.
 
     Args:
@@ -43,14 +44,19 @@ def estimate_statistics(model, images: np.ndarray, preset: str, say=None, seed: 
         preset: the preset the model is fed.
         say: ``say(fraction, text)`` progress. Defaults to none.
         seed: shuffles the images into batches. Defaults to `0`.
+        with_predictions: also return the classes the same passes predict (every BatchNormalization
+            layer on its batch's statistics: how the model does once its statistics fit the images
+            prepared this way). Defaults to `False`.
 
     Returns:
-        ``{path: (mean, variance)}`` per BatchNormalization layer (float64 arrays).
+        ``{path: (mean, variance)}`` per BatchNormalization layer (float64 arrays); with
+        `with_predictions`, ``(that, predicted classes in the order of images)``.
     """
     import keras
 
     from tlviz.diagnose.clones import clone_for_training_mode
     from tlviz.memory import forward, plan_batch
+    from tlviz.outputs import predicted_classes
     from tlviz.presets import apply_preset
 
     say = say or (lambda f, t: None)
@@ -68,11 +74,13 @@ def estimate_statistics(model, images: np.ndarray, preset: str, say=None, seed: 
     order = np.random.default_rng(seed).permutation(n)
     batches = np.array_split(order, max(1, -(-n // size)))  # near-equal sizes: no batch of one at the end
     run = forward(scratch, training=True)
+    preds = np.zeros(n, dtype=np.int64)
     s1 = {p: 0.0 for p in layers}
     s2 = {p: 0.0 for p in layers}
     done = 0
     for idx in batches:
-        run(apply_preset(images[np.sort(idx)], preset))
+        idx = np.sort(idx)
+        preds[idx] = predicted_classes(run(apply_preset(images[idx], preset)))
         w = len(idx)
         for p, layer in layers.items():
             m, v = _read(layer)
@@ -85,7 +93,7 @@ def estimate_statistics(model, images: np.ndarray, preset: str, say=None, seed: 
     for p in layers:
         mean = s1[p] / n
         out[p] = (mean, np.maximum(s2[p] / n - mean * mean, 0.0))
-    return out
+    return (out, preds) if with_predictions else out
 
 
 def moved(old: dict, new: dict, epsilon: float = 1e-3) -> list[dict]:
@@ -133,7 +141,9 @@ def repair_bn_statistics(chain, check_only: bool = False) -> RepairStep | None:
     before_model = chain.model
     old = {p: _read(leaf(before_model, p)) for p in paths}
     chain.sub(0.0, 0.7)
-    stats = estimate_statistics(before_model, chain.images[chain.fit], preset, chain.say)
+    stats = chain.bn_statistics.get(preset)  # estimated already while the expected preset was chosen
+    if stats is None:
+        stats = estimate_statistics(before_model, chain.images[chain.fit], preset, chain.say)
     new_model = copy_model(before_model)
     for p, (mean, var) in stats.items():
         layer = leaf(new_model, p)

@@ -65,6 +65,7 @@ class Chain:
         self._step = self._span = (0.0, 1.0)
         self._cache: dict = {}
         self._keep: list = []  # models whose predictions are cached (their ids stay valid)
+        self.bn_statistics: dict = {}  # preset -> BatchNormalization statistics estimated on `fit` (AdaBN)
         n = len(images)
         if labels is None:
             self.fit, self.eval = np.arange(0, dtype=np.int64), np.arange(n, dtype=np.int64)

@@ -79,7 +79,7 @@ def prepend_affine(model, affine):
     return new, names
 
 
-def choose_expected(chain, presets: list[str], with_mapping: bool) -> tuple[str, dict]:
+def choose_expected(chain, presets: list[str], with_mapping: bool, adabn: bool = False) -> tuple[str, dict]:
     """The preset the chain's model scores best with on the estimation half.
 
     Args:
@@ -87,18 +87,29 @@ def choose_expected(chain, presets: list[str], with_mapping: bool) -> tuple[str,
         presets: the candidates (applicable named presets).
         with_mapping: score each preset after the best re-ordering of the classes (when the label
             order is repaired in the same chain). Defaults to plain accuracy.
+        adabn: the BatchNormalization statistics are re-estimated in the same chain: score each preset
+            with every BatchNormalization layer on the statistics of the images prepared that way
+            (the stored ones cannot tell the presets apart when they are wrong). The statistics
+            estimated on the way are kept for the AdaBN step (``chain.bn_statistics``). Defaults to `False`.
 
     Returns:
         ``(preset, {preset: accuracy on the estimation half})``; ties go to the user's preset, then
         to the earlier preset in `presets`.
     """
     from tlviz.diagnose import best_assignment
+    from tlviz.repair.adabn import estimate_statistics
 
     labels = chain.labels[chain.fit]
     scores = {}
     for i, p in enumerate(presets):
         chain.sub(i / len(presets) * 0.6, (i + 1) / len(presets) * 0.6)
-        preds = chain.predictions(chain.model, p, "fit", f"Comparing presets on the estimation images ({p})…")
+        if adabn:
+            chain.bn_statistics[p], preds = estimate_statistics(
+                chain.model, chain.images[chain.fit], p, lambda f, t, p=p: chain.say(
+                    f, f"Comparing presets with re-estimated statistics on the estimation images ({p})…"),
+                with_predictions=True)
+        else:
+            preds = chain.predictions(chain.model, p, "fit", f"Comparing presets on the estimation images ({p})…")
         if with_mapping:
             c = np.zeros((chain.k, chain.k), dtype=np.int64)
             np.add.at(c, (labels, np.clip(preds, 0, chain.k - 1)), 1)

@@ -85,9 +85,10 @@ class RepairResult:
             estimating and measuring.
         inference_preset: what the user's inference code sends (before the repair).
         feed_preset: what the repaired model takes (send this from now on).
-        overall: ``{"before", "after", "interval", "n_eval"}``: the original model fed
-            `inference_preset` against the repaired file fed `feed_preset` on the held-out
-            images (None when no step measures accuracy).
+        overall: ``{"before", "after", "interval", "n_eval", "file_max_abs_difference"}``: the
+            original model fed `inference_preset` against the repaired copy fed `feed_preset` on the
+            held-out images, and how far the saved file's outputs are from the copy's on some of them
+            (None when no step measures accuracy).
         model_bytes: the repaired `.keras` file.
         filename / model_name: its file name and the model's name.
         metadata: what is embedded in the file (``preset``, ``class_names``, ``repairs``, ...).

@@ -17,13 +17,16 @@ class order, the statistics), the images are split once, seeded and class by cla
 estimation half and a held-out half (`tlviz.repair.chain.split_halves`); every accuracy is measured
 on the held-out half only, each step's ``n_fit`` / ``n_eval`` say how many images each side had,
 and each comparison carries the 95 % paired interval (`tlviz.stats.paired_difference`). The
-repaired file itself is loaded back (``safe_mode=True``) and measured: the overall "after".
+repaired file itself is loaded back (``safe_mode=True``) and must reproduce the copy's outputs on
+held-out images (within `FILE_TOLERANCE`) before it is returned.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+
+import numpy as np
 
 from tlviz.errors import RepairRefused
 from tlviz.repair.chain import Chain
@@ -170,7 +173,8 @@ def repair(loaded, images, fixes, inference_preset: str = "unit", *, target: str
     if "normalization-mismatch" in ids:
         chain.span(at, at + share)
         presets = list(applicable_presets(channels, teachable=teachable))
-        expected, scores = choose_expected(chain, presets, with_mapping="label-order-mismatch" in ids)
+        expected, scores = choose_expected(chain, presets, with_mapping="label-order-mismatch" in ids,
+                                           adabn="bn-statistics-mismatch" in ids)
         chain.working = expected
         at += share
     original = chain.model
@@ -237,9 +241,11 @@ def _finish(loaded, chain, original, steps, params, match) -> RepairResult:
     summary = summarize(renamed, filename=f"{stem}_repaired.keras", metadata=metadata)
     data = keras_bytes(summary)
     reloaded = load_model(data, filename=f"{stem}_repaired.keras")  # the file, as anyone will load it
+    file_check = _file_check(chain, model, reloaded.model)
     overall = None
     if chain.labels is not None:
-        overall = chain.compare((original, chain.inference_preset), (reloaded.model, chain.feed))
+        overall = chain.compare((original, chain.inference_preset), (model, chain.feed))
+        overall["file_max_abs_difference"] = file_check
     how = (f"split once (seed 0, class by class) into {len(chain.fit)} images to estimate from and {len(chain.eval)} "
            "held-out images every accuracy is measured on" if chain.estimate else
            (f"all {len(chain.eval)} images measure; nothing is estimated from them" if chain.labels is not None else
@@ -251,6 +257,30 @@ def _finish(loaded, chain, original, steps, params, match) -> RepairResult:
         inference_preset=chain.inference_preset, feed_preset=chain.feed, overall=overall, model_bytes=data,
         filename=f"{stem}_repaired.keras", model_name=renamed.name, metadata=metadata,
         source={"name": loaded.name, "file": loaded.filename, "sha256": loaded.sha256}, params=params)
+
+
+#: The saved file is checked against the copy in memory on this many held-out images.
+FILE_CHECK_IMAGES = 16
+#: Largest difference between the outputs of the file and of the copy it was saved from.
+FILE_TOLERANCE = 1e-5
+
+
+def _file_check(chain, model, reloaded) -> float:
+    """The largest output difference between the saved file and the copy in memory on a few held-out images.
+
+    Raises:
+        RepairRefused: the file does not reproduce the copy (it would be a bug: nothing is saved then).
+    """
+    from tlviz.memory import forward
+    from tlviz.presets import apply_preset
+
+    idx = chain.eval[:FILE_CHECK_IMAGES]
+    x = apply_preset(chain.images[idx], chain.feed)
+    diff = float(np.max(np.abs(forward(model)(x) - forward(reloaded)(x)))) if len(idx) else 0.0
+    if not diff <= FILE_TOLERANCE:
+        raise RepairRefused(f"The saved repaired model does not reproduce the repaired copy (outputs differ by up to "
+                            f"{diff:.3g}); nothing was saved. Please report this with the model.")
+    return diff
 
 
 def _renamed(model, name: str):
