@@ -37,7 +37,7 @@ def _trained_model(folder: Path, images):
     """MobileNetV2 (weights=None) with statistics estimated on the images and a least-squares head (cached)."""
     import keras
 
-    from tlviz.models import load_model, summarize
+    from tlviz.models import load_model
     from tlviz.presets import apply_preset
     from tlviz.repair.adabn import estimate_statistics
     from tlviz.repair.graph import leaf

@@ -163,6 +163,11 @@ def test_repair_action_proves_the_repair_offers_the_file_and_makes_it_current(pa
     assert repaired["data"][:2] == b"PK"
     markdown = [d for d in downloads if d["mime"] == "text/markdown"][-1]["data"]
     assert "## Repairs applied" in markdown and "`normalization-mismatch`" in markdown
+    # Another option: the earlier repair stays shown, labelled, until this one is made.
+    at.radio(key=f"{key}_target").set_value("inference").run()
+    assert any("made with other options" in c.value for c in at.caption)
+    at.radio(key=f"{key}_target").set_value("raw").run()
+    assert not any("made with other options" in c.value for c in at.caption)
     # Make it current: the sample stays in the sidebar's history.
     at.button(key=f"{key}_adopt").click().run()
     assert not at.exception

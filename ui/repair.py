@@ -71,8 +71,9 @@ def _run(ids: list[str], prefix: str, preset: str, label: str) -> None:
     result, note = analysis("repair", params, start=clicked, prefix=prefix)
     if result is None:
         return
-    if note:
-        st.caption(note)
+    if note:  # an earlier repair of this model and image set, made with other options
+        st.caption(note if st.session_state.get(f"{prefix}_job") else
+                   "Below: the repair made with other options; press the button to make it with these.")
     _remember(result)
     show_result(result, prefix)
 
