@@ -98,7 +98,8 @@ def finding_cards(findings, **options) -> None:
         finding_card(finding, **options)
 
 
-def gallery(images, entries: list[GalleryEntry], *, key: str, columns: int = 6, width: int = GALLERY_WIDTH) -> None:
+def gallery(images, entries: list[GalleryEntry], *, key: str, columns: int = 6, width: int = GALLERY_WIDTH,
+            strip: bool = False) -> None:
     """Images with captions, and on request where the model looks (Grad-CAM), for the current model.
 
     Args:
@@ -107,6 +108,8 @@ def gallery(images, entries: list[GalleryEntry], *, key: str, columns: int = 6, 
         key: the widget-key prefix (the toggle is ``<key>_gradcam``, its job ``<key>_job``).
         columns: entries per row. Defaults to `6` (halved when Grad-CAM shows two presets each).
         width: image width in pixels. Defaults to `GALLERY_WIDTH`.
+        strip: without heatmaps, show the images as one strip (a finding's examples) instead of in
+            columns. Defaults to `False`.
     """
     entries = [e for e in entries if 0 <= e.index < len(images)][:GALLERY_MAX]
     if not entries:
@@ -122,6 +125,9 @@ def gallery(images, entries: list[GalleryEntry], *, key: str, columns: int = 6, 
         if report is not None and report.reason:
             st.info(report.reason, icon=":material/visibility_off:")
             report = None
+    if report is None and strip:
+        st.image([images.images[e.index] for e in entries], width=width, caption=[e.caption for e in entries])
+        return
     per_entry = max((len(e.presets) for e in entries), default=1) if report is not None else 1
     cols = st.columns(max(1, columns // per_entry))
     for k, e in enumerate(entries):
@@ -182,7 +188,7 @@ def _example_images(finding: Finding, images) -> None:
     presets = _gallery_presets(finding)
     if presets:
         gallery(images, [GalleryEntry(i, Path(x).stem, presets) for i, x in shown], key=f"card_{finding.id}",
-                width=STRIP_WIDTH)
+                width=STRIP_WIDTH, strip=True)
     else:
         st.image([images.images[i] for i, _ in shown], width=STRIP_WIDTH, caption=[Path(x).stem for _, x in shown])
     st.caption("Example images: " + ", ".join(x for _, x in shown))

@@ -1,0 +1,67 @@
+"""The finding card's galleries (`ui.widgets`): ranked suspects with Grad-CAM, duplicate pairs side by side.
+
+A small Streamlit script loads the sample as the app does (`ui.init_state`), plants label errors
+or copies in the session's image set, diagnoses it with the real engine and draws the cards;
+the Grad-CAM toggle runs a real worker job (`tlviz.jobs`, kind ``"gradcam"``).
+"""
+
+from __future__ import annotations
+
+from apptest_helpers import settle
+from streamlit.testing.v1 import AppTest
+
+SCRIPT = '''
+from dataclasses import replace
+
+import numpy as np
+import streamlit as st
+
+import ui
+from tlviz.diagnose import diagnose
+
+ui.init_state()
+loaded, images = ui.current()
+plant = st.session_state.get("plant", "labels")
+if plant == "labels":  # 5 % of the images filed under the next class
+    labels = images.labels.copy()
+    moved = np.arange(0, len(labels), 20)
+    labels[moved] = (labels[moved] + 1) % 5
+    report = diagnose(loaded, replace(images, labels=labels), "tf", checks=["likely-mislabelled"])
+else:  # three '0's filed under '4' as well
+    extra = np.flatnonzero(images.labels == 0)[:3]
+    planted = replace(images, images=np.concatenate([images.images, images.images[extra]]),
+                      labels=np.concatenate([images.labels, [4, 4, 4]]),
+                      files=images.files + [f"4/copy_{k}.png" for k in range(3)], orientations=[])
+    st.session_state["images"] = planted
+    images = planted
+    report = diagnose(loaded, planted, "tf", checks=["duplicate-images"])
+ui.finding_cards(report.findings, evidence=True, images=images)
+'''
+
+
+def _app(plant: str) -> AppTest:
+    at = AppTest.from_string(SCRIPT, default_timeout=180)
+    at.session_state["plant"] = plant
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_suspects_gallery_and_its_gradcam(module_runs):
+    at = _app("labels")
+    captions = [i.caption for element in at.get("image") for i in element.proto.imgs]
+    assert len(captions) == 12 and all(c.startswith("label '") and "→ probe '" in c for c in captions)
+    assert any("Ranked suspects" in c.value for c in at.caption)
+    at.toggle(key="card_likely-mislabelled_gradcam").set_value(True).run()
+    assert not at.exception
+    settle(at, "card_likely-mislabelled_job")
+    shown = [i.caption for element in at.get("image") for i in element.proto.imgs]
+    assert len(shown) == 12 and all(c.startswith("tf: explains '") for c in shown)
+    assert any("Grad-CAM at 'block3_relu'" in c.value for c in at.caption)
+
+
+def test_duplicate_pairs_side_by_side(module_runs):
+    at = _app("copies")
+    pairs = [[i.caption for i in element.proto.imgs] for element in at.get("image")]
+    assert len(pairs) == 3 and all(p[0].startswith("0: ") and p[1].startswith("4: copy_") for p in pairs)
+    assert sum("exact copy" in c.value for c in at.caption) == 3
