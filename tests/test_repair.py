@@ -212,6 +212,28 @@ def test_label_order_already_right_is_refused(digits):
         repair(loaded, images, ["label-order-mismatch"], "tf")
 
 
+def test_single_sigmoid_unit_swaps_its_two_classes(repaired_files):
+    """A binary model with one sigmoid unit, its two classes planted the wrong way round: the unit is negated."""
+    import keras
+
+    from tlviz.imagesets import ImageSet
+    from tlviz.repair import repair
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    level = np.where(labels == 1, rng.integers(150, 250, 80), rng.integers(5, 100, 80))
+    pixels = np.clip(level[:, None, None, None] + rng.integers(-5, 6, (80, 8, 8, 3)), 0, 255).astype(np.uint8)
+    images = ImageSet(pixels, labels, ["dark", "bright"], [f"{i}.png" for i in range(80)])
+    inp = keras.Input((8, 8, 3))
+    out = keras.layers.Dense(1, activation="sigmoid", name="unit")(keras.layers.GlobalAveragePooling2D()(inp))
+    model = keras.Model(inp, out)
+    model.get_layer("unit").set_weights([np.full((3, 1), -10 / 3, np.float32), np.array([5.0], np.float32)])
+    result = repair(_planted(model, "binary"), images, ["label-order-mismatch"], "unit")
+    step = result.steps[0]
+    assert step.before == 0.0 and step.after == 1.0 and step.details["assignment"] == [1, 0]
+    _keep(repaired_files, result, images, n=8)
+
+
 # -- bn-statistics-mismatch -------------------------------------------------------------------------
 
 def _broken_statistics(loaded):

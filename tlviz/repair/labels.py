@@ -115,8 +115,10 @@ def repair_label_order(chain, output_names: list[str], check_only: bool = False)
         details={"layer": path, "assignment": [int(a) for a in assignment], "class_names": list(output_names),
                  "was_output_of": {output_names[t]: int(assignment[t]) for t in range(chain.k)},
                  "moved": moved, "accuracy_fit_before": fit_before, "accuracy_fit_after": fit_after},
-        notes=["The repaired model's outputs follow this class order, recorded in the file: "
-               + ", ".join(f"{i}: {n}" for i, n in enumerate(output_names)) + "."])
+        notes=[("The repaired model's outputs follow this class order, recorded in the file: "
+                + ", ".join(f"{i}: {n}" for i, n in enumerate(output_names)) + ".") if _units(new_model, path) > 1 else
+               (f"The single output unit now gives the probability of '{output_names[1]}' (below 0.5: "
+                f"'{output_names[0]}'), as the image set's class order says.")])
 
 
 def _units(model, path: str) -> int:

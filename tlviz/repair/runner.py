@@ -230,10 +230,12 @@ def _finish(loaded, chain, original, steps, params, match) -> RepairResult:
     metadata.pop("converted_from", None)
     metadata["preset"] = chain.feed
     names = next((s.details.get("class_names") for s in steps if s.id == "label-order-mismatch"), None)
-    if names:
+    if names is None and loaded.class_names is None and chain.labels is not None:
+        names = list(match.output_names)
+    # One name per output unit: tlviz (`tlviz.models.load_model`) refuses other counts, so a single-unit
+    # (sigmoid) model keeps its class order in the recorded repairs only.
+    if names and len(names) == loaded.n_outputs:
         metadata["class_names"] = list(names)
-    elif loaded.class_names is None and match.labels is not None and chain.labels is not None:
-        metadata["class_names"] = list(match.output_names)
     metadata["repairs"] = [s.to_json() | {"details": None} for s in steps]
     metadata["repaired_from"] = {"name": loaded.name, "file": loaded.filename, "sha256": loaded.sha256}
     metadata = json_safe(metadata)
