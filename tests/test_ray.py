@@ -214,7 +214,7 @@ def test_a_lost_worker_fails_its_run_with_the_reason_and_the_sweep_goes_on(on_ra
     from tlviz.finetune.sweep import sweep_configs
     from tlviz.finetune.worker import poll_job, start_job, wait_job
 
-    cfgs = sweep_configs(RunConfig(unfreeze=6, epochs=5, preset="tf"), [6], [3e-4, 1e-3, 3e-3])
+    cfgs = sweep_configs(RunConfig(unfreeze=6, epochs=4, preset="tf"), [6], [3e-4, 1e-3, 3e-3])
     job = start_job(loaded_base, images, cfgs)
     victim, deadline = None, time.monotonic() + 120
     while victim is None and time.monotonic() < deadline:

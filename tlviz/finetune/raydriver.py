@@ -402,6 +402,13 @@ def _fail(jdir: Path, job: dict, status: dict, message: str, unreachable: bool =
             RunWriter(p).status("failed", message)
 
 
+def _import_tune() -> None:
+    try:
+        import ray.tune  # noqa: F401
+    except Exception:  # noqa: BLE001 - imported again (and failing loudly) where it is used
+        pass
+
+
 def driver_main(job_dir: str) -> None:
     """Entry point of the driver process: run the job of ``job.json`` on the Ray cluster it names."""
     from tlviz.finetune.worker import begin_worker
@@ -426,6 +433,8 @@ def driver_main(job_dir: str) -> None:
     timer = threading.Timer(CONNECT_TIMEOUT_S, too_slow)
     timer.daemon = True
     timer.start()
+    if len(job.get("run_ids", [])) > 1:  # a sweep: import Ray Tune (a second or two) while connecting
+        threading.Thread(target=_import_tune, daemon=True).start()
     try:
         ray = connect(address, job.get("env"))
     except ClusterUnreachable as exc:

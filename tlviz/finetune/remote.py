@@ -177,18 +177,21 @@ def _cache():
     return _STATE["cache"]
 
 
-def _start(board, threads):
-    """Common start of a run or range test: the cancel watch, the device (before TensorFlow starts), where."""
+def _start(board, run_id: str, threads):
+    """Common start of a run or range test: the cancel watch, where (posted at once, then with the device)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     watch = _CancelWatch(board)
     if watch():
         return watch, None
+    board.put.remote(run_id, "status", {"state": "running", "where": where_here({"device": "?"})})
     import warnings
 
     warnings.filterwarnings("ignore", module="keras")
     from tlviz.finetune.device import setup_device
 
-    return watch, where_here(setup_device(threads))
+    where = where_here(setup_device(threads))  # imports TensorFlow: GPU memory growth before anything runs
+    board.put.remote(run_id, "status", {"state": "running", "where": where})
+    return watch, where
 
 
 def _run(inputs: dict, config: dict, run_id: str, board, threads=None, on_epoch=None) -> dict:
@@ -196,11 +199,10 @@ def _run(inputs: dict, config: dict, run_id: str, board, threads=None, on_epoch=
     from tlviz.finetune.config import RunConfig
     from tlviz.finetune.run import run_finetune
 
-    watch, where = _start(board, threads)
+    watch, where = _start(board, run_id, threads)
     if where is None:
         return {"state": "cancelled", "message": "cancelled before it started", "files": {}, "where": {}}
     try:
-        board.put.remote(run_id, "status", {"state": "running", "where": where})
         loaded, images = _inputs(inputs)
         cfg = RunConfig.from_dict(config)
         with tempfile.TemporaryDirectory(prefix="tlviz-run-") as tmp:
@@ -305,11 +307,10 @@ def lrfind_task(inputs: dict, config: dict, steps: int, board) -> dict:
     from tlviz.finetune.config import RunConfig
     from tlviz.finetune.lrfinder import lr_range_test
 
-    watch, where = _start(board, None)
+    watch, where = _start(board, LRFIND, None)
     if where is None:
         return {"result": None, "where": {}}
     try:
-        board.put.remote(LRFIND, "status", {"state": "running", "where": where})
         loaded, images = _inputs(inputs)
         res = lr_range_test(loaded, images, RunConfig.from_dict(config), steps=int(steps), should_cancel=watch,
                             progress=lambda info: board.put.remote(LRFIND, "progress", info), cache=_cache(),
