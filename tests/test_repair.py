@@ -282,6 +282,15 @@ def test_adabn_then_baked_preprocessing(digits, repaired_files):
     _keep(repaired_files, result, images)
 
 
+def test_a_repair_without_a_clear_gain_says_so(digits):
+    from tlviz.repair import repair
+
+    loaded, images = digits
+    step = repair(loaded, images, ["bn-statistics-mismatch"], "tf").steps[0]  # the statistics were right
+    assert step.interval[0] <= 0 <= step.interval[1]
+    assert any("no clear gain" in n for n in step.notes)
+
+
 def test_adabn_needs_batch_normalization(digits):
     import keras
 

@@ -184,6 +184,7 @@ def repair(loaded, images, fixes, inference_preset: str = "unit", *, target: str
             steps[i] = repair_normalization(chain, expected, scores, params["target"], expected in PRESET_RESIZE)
         else:
             steps[i] = _step(i, chain, params, loaded, match)
+        _no_clear_gain(steps[i])
         at += share
     chain.span(0.85, 1.0)
     chain.say(0.0, "Saving the repaired model and measuring the saved file…")
@@ -191,6 +192,16 @@ def repair(loaded, images, fixes, inference_preset: str = "unit", *, target: str
     result.seconds = time.monotonic() - t0
     say(1.0, "Done.")
     return result
+
+
+def _no_clear_gain(step) -> None:
+    """Say so when the held-out images do not show this step's gain clearly (its interval reaches 0)."""
+    if step.measure != "accuracy" or not step.interval or step.interval[0] > 0:
+        return
+    step.notes.append(
+        f"The {step.n_eval} held-out images show no clear gain from `{step.id}` (95 % interval of the gain "
+        f"{step.interval[0] * 100:+.1f} to {step.interval[1] * 100:+.1f} points): the copy is not proven better "
+        "than the original; keep the original unless more images say otherwise.")
 
 
 def _step(fix_id, chain, params, loaded, match, check_only: bool = False):
