@@ -1,0 +1,72 @@
+"""What issue 14's five checks add to a diagnosis, at real size.
+
+Run: ``python bench/bench_new_checks.py [OUT_DIR] [N_IMAGES] [REPEATS]`` (defaults ``/tmp/tlviz_real``, 180,
+2). Builds (once, `bench/realsize.py`) a ``weights=None`` MobileNetV2 at 224x224 under a new head and
+`N_IMAGES` generated JPEGs in three classes, then, in this process and in alternating order:
+
+- the baseline: ``diagnose`` with every check except the five new ones;
+- ``diagnose`` with every check.
+
+Prints the fastest and the spread of each over `REPEATS` runs, their ratio, the seconds of each new
+check in the fastest full run, and Grad-CAM's cost for a gallery page (12 images).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import realsize  # noqa: E402
+
+from tlviz import gradcam  # noqa: E402
+from tlviz.diagnose import CHECK_IDS, diagnose  # noqa: E402
+from tlviz.imagesets import open_source  # noqa: E402
+from tlviz.models import load_model  # noqa: E402
+
+NEW = ("prediction-collapse", "output-loss-mismatch", "exif-orientation", "duplicate-images", "likely-mislabelled")
+
+
+def main(argv: list[str]) -> None:
+    out = Path(argv[0]) if argv else Path("/tmp/tlviz_real")
+    n = int(argv[1]) if len(argv) > 1 else 180
+    repeats = int(argv[2]) if len(argv) > 2 else 2
+    model_path = realsize.build_model("MobileNetV2", out / "mobilenetv2.keras")
+    folder = realsize.make_images(out / f"images_{n}", n)
+    loaded = load_model(model_path)
+    source = open_source(folder)
+    images = source.load(loaded.image_size, loaded.channels)
+    old = [c for c in CHECK_IDS if c not in NEW]
+    diagnose(loaded, images, "tf", source=source, checks=old)  # warm-up: traces the forward passes
+
+    times = {"baseline": [], "all": []}
+    reports = {}
+    for _ in range(repeats):
+        for name, checks in (("baseline", old), ("all", None)):
+            t0 = time.perf_counter()
+            reports[name] = diagnose(loaded, images, "tf", source=source, checks=checks)
+            times[name].append(time.perf_counter() - t0)
+    base, full = min(times["baseline"]), min(times["all"])
+    print(f"model: {loaded.name} at {loaded.image_size[0]}x{loaded.image_size[1]}  images: {len(images)}  "
+          f"CPU threads: {os.cpu_count()}  repeats: {repeats}")
+    for name in ("baseline", "all"):
+        t = times[name]
+        print(f"  {name:9s} fastest {min(t):7.2f} s   spread {min(t):.2f}-{max(t):.2f} s")
+    print(f"  ratio all / baseline (fastest): {full / base:.3f}  (+{full - base:.2f} s)")
+    report = reports["all"]
+    print("  seconds per new check (last full run): "
+          + ", ".join(f"{c} {report.seconds.get(c, 0):.2f}" for c in NEW))
+    print(f"  findings: {[f.id for f in report.findings]}")
+    print(f"  skipped: {[(s.id, s.reason[:90]) for s in report.skipped]}")
+    t0 = time.perf_counter()
+    g = gradcam.explain(loaded, images, [(i, "tf") for i in range(12)])
+    print(f"  Grad-CAM, 12 images at '{g.layer}' {g.shape}: {time.perf_counter() - t0:.2f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
