@@ -33,9 +33,14 @@ NEW = ("prediction-collapse", "output-loss-mismatch", "exif-orientation", "dupli
 
 
 def main(argv: list[str]) -> None:
-    out = Path(argv[0]) if argv else Path("/tmp/tlviz_real")
-    n = int(argv[1]) if len(argv) > 1 else 180
-    repeats = int(argv[2]) if len(argv) > 2 else 2
+    import argparse
+
+    parser = argparse.ArgumentParser(description="diagnose with and without issue 14's checks, at real size")
+    parser.add_argument("out", nargs="?", default="/tmp/tlviz_real", help="where the model and images are built")
+    parser.add_argument("n_images", nargs="?", type=int, default=180, help="generated JPEGs (default 180)")
+    parser.add_argument("repeats", nargs="?", type=int, default=2, help="runs of each (default 2)")
+    args = parser.parse_args(argv)
+    out, n, repeats = Path(args.out), args.n_images, args.repeats
     model_path = realsize.build_model("MobileNetV2", out / "mobilenetv2.keras")
     folder = realsize.make_images(out / f"images_{n}", n)
     loaded = load_model(model_path)
