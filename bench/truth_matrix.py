@@ -212,6 +212,36 @@ def _write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, names: l
     return folder
 
 
+#: Images per class filed under a wrong class in the ``likely-mislabelled`` plant (about 8 % of each class).
+MISLABELLED_PER_CLASS = 6
+#: Every `TURN_EVERY`-th image of the ``exif-orientation`` plant is stored turned, with the EXIF tag that turns it back.
+TURN_EVERY = 3
+#: EXIF orientation 6: "turn 90 degrees clockwise to show" (PIL's `ImageOps.exif_transpose` applies it).
+EXIF_ORIENTATION_TAG, EXIF_ROTATE_CW = 0x0112, 6
+
+
+def _write_jpegs(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str], turned: bool) -> Path:
+    """A class-per-folder JPEG image set (quality 95); with `turned`, every `TURN_EVERY`-th image is stored
+    turned a quarter anticlockwise with EXIF orientation 6, so that a viewer that applies the tag shows it
+    upright, while a loader that ignores the tag (Keras's ``load_img``) sees it on its side."""
+    from PIL import Image
+
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    for k, name in enumerate(names):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for n, i in enumerate(np.flatnonzero(labels == k)):
+            img = Image.fromarray(images[i], "RGB")
+            exif = Image.Exif()
+            if turned and n % TURN_EVERY == 0:
+                img = img.transpose(Image.Transpose.ROTATE_90)
+                exif[EXIF_ORIENTATION_TAG] = EXIF_ROTATE_CW
+            img.save(folder / name / f"{name}_{i:04d}.jpg", quality=95, exif=exif)
+    done.write_text("ok\n")
+    return folder
+
+
 # -- training ------------------------------------------------------------------------------------
 
 def _seed() -> None:
@@ -349,7 +379,34 @@ class Env:
         if which == "source_24px":
             x, y = d["source_test"]
             return _write_folder(self.images_dir / which, x, y, d["source_names"], size=24)
+        if which in ("source_jpeg", "source_exif"):
+            x, y = d["source_test"]
+            return _write_jpegs(self.images_dir / which, x, y, d["source_names"], turned=which == "source_exif")
+        if which == "source_duplicates":
+            x, y = d["source_test"]
+            src = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(len(d["source_names"]))])
+            # two images of each class copied, byte for byte, into the next class's folder
+            x2 = np.concatenate([x, x[src]])
+            y2 = np.concatenate([y, (y[src] + 1) % len(d["source_names"])])
+            return _write_folder(self.images_dir / which, x2, y2, d["source_names"])
+        if which == "source_mislabelled":
+            x, y = d["source_test"]
+            y2 = y.copy()
+            rng = np.random.default_rng(SEED + 2)
+            for c in range(len(d["source_names"])):  # 6 images of each class filed under another class
+                moved = rng.choice(np.flatnonzero(y == c), MISLABELLED_PER_CLASS, replace=False)
+                y2[moved] = (c + 1 + rng.integers(0, len(d["source_names"]) - 1, len(moved))) % len(d["source_names"])
+            return _write_folder(self.images_dir / which, x, y2, d["source_names"])
         raise KeyError(which)
+
+    def saved(self, model, name: str):
+        """`model` written to a ``.keras`` file and read back as a user's upload (its compile config kept)."""
+        from tlviz.models import load_model
+
+        path = self.dir / "planted" / f"{name}.keras"
+        path.parent.mkdir(exist_ok=True)
+        model.save(path)
+        return load_model(path)
 
     def images(self, which: str):
         """``(ImageSet, ImageSource)`` of a folder, decoded at 32x32 as `diagnose` expects."""
@@ -708,6 +765,25 @@ def _untrained_head(env):
     return _summarize(loaded), images, env.family.preset, source
 
 
+def _output_loss(env):
+    """The trained softmax model recompiled with ``from_logits=True`` (and saved, as a user's file holds it)."""
+    import keras
+
+    model = env.load("trained").model
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    images, source = env.images("source")
+    return env.saved(model, "output_loss"), images, env.family.preset, source
+
+
+def _images_of(which: str):
+    def setup(env):
+        images, source = env.images(which)
+        return env.load("trained"), images, env.family.preset, source
+    setup.__name__ = f"_images_{which}"
+    return setup
+
+
 def _resized(env):
     images, source = env.images("source_24px")
     return env.load("trained"), images, env.family.preset, source
@@ -716,7 +792,7 @@ def _resized(env):
 _F = frozenset
 #: A model whose accuracy collapses may fall to chance; a base whose statistics are broken may probe no
 #: better than a random one. Consequences, not plants: not scored on the cases that cause them.
-_COLLAPSE = _F({"no-better-than-chance", "pretraining-no-better-than-random"})
+_COLLAPSE = _F({"no-better-than-chance", "pretraining-no-better-than-random", "prediction-collapse"})
 
 #: (name, planted, setup, allowed, clean, resized, why): the same cases for every family.
 CASE_TABLE = (
@@ -757,13 +833,24 @@ CASE_TABLE = (
     ("bn-statistics/reset", _F({"bn-statistics-mismatch"}), _bn_reset, _COLLAPSE, False, False,
      "every BN's moving statistics reset to mean 0, variance 1"),
     ("random-base/phase1", _F({"pretraining-no-better-than-random", "bn-statistics-mismatch"}), _random_phase1,
-     _F({"no-better-than-chance"}), False, False,
+     _F({"no-better-than-chance", "prediction-collapse"}), False, False,
      "a never-trained base (BN statistics initial), frozen, new head trained (guide phase 1)"),
     ("random-base/two-phase-recipe", _F({"pretraining-no-better-than-random"}), _random_recipe,
-     _F({"no-better-than-chance", "bn-statistics-mismatch"}), False, False,
+     _F({"no-better-than-chance", "bn-statistics-mismatch", "prediction-collapse"}), False, False,
      "a never-trained base through the whole guide recipe (phase 2 updates its BN statistics)"),
-    ("untrained-head", _F({"no-better-than-chance"}), _untrained_head, _F(), False, False,
-     "the trained base under a head that was never trained (zero kernel)"),
+    ("untrained-head", _F({"no-better-than-chance", "prediction-collapse"}), _untrained_head, _F(), False, False,
+     "the trained base under a head that was never trained (zero kernel: one answer for every image)"),
+    ("output-loss/softmax-from-logits", _F({"output-loss-mismatch"}), _output_loss, _F(), False, False,
+     "the softmax model compiled with SparseCategoricalCrossentropy(from_logits=True), saved and loaded"),
+    ("clean/jpeg-files", _F(), _images_of("source_jpeg"), _F(), True, False,
+     "the trained model on the same held-out images as JPEG files (quality 95), no EXIF orientation"),
+    ("exif-orientation", _F({"exif-orientation"}), _images_of("source_exif"), _F(), False, False,
+     "every third JPEG stored on its side with EXIF orientation 6 (upright when the tag is applied)"),
+    ("duplicate-images/across-classes", _F({"duplicate-images"}), _images_of("source_duplicates"),
+     _F({"likely-mislabelled"}), False, False,
+     "two images of each class copied into the next class's folder (a copy under a wrong label)"),
+    ("likely-mislabelled", _F({"likely-mislabelled"}), _images_of("source_mislabelled"), _F(), False, False,
+     f"{MISLABELLED_PER_CLASS} images of each class filed under another class (about 8 %)"),
     ("images-resized", _F(), _resized, _F(), False, True,
      "the images stored at 24x24, resized to the model's 32x32 (info only)"),
 )
