@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import time
 import warnings
@@ -33,11 +32,27 @@ RUN_FILES = {"config.json", "status.json", "progress.json", "history.json", "met
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A real Ray instance with 2 CPUs for this module's tests; shut down afterwards."""
-    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="tlviz-tests")
-    yield ctx.address_info["gcs_address"]
+def ray_cluster():
+    """A real Ray cluster on this machine: a head node and a worker node, 1 CPU each; shut down afterwards.
+
+    Two nodes (``ray.cluster_utils.Cluster``: a raylet each) so that a test can take one away mid-run.
+    """
+    from ray.cluster_utils import Cluster
+
+    cl = Cluster(initialize_head=True, connect=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
+    cl.add_node(num_cpus=1)
+    cl.wait_for_nodes()
+    yield cl
     ray.shutdown()
+    cl.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster):
+    """The test cluster's address (what ``TLVIZ_RAY_ADDRESS`` names)."""
+    return ray_cluster.address
 
 
 @pytest.fixture()
@@ -130,7 +145,7 @@ def test_a_run_on_ray_streams_progress_and_stores_what_a_local_run_stores(on_ray
     job = json.loads((on_ray / ".jobs" / remote.job_id / "job.json").read_text())
     assert job["executor"] == "ray" and job["ray_address"]
     cluster = json.loads((on_ray / ".jobs" / ".ray_cluster.json").read_text())
-    assert cluster["CPU"] == 2 and cluster["nodes"] == 1 and cluster["ray_version"] == ray.__version__
+    assert cluster["CPU"] == 2 and cluster["nodes"] == 2 and cluster["ray_version"] == ray.__version__
 
 
 def test_a_sweep_through_ray_tune_with_asha_stops_the_hopeless_runs(on_ray, loaded_base, images):
@@ -209,31 +224,36 @@ def test_cancel_stops_a_run_on_ray_and_the_range_test_runs_there(on_ray, loaded_
     assert res is not None and len(res.curve) >= 5 and res.message
 
 
-def test_a_lost_worker_fails_its_run_with_the_reason_and_the_sweep_goes_on(on_ray, loaded_base, images):
+def test_a_node_lost_mid_run_fails_its_run_with_the_reason_and_the_sweep_goes_on(on_ray, ray_cluster, loaded_base,
+                                                                                 images):
     from tlviz.finetune.store import load_run
     from tlviz.finetune.sweep import sweep_configs
     from tlviz.finetune.worker import poll_job, start_job, wait_job
 
+    doomed = ray_cluster.add_node(num_cpus=1)  # a third node for this test: 3 CPUs, one trial on each node
+    ray_cluster.wait_for_nodes()
     cfgs = sweep_configs(RunConfig(unfreeze=6, epochs=4, preset="tf"), [6], [3e-4, 1e-3, 3e-3])
     job = start_job(loaded_base, images, cfgs)
     victim, deadline = None, time.monotonic() + 120
     while victim is None and time.monotonic() < deadline:
         for rid in job.run_ids:
             rec = load_run(rid)
-            if rec.state == "running" and rec.where.get("pid") and len(rec.history) >= 1:
+            if rec.state == "running" and doomed.node_id.startswith(rec.where.get("node_id") or "-") \
+                    and len(rec.history) >= 1:
                 victim = rec
                 break
         time.sleep(0.1)
     assert victim is not None, poll_job(job.job_id).text
-    os.kill(int(victim.where["pid"]), signal.SIGKILL)  # the worker (as if its node died)
+    ray_cluster.remove_node(doomed, allow_graceful=False)  # the node goes away, with the worker running the run
     st = wait_job(job.job_id, timeout=180)
     assert st.state == "done", st.message
-    states = {r.run_id: r for r in st.runs}
-    lost = states[victim.run_id]
+    lost = next(r for r in st.runs if r.run_id == victim.run_id)
     assert lost.state == "failed" and "was lost" in lost.message and "sweep went on" in lost.message
+    assert victim.where["node_id"] in lost.message
     assert len(lost.history) >= 1  # what it streamed is kept
     others = [r for r in st.runs if r.run_id != victim.run_id]
     assert all(r.state == "completed" and r.metrics for r in others), [(r.state, r.message) for r in others]
+    assert all(not doomed.node_id.startswith(r.where["node_id"]) for r in others)
 
 
 def test_an_unreachable_cluster_is_refused_before_anything_is_created(tmp_path, monkeypatch, loaded_base, images):
@@ -286,3 +306,25 @@ def test_trial_and_task_resources_follow_the_cluster():
     assert trial_resources({"CPU": 16, "GPU": 2, "max_node_CPU": 8}, 4) == {"cpu": 1, "gpu": 1}
     assert task_resources({"CPU": 2, "GPU": 0}) == {"num_cpus": 1, "num_gpus": 0}
     assert task_resources({"CPU": 8, "GPU": 1}) == {"num_cpus": 1, "num_gpus": 1}
+
+
+def test_the_finetune_command_runs_on_ray_and_prints_what_a_local_run_prints(cluster, tmp_path, monkeypatch,
+                                                                               base_model_path, digits_5_9, capsys):
+    from tlviz.cli import main
+
+    args = ["finetune", str(base_model_path), str(digits_5_9), "--unfreeze", "0", "--lr", "1e-2", "--epochs", "2",
+            "--json"]
+    monkeypatch.delenv("TLVIZ_RAY_ADDRESS", raising=False)
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    local = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("TLVIZ_RAY_ADDRESS", cluster)
+    assert main(args + ["--out", str(tmp_path / "ray")]) == 0
+    captured = capsys.readouterr()
+    remote = json.loads(captured.out)
+    assert "running on Ray · " in captured.err
+    assert remote["trainable_params"] == local["trainable_params"]
+    assert remote["frozen_layers_changed"] == local["frozen_layers_changed"] == []
+    for a, b in zip(remote["history"], local["history"], strict=True):
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[k] == pytest.approx(b[k], rel=2e-3, abs=2e-3), k
+    assert remote["model_path"].startswith(str(tmp_path / "ray")) and os.path.exists(remote["model_path"])

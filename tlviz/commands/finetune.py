@@ -1,4 +1,9 @@
-"""``python -m tlviz finetune MODEL IMAGES --unfreeze N --lr LR --epochs E ...``: one run, headless."""
+"""``python -m tlviz finetune MODEL IMAGES --unfreeze N --lr LR --epochs E ...``: one run, headless.
+
+The run trains in this process, or on the Ray cluster of ``TLVIZ_RAY_ADDRESS`` when it is set (or with
+``--executor ray``): then it goes through the same driver as the app's runs (`tlviz.finetune.start_job`)
+and lands in the same runs folder; the output is the same.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ def add_arguments(parser) -> None:
                              "(default: the model's recorded preset, else unit)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="runs folder to store the run in (default: $TLVIZ_RUNS_DIR or ~/.tlviz/runs)")
+    parser.add_argument("--executor", choices=("local", "ray"), default=None,
+                        help="where the run trains: this process (local) or the Ray cluster of TLVIZ_RAY_ADDRESS "
+                             "(ray). Default: ray when TLVIZ_RAY_ADDRESS is set, else local")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -38,6 +46,10 @@ def run(args) -> int:
     config = RunConfig(unfreeze=args.unfreeze, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                        preset=args.preset or default_preset(None, loaded.recorded_preset))
     check_run(loaded, images, config)  # refuse before creating a run folder
+    from tlviz.finetune.executors import choose_executor
+
+    if choose_executor(args.executor) == "ray":
+        return _run_on_ray(args, loaded, images, config, reporter)
     writer = RunWriter(runs_dir(args.out) / new_run_id())
     writer.write_config(config, {"name": loaded.name, "filename": loaded.filename, "sha256": loaded.sha256,
                                  "metadata": loaded.metadata},
@@ -64,29 +76,83 @@ def run(args) -> int:
     progress({"history": result.history.to_dict(orient="records")})
     reporter(1.0, "Done.")
     reporter.close()
+    return _report(args, result.state, result.history, int(result.trainable_params), result.final,
+                   list(result.frozen_layers_changed), result.model_path, result.cache_used, result.notes,
+                   result.findings, writer.dir)
+
+
+def _run_on_ray(args, loaded, images, config, reporter) -> int:
+    """The run on the Ray cluster, through the app's driver; printed as a local run is."""
+    import time
+
+    from tlviz.errors import TlvizError
+    from tlviz.finetune.store import load_run
+    from tlviz.finetune.worker import poll_job, start_job
+
+    job = start_job(loaded, images, [config], root=args.out, executor="ray")
+    seen, shown_where = 0, False
+    while True:
+        st = poll_job(job.job_id, args.out)
+        rec = st.runs[0] if st.runs else None
+        if rec is not None:
+            if not shown_where and rec.where.get("device", "?") != "?":
+                reporter.echo(f"running on {rec.ran_on}", file=sys.stderr)
+                shown_where = True
+            hist = rec.history.to_dict(orient="records")
+            while not args.json and seen < len(hist):
+                e = hist[seen]
+                seen += 1
+                reporter.echo(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
+                              f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", file=sys.stdout)
+        if rec is not None and rec.progress:
+            reporter(*_step(rec.progress))
+        else:
+            reporter(None, st.text, "")
+        if not st.active:
+            break
+        time.sleep(0.3)
+    rec = load_run(job.run_ids[0], job.root)
+    hist = rec.history.to_dict(orient="records")
+    while not args.json and seen < len(hist):
+        e = hist[seen]
+        seen += 1
+        reporter.echo(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
+                      f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", file=sys.stdout)
+    reporter(1.0, "Done.")
+    reporter.close()
+    if rec.state not in ("completed", "diverged", "cancelled") or not rec.metrics:
+        raise TlvizError(f"The run on the Ray cluster {rec.state}: {rec.message or st.message}")
+    out = rec.outcome
+    return _report(args, rec.state, rec.history, int(rec.metrics.get("trainable_params") or 0), out.final,
+                   out.frozen_layers_changed, rec.model_path, bool(rec.metrics.get("cache_used")), out.notes,
+                   out.findings, rec.path)
+
+
+def _report(args, state, history, trainable_params, final, frozen_changed, model_path, cache_used, notes, findings,
+            run_dir) -> int:
     if args.json:
         print(json.dumps({
             "history": [{"epoch": int(r.epoch), "loss": finite_or_none(r.loss),
                          "accuracy": finite_or_none(r.accuracy), "val_loss": finite_or_none(r.val_loss),
                          "val_accuracy": finite_or_none(r.val_accuracy)}
-                        for r in result.history.itertuples()],
-            "trainable_params": int(result.trainable_params),
-            "final": {"val_accuracy": finite_or_none(result.final["val_accuracy"]),
-                      "val_loss": finite_or_none(result.final["val_loss"])},
-            "frozen_layers_changed": list(result.frozen_layers_changed),
-            "model_path": str(result.model_path),
+                        for r in history.itertuples()],
+            "trainable_params": int(trainable_params),
+            "final": {"val_accuracy": finite_or_none(final.get("val_accuracy")),
+                      "val_loss": finite_or_none(final.get("val_loss"))},
+            "frozen_layers_changed": list(frozen_changed),
+            "model_path": str(model_path),
         }))
         return 0
-    print(f"\n{result.state.upper()}: final val accuracy {_fmt(result.final['val_accuracy'])}, "
-          f"val loss {_fmt(result.final['val_loss'])}, trainable params {result.trainable_params:,}"
-          f"{' (cached activations)' if result.cache_used else ''}")
-    for note in result.notes:
+    print(f"\n{state.upper()}: final val accuracy {_fmt(final.get('val_accuracy'))}, "
+          f"val loss {_fmt(final.get('val_loss'))}, trainable params {trainable_params:,}"
+          f"{' (cached activations)' if cache_used else ''}")
+    for note in notes:
         print(f"  note: {note}")
-    for f in result.findings:
+    for f in findings:
         print(f"{f.severity.upper()}: {f.title}. {f.fix}".rstrip(". ") + ".")
-    if result.frozen_layers_changed:
-        print(f"WARNING: frozen layers changed: {', '.join(result.frozen_layers_changed)}", file=sys.stderr)
-    print(f"Run folder: {writer.dir}\nModel: {result.model_path}")
+    if frozen_changed:
+        print(f"WARNING: frozen layers changed: {', '.join(frozen_changed)}", file=sys.stderr)
+    print(f"Run folder: {run_dir}\nModel: {model_path}")
     return 0
 
 

@@ -14,9 +14,9 @@ TensorFlow, no slot of the local queue of heavy jobs) and does, in order:
    sweep) through Ray Tune (`remote.tune_trial`, the ASHA scheduler when the job
    asks for it), the range test as a task (`remote.lrfind_task`);
 4. meanwhile collect the job's `remote.Board` every `POLL_S` and write what
-   the runs post into their folders (status with ``where``, progress, history),
-   then the files each run sends back. The Cancel flag file raises the board's
-   flag; runs that have not stopped `CANCEL_GRACE_S` later are stopped by Ray
+   the runs post into their folders (status with ``where``, progress, history
+   with the TensorBoard events), then the files each run sends back. The Cancel
+   flag file raises the board's flag; runs that have not stopped `CANCEL_GRACE_S` later are stopped by Ray
    (``ray.cancel`` / Tune's stopper). A run whose worker or node was lost is
    marked failed with the reason; a sweep goes on with its other runs.
 
@@ -97,7 +97,9 @@ def lost_message(exc: BaseException, where: dict | None = None) -> str:
     """The reason a run failed on the cluster, in words (a lost worker or node is said as such)."""
     name = type(exc).__name__
     first = (str(exc).strip().splitlines() or [""])[0][:300]
-    on = f" on node {where['node']}" if where and where.get("node") else ""
+    on = ""
+    if where and where.get("node"):
+        on = f" on node {where['node']}" + (f" ({where['node_id']})" if where.get("node_id") else "")
     lost = ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "ActorUnavailableError", "ObjectLostError",
             "OwnerDiedError", "RaySystemError", "LocalRayletDiedError", "ObjectReconstructionFailedError")
     if name in lost or any(n in str(exc)[:2000] for n in lost):
@@ -193,7 +195,8 @@ class _Store:
         elif kind == "progress":
             w.progress(payload)
         elif kind == "history":
-            write_json(w.dir / "history.json", payload)
+            self.write_files(w, payload.get("files") or {})
+            write_json(w.dir / "history.json", payload.get("history") or [])
         elif kind == "stopped":
             self.write_files(w, payload.get("files") or {})
             self.stop(run_id, int(payload.get("epoch") or 0))

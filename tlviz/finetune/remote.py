@@ -7,7 +7,8 @@ A run writes its folder in a temporary folder on the worker's node, exactly as
 `tlviz.finetune.run.run_finetune` writes one on the server, and sends back:
 
 - while it runs, through the job's `Board` actor: ``status`` (where it runs),
-  ``progress`` (at most every half second) and ``history`` (every epoch);
+  ``progress`` (at most every half second) and ``history`` with the TensorBoard
+  event files (every epoch);
 - at the end, the files of its folder (`pack`: history, metrics, weight
   changes, ``model.keras``, TensorBoard events) as bytes: a task returns them,
   a trial posts them to the board (``result``) before it ends.
@@ -114,7 +115,9 @@ def _writer(folder: Path, run_id: str, board, on_epoch=None):
 
         def epoch(self, history: list[dict]) -> None:
             super().epoch(history)  # history.json and TensorBoard events, in the temporary folder
-            board.put.remote(run_id, "history", history)
+            # The TensorBoard files (a few hundred bytes an epoch) travel with the history: a trial that the
+            # scheduler stops, or a lost node, leaves them behind in the run folder too.
+            board.put.remote(run_id, "history", {"history": history, "files": pack(self.dir, "tb")})
             if on_epoch is not None:
                 on_epoch(history)
 
