@@ -328,3 +328,28 @@ def test_the_finetune_command_runs_on_ray_and_prints_what_a_local_run_prints(clu
         for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[k] == pytest.approx(b[k], rel=2e-3, abs=2e-3), k
     assert remote["model_path"].startswith(str(tmp_path / "ray")) and os.path.exists(remote["model_path"])
+
+
+def test_a_run_that_does_not_stop_by_itself_is_stopped_by_ray(cluster, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tlviz.finetune import raydriver, remote
+    from tlviz.finetune.store import RunWriter, load_run
+
+    w = RunWriter(tmp_path / "20240101-000000-000aaaa")
+    w.write_config(RunConfig(epochs=1))
+    w.status("running")
+    board = ray.remote(num_cpus=0)(remote.Board).remote()
+    store = raydriver._Store(ray, board, {"root": str(tmp_path), "run_ids": [w.run_id]}, Path(tmp_path))
+    monkeypatch.setattr(raydriver, "CANCEL_GRACE_S", 1.0)
+
+    def stubborn():  # a task that never looks at the cancel flag (defined here: it travels by value)
+        time.sleep(120)
+
+    ref = ray.remote(stubborn).options(max_retries=0).remote()
+    t0 = time.monotonic()
+    assert raydriver._follow(ray, [ref], store, lambda: True)  # the Cancel flag is up from the start
+    assert time.monotonic() - t0 < 30 and ray.get(board.cancelled.remote())
+    raydriver._outcome(ray, ref, store, w.run_id)
+    rec = load_run(w.run_id, tmp_path)
+    assert rec.state == "cancelled" and "Ray stopped it" in rec.message, rec.message
