@@ -459,7 +459,10 @@ def driver_main(job_dir: str) -> None:
         inputs = put_inputs(ray, job)
         from tlviz.finetune import remote
 
-        board = ray.remote(num_cpus=0)(remote.Board).options(max_restarts=0).remote()
+        # The board lives on the head node (the one node a cluster cannot lose without ending), not on a
+        # worker node that may go away mid-job.
+        head = {"node:__internal_head__": 0.001} if "node:__internal_head__" in ray.cluster_resources() else {}
+        board = ray.remote(num_cpus=0)(remote.Board).options(max_restarts=0, resources=head).remote()
         store = _Store(ray, board, job, jdir)
         status.update(message="waiting for the Ray cluster's resources", updated=now_iso())
         write_json(jdir / "status.json", status)
