@@ -204,6 +204,7 @@ def _run(inputs: dict, config: dict, run_id: str, board, threads=None, on_epoch=
 
     watch, where = _start(board, run_id, threads)
     if where is None:
+        watch.stop()
         return {"state": "cancelled", "message": "cancelled before it started", "files": {}, "where": {}}
     try:
         loaded, images = _inputs(inputs)
@@ -290,7 +291,10 @@ def tune_trial(config: dict, inputs: dict | None = None, board=None, runs: list 
 
     def report(history: list[dict]) -> None:
         entry = history[-1]
-        if int(entry["epoch"]) < total and not entry.get("partial"):
+        finite = all(entry.get(k) is not None and math.isfinite(float(entry[k])) for k in ("loss", "val_loss"))
+        # Not the last epoch (the final report follows the results), not a cut-short or diverging one (the run
+        # ends by itself and says why).
+        if int(entry["epoch"]) < total and not entry.get("partial") and finite:
             tune.report(_tune_metrics(entry, entry["epoch"]))  # may end this thread (the scheduler stopped it)
 
     out = _run(inputs, cfg, run_id, board, threads=threads, on_epoch=report)
@@ -312,6 +316,7 @@ def lrfind_task(inputs: dict, config: dict, steps: int, board) -> dict:
 
     watch, where = _start(board, LRFIND, None)
     if where is None:
+        watch.stop()
         return {"result": None, "where": {}}
     try:
         loaded, images = _inputs(inputs)
