@@ -26,7 +26,8 @@ size):
 Pairs are joined into groups (an image close to two others joins both).
 
 Public API: `difference_hash(images)`, `find_duplicates(images, max_bits=None, tolerance=None)`
--> `DuplicateGroups`, `duplicate_group_ids(images)`, `HASH_BITS`, `THUMBNAIL_SIDE`. The default
+-> `DuplicateGroups`, `duplicate_group_ids(images)`, `thumbnail_difference(a, b)`, `HASH_BITS`,
+`THUMBNAIL_SIDE`. The default
 thresholds are the ``duplicate-images`` check's (`tlviz.diagnose.registry`, where the reasons are
 written).
 """
@@ -248,6 +249,19 @@ def find_duplicates(images: np.ndarray, max_bits: int | None = None,
     groups = [np.array(sorted(m), dtype=np.int64) for _, m in sorted(members.items())]
     exact = [bool(np.all(images[g] == images[g[0]])) for g in groups]
     return DuplicateGroups(groups, exact, pairs, n, max_bits, tolerance)
+
+
+def thumbnail_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """The mean absolute difference, in grey levels, of two images' 32 x 32 grayscale thumbnails.
+
+    Args:
+        a / b: ``uint8`` ``(H, W, 1 or 3)`` images of the same size.
+
+    Returns:
+        The difference (0 for identical pixels); `find_duplicates` compares it with its ``tolerance``.
+    """
+    t = _thumbnails(np.stack([np.asarray(a), np.asarray(b)]))
+    return float(np.abs(t[0] - t[1]).mean())
 
 
 def duplicate_group_ids(images: np.ndarray, max_bits: int | None = None, tolerance: float | None = None) -> np.ndarray:

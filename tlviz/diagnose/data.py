@@ -155,6 +155,8 @@ def check_exif_orientation(ctx: DiagnosisContext, check: Check) -> list[Finding]
 
 def check_duplicate_images(ctx: DiagnosisContext, check: Check) -> list[Finding]:
     """``duplicate-images``: copies under two classes, or enough copies within classes to leak across a split."""
+    from tlviz.duplicates import thumbnail_difference
+
     images = ctx.images
     n = len(images)
     if n < 2:
@@ -173,13 +175,13 @@ def check_duplicate_images(ctx: DiagnosisContext, check: Check) -> list[Finding]
     names = images.class_names
     pairs = []
     order = sorted(range(len(found.groups)), key=lambda k: (len(classes[k]) == 1, k))
-    diffs = {(i, j): d for i, j, d in found.pairs}
     for k in order:
         g = found.groups[k]
-        for other in g[1:]:
+        for other in g[1:]:  # each copy against the group's first image (copies may be joined through a third)
             i, j = int(g[0]), int(other)
             pairs.append({"a": images.files[i], "b": images.files[j], "class_a": names[labels[i]],
-                          "class_b": names[labels[j]], "difference": diffs.get((i, j), diffs.get((j, i))),
+                          "class_b": names[labels[j]],
+                          "difference": thumbnail_difference(images.images[i], images.images[j]),
                           "exact": bool(np.array_equal(images.images[i], images.images[j]))})
             if len(pairs) >= PAIRS_SHOWN:
                 break
