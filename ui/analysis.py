@@ -37,7 +37,7 @@ def _job_panel(job_id: str, prefix: str, drawn_state: str = "running") -> None:
 
 
 def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto: bool = False,
-             prefix: str) -> tuple[object | None, str | None]:
+             prefix: str, model=None) -> tuple[object | None, str | None]:
     """The current model's `kind` report (``"normalize"`` or ``"diagnose"``), run in a worker when needed.
 
     A stored result is returned at once (`tlviz.jobs` computes each one once).
@@ -51,6 +51,8 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
         start: start a job unless one is running (the page's button was pressed). Defaults to `False`.
         auto: start one if this session never started one for these inputs. Defaults to `False`.
         prefix: the page's widget-key prefix.
+        model: a `LoadedModel` to analyse instead of the current one (e.g. a fine-tuning run's saved
+            model, for a Grad-CAM gallery of its confusion cells). Defaults to the current model.
 
     Returns:
         ``(report, note)``: the report, or the one this page showed last for the
@@ -58,6 +60,7 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
         ``(None, None)`` when nothing was measured yet.
     """
     loaded, images = current()
+    loaded = loaded if model is None else model
     source, owner, ikey = image_source(), workspace(), content_key()
     pair = (cache.model_key(loaded), ikey)
     try:
