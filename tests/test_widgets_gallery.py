@@ -7,6 +7,7 @@ the Grad-CAM toggle runs a real worker job (`tlviz.jobs`, kind ``"gradcam"``).
 
 from __future__ import annotations
 
+import keras
 from apptest_helpers import settle
 from streamlit.testing.v1 import AppTest
 
@@ -65,3 +66,36 @@ def test_duplicate_pairs_side_by_side(module_runs):
     pairs = [[i.caption for i in element.proto.imgs] for element in at.get("image")]
     assert len(pairs) == 3 and all(p[0].startswith("0: ") and p[1].startswith("4: copy_") for p in pairs)
     assert sum("exact copy" in c.value for c in at.caption) == 3
+
+
+GALLERY_OF_ANOTHER_MODEL = '''
+import numpy as np
+import streamlit as st
+
+import ui
+from tlviz.models import load_model
+from ui.widgets import GalleryEntry, gallery
+
+ui.init_state()
+loaded, images = ui.current()
+other = load_model(st.session_state["other_model"])  # e.g. a fine-tuning run's saved model
+cell = np.flatnonzero(images.labels == 2)[:4]  # a confusion cell's images
+gallery(images, [GalleryEntry(int(i), images.files[i], ("tf",)) for i in cell], key="cell", model=other)
+'''
+
+
+def test_a_gallery_explains_another_model_than_the_current_one(module_runs, tmp_path):
+    """What a fine-tuning run's confusion cell needs: the heatmaps of the run's model, not the loaded one."""
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="run_conv")(inp)
+    out = keras.layers.Dense(5, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inp, out, name="run_model").save(tmp_path / "run.keras")
+    at = AppTest.from_string(GALLERY_OF_ANOTHER_MODEL, default_timeout=180)
+    at.session_state["other_model"] = str(tmp_path / "run.keras")
+    at.run()
+    assert not at.exception
+    assert len(at.get("image")) == 4
+    at.toggle(key="cell_gradcam").set_value(True).run()
+    settle(at, "cell_job")
+    assert any("Grad-CAM at 'run_conv' (32×32 grid" in c.value for c in at.caption)
+    assert all(i.caption.startswith("tf: explains '") for element in at.get("image") for i in element.proto.imgs)

@@ -99,8 +99,14 @@ def finding_cards(findings, **options) -> None:
 
 
 def gallery(images, entries: list[GalleryEntry], *, key: str, columns: int = 6, width: int = GALLERY_WIDTH,
-            strip: bool = False) -> None:
-    """Images with captions, and on request where the model looks (Grad-CAM), for the current model.
+            strip: bool = False, model=None) -> None:
+    """Images with captions, and on request where the model looks (Grad-CAM).
+
+    A fine-tuning run's confusion cell shows its images this way with the run's own model::
+
+        gallery(images, [GalleryEntry(i, images.files[i], (run_preset,)) for i in cell_indices],
+                key="ft_cell", model=load_model(rec.model_path))
+
 
     Args:
         images: the current `ImageSet` (the entries' indices point into it).
@@ -110,6 +116,7 @@ def gallery(images, entries: list[GalleryEntry], *, key: str, columns: int = 6, 
         width: image width in pixels. Defaults to `GALLERY_WIDTH`.
         strip: without heatmaps, show the images as one strip (a finding's examples) instead of in
             columns. Defaults to `False`.
+        model: the `LoadedModel` to explain (it must take `images` as they are). Defaults to the current model.
     """
     entries = [e for e in entries if 0 <= e.index < len(images)][:GALLERY_MAX]
     if not entries:
@@ -121,7 +128,7 @@ def gallery(images, entries: list[GalleryEntry], *, key: str, columns: int = 6, 
                                 "convolutional feature map that feeds the head. Computed in a worker process."):
         from ui.analysis import analysis  # here: ui.analysis imports the package that imports this module
 
-        report, _ = analysis("gradcam", job_params(items), auto=True, prefix=key)
+        report, _ = analysis("gradcam", job_params(items), auto=True, prefix=key, model=model)
         if report is not None and report.reason:
             st.info(report.reason, icon=":material/visibility_off:")
             report = None
