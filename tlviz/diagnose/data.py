@@ -378,15 +378,24 @@ def check_likely_mislabelled(ctx: DiagnosisContext, check: Check) -> list[Findin
     confident = probs[np.arange(n), pred]
     suspect = np.flatnonzero((pred != y) & (confident >= check.threshold("confidence")))
     share = len(suspect) / n
-    if share < check.threshold("min_share"):
+    min_share = check.threshold("min_share")
+    if share < min_share:
         return []
+    share_lo, share_hi = wilson_interval(len(suspect), n)
+    if share_lo < min_share:  # the share itself is measured on these images: its interval must clear the threshold
+        raise CheckSkipped(
+            f"Too few images to decide whether labels are wrong: a probe on the base's features confidently names "
+            f"another class for {len(suspect)} of {n} images ({share:.1%}, 95 % interval "
+            f"{format_interval(share_lo, share_hi)}), which may be no more than the {min_share:.0%} of hard images "
+            "any probe misjudges. More images narrow the interval.")
     suspect = suspect[np.argsort(-confident[suspect], kind="stable")]
     names = [images.class_names[int(c)] for c in usable]
     rows = [{"file": images.files[int(chosen[i])], "label": names[y[i]], "predicted": names[pred[i]],
              "confidence": float(confident[i]), "label_probability": float(probs[i, y[i]])}
             for i in suspect[:SUSPECTS_SHOWN]]
     moves = Counter((r["label"], r["predicted"]) for r in rows)
-    evidence = {"suspects": len(suspect), "share": share, "n_scored": n, "n_images": len(images),
+    evidence = {"suspects": len(suspect), "share": share, "share_interval": [share_lo, share_hi], "n_scored": n,
+                "n_images": len(images),
                 "probe_accuracy": right / n, "probe_accuracy_interval": [lo, hi], "chance": chance,
                 "feature_layer": layer, "preset": preset, "folds": FOLDS, "ranked_suspects": rows,
                 "example_files": [r["file"] for r in rows[:8]]}

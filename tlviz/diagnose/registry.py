@@ -186,16 +186,18 @@ CHECKS: tuple[Check, ...] = (
           }),
     Check("likely-mislabelled", "warning", "finetuning", "labels the images contradict",
           "a probe on the frozen base's features, trained on the other folds, gives {min_share:.0%} or more of the "
-          "images another class than their folder's with {confidence:.0%} confidence or more (only when the probe "
-          "itself is right on at least {min_probe_accuracy:.0%} of held-out images, the whole 95 % interval)",
+          "images (the whole 95 % interval) another class than their folder's with {confidence:.0%} confidence or "
+          "more (only when the probe itself is right on at least {min_probe_accuracy:.0%} of held-out images, the "
+          "whole 95 % interval)",
           run=data.check_likely_mislabelled,
           thresholds={
               "confidence": Threshold(0.9, "A probe that is right on most held-out images and still 90 % sure of "
                                            "another class is rarely wrong about the image; below that, hard and "
                                            "ambiguous images dominate."),
-              "min_share": Threshold(0.01, "Any probe misjudges a few hard images confidently; on the clean samples "
-                                           "they stay under 1 % of the set, so only more is taken as a labelling "
-                                           "problem."),
+              "min_share": Threshold(0.02, "Any probe misjudges a few hard images confidently: up to 1.5 % of the "
+                                           "clean controls in the planted-fault matrix (a weaker MobileNetV2 base), "
+                                           "while 8 % of images filed wrongly showed as 4-5 %; so only more than "
+                                           "2 % is taken as a labelling problem."),
               "min_probe_accuracy": Threshold(0.7, "A probe that gets fewer than 70 % of held-out images right has "
                                                    "not learnt the classes well enough for its disagreement with a "
                                                    "label to mean anything."),
