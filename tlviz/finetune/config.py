@@ -11,6 +11,9 @@ from tlviz.presets import PIXEL_PRESET, PRESETS
 OPTIMIZERS = ("adam", "sgd")
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
 BN_MODES = ("frozen", "train")
+#: What a control run is: the same configuration from fresh random weights, or with the base frozen.
+CONTROLS = ("random-init", "head-only")
+CONTROL_LABELS = {"random-init": "random-init control", "head-only": "head-only control"}
 
 
 @dataclass
@@ -58,6 +61,11 @@ class RunConfig:
             frozen (same results, much faster). Defaults to `True`.
         label: free text shown in the run list. Defaults to `""`.
         sweep_id: set on the runs of one sweep. Defaults to `None`.
+        control: makes the run a control of another one (`control_config`):
+            ``"random-init"`` starts from fresh random weights of the same
+            architecture (seeded with `seed`), ``"head-only"`` trains with the
+            base frozen (`unfreeze` 0). Defaults to `None` (an ordinary run).
+        control_of: the id of the run it is a control of. Defaults to `None`.
     """
 
     unfreeze: int = 0
@@ -81,6 +89,8 @@ class RunConfig:
     use_cache: bool = True
     label: str = ""
     sweep_id: str | None = None
+    control: str | None = None
+    control_of: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -119,12 +129,23 @@ class RunConfig:
             raise RunRefused(f"new_head must be True, False or None (decide automatically), not {self.new_head!r}.")
         if not isinstance(self.label, str):
             raise RunRefused("label must be text.")
+        if self.control is not None and self.control not in CONTROLS:
+            raise RunRefused(f"Unknown control {self.control!r}. Use one of: {', '.join(CONTROLS)} (or none).")
+        if self.control == "head-only" and self.unfreeze != 0:
+            raise RunRefused(f"A head-only control trains the head alone: unfreeze must be 0, not {self.unfreeze}.")
+        if self.control_of is not None and not isinstance(self.control_of, str):
+            raise RunRefused(f"control_of must be a run id, not {self.control_of!r}.")
         return self
 
     @property
     def total_epochs(self) -> int:
         """Epochs over both phases."""
         return self.epochs + (self.head_epochs if self.two_phase else 0)
+
+    @property
+    def random_init(self) -> bool:
+        """Whether the run starts from fresh random weights (a random-init control)."""
+        return self.control == "random-init"
 
     @property
     def train_bn(self) -> bool:
@@ -150,8 +171,41 @@ class RunConfig:
         """A short one-line description, e.g. ``"depth 4 · Adam 1e-04 · 5 ep · tf"``."""
         head = " · new head" if self.new_head else ""
         phase = f" · head {self.head_epochs} ep first" if self.two_phase else ""
+        control = f" · {CONTROL_LABELS[self.control]}" if self.control else ""
         return (f"depth {self.unfreeze} · {OPTIMIZER_LABELS[self.optimizer]} {self.lr:.0e} · "
-                f"{self.epochs} ep · {self.preset}{head}{phase}")
+                f"{self.epochs} ep · {self.preset}{head}{phase}{control}")
+
+
+def control_config(config: RunConfig, kind: str, control_of: str | None = None) -> RunConfig:
+    """The configuration of a control of a run: the same settings, from random weights or with the base frozen.
+
+    Args:
+        config: the run's configuration.
+        kind: ``"random-init"`` (same configuration, same architecture, fresh random weights
+            seeded with the run's seed) or ``"head-only"`` (same configuration with unfreeze depth 0:
+            what the head alone learns on the pre-trained base; a two-phase schedule keeps both
+            phases, at depth 0).
+        control_of: the run's id, when it has one. Defaults to `None`.
+
+    Returns:
+        The control's `RunConfig` (labelled, outside any sweep).
+
+    Raises:
+        RunRefused: an unknown kind, a control of a control, or a head-only control of a run that
+            already trains only the head.
+    """
+    if kind not in CONTROLS:
+        raise RunRefused(f"Unknown control {kind!r}. Use one of: {', '.join(CONTROLS)}.")
+    if config.control is not None:
+        raise RunRefused("This run is itself a control; start a control of the run it controls.")
+    if kind == "head-only" and config.unfreeze == 0:
+        raise RunRefused("This run already trains only the head (unfreeze depth 0): its head-only control would be "
+                         "the same run. Compare it with the random-init control instead.")
+    changes = {"control": kind, "control_of": control_of, "sweep_id": None,
+               "label": CONTROL_LABELS[kind] + (f" of {control_of}" if control_of else "")}
+    if kind == "head-only":
+        changes["unfreeze"] = 0
+    return RunConfig(**{**config.to_dict(), **changes})
 
 
 def default_preset(best_preset: str | None, recorded_preset: str | None) -> str:

@@ -15,7 +15,8 @@ A run folder holds:
 - ``progress.json`` — epoch, batch, elapsed and remaining time (while running);
 - ``history.json`` — per-epoch metrics, rewritten after every epoch;
 - ``metrics.json`` — final metrics, per-class accuracy, confusion matrix,
-  findings (at the end);
+  findings, representation drift per block (``representation_drift``), the
+  original task's retention (``retention``, when measured) (at the end);
 - ``weight_change.csv`` — the weight-change report;
 - ``model.keras`` — the fine-tuned model, with tlviz metadata (preset, class names);
 - ``tb/`` — TensorBoard event files (``tensorboard --logdir <runs dir>``).
@@ -58,7 +59,7 @@ RUN_COLUMNS = [
     "run_id", "created", "state", "message", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer",
     "preset", "new_head", "two_phase", "bn", "augment", "head_dropout", "weight_decay", "sweep_id",
     "best_val_accuracy", "final_val_accuracy", "final_val_loss", "time_s", "model", "images", "cache_used",
-    "owner", "ran_on", "stopped_at",
+    "owner", "ran_on", "stopped_at", "control", "control_of",
 ]
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
@@ -285,6 +286,21 @@ class RunRecord:
             return None
 
     @property
+    def control(self) -> str | None:
+        """What kind of control this run is (``"random-init"``, ``"head-only"``), or None for an ordinary run."""
+        return self.config.get("control")
+
+    @property
+    def control_of(self) -> str | None:
+        """The run this one is a control of (None for an ordinary run)."""
+        return self.config.get("control_of")
+
+    @property
+    def model_sha256(self) -> str | None:
+        """The hash of the model file it started from (as the app or the CLI recorded it)."""
+        return self.model.get("sha256")
+
+    @property
     def label(self) -> str:
         """The label the user gave the run (``""`` when none)."""
         return str(self.config.get("label") or "")
@@ -439,6 +455,10 @@ class RunOutcome:
         per_class: DataFrame ``class, n, correct, accuracy`` on validation (empty: none).
         confusion: ``(n_classes, n_classes)`` counts, rows true, columns predicted (None: none).
         frozen_layers_changed: frozen layers whose weights moved (should be empty).
+        drift: representation drift per block of the base (``block``, ``cka``, ``trained``,
+            ``status``, ``layers``; `tlviz.finetune.drift`), input to output (empty: not measured).
+        retention: the original task's accuracy before and after (`tlviz.finetune.retention`),
+            or None when no original-task image set was given.
     """
 
     metrics: dict = field(default_factory=dict)
@@ -451,6 +471,8 @@ class RunOutcome:
     per_class: pd.DataFrame = field(default_factory=pd.DataFrame)
     confusion: np.ndarray | None = None
     frozen_layers_changed: list[str] = field(default_factory=list)
+    drift: list[dict] = field(default_factory=list)
+    retention: dict | None = None
 
     @classmethod
     def from_metrics(cls, metrics: dict | None) -> "RunOutcome":
@@ -475,7 +497,9 @@ class RunOutcome:
                    elapsed_s=m.get("elapsed_s"), findings=findings, notes=list(m.get("notes") or []),
                    class_names=list(m.get("class_names") or []), per_class=pd.DataFrame(m.get("per_class") or []),
                    confusion=np.asarray(m["confusion"]) if m.get("confusion") else None,
-                   frozen_layers_changed=list(m.get("frozen_layers_changed") or []))
+                   frozen_layers_changed=list(m.get("frozen_layers_changed") or []),
+                   drift=[d for d in (m.get("representation_drift") or []) if isinstance(d, dict) and "block" in d],
+                   retention=m.get("retention") if isinstance(m.get("retention"), dict) else None)
 
     @property
     def empty(self) -> bool:
@@ -491,6 +515,23 @@ class RunOutcome:
     def val_loss(self) -> float | None:
         """The final model's loss on the validation images; None when not measured."""
         return self.final.get("val_loss")
+
+    @property
+    def drift_table(self) -> pd.DataFrame:
+        """`drift` as a DataFrame (``block``, ``cka``, ``trained``, ``status``, ``layers``), input to output."""
+        return pd.DataFrame(self.drift, columns=["block", "cka", "trained", "status", "layers"])
+
+    @property
+    def val_correct(self) -> np.ndarray:
+        """Per validation image (in ``val_indices`` order), whether the final model was right."""
+        t = np.asarray(self.metrics.get("val_true") or [], dtype=np.int64)
+        p = np.asarray(self.metrics.get("val_pred") or [], dtype=np.int64)
+        return t == p if len(t) == len(p) else np.zeros(0, bool)
+
+    @property
+    def val_indices(self) -> np.ndarray:
+        """The image-set indices of the validation images."""
+        return np.asarray(self.metrics.get("val_indices") or [], dtype=np.int64)
 
     @property
     def train_accuracy(self) -> float | None:
@@ -617,7 +658,7 @@ def list_runs(root: str | os.PathLike | None = None, owner: str | None = None) -
             "time_s": r.metrics.get("elapsed_s", r.history["elapsed_s"].max() if len(r.history) else None),
             "model": r.model.get("filename", ""), "images": r.images.get("source", ""),
             "cache_used": r.metrics.get("cache_used"), "owner": r.owner, "ran_on": r.ran_on,
-            "stopped_at": r.stopped_at,
+            "stopped_at": r.stopped_at, "control": c.get("control"), "control_of": c.get("control_of"),
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
