@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from tlviz.diagnose import data, finetuning, inference, outputs, pretraining
+from tlviz.diagnose import data, finetuning, forgetting, inference, outputs, pretraining
 from tlviz.diagnose.base import Check, Threshold
 from tlviz.findings import AREAS, SEVERITIES
 from tlviz.readme import update_command
@@ -202,6 +202,16 @@ CHECKS: tuple[Check, ...] = (
                                                    "not learnt the classes well enough for its disagreement with a "
                                                    "label to mean anything."),
           }),
+    Check("catastrophic-forgetting", "warning", "finetuning", "representation drift without a gain",
+          "a fine-tuning run moved the base's representation far (linear CKA of an unfrozen block's features on your "
+          "images, before vs after the run, below {cka:g}) while its validation accuracy does not clearly beat its "
+          "head-only or random-init control (95 % paired interval of the difference above 0); judges the runs of the "
+          "current model on the current images",
+          run=forgetting.check_catastrophic_forgetting,
+          thresholds={"cka": Threshold(0.5, "On channel-mean features the digits sample's top block keeps a CKA above "
+                                            "0.85 under a gentle fine-tune (Adam 1e-4, whole base) and falls to 0.1-0.2 "
+                                            "against fresh random weights; below 0.5 a block has lost most of its "
+                                            "linear structure on these images.")}),
 )
 CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)
 CHECKS_BY_ID = MappingProxyType({c.id: c for c in CHECKS})
