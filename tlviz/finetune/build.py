@@ -69,6 +69,20 @@ def clone(model):
     return copy
 
 
+def random_clone(model, seed: int):
+    """The same architecture with fresh random weights, seeded (a random-init control's starting point).
+
+    Every initializer is seeded from `seed` (`tlviz.diagnose.clones.fresh_clone`), BatchNormalization
+    statistics start at their initial values, and the copy honours the recorded ``training``
+    arguments of nested models as `clone` does. The original model is only read.
+    """
+    from tlviz.diagnose.clones import fresh_clone
+
+    copy = fresh_clone(model, seed)
+    honour_recorded_training(copy)
+    return copy
+
+
 def inference_call_notes(model) -> list[str]:
     """Sentences for the user on nested models the run keeps in inference mode (``training=False`` calls).
 
@@ -146,7 +160,7 @@ def check_trainable(loaded, config: RunConfig) -> None:
 
 
 def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecision):
-    """Clone the loaded model and, if decided, replace its head.
+    """Clone the loaded model (fresh random weights for a random-init control) and, if decided, replace its head.
 
     Args:
         loaded: the `LoadedModel` (read only).
@@ -160,7 +174,7 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
     """
     import keras
 
-    model = clone(loaded.model)
+    model = random_clone(loaded.model, config.seed) if config.random_init else clone(loaded.model)
     notes: list[str] = inference_call_notes(model)
     if not head.new_head:
         return BuiltModel(model, False, not _outputs_probabilities(model), notes)

@@ -250,11 +250,18 @@ class ActivationCache:
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
 
-    def get(self, key: str) -> np.ndarray | None:
-        """The cached array, or None."""
+    def get(self, key: str, count: bool = True) -> np.ndarray | None:
+        """The cached array, or None.
+
+        Args:
+            key: the key (`key`).
+            count: count the look-up in `hits` / `misses` (the activations at a cut). Defaults to `True`;
+                the smaller arrays kept alongside (duplicate groups, drift features, predictions before a
+                run) pass False.
+        """
         if key in self._mem:
             self._mem.move_to_end(key)
-            self.hits += 1
+            self.hits += count
             return self._mem[key]
         if self.disk_dir is not None:
             path = self.disk_dir / f"{key}.npy"
@@ -265,9 +272,9 @@ class ActivationCache:
                 arr = None
             if arr is not None:
                 self._remember(key, arr)
-                self.hits += 1
+                self.hits += count
                 return arr
-        self.misses += 1
+        self.misses += count
         return None
 
     def put(self, key: str, arr: np.ndarray) -> None:

@@ -142,7 +142,10 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
     budget = _budget()
     x = images.images
     y = np.asarray(images.labels, dtype=np.int64)
-    train_idx, _ = stratified_split(y, config.val_fraction, config.seed)
+    from tlviz.finetune.run import duplicate_groups
+
+    groups, _ = duplicate_groups(x, cache, image_key)
+    train_idx, _ = stratified_split(y, config.val_fraction, config.seed, groups)  # as a run splits
     keras.utils.set_random_seed(config.seed)
     built = build_run_model(loaded, len(images.class_names), config, head)
     model = built.model
@@ -156,8 +159,10 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
         cut = None
     check_train_memory(cut.upper if cut is not None else model, config.batch_size, budget)
     if cut is not None:
-        key = cache.key(loaded.sha256 or weights_key(loaded.model), image_key or images_key(images.images),
-                        config.preset, cut.name)
+        model_key = loaded.sha256 or weights_key(loaded.model)
+        if config.random_init:
+            model_key = f"{model_key}|random-init:{config.seed}"
+        key = cache.key(model_key, image_key or images_key(images.images), config.preset, cut.name)
         feats = cache.get(key)
         if feats is None:
             feats = compute_activations(cut.lower, x, preset=config.preset, budget=budget)

@@ -9,7 +9,8 @@ TensorFlow, no slot of the local queue of heavy jobs) and does, in order:
    tlviz); a cluster that cannot be reached fails the job within
    `CONNECT_TIMEOUT_S` with ``unreachable`` in its status (the page offers to run
    on this machine);
-2. put the model's bytes and the image arrays into the object store (`put_inputs`);
+2. put the model's bytes and the image arrays (and the original task's, when the
+   job reports retention) into the object store (`put_inputs`);
 3. run the job: one run as a Ray task (`remote.run_task`), several runs (a
    sweep) through Ray Tune (`remote.tune_trial`, the ASHA scheduler when the job
    asks for it), the range test as a task (`remote.lrfind_task`);
@@ -127,9 +128,14 @@ def put_inputs(ray, job: dict) -> dict:
     from tlviz.finetune.worker import read_images_file
 
     meta = {"model": job["model"], "images": job["images"], "model_key": job.get("model_key"),
-            "image_key": job.get("image_key"), "set_key": Path(job["images_file"]).stem}
-    return {"model": ray.put(Path(job["model_file"]).read_bytes()),
-            "images": ray.put(read_images_file(job["images_file"])), "meta": meta}
+            "image_key": job.get("image_key"), "set_key": Path(job["images_file"]).stem,
+            "original": job.get("original")}
+    out = {"model": ray.put(Path(job["model_file"]).read_bytes()),
+           "images": ray.put(read_images_file(job["images_file"])), "meta": meta}
+    if job.get("original_file"):  # the original task's images (retention)
+        out["original"] = ray.put(read_images_file(job["original_file"]))
+        meta["set_key"] += "+" + Path(job["original_file"]).stem
+    return out
 
 
 def connect(address: str, env: dict | None = None):

@@ -155,17 +155,19 @@ def where_here(device: dict) -> dict:
 
 
 def _inputs(inputs: dict):
-    """The job's `LoadedModel` and `ImageSet`, from the object store (kept for the next run in this process)."""
+    """The job's `LoadedModel`, `ImageSet` and original task's `ImageSet` (None when the job has none), from
+    the object store (kept for the next run in this process)."""
     import ray
 
-    from tlviz.finetune.worker import image_set_from, loaded_from
+    from tlviz.finetune.worker import image_set_from, load_original, loaded_from
 
     meta = inputs["meta"]
     key = (meta.get("model_key"), meta.get("set_key") or meta.get("image_key"))
     if _STATE["key"] != key:
         _STATE["key"], _STATE["inputs"] = None, None  # let the previous job's model go first
         model_bytes, arrays = ray.get([inputs["model"], inputs["images"]])
-        _STATE["inputs"] = (loaded_from(model_bytes, meta), image_set_from(arrays, meta))
+        original = load_original(meta, ray.get(inputs["original"])) if "original" in inputs else None
+        _STATE["inputs"] = (loaded_from(model_bytes, meta), image_set_from(arrays, meta), original)
         _STATE["key"] = key
     return _STATE["inputs"]
 
@@ -207,13 +209,13 @@ def _run(inputs: dict, config: dict, run_id: str, board, threads=None, on_epoch=
         watch.stop()
         return {"state": "cancelled", "message": "cancelled before it started", "files": {}, "where": {}}
     try:
-        loaded, images = _inputs(inputs)
+        loaded, images, original = _inputs(inputs)
         cfg = RunConfig.from_dict(config)
         with tempfile.TemporaryDirectory(prefix="tlviz-run-") as tmp:
             writer = _writer(Path(tmp) / run_id, run_id, board, on_epoch)
             try:
                 res = run_finetune(loaded, images, cfg, writer=writer, should_cancel=watch, cache=_cache(),
-                                   image_key=inputs["meta"].get("image_key"))
+                                   image_key=inputs["meta"].get("image_key"), original=original)
                 state, message, final = res.state, (res.findings[0].title if res.findings else ""), res.final
             except RunRefused as exc:
                 state, message, final = "refused", str(exc), {}
@@ -319,7 +321,7 @@ def lrfind_task(inputs: dict, config: dict, steps: int, board) -> dict:
         watch.stop()
         return {"result": None, "where": {}}
     try:
-        loaded, images = _inputs(inputs)
+        loaded, images, _ = _inputs(inputs)
         res = lr_range_test(loaded, images, RunConfig.from_dict(config), steps=int(steps), should_cancel=watch,
                             progress=lambda info: board.put.remote(LRFIND, "progress", info), cache=_cache(),
                             image_key=inputs["meta"].get("image_key"))

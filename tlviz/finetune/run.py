@@ -66,6 +66,15 @@ class RunResult:
         elapsed_s: wall time.
         model: the trained Keras model (a clone; the loaded model is untouched).
         model_path / run_dir: where it was saved, when a writer was given.
+        drift: representation drift per block of the base, input to output
+            (`tlviz.finetune.drift.DriftProbe.measure`: ``block``, ``cka``,
+            ``trained``, ``status``, ``layers``); empty when it could not be measured.
+        drift_images: images the drift was measured on.
+        retention: the original task's accuracy before and after the run (when
+            an original-task image set was given: `tlviz.finetune.retention`), else None.
+        duplicates: copies the split kept on one side (``groups``: groups of two or more
+            images, ``images``: images in them).
+        seconds: time spent on the extra measurements (``duplicates``, ``drift``, ``retention``).
     """
 
     config: RunConfig
@@ -91,6 +100,11 @@ class RunResult:
     model: object = None
     model_path: str | None = None
     run_dir: str | None = None
+    drift: list[dict] = field(default_factory=list)
+    drift_images: int = 0
+    retention: dict | None = None
+    duplicates: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
@@ -112,33 +126,53 @@ class RunResult:
             "findings": [f.to_dict() for f in self.findings], "trainable_params": self.trainable_params,
             "new_head": self.head.new_head, "head_reason": self.head.reason, "cache_used": self.cache_used,
             "memory": self.memory, "notes": self.notes, "elapsed_s": self.elapsed_s, "model_path": self.model_path,
+            "representation_drift": self.drift, "drift_images": self.drift_images, "retention": self.retention,
+            "control": self.config.control, "control_of": self.config.control_of, "duplicates": self.duplicates,
+            "seconds": self.seconds,
         })
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into train and validation, the same share of every class.
 
     Args:
         labels: class index per image.
         val_fraction: share of each class held out. Defaults to `0.2`.
         seed: seeds the shuffle. Defaults to `0`.
+        groups: a group id per image (`tlviz.duplicates.duplicate_group_ids`): the images of
+            one group always land on the same side, so a copy of a validation image is never
+            trained on. A group belongs to the class of its first image, and whole groups are
+            drawn for validation until the class's share is reached. Defaults to `None` (every
+            image its own group; the split is then the same as with all-distinct groups).
 
     Returns:
-        ``(train_idx, val_idx)``, sorted. A class with a single image goes to
-        training; every class with two or more has at least one image in each part.
+        ``(train_idx, val_idx)``, sorted. A class with a single image (or a single group) goes to
+        training; every class with two or more groups has at least one in each part.
     """
     labels = np.asarray(labels)
+    n = len(labels)
+    groups = np.arange(n, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    if len(groups) != n:
+        raise ValueError(f"`groups` must hold one id per image: {len(groups)} ids for {n} images.")
+    order = np.argsort(groups, kind="stable")
+    _, starts = np.unique(groups[order], return_index=True)
+    members = sorted(np.split(order, starts[1:]), key=lambda m: m[0]) if n else []  # by first image
+    home = np.array([labels[m[0]] for m in members]) if members else np.zeros(0, labels.dtype)
     rng = np.random.default_rng(seed)
     train, val = [], []
     for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = int(round(len(idx) * val_fraction))
-        if len(idx) >= 2:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        else:
-            n_val = 0
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
+        mine = np.flatnonzero(home == c)  # this class's groups (positions in `members`), by first image
+        perm = rng.permutation(mine)
+        n_val = int(round(int(np.sum(labels == c)) * val_fraction))
+        k = 0
+        if len(perm) >= 2:
+            n_val, taken = max(n_val, 1), 0
+            while k < len(perm) - 1 and taken < n_val:  # whole groups; at least one stays in training
+                taken += len(members[perm[k]])
+                k += 1
+        val.extend(members[g] for g in perm[:k])
+        train.extend(members[g] for g in perm[k:])
     cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731
     return cat(train).astype(np.int64), cat(val).astype(np.int64)
 
@@ -408,7 +442,7 @@ class _Run:
 
 def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None = None, progress=None,
                  should_cancel=None, cache: ActivationCache | None = None, image_key: str | None = None,
-                 save: bool | None = None) -> RunResult:
+                 save: bool | None = None, original=None) -> RunResult:
     """Fine-tune a clone of `loaded` on `images` as `config` says.
 
     Memory: the training batch size is the config's; every other pass (cached
@@ -433,6 +467,14 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
         image_key: a content hash of the image array. Defaults to computing it.
         save: save ``model.keras`` into the writer's folder. Defaults to `True`
             when a writer is given.
+        original: the image set of the base model's original task (its classes
+            are the loaded model's outputs), to measure how much of that task's
+            accuracy survives the run (`tlviz.finetune.retention`). Defaults to
+            `None` (not measured).
+
+    Besides the curves, every run measures its representation drift (linear CKA
+    per block of the base, `tlviz.finetune.drift`), and splits so that exact and
+    near-duplicate images (`tlviz.duplicates`) stay on one side.
 
     Returns:
         A `RunResult`; a diverged or cancelled run returns normally with that state.
@@ -454,7 +496,12 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     u8 = images.images  # the preset is applied batch by batch: no float copy of the whole set
     y = np.asarray(images.labels, dtype=np.int64)
     n_classes = len(images.class_names)
-    train_idx, val_idx = stratified_split(y, config.val_fraction, config.seed)
+    img_key = image_key or images_key(images.images)
+    seconds: dict[str, float] = {}
+    t = time.monotonic()
+    groups, duplicates = duplicate_groups(images.images, cache, img_key)
+    seconds["duplicates"] = round(time.monotonic() - t, 3)
+    train_idx, val_idx = stratified_split(y, config.val_fraction, config.seed, groups)
     budget = _budget()
     run = _Run(config, len(train_idx), writer, progress, should_cancel)
     run.report("preparing", force=True, message="building the model")
@@ -465,6 +512,12 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     notes = list(built.notes)
     if head.forced or head.new_head:
         notes.insert(0, head.reason)
+    if config.random_init:
+        notes.insert(0, f"Random-init control: the same architecture with fresh random weights (seed {config.seed}), "
+                        "trained exactly as configured.")
+    if duplicates["groups"]:
+        notes.append(f"{duplicates['images']} images are copies of one another ({duplicates['groups']} groups of exact "
+                     "or near duplicates): each group was kept on one side of the train / validation split.")
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=built.from_logits)
     before = snapshot(model)
 
@@ -477,8 +530,9 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     # so that a run over the memory budget is refused before it starts.
     cuts: list[Cut | None] = []
     memory: dict = {}
+    may_train: set[str] = set()
     for phase in phases:
-        _set_trainable(model, phase, config)
+        may_train |= _set_trainable(model, phase, config)[1]
         cut = _plan_cut(model, phase, config, cache, len(u8), notes)
         mem = check_train_memory(cut.upper if cut is not None else model, config.batch_size, budget,
                                  phase.name if len(phases) > 1 else None)
@@ -487,7 +541,11 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
         cuts.append(cut)
 
     model_key = loaded.sha256 or weights_key(loaded.model)
-    img_key = image_key or images_key(images.images)
+    if config.random_init:
+        model_key = f"{model_key}|random-init:{config.seed}"
+    run.report("preparing", force=True, message="measuring the base's features before training")
+    drift_probe, retention_probe = _before_training(model, loaded, images, original, config, cache, model_key,
+                                                    img_key, budget, may_train, notes, seconds)
     stop = _Stop()
     initial: dict = {}
     trained_paths: set[str] = set()
@@ -561,6 +619,8 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     per_class["accuracy"] = np.where(per_class["n"] > 0, per_class["correct"] / per_class["n"].clip(lower=1), np.nan)
 
     report = weight_change(before, model, trained_paths)
+    run.report("evaluating", force=True, message="measuring how far the base's features moved")
+    drift, retention = _after_training(drift_probe, retention_probe, model, report, notes, seconds)
     history = pd.DataFrame(run.history, columns=HISTORY_COLUMNS)
     findings = describe_curves(history, state, chance_level(y_val, n_classes), config, initial)
     result = RunResult(
@@ -569,7 +629,9 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
         per_class=per_class, confusion=confusion, weight_change=report,
         frozen_layers_changed=frozen_changed(report), findings=findings, trainable_params=tparams, head=head,
         cache_used=cache_used, memory=memory, notes=notes, elapsed_s=round(time.monotonic() - run.t0, 3), model=model,
-        run_dir=str(writer.dir) if writer is not None else None,
+        run_dir=str(writer.dir) if writer is not None else None, drift=drift,
+        drift_images=drift_probe.n_images if drift_probe is not None else 0, retention=retention,
+        duplicates=duplicates, seconds=seconds,
     )
     if writer is not None and save:
         run.report("saving", force=True, message="saving model.keras")
@@ -579,6 +641,90 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     if writer is not None:
         writer.finish(result.to_metrics(), report)
     return result
+
+
+def duplicate_groups(images: np.ndarray, cache: ActivationCache | None = None,
+                     image_key: str | None = None) -> tuple[np.ndarray, dict]:
+    """Duplicate groups of an image set, for the split (`tlviz.duplicates.duplicate_group_ids`), found once per set.
+
+    Args:
+        images: the ``uint8`` images.
+        cache: keeps the group ids for the next run on the same images. Defaults to `None`.
+        image_key: `images_key` of `images`. Defaults to computing it.
+
+    Returns:
+        ``(group ids, {"groups": groups of two or more, "images": images in them})``.
+    """
+    from tlviz.duplicates import duplicate_group_ids
+
+    key = None
+    ids = None
+    if cache is not None:
+        key = cache.key("duplicates", image_key or images_key(images), "-", "groups-v1")
+        ids = cache.get(key, count=False)
+    if ids is None:
+        ids = duplicate_group_ids(images)
+        if cache is not None:
+            cache.put(key, ids)
+    ids = np.asarray(ids, dtype=np.int64)
+    sizes = np.bincount(ids) if len(ids) else np.zeros(0, np.int64)
+    return ids, {"groups": int(np.sum(sizes >= 2)), "images": int(np.sum(sizes[sizes >= 2]))}
+
+
+def _before_training(model, loaded, images, original, config: RunConfig, cache, model_key: str, img_key: str,
+                     budget: int, may_train: set[str], notes: list[str], seconds: dict):
+    """The drift and retention measurements' first halves (features and predictions before the run).
+
+    A measurement that cannot be made leaves a note and None; it never stops the run.
+    """
+    from tlviz.errors import TlvizError
+    from tlviz.finetune.drift import DriftProbe
+
+    drift = retention = None
+    t = time.monotonic()
+    try:
+        drift = DriftProbe(model, images.images, images.labels, config.preset, may_train, cache, model_key, img_key,
+                           budget)
+    except Exception as exc:  # noqa: BLE001 - an unusual graph: say so, train anyway
+        notes.append(f"The representation drift could not be measured ({type(exc).__name__}: {str(exc)[:160]}).")
+    seconds["drift"] = round(time.monotonic() - t, 3)
+    if original is not None:
+        from tlviz.finetune.retention import RetentionProbe
+
+        t = time.monotonic()
+        if config.random_init:
+            notes.append("Original-task retention is not measured for a random-init control: its base never held "
+                         "the original task.")
+        else:
+            try:
+                retention = RetentionProbe(loaded, original, config.preset, cache, budget)
+            except TlvizError as exc:
+                notes.append(f"Original-task retention not measured: {exc}")
+        seconds["retention"] = round(time.monotonic() - t, 3)
+    return drift, retention
+
+
+def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, notes: list[str],
+                    seconds: dict) -> tuple[list[dict], dict | None]:
+    """The drift and retention measurements' second halves, on the trained model."""
+    drift, retention = [], None
+    if drift_probe is not None:
+        t = time.monotonic()
+        try:
+            drift = drift_probe.measure(report)
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"The representation drift could not be measured after training ({type(exc).__name__}: "
+                         f"{str(exc)[:160]}).")
+        seconds["drift"] = round(seconds.get("drift", 0.0) + time.monotonic() - t, 3)
+    if retention_probe is not None:
+        t = time.monotonic()
+        try:
+            retention = retention_probe.measure(model)
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"Original-task retention could not be measured after training ({type(exc).__name__}: "
+                         f"{str(exc)[:160]}).")
+        seconds["retention"] = round(seconds.get("retention", 0.0) + time.monotonic() - t, 3)
+    return drift, retention
 
 
 def _set_trainable(model, phase: _Phase, config: RunConfig) -> tuple[int, set[str]]:

@@ -157,10 +157,11 @@ class RunWriter:
         return self.dir / "model.keras"
 
     def write_config(self, config, model_info: dict | None = None, images_info: dict | None = None,
-                     owner: str | None = None) -> None:
+                     owner: str | None = None, original: dict | None = None) -> None:
+        extra = {"original": original} if original else {}
         write_json(self.dir / "config.json", {"run_id": self.run_id, "created": now_iso(), "config": config.to_dict(),
                                               "model": model_info or {}, "images": images_info or {},
-                                              "owner": owner})
+                                              "owner": owner, **extra})
 
     def status(self, state: str, message: str = "", **extra) -> None:
         if state not in STATES:
@@ -239,6 +240,8 @@ class RunRecord:
         status: the raw status dict.
         created: when it was queued (ISO time).
         owner: the workspace that started it (None: the CLI or a script).
+        original: the original task's image set it reports retention on (``source``,
+            ``n``, ``class_names``, ``image_key``); ``{}`` when none.
     """
 
     run_id: str
@@ -255,6 +258,7 @@ class RunRecord:
     status: dict = field(default_factory=dict)
     created: str = ""
     owner: str | None = None
+    original: dict = field(default_factory=dict)
 
     @property
     def model_path(self) -> Path | None:
@@ -626,7 +630,7 @@ def _read(path: Path) -> RunRecord:
     return RunRecord(run_id=path.name, path=path, state=state, message=message, config=cfg.get("config", {}),
                      model=cfg.get("model", {}), images=cfg.get("images", {}), history=history, metrics=metrics,
                      progress=progress, weight_change=wc, status=status, created=cfg.get("created", ""),
-                     owner=cfg.get("owner"))
+                     owner=cfg.get("owner"), original=dict(cfg.get("original") or {}))
 
 
 def list_runs(root: str | os.PathLike | None = None, owner: str | None = None) -> pd.DataFrame:

@@ -272,12 +272,21 @@ def _prepare_inputs(loaded, images, root) -> dict:
         os.replace(tmp, model_file)
     os.utime(model_file)  # recently used: kept by `tidy`
     image_key = images_key(images.images)
+    images_file = _save_images(images, image_key, root)
+    return {"model_file": str(model_file), "images_file": str(images_file), "image_key": image_key,
+            "model_key": model_key}
+
+
+def _save_images(images, image_key: str, root=None) -> Path:
+    """Save an image set as ``.inputs/<image_set_key>.npz`` (once per content; callers hold `_INPUTS_LOCK`)."""
+    import json
+
+    inputs = runs_dir(root) / ".inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
     set_key = image_set_key(images, image_key)
     images_file = inputs / f"{set_key}.npz"
     if not images_file.exists():
         tmp = inputs / f".{set_key}.{os.getpid()}.{threading.get_ident()}.npz"
-        import json
-
         details = {"skipped": [[s.file, s.reason] for s in images.skipped],
                    "original_sizes": [list(map(int, sz)) for sz in images.original_sizes],
                    "original_modes": dict(images.original_modes),
@@ -289,8 +298,7 @@ def _prepare_inputs(loaded, images, root) -> dict:
                      details=np.array(json.dumps(details)))
         os.replace(tmp, images_file)
     os.utime(images_file)
-    return {"model_file": str(model_file), "images_file": str(images_file), "image_key": image_key,
-            "model_key": model_key}
+    return images_file
 
 
 def image_set_key(images, pixels_key: str | None = None) -> str:
@@ -329,7 +337,8 @@ def _images_info(images, image_key) -> dict:
 
 
 def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str | None = None,
-              executor: str | None = None, asha: bool = False) -> Job:
+              executor: str | None = None, asha: bool = False, controls: list[str] | tuple[str, ...] = (),
+              original=None) -> Job:
     """Queue one or more runs and start a worker process for them.
 
     Args:
@@ -343,33 +352,74 @@ def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str
             Defaults to `None`: Ray when ``TLVIZ_RAY_ADDRESS`` is set, else local.
         asha: on Ray, let Ray Tune's ASHA scheduler stop poorly performing runs
             early (state ``stopped``). Defaults to `False`.
+        controls: control runs to queue right after each run (``"random-init"``,
+            ``"head-only"``: `tlviz.finetune.config.control_config`), each linked to
+            its run's id. Defaults to none.
+        original: the image set of the model's original task: every run of the job
+            reports how much of its accuracy survives (`tlviz.finetune.retention`).
+            Defaults to `None`.
 
     Returns:
         The `Job`; its run folders exist (state ``queued``) when this returns.
 
     Raises:
-        RunRefused: no or invalid configurations, ASHA without Ray.
+        RunRefused: no or invalid configurations, ASHA without Ray, a control that
+            does not apply, an original-task image set that does not match the model.
         ClusterUnreachable: the Ray cluster cannot be reached (nothing was created;
             the caller may offer ``executor="local"``).
     """
+    from tlviz.finetune.config import control_config
+
     if not configs:
         raise RunRefused("No run to start: give at least one configuration.")
     for c in configs:
         c.validate()
+        for kind in controls:
+            control_config(c, kind)  # refuses a control that does not apply, before anything is created
+    if original is not None:
+        from tlviz.finetune.retention import original_labels
+
+        original_labels(loaded, original)
     ray_target = _ray_target(executor, asha)
     tidy(root)
     inputs = prepare_inputs(loaded, images, root)
-    run_ids = []
-    for c in configs:
+    extra = {}
+    if original is not None:
+        extra = prepare_original(original, root)
+    run_ids, stored = [], []
+
+    def queue(c: RunConfig) -> str:
         rid = new_run_id()
-        while (runs_dir(root) / rid).exists():
+        while (runs_dir(root) / rid).exists() or rid in run_ids:
             rid = new_run_id()
         w = RunWriter(runs_dir(root) / rid)
-        w.write_config(c, _model_info(loaded), _images_info(images, inputs["image_key"]), owner=owner)
+        w.write_config(c, _model_info(loaded), _images_info(images, inputs["image_key"]), owner=owner,
+                       **({"original": extra["original"]} if extra else {}))
         w.status("queued", "waiting for the worker")
         run_ids.append(rid)
-    return _launch("runs", {"run_ids": run_ids, "configs": [c.to_dict() for c in configs], "owner": owner,
-                            "asha": bool(asha)}, loaded, images, inputs, root, ray_target)
+        stored.append(c)
+        return rid
+
+    for c in configs:
+        rid = queue(c)
+        for kind in controls:
+            queue(control_config(c, kind, rid))
+    return _launch("runs", {"run_ids": run_ids, "configs": [c.to_dict() for c in stored], "owner": owner,
+                            "asha": bool(asha), **extra}, loaded, images, inputs, root, ray_target)
+
+
+def prepare_original(original, root=None) -> dict:
+    """Save the original task's image set where a worker can load it (once per content).
+
+    Returns:
+        ``{"original_file": path of its .npz, "original": {"source", "n", "class_names", "image_key"}}``.
+    """
+    from tlviz.finetune.cache import images_key
+
+    with _INPUTS_LOCK:
+        key = images_key(original.images)
+        path = _save_images(original, key, root)
+    return {"original_file": str(path), "original": _images_info(original, key)}
 
 
 def start_lr_finder(loaded, images, config: RunConfig, *, root=None, steps: int = 100,
@@ -761,7 +811,7 @@ def worker_main(job_dir: str) -> None:
             _run_lrfind(job, jdir, loaded, images, cache, cancelled)
             final = "cancelled" if cancelled() else "done"
         else:
-            _run_queue(job, loaded, images, cache, cancelled, log, where)
+            _run_queue(job, loaded, images, cache, cancelled, log, where, load_original(job))
             final = "cancelled" if cancelled() else "done"
         write_json(jdir / "status.json", {**status, "state": final, "message": "", "updated": now_iso()})
     except BaseException as exc:  # the worker must always leave a readable state behind
@@ -782,6 +832,20 @@ def worker_main(job_dir: str) -> None:
 def _load_inputs(job):
     """The `LoadedModel` and `ImageSet` saved by `prepare_inputs` for `job`, as the server had them."""
     return loaded_from(job["model_file"], job), image_set_from(read_images_file(job["images_file"]), job)
+
+
+def load_original(job: dict, arrays: dict | None = None):
+    """The original task's `ImageSet` of a job (`prepare_original`), or None when the job has none.
+
+    Args:
+        job: the job's ``job.json``.
+        arrays: the arrays of its images file, when they came another way (a Ray worker). Defaults to reading
+            ``original_file``.
+    """
+    if not job.get("original") or (arrays is None and not job.get("original_file")):
+        return None
+    arrays = read_images_file(job["original_file"]) if arrays is None else arrays
+    return image_set_from(arrays, {"images": job["original"]})
 
 
 def read_images_file(path) -> dict:
@@ -827,7 +891,7 @@ def image_set_from(arrays: dict, job: dict):
                     label_order_from_file=bool(details.get("label_order_from_file", False)))
 
 
-def _run_queue(job, loaded, images, cache, cancelled, log, where=None):
+def _run_queue(job, loaded, images, cache, cancelled, log, where=None, original=None):
     from tlviz.finetune.run import run_finetune
 
     for rid, cfg_dict in zip(job["run_ids"], job["configs"]):
@@ -841,7 +905,7 @@ def _run_queue(job, loaded, images, cache, cancelled, log, where=None):
         try:
             cfg = RunConfig.from_dict(cfg_dict)
             res = run_finetune(loaded, images, cfg, writer=writer, should_cancel=cancelled, cache=cache,
-                               image_key=job.get("image_key"))
+                               image_key=job.get("image_key"), original=original)
             top = res.findings[0].title if res.findings else ""
             writer.status(res.state, top, pid=os.getpid())
             log.info("run %s: %s", rid, res.state)

@@ -1,0 +1,152 @@
+"""Original-task retention: how much of the base model's old task survives a fine-tuning run.
+
+When the user also loads the image set of the task the model file was trained for (its
+classes are the model's outputs, matched by the class names the model records, else by
+position), every run scores that task twice on the same images:
+
+- **before**: the loaded model as it is (its own head, its own base);
+- **after**: the model file's original head on the base *as the run left it* — the
+  run's trained base weights copied into a fresh copy of the loaded model, whose head
+  keeps its original weights (whether the run replaced the head or fine-tuned it).
+
+The difference (after − before) comes with its 95 % paired interval
+(`tlviz.stats.paired_difference`), and ``retained`` is the share of the old accuracy that
+survives (after / before). Both use the run's preset. At most `RETENTION_MAX_IMAGES`
+images are scored (seeded, class-balanced); the predictions before the run are cached
+with the run's activation cache, so the runs of a sweep score the loaded model once.
+
+Public API: `original_labels(loaded, original)`, `RetentionProbe`, `RETENTION_MAX_IMAGES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from tlviz.errors import RunRefused
+
+#: The original task is scored on at most this many images (seeded, class-balanced).
+RETENTION_MAX_IMAGES = 1000
+
+
+def original_labels(loaded, original) -> np.ndarray:
+    """The original task's labels in the model's output order, or why the set cannot serve.
+
+    Args:
+        loaded: the `LoadedModel` (its head must still be the original task's).
+        original: the original task's `ImageSet`, decoded at the model's input size.
+
+    Returns:
+        One label per image, as the model's output index.
+
+    Raises:
+        RunRefused: the set is empty, not at the model's input size, or its classes are not
+            the model's outputs (the message says what to load instead).
+    """
+    from tlviz.normalize.inputs import label_match
+
+    if original is None or len(original) == 0:
+        raise RunRefused("The original task's image set holds no images. Load the images of the task the model "
+                         "was trained for, one sub-folder per class.")
+    if tuple(original.image_size) != tuple(loaded.image_size) or original.images.shape[-1] != loaded.channels:
+        raise RunRefused(f"The original task's images are {original.image_size} × {original.images.shape[-1]} but the "
+                         f"model takes {loaded.image_size} × {loaded.channels}. Decode them at the model's input size.")
+    match = label_match(loaded, original)
+    if match.labels is None:
+        k = 2 if loaded.n_outputs == 1 else loaded.n_outputs
+        raise RunRefused(
+            f"The original task's image set does not match the model's outputs: {match.reason.split(', so ')[0]}. "
+            f"Retention needs the images of the task the model file's head was trained for ({k} classes"
+            + (f": {', '.join(map(str, loaded.class_names[:8]))}" if loaded.class_names else "")
+            + "), with the model's original head still in the file.")
+    return np.asarray(match.labels, dtype=np.int64)
+
+
+def _predictions(model, images: np.ndarray, preset: str, budget: int | None) -> np.ndarray:
+    from tlviz.memory import plan_batch, predict_batches
+    from tlviz.outputs import predicted_classes
+    from tlviz.presets import apply_preset
+
+    plan = plan_batch(model, "inference", n=len(images), budget=budget)
+    out = predict_batches(model, images, lambda a: apply_preset(a, preset), plan)
+    return predicted_classes(out).astype(np.int64)
+
+
+class RetentionProbe:
+    """Scores the original task before a run (`__init__`) and on the run's trained base (`measure`).
+
+    Args:
+        loaded: the `LoadedModel` the run starts from (read only).
+        original: the original task's `ImageSet`.
+        preset: the run's preset.
+        cache: the run's `ActivationCache` (keeps the predictions before the run). Defaults to none.
+        budget: memory budget in bytes for the batch plan. Defaults to ``TLVIZ_MEMORY_MB``.
+
+    Raises:
+        RunRefused: the set cannot serve (`original_labels`).
+    """
+
+    def __init__(self, loaded, original, preset: str, cache=None, budget: int | None = None):
+        from tlviz.diagnose.base import _balanced_sample
+        from tlviz.finetune.build import clone
+        from tlviz.finetune.cache import images_key, weights_key
+        from tlviz.layers import layer_table
+
+        labels = original_labels(loaded, original)
+        self.sample = _balanced_sample(labels, RETENTION_MAX_IMAGES, seed=0)
+        self.images, self.labels = original.images[self.sample], labels[self.sample]
+        self.preset, self.budget = preset, budget
+        self.source = str(original.source or "")
+        self.classes = list(original.class_names)
+        before = None
+        key = None
+        if cache is not None:
+            tag = hashlib.sha1(np.ascontiguousarray(self.sample).tobytes()).hexdigest()[:12]
+            key = cache.key(loaded.sha256 or weights_key(loaded.model), images_key(original.images), preset,
+                            f"retention-v1:{tag}")
+            before = cache.get(key, count=False)
+        if before is None:
+            before = _predictions(loaded.model, self.images, preset, budget)
+            if cache is not None:
+                cache.put(key, before)
+        self.before = np.asarray(before, dtype=np.int64)
+        table = layer_table(loaded.model)
+        self.head_paths = set(table.loc[table["role"] == "head", "path"])
+        self.old_model = clone(loaded.model)  # its head keeps the original weights
+
+    def measure(self, run_model) -> dict:
+        """The original task on the run's trained base under the original head.
+
+        Args:
+            run_model: the run's model after training.
+
+        Returns:
+            ``before`` / ``after`` (accuracies), ``difference``, ``low`` / ``high`` (its 95 %
+            paired interval), ``retained`` (after / before; None when before is 0),
+            ``n_images``, ``classes``, ``source`` and ``layers_copied``.
+
+        Raises:
+            RunRefused: the run's model lacks a layer of the loaded model's base.
+        """
+        from tlviz.layers import iter_leaves
+        from tlviz.stats import paired_difference
+
+        trained = {leaf.path: leaf.layer for leaf in iter_leaves(run_model)}
+        copied = 0
+        for leaf in iter_leaves(self.old_model):
+            if leaf.path in self.head_paths or not leaf.layer.weights:
+                continue
+            src = trained.get(leaf.path)
+            if src is None:
+                raise RunRefused(f"The run's model has no layer '{leaf.path}' of the original base, so the original "
+                                 "task cannot be scored on it.")
+            leaf.layer.set_weights(src.get_weights())
+            copied += 1
+        after = _predictions(self.old_model, self.images, self.preset, self.budget)
+        ok_after, ok_before = after == self.labels, self.before == self.labels
+        d = paired_difference(ok_after, ok_before)
+        before_acc, after_acc = float(np.mean(ok_before)), float(np.mean(ok_after))
+        return {"before": before_acc, "after": after_acc, "difference": d.difference, "low": d.low, "high": d.high,
+                "retained": after_acc / before_acc if before_acc > 0 else None, "n_images": int(len(self.labels)),
+                "classes": self.classes, "source": self.source, "layers_copied": copied}
