@@ -463,8 +463,8 @@ def test_each_check_lives_in_its_area_and_writes_no_id_severity_or_area():
 
     from tlviz.diagnose import data, finetuning, inference, outputs, pretraining
 
-    # Checks by area; issue 14's checks live in modules by topic (the image set, the head's outputs).
-    topical = {"tlviz.diagnose.data", "tlviz.diagnose.outputs"}
+    # Checks by area; issue 14's checks live in modules by topic (the image set, the head's outputs, forgetting).
+    topical = {"tlviz.diagnose.data", "tlviz.diagnose.outputs", "tlviz.diagnose.forgetting"}
     words = set(SEVERITIES) | set(AREAS) | set(CHECK_IDS)
     for module in (pretraining, finetuning, inference, data, outputs):
         tree = ast.parse(inspect.getsource(module))
