@@ -148,6 +148,38 @@ def test_a_run_on_ray_streams_progress_and_stores_what_a_local_run_stores(on_ray
     assert cluster["CPU"] == 2 and cluster["nodes"] == 2 and cluster["ray_version"] == ray.__version__
 
 
+def test_drift_a_linked_control_and_retention_come_back_from_ray_as_a_local_run_measures_them(
+        on_ray, loaded_base, images, base_images):
+    """Issue 14's measurements travel through Ray Tune like the rest: the run and its random-init control (one
+    job, linked), each with its representation drift, and the original task's retention."""
+    from tlviz.finetune.cache import ActivationCache
+    from tlviz.finetune.config import control_config
+    from tlviz.finetune.controls import compare
+    from tlviz.finetune.run import run_finetune
+    from tlviz.finetune.worker import start_job
+
+    cfg = RunConfig(unfreeze=2, lr=3e-3, epochs=2, preset="tf")
+    remote = start_job(loaded_base, images, [cfg], controls=["random-init"], original=base_images)
+    cache = ActivationCache()
+    local = run_finetune(loaded_base, images, cfg, cache=cache, original=base_images)
+    local_control = run_finetune(loaded_base, images, control_config(cfg, "random-init"), cache=cache,
+                                 original=base_images)
+    (st,) = _wait_all([remote.job_id])
+    assert st.state == "done", st.message
+    run, control = st.runs
+    assert run.where["executor"] == control.where["executor"] == "ray"
+    assert (control.control, control.control_of) == ("random-init", run.run_id)
+    for got, ref in ((run, local), (control, local_control)):
+        assert [d["block"] for d in got.outcome.drift] == [d["block"] for d in ref.drift]
+        np.testing.assert_allclose([d["cka"] for d in got.outcome.drift], [d["cka"] for d in ref.drift], atol=0.02)
+    assert run.outcome.drift[0]["cka"] == 1.0 and run.outcome.drift[-1]["cka"] < 1.0
+    assert run.outcome.retention["n_images"] == len(base_images) == local.retention["n_images"]
+    assert run.outcome.retention["after"] == pytest.approx(local.retention["after"], abs=0.02)
+    assert control.outcome.retention is None
+    c = compare(run, control)
+    assert c.difference is not None and c.difference.n == len(local.val_indices)
+
+
 def test_a_sweep_through_ray_tune_with_asha_stops_the_hopeless_runs(on_ray, loaded_base, images):
     from tlviz import charts
     from tlviz.finetune.store import list_runs
