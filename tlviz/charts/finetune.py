@@ -3,6 +3,10 @@
 - `history_long(history)` — per-epoch history in long form; `curves_chart(history)`
   and `compare_chart(histories)` draw it (train / validation in `palette.SPLIT_COLORS`).
 - `weight_change_chart(report)` — how far each layer moved, trainable / frozen.
+- `drift_chart(drift, threshold)` — linear CKA per block of the base, before vs after a run (1.0:
+  unchanged), coloured by what the block did (trained / frozen with a moved input / unchanged), the
+  catastrophic-forgetting threshold as a dashed line.
+- `control_chart(rows)` — a run's validation accuracy next to its controls', with 95 % intervals.
 - `sweep_heatmap(table)` — best validation accuracy per (unfreeze depth, learning rate); runs stopped
   early (ASHA on Ray Tune) faded, dashed, with the epoch they stopped at.
 - `lr_finder_chart(curve, suggestion)` — the learning-rate range test.
@@ -19,6 +23,9 @@ from tlviz.charts import palette
 
 #: Keras's metric prefix -> the split's word.
 SPLIT_LABELS = {"": palette.TRAIN, "val_": palette.VALIDATION}
+#: A block's status in a drift report (`tlviz.finetune.drift.STATUSES`) -> its colour: trained blocks as
+#: trainable layers, unchanged ones as frozen layers, frozen blocks whose input moved in between.
+DRIFT_COLORS = {"trained": palette.TRAINABLE_COLOR, "input changed": palette.ORANGE, "unchanged": palette.FROZEN_COLOR}
 
 
 def history_long(history: pd.DataFrame, run: str | None = None) -> pd.DataFrame:
@@ -150,3 +157,58 @@ def lr_finder_chart(curve: pd.DataFrame, suggestion: float | None = None) -> alt
                                                size=2).encode(x="lr:Q", tooltip=["label"]))
         title += f" (dashed line: suggested rate {suggestion:.1e})"
     return alt.layer(*layers).properties(title=title, height=260, width=520)
+
+
+def drift_chart(drift: pd.DataFrame, threshold: float | None = None) -> alt.LayerChart:
+    """Linear CKA per block of the base, before vs after a run, input to output.
+
+    Args:
+        drift: `RunOutcome.drift_table` (``block``, ``cka``, ``status``, ``layers``); a block whose CKA
+            could not be measured (None) is drawn as an empty bar with ``not measured`` in its tooltip.
+        threshold: the catastrophic-forgetting threshold, drawn as a dashed `palette.REFERENCE_COLOR`
+            line. Defaults to `None` (no line).
+
+    Returns:
+        An Altair bar chart (with the line when a threshold is given), y from 0 to 1.
+    """
+    df = drift.copy()
+    df["cka"] = pd.to_numeric(df["cka"], errors="coerce")
+    df["shown"] = df["cka"].fillna(0.0)
+    df["value"] = [f"{v:.3f}" if np.isfinite(v) else "not measured" for v in df["cka"]]
+    order = list(df["block"])
+    bars = alt.Chart(df).mark_bar().encode(
+        x=alt.X("block:N", sort=order, title="block of the base (input → output)",
+                axis=alt.Axis(labelAngle=-45, labelLimit=160)),
+        y=alt.Y("shown:Q", title="linear CKA, before vs after", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("status:N", title="block", scale=palette.scale(DRIFT_COLORS)),
+        tooltip=["block", "status", alt.Tooltip("value:N", title="CKA"), "layers"],
+    )
+    layers = [bars]
+    title = "how far each block's features moved (1.0 = unchanged)"
+    if threshold is not None:
+        rule = pd.DataFrame({"cka": [float(threshold)], "label": [f"forgetting threshold {threshold:g}"]})
+        layers.append(alt.Chart(rule).mark_rule(color=palette.REFERENCE_COLOR, strokeDash=palette.REFERENCE_DASH,
+                                                size=2).encode(y="cka:Q", tooltip=["label"]))
+        title += f" · dashed: threshold {threshold:g}"
+    return alt.layer(*layers).properties(height=240, title=title)
+
+
+def control_chart(rows: pd.DataFrame) -> alt.LayerChart:
+    """A run's validation accuracy next to its controls', each with its 95 % Wilson interval.
+
+    Args:
+        rows: one row per run: ``run`` (its label), ``accuracy``, ``low``, ``high``, ``n``.
+
+    Returns:
+        An Altair chart: a point per run and its interval as a rule, accuracy from 0 to 1.
+    """
+    df = rows.copy()
+    y = alt.Y("run:N", title=None, sort=list(df["run"]))
+    x = alt.X("accuracy:Q", title="validation accuracy (95 % interval)", scale=alt.Scale(domain=[0, 1]),
+              axis=alt.Axis(format="%"))
+    tip = ["run", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("low:Q", format=".1%"),
+           alt.Tooltip("high:Q", format=".1%"), "n"]
+    rule = alt.Chart(df).mark_rule(size=2, color=palette.INK).encode(x="low:Q", x2="high:Q", y=y, tooltip=tip)
+    point = alt.Chart(df).mark_point(filled=True, size=80, color=palette.INK).encode(x=x, y=y, tooltip=tip)
+    return alt.layer(rule, point).properties(height=40 * max(len(df), 1) + 40, width=420,
+                                             title="the run and its controls, on the same validation images")
