@@ -6,8 +6,8 @@ the builders from here:
 - ``overview`` — `class_counts` (images per class; a class-count finding draws it too).
 - ``layers`` — `params_by_depth` (parameters per layer, trainable / frozen).
 - ``normalization`` — `ranking_chart`, `per_class_heatmap`, `fingerprint_chart`.
-- ``finetune`` — `curves_chart`, `compare_chart`, `weight_change_chart`, `sweep_heatmap`,
-  `lr_finder_chart` (and `history_long`).
+- ``finetune`` — `curves_chart`, `compare_chart`, `weight_change_chart`, `drift_chart`,
+  `control_chart`, `sweep_heatmap`, `lr_finder_chart` (and `history_long`).
 - ``diagnose`` — what a finding card shows: `evidence_table`, `finding_chart`
   (and `comparison_frame`, `comparison_chart`).
 - ``confusion`` — the one confusion-matrix heatmap, `confusion_chart` (and
@@ -22,8 +22,8 @@ inspecting its ``to_dict()`` spec.
 from tlviz.charts import palette
 from tlviz.charts.confusion import confusion_chart, confusion_frame
 from tlviz.charts.diagnose import comparison_chart, comparison_frame, evidence_table, finding_chart
-from tlviz.charts.finetune import (compare_chart, curves_chart, history_long, lr_finder_chart, sweep_heatmap,
-                                   weight_change_chart)
+from tlviz.charts.finetune import (compare_chart, control_chart, curves_chart, drift_chart, history_long,
+                                   lr_finder_chart, sweep_heatmap, weight_change_chart)
 from tlviz.charts.layers import params_by_depth
 from tlviz.charts.normalization import fingerprint_chart, per_class_heatmap, ranking_chart
 from tlviz.charts.overview import class_counts
@@ -31,5 +31,5 @@ from tlviz.charts.overview import class_counts
 __all__ = [
     "palette", "class_counts", "params_by_depth", "ranking_chart", "per_class_heatmap", "fingerprint_chart",
     "history_long", "curves_chart", "compare_chart", "confusion_frame", "confusion_chart", "weight_change_chart",
-    "sweep_heatmap", "lr_finder_chart", "evidence_table", "comparison_frame", "comparison_chart", "finding_chart",
+    "sweep_heatmap", "lr_finder_chart", "drift_chart", "control_chart", "evidence_table", "comparison_frame", "comparison_chart", "finding_chart",
 ]
