@@ -192,3 +192,41 @@ def test_the_features_before_a_run_are_computed_once_per_model_images_and_preset
     assert len(calls) == 3  # after only: the features before came from the cache
     assert cache.misses == 1 and cache.hits == 1  # the activation counters count activations only
     assert first.drift[0]["cka"] == second.drift[0]["cka"] == 1.0
+
+
+# -- the charts -------------------------------------------------------------------------------------
+
+def test_the_drift_chart_draws_every_block_by_status_with_the_threshold():
+    import json
+
+    import pandas as pd
+
+    from tlviz import charts
+    from tlviz.charts.finetune import DRIFT_COLORS
+    from tlviz.charts import palette
+
+    df = pd.DataFrame([{"block": "block1", "cka": 1.0, "trained": False, "status": "unchanged", "layers": 2},
+                       {"block": "block2", "cka": None, "trained": True, "status": "trained", "layers": 2},
+                       {"block": "block3", "cka": 0.31, "trained": False, "status": "input changed", "layers": 1}])
+    spec = charts.drift_chart(df, 0.5).to_dict()
+    bars, rule = spec["layer"]
+    assert bars["encoding"]["x"]["sort"] == ["block1", "block2", "block3"]
+    assert bars["encoding"]["color"]["scale"] == {"domain": list(DRIFT_COLORS), "range": list(DRIFT_COLORS.values())}
+    assert bars["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert rule["mark"]["color"] == palette.REFERENCE_COLOR and "threshold 0.5" in spec["title"]
+    text = json.dumps(spec["datasets"])
+    assert "not measured" in text and "0.310" in text
+    assert "layer" not in charts.drift_chart(df).to_dict() or len(charts.drift_chart(df).to_dict()["layer"]) == 1
+
+
+def test_the_control_chart_shows_each_run_with_its_interval():
+    import pandas as pd
+
+    from tlviz import charts
+
+    rows = pd.DataFrame([{"run": "run", "accuracy": 0.9, "low": 0.85, "high": 0.94, "n": 180},
+                         {"run": "random-init control", "accuracy": 0.3, "low": 0.24, "high": 0.37, "n": 180}])
+    spec = charts.control_chart(rows).to_dict()
+    rule, point = spec["layer"]
+    assert rule["encoding"]["x"]["field"] == "low" and rule["encoding"]["x2"]["field"] == "high"
+    assert point["encoding"]["y"]["sort"] == ["run", "random-init control"]
