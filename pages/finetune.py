@@ -1,5 +1,8 @@
 """Fine-tuning runs: short what-if runs at a chosen unfreeze depth and learning rate, compared.
 
+Each run also shows how far the base's features moved (CKA per block), its controls (random-init,
+head-only; one click) and, with the original task's images loaded, how much of that task survives.
+
 Thin page: the panels of `ui.finetune` (configuration, the running job, one run's
 results, the run list) -> `tlviz.finetune` (runs happen in a worker process, or on
 the Ray cluster of ``TLVIZ_RAY_ADDRESS``, polled by a fragment) -> `tlviz.charts`.
@@ -30,13 +33,16 @@ st.caption("What if you unfreeze the last N layers at this learning rate? Each r
 for warning in images.class_warnings():
     st.warning(warning, icon=":material/warning:")
 config = panels.config_form(loaded, images, table)
+panels.original_task(loaded)
 # One class cannot be fine-tuned: say so now rather than after starting a worker.
 too_few_classes = not images.two_classes_present
 busy = st.session_state.get("ft_job") is not None or too_few_classes
-b1, b2, _ = st.columns([1, 1, 2])
+b1, b2, b3 = st.columns([1, 1, 2])
+with b3:
+    controls = panels.controls_choice(config)
 if b1.button("Start run", type="primary", key="ft_start", disabled=busy or config is None,
              icon=":material/play_arrow:"):
-    panels.start("runs", loaded, images, config)
+    panels.start("runs", loaded, images, config, controls=controls)
 if b2.button("Find a learning rate", key="ft_lrfind", disabled=busy or config is None, icon=":material/search:",
              help="Smith's range test: about 100 steps with the rate rising from 1e-7 to 10; weights are restored."):
     panels.start("lrfind", loaded, images, config)
@@ -78,7 +84,8 @@ if st.session_state.get("ft_show_run") not in ids:
     st.session_state["ft_show_run"] = ids[0]
 show = st.selectbox("Run", ids, format_func=labels.get, key="ft_show_run")
 try:
-    panels.show_run(load_run(show, owner=ws), images, current_key)
+    controls_of_shown = [load_run(r, owner=ws) for r in runs.loc[runs["control_of"] == show, "run_id"]]
+    panels.show_run(load_run(show, owner=ws), images, current_key, loaded, controls_of_shown)
 except TlvizError as exc:
     st.warning(str(exc))
 

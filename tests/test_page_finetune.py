@@ -240,3 +240,49 @@ def test_a_run_stopped_early_shows_why_and_the_sweep_heatmap_marks_it(runs):
     assert at.selectbox(key="ft_sweep_show").value == "sweep-x"
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]  # the heatmap's title says what the dashes mean
     assert any("faded, dashed: stopped early by ASHA" in spec for spec in specs)
+
+
+def test_drift_controls_forgetting_and_the_original_task_show_with_a_run(runs):
+    """Issue 14 on the page: the original task loaded as a second image set, a planted run (whole base at Adam
+    0.1) with its head-only control, then its random-init control by one click."""
+    at = open_page(PAGE, images="digits_5_9")
+    at.radio(key="ft_original_kind").set_value("Sample")
+    at.run()
+    at.selectbox(key="ft_original_sample").set_value("digits_5_9")  # not the model's own task
+    at.run()
+    assert any("does not match the model's outputs" in e.value for e in at.error)
+    at.selectbox(key="ft_original_sample").set_value("digits_0_4")
+    at.run()
+    assert not at.error and "Each new run reports the original task on **901 images**" in texts(at)
+    assert at.multiselect(key="ft_controls").options == ["random-init control"]  # depth 0: no head-only control
+    at.select_slider(key="ft_depth_block").set_value(6)
+    at.number_input(key="ft_lr").set_value(1e-1)
+    at.number_input(key="ft_epochs").set_value(1)
+    at.run()
+    at.multiselect(key="ft_controls").set_value(["head-only"])
+    at.run()
+    at.button(key="ft_start").click()
+    at.run()
+    _wait(at)
+    shown = at.session_state["ft_show_run"]
+    from tlviz.finetune.store import load_run
+
+    assert load_run(shown).control is None  # the run is shown, not its control
+    text = texts(at)
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert any("how far each block's features moved" in spec for spec in specs)
+    assert any("the run and its controls" in spec for spec in specs)
+    assert "Unfreezing hurts" in text and "Catastrophic forgetting: run" in text
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Before the run"] == "100.0%" and float(metrics["After the run"].rstrip("%")) < 60
+    assert "random-init control" in [b.label.split("Run the ")[-1] for b in at.button if b.key and
+                                     b.key.startswith("ft_control_")]
+    at.button(key="ft_control_random-init").click()
+    at.run()
+    _wait(at)
+    assert at.session_state["ft_show_run"] == shown  # the job of a control opens the run it controls
+    assert "than the same configuration from random weights" in texts(at) or \
+        "no better than a randomly initialised model" in texts(at)
+    table = at.dataframe[-1].value
+    assert sorted(table["control"].fillna("-")) == ["-", "head-only", "random-init"]
+    assert set(table["control_of"].dropna()) == {shown}

@@ -2,6 +2,11 @@
 
 Widgets -> `tlviz.finetune` (runs happen in a worker process, polled by a
 fragment) -> `tlviz.charts`. Widget keys start with ``ft_``.
+
+With each run: its representation drift next to the weight changes, its controls
+(random-init, head-only: one click each) compared on the same validation images,
+the ``catastrophic-forgetting`` verdict, and, when the original task's image set is
+loaded (`original_task`), how much of that task survives.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ import math
 import streamlit as st
 
 from tlviz import charts
-from tlviz.errors import ClusterUnreachable, ConfigError, TlvizError
+from tlviz.errors import ClusterUnreachable, ConfigError, ImageSetRefused, TlvizError
 from tlviz.finetune import (ACTIVE_STATES, OPTIMIZER_LABELS, OPTIMIZERS, LRFinderResult, RunConfig, RunRecord,
                             RunRefused, cancel_job, decide_head, default_executor, default_preset, delete_run,
                             depth_choices, describe_executor, format_seconds, largest_movers, list_runs, load_run,
                             poll_job, start_job, start_lr_finder, sweep_table)
+from tlviz.finetune.config import CONTROL_LABELS, CONTROLS, control_config
 from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
+from tlviz.stats import format_points, wilson_interval
 from ui.cache import model_key
 from ui.state import workspace
 from ui.widgets import finding_card, finding_cards
@@ -177,7 +184,7 @@ def on_ray() -> bool:
 
 
 def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig] | None = None,
-          executor: str | None = None, asha: bool = False) -> None:
+          executor: str | None = None, asha: bool = False, controls: list[str] | tuple[str, ...] = ()) -> None:
     """Start runs (`kind` ``"runs"``: `configs`, else `config`) or the range test (``"lrfind"``) and rerun.
 
     A Ray cluster that cannot be reached leaves an offer to run on this machine (`offer_local`).
@@ -190,16 +197,20 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
         configs: several configurations (a sweep). Defaults to ``[config]``.
         executor: ``"local"`` or ``"ray"``. Defaults to the configured one.
         asha: stop poor runs of a sweep early (Ray Tune's ASHA). Defaults to `False`.
+        controls: controls to queue after each run (``"random-init"``, ``"head-only"``). Defaults to none.
+
+    Every run of the job reports the original task's retention when that image set is loaded (`original_task`).
     """
     configs = configs or [config]
     try:
         if kind == "lrfind":
             job = start_lr_finder(loaded, images, config, owner=workspace(), executor=executor)
         else:
-            job = start_job(loaded, images, configs, owner=workspace(), executor=executor, asha=asha)
+            job = start_job(loaded, images, configs, owner=workspace(), executor=executor, asha=asha,
+                            controls=list(controls), original=current_original(loaded))
     except ClusterUnreachable as exc:
         st.session_state["ft_offer_local"] = {"message": str(exc), "kind": kind,
-                                              "configs": [c.to_dict() for c in configs]}
+                                              "configs": [c.to_dict() for c in configs], "controls": list(controls)}
         return
     except TlvizError as exc:
         st.error(str(exc), icon=":material/block:")
@@ -228,7 +239,8 @@ def offer_local(loaded, images) -> None:
                 st.session_state.pop("ft_offer_local", None)
                 st.error(str(exc), icon=":material/block:")
                 return
-            start(offer["kind"], loaded, images, configs[0], configs, executor="local")
+            start(offer["kind"], loaded, images, configs[0], configs, executor="local",
+                  controls=offer.get("controls") or ())
         if c2.button("Dismiss", key="ft_offer_dismiss"):
             st.session_state.pop("ft_offer_local", None)
             st.rerun()
@@ -249,6 +261,105 @@ def asha_option() -> bool:
 def where_runs_go() -> str:
     """One line for the page: where a new run will run."""
     return f"Runs go to: {describe_executor()}."
+
+
+def controls_choice(config: RunConfig | None) -> list[str]:
+    """The controls to run after the run (multiselect); a head-only control is offered only when the base trains."""
+    options = [c for c in CONTROLS if not (c == "head-only" and config is not None and config.unfreeze == 0)]
+    keep_valid("ft_controls", options)
+    return st.multiselect(
+        "Also run controls", options, key="ft_controls", format_func=CONTROL_LABELS.get,
+        help="Random-init: the same configuration on the same architecture with fresh random weights (do the "
+             "pre-trained weights help at all?). Head-only: the same configuration with the base frozen (does "
+             "unfreezing help?). Each is compared with the run on the same validation images, with a 95 % interval.")
+
+
+# -- the original task (retention) -------------------------------------------------------------
+
+def _original_refused(message: str) -> None:
+    st.session_state["ft_original_error"] = message
+    st.session_state.pop("ft_original_source", None)
+    st.session_state.pop("ft_original_key", None)
+
+
+def original_task(loaded) -> None:
+    """An optional second image set: the model's original task, whose accuracy each run reports before and after.
+
+    A sample set or an uploaded ``.zip`` (one sub-folder per class); it is decoded at the model's input size and
+    must match the model's outputs (`tlviz.finetune.retention.original_labels`), else it is refused with the
+    reason and the previous choice is kept.
+    """
+    import hashlib
+
+    from tlviz.imagesets import ImageSource, open_source
+    from tlviz.samples import SAMPLE_IMAGE_SETS, sample_path
+
+    chosen = current_original(loaded)
+    title = "Original task (optional): how much of it survives each run"
+    if chosen is not None:
+        title += f" · {chosen.source or 'loaded'} ({len(chosen)} images)"
+    with st.expander(title, expanded=bool(st.session_state.get("ft_original_error"))):
+        st.caption("Load the images of the task the model file was trained for (its classes are the model's outputs, "
+                   "with its original head still in the file). Each run then scores that task with the original "
+                   "head on the base as the run left it, before and after, on the same images.")
+        kind = st.radio("Original task's images", ["None", "Sample", "Upload .zip"], horizontal=True,
+                        key="ft_original_kind", label_visibility="collapsed")
+        if kind == "None":
+            st.session_state.pop("ft_original_source", None)
+            st.session_state.pop("ft_original_key", None)
+            st.session_state.pop("ft_original_error", None)
+        elif kind == "Sample":
+            name = st.selectbox("Sample image set", SAMPLE_IMAGE_SETS, key="ft_original_sample")
+            if st.session_state.get("ft_original_key") != f"sample:{name}":
+                _use_original(loaded, open_source(sample_path(name)), f"sample:{name}")
+        else:
+            up = st.file_uploader("Zip of class folders", type=["zip"], key="ft_original_upload")
+            if up is not None and st.session_state.get("_ft_original_upload_id") != up.file_id:
+                st.session_state["_ft_original_upload_id"] = up.file_id
+                data = up.getvalue()
+                try:
+                    _use_original(loaded, ImageSource.from_zip(data, up.name),
+                                  "zip:" + hashlib.sha256(data).hexdigest())
+                except ImageSetRefused as exc:
+                    _original_refused(str(exc))
+        if st.session_state.get("ft_original_error"):
+            st.error(st.session_state["ft_original_error"], icon=":material/block:")
+        chosen = current_original(loaded)
+        if chosen is not None:
+            st.caption(f"Each new run reports the original task on **{len(chosen)} images** of "
+                       f"{len(chosen.class_names)} classes ({', '.join(chosen.class_names[:8])}).")
+
+
+def _use_original(loaded, source, key: str) -> None:
+    from tlviz.finetune.retention import original_labels
+    from ui.cache import decode_images
+
+    try:
+        images = decode_images(key, loaded, source)
+        original_labels(loaded, images)
+    except (ImageSetRefused, RunRefused) as exc:
+        _original_refused(str(exc))
+        return
+    st.session_state["ft_original_source"] = source
+    st.session_state["ft_original_key"] = key
+    st.session_state.pop("ft_original_error", None)
+
+
+def current_original(loaded):
+    """The original task's `ImageSet` at the current model's input size, or None (none loaded, or it no longer
+    matches the current model)."""
+    from tlviz.finetune.retention import original_labels
+    from ui.cache import decode_images
+
+    source, key = st.session_state.get("ft_original_source"), st.session_state.get("ft_original_key")
+    if source is None or key is None:
+        return None
+    try:
+        images = decode_images(key, loaded, source)
+        original_labels(loaded, images)
+    except (ImageSetRefused, RunRefused):
+        return None
+    return images
 
 
 # -- the running job -------------------------------------------------------------------
@@ -280,9 +391,11 @@ def _job_panel() -> None:
                   help="Stops after the current batch; what was measured is kept.")
     if not status.active:
         st.session_state["ft_job"] = None
-        if status.unreachable:
-            st.session_state["ft_offer_local"] = {"message": status.message, "kind": status.kind,
-                                                  "configs": status.configs}
+        if status.unreachable:  # controls are queued again, linked to the new runs
+            st.session_state["ft_offer_local"] = {
+                "message": status.message, "kind": status.kind,
+                "configs": [c for c in status.configs if not c.get("control")],
+                "controls": sorted({c["control"] for c in status.configs if c.get("control")})}
         shown = next((r for r in status.runs if r.run_id == status.run_to_show), None)
         if shown is not None and shown.ran_on:
             st.session_state["ft_last_ran_on"] = shown.ran_on
@@ -336,13 +449,17 @@ def run_labels(runs) -> dict[str, str]:
             for r in runs.itertuples()}
 
 
-def show_run(rec: RunRecord, images, current_images_key: str) -> None:
-    """One run: state, config, metrics, findings, curves, per-class accuracy and confusion, weight changes.
+
+def show_run(rec: RunRecord, images, current_images_key: str, loaded=None, records: list | None = None) -> None:
+    """One run: state, config, metrics, findings, curves, per-class accuracy and confusion, weight changes and
+    representation drift, its controls and the catastrophic-forgetting verdict, the original task's retention.
 
     Args:
         rec: the `RunRecord`.
         images: the current `ImageSet` (a confusion cell shows its images when the run used it).
         current_images_key: `ui.pixels_key` of the current image set.
+        loaded: the current `LoadedModel` (a control can start when the run used it). Defaults to `None`.
+        records: this workspace's `RunRecord`s (to find the run's controls). Defaults to none.
     """
     st.markdown(f"#### {STATE_ICONS.get(rec.state, '')} Run `{rec.run_id}` — {rec.state}")
     described = rec.describe()
@@ -375,6 +492,8 @@ def show_run(rec: RunRecord, images, current_images_key: str) -> None:
         return
     _confusion(rec, out, images, current_images_key)
     _weight_changes(rec, out)
+    _retention(out)
+    _controls(rec, out, loaded, images, current_images_key, records or [])
     if rec.model_path is not None:
         st.download_button("Download the fine-tuned model (.keras)", data=rec.model_path.read_bytes(),
                            file_name=f"finetuned_{rec.run_id}.keras", mime="application/octet-stream",
@@ -421,7 +540,11 @@ def _weight_changes(rec: RunRecord, out) -> None:
         n_frozen = int((~wc["trainable"].astype(bool)).sum())
         st.success(f"All {n_frozen} frozen layers show exactly zero change: freezing works.",
                    icon=":material/check:")
-    st.altair_chart(charts.weight_change_chart(wc), width="stretch")
+    left, right = st.columns(2)
+    with left:
+        st.altair_chart(charts.weight_change_chart(wc), width="stretch")
+    with right:
+        _drift(out)
     movers = largest_movers(wc)
     if len(movers):
         st.caption("Largest movers (relative L2 change). Large changes deep in the base are the sign of "
@@ -430,13 +553,112 @@ def _weight_changes(rec: RunRecord, out) -> None:
                      column_config={"rel_change": st.column_config.NumberColumn("relative change", format="%.3g")})
 
 
+def _drift(out) -> None:
+    from tlviz.diagnose.registry import threshold
+
+    drift = out.drift_table
+    if not len(drift):
+        st.caption("No representation drift was stored for this run.")
+        return
+    limit = threshold("catastrophic-forgetting", "cka")
+    st.altair_chart(charts.drift_chart(drift, limit), width="stretch")
+    n = out.metrics.get("drift_images")
+    moved = drift[drift["status"] != "unchanged"]
+    st.caption(f"Linear CKA of each block's features on {n} of your images (seeded, the same for every run), before "
+               "vs after the run: 1.0 means the block represents them as before. Blocks with nothing trained at or "
+               "below them are exactly 1.0"
+               + (f"; {len(moved)} block(s) moved" if len(moved) else "; the base did not move") + ".")
+
+
+def _retention(out) -> None:
+    r = out.retention
+    if not r:
+        return
+    st.markdown("##### Original task")
+    k = st.columns(3)
+    k[0].metric("Before the run", _pct(r.get("before")))
+    k[1].metric("After the run", _pct(r.get("after")), delta=None if r.get("difference") is None else
+                f"{r['difference'] * 100:+.1f} points", delta_color="normal")
+    k[2].metric("Retained", _pct(r.get("retained")), help="After / before.")
+    if r.get("low") is not None:
+        st.caption(f"{r.get('source') or 'The original task'}: {r.get('n_images')} images of "
+                   f"{len(r.get('classes') or [])} classes, scored with the model file's original head on the base as "
+                   f"the run left it; 95 % interval of the difference {format_points(r['low'], r['high'])}.")
+
+
+def _controls(rec: RunRecord, out, loaded, images, current_images_key: str, records: list) -> None:
+    """The run's controls: the comparison with each, buttons for the missing ones, and the forgetting verdict."""
+    from tlviz.diagnose.forgetting import judge_run
+    from tlviz.finetune.controls import compare, controls_of
+
+    if rec.control is not None:
+        st.caption(f"This run is the {CONTROL_LABELS.get(rec.control, rec.control)} of run `{rec.control_of}`: "
+                   "open that run to see the comparison.")
+        return
+    st.markdown("##### Controls")
+    mine = controls_of(rec.run_id, records)
+    comparisons = [compare(rec, c) for c in mine]
+    rows = [{"run": "this run", "accuracy": out.val_accuracy, "n": len(out.val_indices)}]
+    for c, cmp in zip(mine, comparisons):
+        st.write(cmp.sentence())
+        if cmp.difference is not None:
+            rows.append({"run": f"{CONTROL_LABELS[cmp.kind]} ({c.run_id})", "accuracy": cmp.control_accuracy,
+                         "n": cmp.difference.n})
+    if len(rows) > 1 and out.val_accuracy is not None:
+        import pandas as pd
+
+        frame = pd.DataFrame(rows)
+        bounds = [wilson_interval(int(round(a * n)), n) for a, n in zip(frame["accuracy"], frame["n"])]
+        frame["low"], frame["high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+        st.altair_chart(charts.control_chart(frame))
+    have = {c.control for c in mine}
+    missing = [k for k in CONTROLS if k not in have and not (k == "head-only" and rec.config.get("unfreeze") == 0)]
+    same = (loaded is not None and rec.model_sha256 == loaded.sha256 and rec.image_key == current_images_key
+            and rec.run_config is not None)
+    busy = st.session_state.get("ft_job") is not None
+    if missing:
+        if not same:
+            st.caption("Load the model and the image set this run used to run its controls.")
+        cols = st.columns(len(missing))
+        for col, kind in zip(cols, missing):
+            if col.button(f"Run the {CONTROL_LABELS[kind]}", key=f"ft_control_{kind}", disabled=not same or busy,
+                          icon=":material/science:",
+                          help="The same configuration with fresh random weights (seeded)" if kind == "random-init"
+                          else "The same configuration with the base frozen (unfreeze depth 0)"):
+                try:
+                    cfg = control_config(rec.run_config, kind, rec.run_id)
+                except RunRefused as exc:
+                    st.error(str(exc), icon=":material/block:")
+                else:
+                    start("runs", loaded, images, cfg, [cfg])
+    verdict = judge_run(rec, mine)
+    if verdict.finding is not None:
+        finding_card(verdict.finding, evidence=True)
+    elif verdict.fires is None:
+        st.info(f"Catastrophic forgetting: {verdict.reason}", icon=":material/help:")
+    else:
+        st.caption(f"Catastrophic forgetting: no. {verdict.reason}")
+
+
+def judged_with_runs(report, loaded, current_images_key: str):
+    """A `DiagnosisReport` with ``catastrophic-forgetting`` judged on this workspace's runs of the current model on
+    the current images (`tlviz.diagnose.forgetting.with_runs`); the report itself when there are none."""
+    from tlviz.diagnose.forgetting import runs_for, with_runs
+
+    try:
+        records = runs_for(loaded.sha256, current_images_key, workspace())
+    except TlvizError:
+        return report
+    return with_runs(report, records) if records else report
+
+
 # -- all runs -------------------------------------------------------------------------
 
 def runs_table(runs) -> None:
     """The table of this workspace's runs (a `tlviz.finetune.list_runs` table)."""
     view = runs[["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset",
                  "new_head", "two_phase", "bn", "augment", "best_val_accuracy", "final_val_accuracy", "time_s",
-                 "ran_on", "stopped_at", "model", "images"]]
+                 "ran_on", "stopped_at", "control", "control_of", "model", "images"]]
     st.dataframe(view, hide_index=True, key="ft_runs_table", column_config={
         "ran_on": st.column_config.TextColumn("ran on", help="local or Ray · node · CPU or GPU"),
         "stopped_at": st.column_config.NumberColumn("stopped after epoch",
@@ -445,6 +667,8 @@ def runs_table(runs) -> None:
         "best_val_accuracy": st.column_config.NumberColumn("best val acc", format="percent"),
         "final_val_accuracy": st.column_config.NumberColumn("final val acc", format="percent"),
         "time_s": st.column_config.NumberColumn("time (s)", format="%.1f"),
+        "control": st.column_config.TextColumn("control", help="random-init or head-only control of another run"),
+        "control_of": st.column_config.TextColumn("control of"),
     })
 
 

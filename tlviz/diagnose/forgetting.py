@@ -135,7 +135,7 @@ def judge_run(run, controls: list, check: Check | None = None) -> Judgement:
         "cka_per_unfrozen_block": {d["block"]: d["cka"] for d in unfrozen},
         "blocks_below_threshold": [d["block"] for d in far], "cka_threshold": threshold,
         "drift_images": out.metrics.get("drift_images"),
-        "controls": [c.to_dict() for c in comparisons],
+        "controls": [{k: v for k, v in c.to_dict().items() if k not in ("sentence", "state")} for c in comparisons],
     }
     finding = check.finding(title, evidence, " ".join(c.sentence() for c in usable) + " " + _fix(run))
     return Judgement(run.run_id, True, title, finding, lowest["cka"])

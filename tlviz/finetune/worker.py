@@ -172,12 +172,16 @@ class JobStatus:
 
     @property
     def run_to_show(self) -> str | None:
-        """The run to open when the job ends: its only run, else the one with the best validation accuracy."""
+        """The run to open when the job ends: its only run, else the one with the best validation accuracy.
+        Controls are shown with the run they control: a job of controls opens that run."""
         if not self.runs:
             return None
-        if len(self.runs) == 1:
-            return self.runs[-1].run_id
-        return max(self.runs, key=lambda r: r.best_val_accuracy or -1).run_id
+        runs = [r for r in self.runs if r.control is None]
+        if not runs:  # a job of controls only: open the run they control, where the comparison is
+            return self.runs[0].control_of or self.runs[0].run_id
+        if len(runs) == 1:
+            return runs[-1].run_id
+        return max(runs, key=lambda r: r.best_val_accuracy or -1).run_id
 
     @property
     def lr_result(self):
