@@ -60,6 +60,7 @@ if measured is None:
 if note:
     st.caption(note)
 report = measured.for_preset(preset)
+report = ui.finetune.judged_with_runs(report, loaded, ui.pixels_key())  # catastrophic-forgetting: this session's runs
 st.session_state["diagnosis"] = report
 
 counts = report.counts_by_severity
