@@ -215,3 +215,31 @@ def test_frozen_model_repair_wiring_opens_fine_tuning(frozen_model_path, base_im
     assert not at.exception
     assert at.session_state["model"].filename == "digits_frozen_repaired.keras"
     assert at.session_state["model"].trainable_params == 325
+
+
+def test_catastrophic_forgetting_is_judged_on_this_sessions_runs_of_the_model_and_images(page, module_runs):
+    """Wiring: the stored diagnosis skips catastrophic-forgetting (a model file has no runs); once this session has
+    a planted run (whole base at Adam 0.1) and its head-only control on the same model and images, the page shows
+    the finding, and its downloads include it."""
+    from tlviz.finetune.cache import images_key
+    from tlviz.finetune.config import RunConfig, control_config
+    from tlviz.finetune.run import run_finetune
+    from tlviz.finetune.store import RunWriter
+
+    at = page
+    at.run()
+    assert "catastrophic-forgetting" in [s.id for s in at.session_state["diagnosis"].skipped]
+    loaded, images = at.session_state["model"], at.session_state["images"]
+    planted = RunConfig(unfreeze=6, lr=1e-1, epochs=1, preset="tf")
+    run_id = "20250101-000000-000aaaa"
+    for rid, cfg in ((run_id, planted), ("20250101-000001-000bbbb", control_config(planted, "head-only", run_id))):
+        w = RunWriter(module_runs / rid)
+        w.write_config(cfg, {"sha256": loaded.sha256}, {"image_key": images_key(images.images)},
+                       owner=at.session_state["workspace"])
+        w.status(run_finetune(loaded, images, cfg, writer=w, save=False).state)
+    at.run()
+    assert not at.exception
+    report = at.session_state["diagnosis"]
+    assert "catastrophic-forgetting" in [f.id for f in report.findings]
+    assert any(f"Catastrophic forgetting: run {run_id}" in w.value for w in at.warning)
+    assert "catastrophic-forgetting" in report.to_markdown()
