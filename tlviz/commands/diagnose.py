@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", help="labelled images: a folder with one sub-folder per class, or a .zip of one")
     parser.add_argument("--preset", default="unit", choices=PRESETS,
                         help="the normalization preset your inference code applies (default: unit)")
+    parser.add_argument("--runs", default=None, metavar="DIR",
+                        help="runs folder of `tlviz finetune` whose runs of this model on these images the "
+                             "catastrophic-forgetting check judges (default: $TLVIZ_RUNS_DIR, else ~/.tlviz/runs)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object: {"findings": [{id, severity, area, title, evidence, fix}]}')
 
@@ -30,6 +33,9 @@ def run(args) -> int:
     progress = reporter_for(args)
     loaded, source, images = load_inputs(args.model, args.images, progress)
     report = diagnose(loaded, images, args.preset, source=source, progress=progress)
+    from tlviz.diagnose.forgetting import with_cli_runs
+
+    report = with_cli_runs(report, loaded, images, args.runs)  # catastrophic-forgetting judges fine-tuning runs
     progress.close()
     if args.json:
         for s in report.skipped:
