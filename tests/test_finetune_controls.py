@@ -320,3 +320,21 @@ def test_a_worker_job_queues_the_linked_control_and_reports_drift_and_retention(
     found = runs_for(loaded_base.sha256, images_key(images_5_9.images), "ws")
     assert {r.run_id for r in found} == {run.run_id, control.run_id}
     assert runs_for(loaded_base.sha256, images_key(images_5_9.images), "another workspace") == []
+
+
+def test_diagnose_json_names_catastrophic_forgetting_for_the_command_lines_runs(tmp_path, capsys):
+    from tlviz.cli import main
+
+    common = ["sample_models/digits_base.keras", "sample_models/digits_0_4"]
+    assert main(["finetune", "--quiet", *common, "--unfreeze", "6", "--lr", "0.1", "--epochs", "1", "--preset", "tf",
+                 "--control", "head-only", "--out", str(tmp_path), "--json"]) == 0
+    ran = json.loads(capsys.readouterr().out)
+    assert "catastrophic-forgetting" in ran["findings"] and ran["control"]["kind"] == "head-only"
+    main(["diagnose", "--quiet", *common, "--preset", "tf", "--runs", str(tmp_path), "--json"])
+    found = json.loads(capsys.readouterr().out)["findings"]
+    forgetting = [f for f in found if f["id"] == "catastrophic-forgetting"]
+    assert len(forgetting) == 1 and forgetting[0]["evidence"]["run_id"] == ran["model_path"].split("/")[-2]
+    main(["diagnose", "--quiet", *common, "--preset", "tf", "--runs", str(tmp_path / "none"), "--json"])
+    captured = capsys.readouterr()
+    assert "catastrophic-forgetting" not in [f["id"] for f in json.loads(captured.out)["findings"]]
+    assert "skipped catastrophic-forgetting: This check judges fine-tuning runs" in captured.err

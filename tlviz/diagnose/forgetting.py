@@ -225,6 +225,31 @@ def with_runs(report, records):
     return replace(report, findings=_sorted(findings), skipped=skipped, checks_run=ran)
 
 
+def with_cli_runs(report, loaded, images, root=None):
+    """`with_runs` on the command line's runs (no workspace) of `loaded` on `images`, when a runs folder exists.
+
+    Args:
+        report: the `DiagnosisReport`.
+        loaded: the `LoadedModel` diagnosed.
+        images: the `ImageSet` diagnosed.
+        root: the runs folder. Defaults to ``TLVIZ_RUNS_DIR``, else ``~/.tlviz/runs``; nothing is created.
+
+    Returns:
+        The report, judged on those runs when there are any; else unchanged.
+    """
+    from pathlib import Path
+
+    from tlviz import config
+    from tlviz.finetune.cache import images_key
+    from tlviz.finetune.store import ENV_RUNS_DIR
+
+    folder = Path(root or config.path(ENV_RUNS_DIR) or Path.home() / ".tlviz" / "runs").expanduser()
+    if not folder.is_dir():
+        return report
+    records = runs_for(loaded.sha256, images_key(images.images), None, folder)
+    return with_runs(report, records) if records else report
+
+
 def runs_for(model_sha256: str | None, image_key: str | None, owner: str | None = None, root=None) -> list:
     """The finished runs (controls included) of one model on one image set.
 
