@@ -113,8 +113,14 @@ def base_blocks(model, table=None) -> list[Block]:
     return [Block(b["name"], b["paths"], b["output"], b["index"]) for b in blocks if b["paths"]]
 
 
-def _extractor(model, blocks: list[Block]):
-    """A model from the run model's input to the outputs of `blocks` (layers shared with `model`).
+def _extractor(model, blocks: list[Block], layers: dict | None = None):
+    """A model from `model`'s input to the outputs of `blocks` (layers shared with `model`).
+
+    Args:
+        model: the graph to take the outputs from: the run model, or the part of it above a cut
+            (`tlviz.finetune.cache.Cut.upper`, whose input is the cut's activations).
+        blocks: the blocks.
+        layers: the layer of each path (`iter_leaves` of the run model). Defaults to `model`'s own.
 
     Returns:
         ``(extractor, kept)``: the blocks whose output could be found once in the graph.
@@ -130,7 +136,7 @@ def _extractor(model, blocks: list[Block]):
         for node in flat._nodes_by_depth[depth]:
             if node.operation is not None and not node.is_input:
                 nodes.setdefault(id(node.operation), []).append(node)
-    layers = {leaf.path: leaf.layer for leaf in iter_leaves(model)}
+    layers = layers if layers is not None else {leaf.path: leaf.layer for leaf in iter_leaves(model)}
     kept, outs = [], []
     for b in blocks:
         found = nodes.get(id(layers.get(b.output)), [])
@@ -166,8 +172,11 @@ def _runner(extractor):
     return run
 
 
-def _features(extractor, images: np.ndarray, preset: str, budget: int | None, run=None) -> list[np.ndarray]:
-    """Every block's channel means of `images` (inference mode, compiled, in planned batches)."""
+def _features(extractor, images: np.ndarray, preset: str | None, budget: int | None, run=None) -> list[np.ndarray]:
+    """Every block's channel means of `images` (inference mode, compiled, in planned batches).
+
+    `preset` None: `images` are already the extractor's input (activations at a cut).
+    """
     import tensorflow as tf
 
     from tlviz.memory import plan_batch
@@ -177,7 +186,8 @@ def _features(extractor, images: np.ndarray, preset: str, budget: int | None, ru
     batch = plan_batch(extractor, "inference", n=len(images), budget=budget).batch_size
     parts: list[list[np.ndarray]] = []
     for start in range(0, len(images), batch):
-        x = tf.convert_to_tensor(apply_preset(images[start:start + batch], preset))
+        chunk = images[start:start + batch]
+        x = tf.convert_to_tensor(chunk if preset is None else apply_preset(chunk, preset))
         parts.append([o.numpy() for o in run(x)])
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))] if parts else []
 
@@ -221,8 +231,11 @@ class DriftProbe:
                  model_key: str, image_key: str, budget: int | None = None):
         from tlviz.diagnose.base import _balanced_sample
 
+        from tlviz.layers import iter_leaves
+
         t0 = time.monotonic()
         self.model, self.preset, self.budget = model, preset, budget
+        self.layers = {leaf.path: leaf.layer for leaf in iter_leaves(model)}
         self.blocks = base_blocks(model)
         self.trained = {b.name for b in self.blocks if set(b.paths) & set(may_train)}
         first = next((i for i, b in enumerate(self.blocks) if b.name in self.trained), len(self.blocks))
@@ -232,7 +245,7 @@ class DriftProbe:
         self.before: dict[str, np.ndarray] = {}
         self.extractor, kept = (None, [])
         if self.watched:
-            self.extractor, kept = _extractor(model, self.watched)
+            self.extractor, kept = _extractor(model, self.watched, self.layers)
         self.kept = {b.name for b in kept}
         self._run = _runner(self.extractor) if self.extractor is not None else None
         sample_key = hashlib.sha1(np.ascontiguousarray(self.sample).tobytes()).hexdigest()[:12]
@@ -247,11 +260,15 @@ class DriftProbe:
         self.before = {name: f for name, f in cached.items() if f is not None}
         self.seconds = time.monotonic() - t0
 
-    def measure(self, weight_change) -> list[dict]:
+    def measure(self, weight_change, cut=None, activations: np.ndarray | None = None) -> list[dict]:
         """The drift report after the run.
 
         Args:
             weight_change: the run's weight-change report (`tlviz.finetune.summary.weight_change`).
+            cut: the `tlviz.finetune.cache.Cut` the run's last phase trained above, when it used cached
+                activations: the features after the run are then computed from the activations at the cut
+                (nothing below it changed), not from the pixels. Defaults to `None`.
+            activations: the cached activations at `cut` of every image of the run. Defaults to `None`.
 
         Returns:
             One dict per block, input to output: ``block``, ``cka`` (None when it could not be
@@ -274,8 +291,7 @@ class DriftProbe:
         if to_measure:
             from tlviz.cka import linear_cka
 
-            feats = dict(zip([b.name for b in self.blocks if b.name in self.kept],
-                             _features(self.extractor, self.images, self.preset, self.budget, self._run)))
+            feats = self._after(cut, activations, [b for _, b in to_measure])
             for row, b in to_measure:
                 before, after = self.before[b.name], feats[b.name]
                 if before.shape == after.shape and np.array_equal(before, after):
@@ -285,6 +301,17 @@ class DriftProbe:
                     row["cka"] = float(v) if np.isfinite(v) else None
         self.seconds += time.monotonic() - t0
         return rows
+
+    def _after(self, cut, activations, blocks: list[Block]) -> dict[str, np.ndarray]:
+        """The features after the run: from the activations at the cut when every block's output lies above it,
+        else from the pixels."""
+        if cut is not None and activations is not None and len(activations) > int(np.max(self.sample)):
+            upper, kept = _extractor(cut.upper, blocks, self.layers)
+            if upper is not None and len(kept) == len(blocks):
+                x = np.asarray(activations[self.sample])
+                return dict(zip([b.name for b in kept], _features(upper, x, None, self.budget)))
+        return dict(zip([b.name for b in self.blocks if b.name in self.kept],
+                        _features(self.extractor, self.images, self.preset, self.budget, self._run)))
 
     @property
     def n_images(self) -> int:

@@ -113,13 +113,16 @@ class RetentionProbe:
         self.before = np.asarray(before, dtype=np.int64)
         table = layer_table(loaded.model)
         self.head_paths = set(table.loc[table["role"] == "head", "path"])
-        self.old_model = clone(loaded.model)  # its head keeps the original weights
+        self._loaded = loaded
+        self.old_model = None  # a copy whose head keeps the original weights, made when a base layer moved
 
-    def measure(self, run_model) -> dict:
+    def measure(self, run_model, weight_change=None) -> dict:
         """The original task on the run's trained base under the original head.
 
         Args:
             run_model: the run's model after training.
+            weight_change: the run's weight-change report; when no layer of the original base moved, the
+                scores after are the scores before (no pass). Defaults to `None` (always score again).
 
         Returns:
             ``before`` / ``after`` (accuracies), ``difference``, ``low`` / ``high`` (its 95 %
@@ -129,10 +132,18 @@ class RetentionProbe:
         Raises:
             RunRefused: the run's model lacks a layer of the loaded model's base.
         """
+        from tlviz.finetune.build import clone
         from tlviz.layers import iter_leaves
-        from tlviz.stats import paired_difference
 
         trained = {leaf.path: leaf.layer for leaf in iter_leaves(run_model)}
+        base_paths = {leaf.path for leaf in iter_leaves(self._loaded.model)
+                      if leaf.path not in self.head_paths and leaf.layer.weights}
+        if weight_change is not None:
+            moved = set(weight_change.loc[weight_change["l2_change"] != 0, "path"])
+            if base_paths <= set(weight_change["path"]) and not moved & base_paths:
+                return self._result(self.before, 0)  # the base as it was: the same predictions, exactly
+        if self.old_model is None:
+            self.old_model = clone(self._loaded.model)
         copied = 0
         for leaf in iter_leaves(self.old_model):
             if leaf.path in self.head_paths or not leaf.layer.weights:
@@ -143,7 +154,11 @@ class RetentionProbe:
                                  "task cannot be scored on it.")
             leaf.layer.set_weights(src.get_weights())
             copied += 1
-        after = _predictions(self.old_model, self.images, self.preset, self.budget)
+        return self._result(_predictions(self.old_model, self.images, self.preset, self.budget), copied)
+
+    def _result(self, after: np.ndarray, copied: int) -> dict:
+        from tlviz.stats import paired_difference
+
         ok_after, ok_before = after == self.labels, self.before == self.labels
         d = paired_difference(ok_after, ok_before)
         before_acc, after_acc = float(np.mean(ok_before)), float(np.mean(ok_after))

@@ -620,7 +620,8 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
 
     report = weight_change(before, model, trained_paths)
     run.report("evaluating", force=True, message="measuring how far the base's features moved")
-    drift, retention = _after_training(drift_probe, retention_probe, model, report, notes, seconds)
+    drift, retention = _after_training(drift_probe, retention_probe, model, report, notes, seconds, last_cut,
+                                       last_feats)
     history = pd.DataFrame(run.history, columns=HISTORY_COLUMNS)
     findings = describe_curves(history, state, chance_level(y_val, n_classes), config, initial)
     result = RunResult(
@@ -704,14 +705,15 @@ def _before_training(model, loaded, images, original, config: RunConfig, cache, 
     return drift, retention
 
 
-def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, notes: list[str],
-                    seconds: dict) -> tuple[list[dict], dict | None]:
-    """The drift and retention measurements' second halves, on the trained model."""
+def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, notes: list[str], seconds: dict,
+                    cut: Cut | None = None, activations=None) -> tuple[list[dict], dict | None]:
+    """The drift and retention measurements' second halves, on the trained model (above the last phase's cut,
+    from its cached activations, when it had one)."""
     drift, retention = [], None
     if drift_probe is not None:
         t = time.monotonic()
         try:
-            drift = drift_probe.measure(report)
+            drift = drift_probe.measure(report, cut, activations)
         except Exception as exc:  # noqa: BLE001
             notes.append(f"The representation drift could not be measured after training ({type(exc).__name__}: "
                          f"{str(exc)[:160]}).")
@@ -719,7 +721,7 @@ def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, n
     if retention_probe is not None:
         t = time.monotonic()
         try:
-            retention = retention_probe.measure(model)
+            retention = retention_probe.measure(model, report)
         except Exception as exc:  # noqa: BLE001
             notes.append(f"Original-task retention could not be measured after training ({type(exc).__name__}: "
                          f"{str(exc)[:160]}).")
