@@ -101,10 +101,11 @@ class RetentionProbe:
         self.classes = list(original.class_names)
         before = None
         key = None
+        self.cache = cache
+        tag = hashlib.sha1(np.ascontiguousarray(self.sample).tobytes()).hexdigest()[:12]
+        self._key_parts = (loaded.sha256 or weights_key(loaded.model), images_key(original.images), preset, tag)
         if cache is not None:
-            tag = hashlib.sha1(np.ascontiguousarray(self.sample).tobytes()).hexdigest()[:12]
-            key = cache.key(loaded.sha256 or weights_key(loaded.model), images_key(original.images), preset,
-                            f"retention-v1:{tag}")
+            key = cache.key(*self._key_parts[:3], f"retention-v1:{tag}")
             before = cache.get(key, count=False)
         if before is None:
             before = _predictions(loaded.model, self.images, preset, budget)
@@ -116,13 +117,16 @@ class RetentionProbe:
         self._loaded = loaded
         self.old_model = None  # a copy whose head keeps the original weights, made when a base layer moved
 
-    def measure(self, run_model, weight_change=None) -> dict:
+    def measure(self, run_model, weight_change=None, cut=None) -> dict:
         """The original task on the run's trained base under the original head.
 
         Args:
             run_model: the run's model after training.
             weight_change: the run's weight-change report; when no layer of the original base moved, the
                 scores after are the scores before (no pass). Defaults to `None` (always score again).
+            cut: the `tlviz.finetune.cache.Cut` of the run's last phase (nothing below it changed): the original
+                task's activations at the cut are computed once (kept in the cache for the next run) and only the
+                part above it runs. Defaults to `None` (a full pass).
 
         Returns:
             ``before`` / ``after`` (accuracies), ``difference``, ``low`` / ``high`` (its 95 %
@@ -154,7 +158,42 @@ class RetentionProbe:
                                  "task cannot be scored on it.")
             leaf.layer.set_weights(src.get_weights())
             copied += 1
-        return self._result(_predictions(self.old_model, self.images, self.preset, self.budget), copied)
+        after = self._above_cut(cut) if cut is not None else None
+        if after is None:
+            after = _predictions(self.old_model, self.images, self.preset, self.budget)
+        return self._result(after, copied)
+
+    def _above_cut(self, cut) -> np.ndarray | None:
+        """The predictions of the trained copy from the original images' activations at `cut` (None: no such
+        single point in the copy's graph)."""
+        import keras
+
+        from tlviz.finetune.cache import compute_activations, flatten
+        from tlviz.memory import plan_batch, predict_batches
+        from tlviz.outputs import predicted_classes
+
+        try:
+            flat = flatten(self.old_model)
+            found = [n for depth in flat._nodes_by_depth for n in flat._nodes_by_depth[depth]
+                     if n.operation is not None and not n.is_input and n.operation.name == cut.name]
+            if len(found) != 1 or len(found[0].outputs) != 1 or len(flat.inputs) != 1:
+                return None
+            tensor = found[0].outputs[0]
+            lower = keras.Model(flat.inputs[0], tensor)
+            upper = keras.Model(tensor, flat.outputs[0])
+        except Exception:  # noqa: BLE001 - an unusual graph: a full pass instead
+            return None
+        acts, key = None, None
+        if self.cache is not None:
+            model_key, image_key, preset, tag = self._key_parts
+            key = self.cache.key(model_key, image_key, preset, f"retention-cut-v1:{tag}:{cut.name}")
+            acts = self.cache.get(key, count=False)
+        if acts is None:  # below the cut the copy holds the original weights: the same for every run
+            acts = compute_activations(lower, self.images, preset=self.preset, budget=self.budget)
+            if self.cache is not None:
+                self.cache.put(key, acts)
+        plan = plan_batch(upper, "inference", n=len(acts), budget=self.budget)
+        return predicted_classes(predict_batches(upper, acts, None, plan)).astype(np.int64)
 
     def _result(self, after: np.ndarray, copied: int) -> dict:
         from tlviz.stats import paired_difference

@@ -721,7 +721,7 @@ def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, n
     if retention_probe is not None:
         t = time.monotonic()
         try:
-            retention = retention_probe.measure(model, report)
+            retention = retention_probe.measure(model, report, cut)
         except Exception as exc:  # noqa: BLE001
             notes.append(f"Original-task retention could not be measured after training ({type(exc).__name__}: "
                          f"{str(exc)[:160]}).")
