@@ -17,6 +17,12 @@ Public API (TensorFlow is imported only when a run starts):
   `load_run` returns a `RunRecord`: its config (``run_config``), progress
   (``progress_info``, a `RunProgress`) and results (``outcome``, a `RunOutcome`).
 - `lr_range_test` (``lrfinder``), `sweep_configs` / `sweep_table` (``sweep``).
+- What every run measures besides its curves: its representation drift (``drift``:
+  linear CKA per block of the base, `tlviz.cka`), the original task's retention when
+  that image set is given (``retention``), a split that keeps duplicates on one side
+  (`duplicate_groups`). Controls (``controls``): `control_config` makes a run's
+  random-init or head-only control, `compare` scores a run against one with the paired
+  interval, `controls_of` finds them; ``tlviz.diagnose.forgetting`` judges them.
 - For a page that sets a run up: `decide_head` (new head or not), `depth_choices`
   (unfreeze depths at block boundaries), `images_key` (the content key runs record
   for the pixels they ran on), `OPTIMIZERS` / `OPTIMIZER_LABELS`, `largest_movers`.
@@ -26,10 +32,11 @@ Public API (TensorFlow is imported only when a run starts):
 from tlviz.errors import RunRefused
 from tlviz.finetune.build import decide_head, depth_choices
 from tlviz.finetune.cache import images_key
-from tlviz.finetune.config import OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, default_preset
+from tlviz.finetune.config import CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, control_config, default_preset
+from tlviz.finetune.controls import ControlComparison, compare, controls_of
 from tlviz.finetune.executors import default_executor, describe_executor, describe_where, last_cluster
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
-from tlviz.finetune.run import RunResult, linear_probe, run_finetune, stratified_split
+from tlviz.finetune.run import RunResult, duplicate_groups, linear_probe, run_finetune, stratified_split
 from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,
                                   list_runs, load_run, runs_dir)
 from tlviz.finetune.summary import largest_movers
@@ -42,5 +49,6 @@ __all__ = [
     "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
     "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
     "images_key", "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",
-    "describe_where", "last_cluster",
+    "describe_where", "last_cluster", "CONTROLS", "control_config", "ControlComparison", "compare", "controls_of",
+    "duplicate_groups",
 ]
