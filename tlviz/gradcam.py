@@ -36,6 +36,8 @@ from typing import Callable
 
 import numpy as np
 
+from tlviz.layers import tensor_producer
+
 #: Layers that make a feature map convolutional.
 CONV_CLASSES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Conv3D")
 #: At most this many (image, preset) heatmaps per request: a gallery shows a page of images, not a data set.
@@ -121,17 +123,6 @@ class GradcamReport:
 
 # -- the feature map ------------------------------------------------------------------
 
-def _history(tensor):
-    h = getattr(tensor, "_keras_history", None)
-    if h is None:
-        return None, []
-    op = h.operation
-    nodes = getattr(op, "_inbound_nodes", None) or []
-    node = nodes[h.node_index] if h.node_index < len(nodes) else None
-    inputs = list(getattr(node, "input_tensors", None) or []) if node is not None else []
-    return op, inputs
-
-
 def _has_conv_below(tensor) -> bool:
     seen, stack = set(), [tensor]
     while stack:
@@ -139,7 +130,7 @@ def _has_conv_below(tensor) -> bool:
         if id(t) in seen:
             continue
         seen.add(id(t))
-        op, inputs = _history(t)
+        op, inputs = tensor_producer(t)
         if op is None:
             continue
         if type(op).__name__ in CONV_CLASSES:
@@ -186,7 +177,7 @@ def feature_map(model) -> FeatureMap:
     t = out
     single = None  # a 4-D map of one cell passed on the way (a grid pooled or convolved away)
     while not _spatial(tuple(t.shape)):
-        op, inputs = _history(t)
+        op, inputs = tensor_producer(t)
         if single is None and len(t.shape) == 4 and op is not None:
             single = t
         if op is None or not inputs:
@@ -195,18 +186,18 @@ def feature_map(model) -> FeatureMap:
                 "positions feeds it), so there is no image region to weigh: Grad-CAM applies to convolutional "
                 "networks."))
         t = inputs[0]
-    op, _ = _history(t)
+    op, _ = tensor_producer(t)
     name = getattr(op, "name", "?")
     if single is not None and _has_conv_below(single):
         return FeatureMap(None, reason=(
-            f"The convolutional feature map that feeds the head ('{_history(single)[0].name}') has a single cell, so "
+            f"The convolutional feature map that feeds the head ('{tensor_producer(single)[0].name}') has a single cell, so "
             "there is no "
             "region of the image to weigh: Grad-CAM needs a map with a grid of positions."))
     if not _has_conv_below(t):
         return FeatureMap(None, reason=(
             f"The head is fed by '{name}', which no convolutional layer precedes (the model works on the pixels "
             "directly), so Grad-CAM has no learned feature map to weigh."))
-    last, inputs = _history(out)
+    last, inputs = tensor_producer(out)
     act = _activation_name(last)
     logits_from = None
     if type(last).__name__ == "Dense" and act in ("softmax", "sigmoid") and inputs:

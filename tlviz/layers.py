@@ -64,6 +64,21 @@ def random_in_training(layer) -> bool:
     return False
 
 
+def tensor_producer(tensor):
+    """The operation (layer) that produced a symbolic Keras tensor, and the tensors it was called on.
+
+    Returns:
+        ``(operation, input_tensors)``; ``(None, [])`` for a tensor with no Keras history.
+    """
+    h = getattr(tensor, "_keras_history", None)
+    if h is None:
+        return None, []
+    op = h.operation
+    nodes = getattr(op, "_inbound_nodes", None) or []
+    node = nodes[h.node_index] if h.node_index < len(nodes) else None
+    return op, list(getattr(node, "input_tensors", None) or []) if node is not None else []
+
+
 def iter_leaves(model, _prefix: str = "", _ancestors: tuple = ()):
     """Yield every non-model layer, depth first, descending into nested models."""
     import keras

@@ -24,6 +24,7 @@ from tlviz.diagnose.base import SEED, Check, _balanced_sample
 from tlviz.diagnose.context import DiagnosisContext
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
+from tlviz.layers import tensor_producer
 from tlviz.stats import decide, format_points, paired_difference
 
 #: The features' spread is measured on at most this many images (a seeded, class-balanced sample).
@@ -152,16 +153,6 @@ def check_prediction_collapse(ctx: DiagnosisContext, check: Check) -> list[Findi
 
 # -- output-loss-mismatch ----------------------------------------------------------------
 
-def _producer(tensor):
-    h = getattr(tensor, "_keras_history", None)
-    if h is None:
-        return None, []
-    op = h.operation
-    nodes = getattr(op, "_inbound_nodes", None) or []
-    node = nodes[h.node_index] if h.node_index < len(nodes) else None
-    return op, list(getattr(node, "input_tensors", None) or []) if node is not None else []
-
-
 def _activation_of(layer) -> str | None:
     name = type(layer).__name__
     if name == "Softmax":
@@ -194,7 +185,7 @@ def output_activation(model) -> tuple[str | None, str | None, int]:
         return last.name, _activation_of(last), units
     tensor = model.outputs[0]
     while True:
-        op, inputs = _producer(tensor)
+        op, inputs = tensor_producer(tensor)
         if op is None:
             return None, None, units
         if isinstance(op, keras.Model):
