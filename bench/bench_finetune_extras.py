@@ -12,10 +12,11 @@ configuration runs, in alternating order, ``--repeat`` times each way:
   images, features before and after), and the original task's retention (``--original`` images of the
   model's own 3 classes, scored before and after).
 
-It prints the fastest and the spread of each, the ratio all / plain, the seconds each addition took
-inside the run (``RunResult.seconds``), and the random-init control's time against its run (a control is
-a second run: its ratio is about 1 plus the cost of random weights, whose activations are not cached
-yet).
+It prints the fastest and the spread of each (the activation cache warm, as in a sweep or a second run),
+the ratio all / plain, the seconds each addition took inside the run (``RunResult.seconds``), the
+random-init control's time against its run (a control is a second run, on a random base whose activations
+are not cached yet), and a first run on an empty cache each way (every measurement then computes what it
+keeps for later runs: the duplicate groups, the features and predictions before the run).
 """
 
 from __future__ import annotations
@@ -124,7 +125,21 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         run_finetune(loaded, images, control_config(cfg, "random-init"), cache=cache, image_key=key)
         control = time.perf_counter() - t0
-        print(f"  random-init control: {control:.1f} s, {control / full:.2f} of the run with the additions")
+        print(f"  random-init control: {control:.1f} s, {control / full:.2f} of the (warm) run with the additions "
+              "(its random base has no cached activations yet)")
+        # A first run on a fresh cache: every measurement computes what it keeps for later runs.
+        cold = {}
+        for kind in ("plain", "all"):
+            if kind == "plain":
+                _plain(patched)
+            t0 = time.perf_counter()
+            res = run_finetune(loaded, images, cfg, cache=ActivationCache(), image_key=key,
+                               original=original if kind == "all" else None)
+            cold[kind] = time.perf_counter() - t0
+            _restore(patched)
+        print(f"  first run on an empty cache: plain {cold['plain']:.1f} s, with the additions {cold['all']:.1f} s: "
+              f"ratio {cold['all'] / cold['plain']:.2f} (duplicates {res.seconds.get('duplicates', 0):.2f} s, drift "
+              f"{res.seconds.get('drift', 0):.2f} s, retention {res.seconds.get('retention', 0):.2f} s)")
     return 0
 
 

@@ -60,7 +60,7 @@ class Block:
     """One block of the base.
 
     Attributes:
-        name: the block's name (``block_3``; the first layer's path for an unnamed block).
+        name: the block's name (``block_3``; the first layer's name for an unnamed block).
         paths: its weight-holding layers' paths, input to output.
         output: the path of the layer whose output is the block's features.
         index: position of its first layer among the model's leaves (input to output).
@@ -104,7 +104,8 @@ def base_blocks(model, table=None) -> list[Block]:
         if row.holds_weights:
             joins = named and current is not None and current["key"] is None
             if not joins:
-                current = {"key": None, "name": row.path, "paths": [], "output": row.path, "index": i}
+                current = {"key": None, "name": row.path.rsplit("/", 1)[-1], "paths": [], "output": row.path,
+                           "index": i}
                 blocks.append(current)
             current["paths"].append(row.path)
             current["output"] = row.path

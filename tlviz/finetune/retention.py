@@ -82,12 +82,15 @@ class RetentionProbe:
         preset: the run's preset.
         cache: the run's `ActivationCache` (keeps the predictions before the run). Defaults to none.
         budget: memory budget in bytes for the batch plan. Defaults to ``TLVIZ_MEMORY_MB``.
+        cut: the `tlviz.finetune.cache.Cut` the run's last phase will train above: the original task's
+            activations at it are computed once (and cached), and the scores before and after run only the
+            part above it. Defaults to `None` (full passes).
 
     Raises:
         RunRefused: the set cannot serve (`original_labels`).
     """
 
-    def __init__(self, loaded, original, preset: str, cache=None, budget: int | None = None):
+    def __init__(self, loaded, original, preset: str, cache=None, budget: int | None = None, cut=None):
         from tlviz.diagnose.base import _balanced_sample
         from tlviz.finetune.build import clone
         from tlviz.finetune.cache import images_key, weights_key
@@ -107,15 +110,20 @@ class RetentionProbe:
         if cache is not None:
             key = cache.key(*self._key_parts[:3], f"retention-v1:{tag}")
             before = cache.get(key, count=False)
-        if before is None:
-            before = _predictions(loaded.model, self.images, preset, budget)
-            if cache is not None:
-                cache.put(key, before)
-        self.before = np.asarray(before, dtype=np.int64)
         table = layer_table(loaded.model)
         self.head_paths = set(table.loc[table["role"] == "head", "path"])
         self._loaded = loaded
-        self.old_model = None  # a copy whose head keeps the original weights, made when a base layer moved
+        self.old_model = None  # a copy whose head keeps the original weights, made when needed
+        self._split: dict = {}
+        if before is None:
+            if cut is not None:  # the copy still holds the original weights: its part above the cut scores "before"
+                self.old_model = clone(loaded.model)
+                before = self._above_cut(cut)
+            if before is None:
+                before = _predictions(loaded.model, self.images, preset, budget)
+            if cache is not None:
+                cache.put(key, before)
+        self.before = np.asarray(before, dtype=np.int64)
 
     def measure(self, run_model, weight_change=None, cut=None) -> dict:
         """The original task on the run's trained base under the original head.
@@ -172,19 +180,23 @@ class RetentionProbe:
         from tlviz.memory import plan_batch, predict_batches
         from tlviz.outputs import predicted_classes
 
-        try:
-            flat = flatten(self.old_model)
-            found = [n for depth in flat._nodes_by_depth for n in flat._nodes_by_depth[depth]
-                     if n.operation is not None and not n.is_input and n.operation.name == cut.name]
-            if len(found) != 1 or len(found[0].outputs) != 1 or len(flat.inputs) != 1:
-                return None
-            tensor = found[0].outputs[0]
-            lower = keras.Model(flat.inputs[0], tensor)
-            upper = keras.Model(tensor, flat.outputs[0])
-        except Exception:  # noqa: BLE001 - an unusual graph: a full pass instead
+        if cut.name not in self._split:
+            try:
+                flat = flatten(self.old_model)
+                found = [n for depth in flat._nodes_by_depth for n in flat._nodes_by_depth[depth]
+                         if n.operation is not None and not n.is_input and n.operation.name == cut.name]
+                if len(found) != 1 or len(found[0].outputs) != 1 or len(flat.inputs) != 1:
+                    self._split[cut.name] = None
+                else:
+                    tensor = found[0].outputs[0]
+                    self._split[cut.name] = (keras.Model(flat.inputs[0], tensor), keras.Model(tensor, flat.outputs[0]))
+            except Exception:  # noqa: BLE001 - an unusual graph: a full pass instead
+                self._split[cut.name] = None
+        if self._split[cut.name] is None:
             return None
-        acts, key = None, None
-        if self.cache is not None:
+        lower, upper = self._split[cut.name]
+        acts, key = self._split.get(("acts", cut.name)), None
+        if acts is None and self.cache is not None:
             model_key, image_key, preset, tag = self._key_parts
             key = self.cache.key(model_key, image_key, preset, f"retention-cut-v1:{tag}:{cut.name}")
             acts = self.cache.get(key, count=False)
@@ -192,6 +204,7 @@ class RetentionProbe:
             acts = compute_activations(lower, self.images, preset=self.preset, budget=self.budget)
             if self.cache is not None:
                 self.cache.put(key, acts)
+        self._split[("acts", cut.name)] = acts
         plan = plan_batch(upper, "inference", n=len(acts), budget=self.budget)
         return predicted_classes(predict_batches(upper, acts, None, plan)).astype(np.int64)
 

@@ -545,7 +545,7 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
         model_key = f"{model_key}|random-init:{config.seed}"
     run.report("preparing", force=True, message="measuring the base's features before training")
     drift_probe, retention_probe = _before_training(model, loaded, images, original, config, cache, model_key,
-                                                    img_key, budget, may_train, notes, seconds)
+                                                    img_key, budget, may_train, notes, seconds, cuts[-1])
     stop = _Stop()
     initial: dict = {}
     trained_paths: set[str] = set()
@@ -673,7 +673,7 @@ def duplicate_groups(images: np.ndarray, cache: ActivationCache | None = None,
 
 
 def _before_training(model, loaded, images, original, config: RunConfig, cache, model_key: str, img_key: str,
-                     budget: int, may_train: set[str], notes: list[str], seconds: dict):
+                     budget: int, may_train: set[str], notes: list[str], seconds: dict, cut: Cut | None = None):
     """The drift and retention measurements' first halves (features and predictions before the run).
 
     A measurement that cannot be made leaves a note and None; it never stops the run.
@@ -698,7 +698,7 @@ def _before_training(model, loaded, images, original, config: RunConfig, cache, 
                          "the original task.")
         else:
             try:
-                retention = RetentionProbe(loaded, original, config.preset, cache, budget)
+                retention = RetentionProbe(loaded, original, config.preset, cache, budget, cut)
             except TlvizError as exc:
                 notes.append(f"Original-task retention not measured: {exc}")
         seconds["retention"] = round(time.monotonic() - t, 3)
