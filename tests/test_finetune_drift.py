@@ -233,8 +233,8 @@ def test_the_control_chart_shows_each_run_with_its_interval():
 
 
 def test_drift_from_the_cached_activations_matches_drift_from_the_pixels(loaded_base, images_5_9, monkeypatch):
-    """Above a cut the features after the run come from the activations at the cut (nothing below changed); the
-    same run without the cache measures them from the pixels: the same CKA up to float rounding."""
+    """Above a cut the features before and after the run come from the activations at the cut (nothing below it
+    changes); the same run without the cache measures them from the pixels: the same CKA up to float rounding."""
     from tlviz.finetune import drift
     from tlviz.finetune.run import run_finetune
 
@@ -243,7 +243,7 @@ def test_drift_from_the_cached_activations_matches_drift_from_the_pixels(loaded_
     monkeypatch.setattr(drift, "_features", lambda ext, x, *a, **k: inputs.append(x.dtype) or real(ext, x, *a, **k))
     cfg = RunConfig(unfreeze=2, lr=3e-3, epochs=2, preset="tf")
     cached = run_finetune(loaded_base, images_5_9, cfg)
-    assert cached.cache_used and inputs == [np.uint8, np.float32]  # pixels before, activations after
+    assert cached.cache_used and inputs == [np.float32, np.float32]  # from the activations at the cut, both
     plain = run_finetune(loaded_base, images_5_9, RunConfig(**{**cfg.to_dict(), "use_cache": False}))
     assert not plain.cache_used and inputs[2:] == [np.uint8, np.uint8]
     np.testing.assert_allclose([d["cka"] for d in cached.drift], [d["cka"] for d in plain.drift], atol=2e-3)

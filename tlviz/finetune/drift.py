@@ -214,7 +214,8 @@ def block_features(model, blocks: list[Block], images: np.ndarray, preset: str,
 
 
 class DriftProbe:
-    """Measures a run's representation drift: features before training (`__init__`), CKA after (`measure`).
+    """Measures a run's representation drift: features before training (`__init__`, or `before_from_cut` when
+    the run's last phase trains above a cut), CKA after (`measure`).
 
     Args:
         model: the run's model (its layers are the ones that train; read only).
@@ -226,10 +227,12 @@ class DriftProbe:
         model_key: a key of the weights the run starts from (the file's hash; a random start has its own).
         image_key: `tlviz.finetune.cache.images_key` of the images.
         budget: memory budget in bytes for the batch plan. Defaults to ``TLVIZ_MEMORY_MB``.
+        defer: leave the features before the run to `before_from_cut` (the run calls it once the activations at
+            its last phase's cut exist, before any layer of the base trains). Defaults to `False`.
     """
 
     def __init__(self, model, images: np.ndarray, labels: np.ndarray, preset: str, may_train: set[str], cache,
-                 model_key: str, image_key: str, budget: int | None = None):
+                 model_key: str, image_key: str, budget: int | None = None, defer: bool = False):
         from tlviz.diagnose.base import _balanced_sample
 
         from tlviz.layers import iter_leaves
@@ -252,14 +255,46 @@ class DriftProbe:
         sample_key = hashlib.sha1(np.ascontiguousarray(self.sample).tobytes()).hexdigest()[:12]
         self._keys = {b.name: cache.key(model_key, image_key, preset, f"{_VERSION}:{sample_key}:{b.output}")
                       for b in kept}
+        self._cache = cache
         cached = {name: cache.get(key, count=False) for name, key in self._keys.items()}
-        if kept and any(v is None for v in cached.values()):
-            feats = _features(self.extractor, self.images, preset, budget, self._run)
-            for b, f in zip(kept, feats):
-                cache.put(self._keys[b.name], f)
-                cached[b.name] = f
         self.before = {name: f for name, f in cached.items() if f is not None}
+        if not defer:
+            self._compute_before()
         self.seconds = time.monotonic() - t0
+
+    @property
+    def missing(self) -> list[Block]:
+        """Watched blocks whose features before the run are not known yet."""
+        return [b for b in self.watched if b.name in self.kept and b.name not in self.before]
+
+    def _keep(self, blocks: list[Block], feats: list[np.ndarray]) -> None:
+        for b, f in zip(blocks, feats):
+            self._cache.put(self._keys[b.name], f)
+            self.before[b.name] = f
+
+    def _compute_before(self) -> None:
+        """The features before the run from the pixels (a pass through the base up to the highest block)."""
+        if not self.missing:
+            return
+        feats = dict(zip([b.name for b in self.watched if b.name in self.kept],
+                         _features(self.extractor, self.images, self.preset, self.budget, self._run)))
+        missing = self.missing
+        self._keep(missing, [feats[b.name] for b in missing])
+
+    def before_from_cut(self, cut, activations: np.ndarray) -> None:
+        """The features before the run from the activations at the run's cut (only the part above it runs).
+
+        Call it before any layer of the base trains; it falls back on the pixels when a block's output is not
+        above the cut.
+        """
+        t0 = time.monotonic()
+        missing = self.missing
+        if missing and activations is not None and len(activations) > int(np.max(self.sample)):
+            upper, kept = _extractor(cut.upper, missing, self.layers)
+            if upper is not None and len(kept) == len(missing):
+                self._keep(kept, _features(upper, np.asarray(activations[self.sample]), None, self.budget))
+        self._compute_before()
+        self.seconds += time.monotonic() - t0
 
     def measure(self, weight_change, cut=None, activations: np.ndarray | None = None) -> list[dict]:
         """The drift report after the run.

@@ -565,6 +565,8 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
                 run.report("caching", force=True, message=f"computing activations at '{cut.name}' once")
                 feats = compute_activations(cut.lower, u8, preset=config.preset, budget=budget)
                 cache.put(key, feats)
+        if phase is phases[-1]:
+            _drift_before(drift_probe, cut, feats, notes)  # nothing of the base has trained yet
         fit_model = cut.upper if cut is not None else model
         vbs = plan_batch(fit_model, "inference", n=len(val_idx), budget=budget).batch_size
         memory["eval_batch_size"] = max(memory.get("eval_batch_size", 0), vbs)
@@ -683,9 +685,9 @@ def _before_training(model, loaded, images, original, config: RunConfig, cache, 
 
     drift = retention = None
     t = time.monotonic()
-    try:
+    try:  # with a cut, the features before come from its activations (`_drift_before`), computed anyway
         drift = DriftProbe(model, images.images, images.labels, config.preset, may_train, cache, model_key, img_key,
-                           budget)
+                           budget, defer=cut is not None)
     except Exception as exc:  # noqa: BLE001 - an unusual graph: say so, train anyway
         notes.append(f"The representation drift could not be measured ({type(exc).__name__}: {str(exc)[:160]}).")
     seconds["drift"] = round(time.monotonic() - t, 3)
@@ -705,6 +707,19 @@ def _before_training(model, loaded, images, original, config: RunConfig, cache, 
     return drift, retention
 
 
+def _drift_before(drift_probe, cut, activations, notes: list[str]) -> None:
+    """The drift's features before the run, from the last phase's cut when it has one (before it trains)."""
+    if drift_probe is None or not drift_probe.missing:
+        return
+    try:
+        if cut is not None:
+            drift_probe.before_from_cut(cut, activations)
+        else:
+            drift_probe._compute_before()
+    except Exception as exc:  # noqa: BLE001 - never stop a run for a measurement
+        notes.append(f"The representation drift could not be measured ({type(exc).__name__}: {str(exc)[:160]}).")
+
+
 def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, notes: list[str], seconds: dict,
                     cut: Cut | None = None, activations=None) -> tuple[list[dict], dict | None]:
     """The drift and retention measurements' second halves, on the trained model (above the last phase's cut,
@@ -717,7 +732,7 @@ def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, n
         except Exception as exc:  # noqa: BLE001
             notes.append(f"The representation drift could not be measured after training ({type(exc).__name__}: "
                          f"{str(exc)[:160]}).")
-        seconds["drift"] = round(seconds.get("drift", 0.0) + time.monotonic() - t, 3)
+        seconds["drift"] = round(drift_probe.seconds, 3)
     if retention_probe is not None:
         t = time.monotonic()
         try:
