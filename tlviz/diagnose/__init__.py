@@ -56,14 +56,18 @@ Public API
 - `clone_for_training_mode(model, noise=True, force_bn_batch_statistics=False)`
   and `fresh_clone(model, seed)`: the private copies the checks run.
 - `DiagnosisRefused` (a `TlvizError`, from `tlviz.errors`): the input cannot be diagnosed at all.
+- Judging fine-tuning runs (``catastrophic-forgetting``, `forgetting`): `judge_run(run, controls)`,
+  `judge_runs(records)`, `runs_for(model_sha256, image_key, owner)`, `with_runs(report, records)`,
+  `with_cli_runs(report, loaded, images, root)`; `threshold(check_id, name)`.
 """
 
 from tlviz.diagnose.assignment import _assignment_fallback, best_assignment
 from tlviz.diagnose.base import SEED, Check, Threshold, _balanced_sample
 from tlviz.diagnose.clones import clone_for_training_mode, fresh_clone
 from tlviz.diagnose.context import TRAINING_MODE_IMAGES, DiagnosisContext, PresetEvidence
+from tlviz.diagnose.forgetting import judge_run, judge_runs, runs_for, with_cli_runs, with_runs
 from tlviz.diagnose.probe import PROBE_MAX_IMAGES, PROBE_RANDOM_INITS, _feature_tensor, _features, _probe_sample
-from tlviz.diagnose.registry import AREA_TITLES, CHECK_IDS, CHECKS, SEVERITY_TITLES, check_list
+from tlviz.diagnose.registry import AREA_TITLES, CHECK_IDS, CHECKS, SEVERITY_TITLES, check_list, threshold
 from tlviz.diagnose.report import DiagnosisReport, SkippedCheck
 from tlviz.diagnose.runner import diagnose
 from tlviz.errors import CheckSkipped, DiagnosisRefused
@@ -75,7 +79,7 @@ __all__ = [
     "AREA_TITLES", "CHECKS", "CHECK_IDS", "PROBE_MAX_IMAGES", "PROBE_RANDOM_INITS", "SEED", "SEVERITY_TITLES",
     "TRAINING_MODE_IMAGES", "Check", "CheckSkipped", "DiagnosisContext", "DiagnosisRefused", "DiagnosisReport",
     "PresetEvidence", "SkippedCheck", "Threshold", "best_assignment", "clone_for_training_mode", "diagnose",
-    "fresh_clone",
+    "fresh_clone", "judge_run", "judge_runs", "runs_for", "with_runs", "with_cli_runs", "threshold",
 ]
 # Also importable from here, for the tests: _assignment_fallback, _balanced_sample, _feature_tensor, _features,
 # _probe_sample.
