@@ -158,7 +158,9 @@ def test_cli_json_matches_the_issue(base_model_path, digits_5_9, tmp_path, capsy
     out = capsys.readouterr().out
     assert rc == 0
     data = json.loads(out)
-    assert set(data) == {"history", "trainable_params", "final", "frozen_layers_changed", "model_path"}
+    assert set(data) == {"history", "trainable_params", "final", "frozen_layers_changed", "model_path",
+                         "representation_drift", "findings"}  # "control" and "retention" only when asked for
+    assert data["representation_drift"] == [{"block": b, "cka": 1.0} for b in ("block1", "block2", "block3")]
     assert [set(h) for h in data["history"]] == [{"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}] * 2
     assert set(data["final"]) == {"val_accuracy", "val_loss"}
     assert data["trainable_params"] == 325 and data["frozen_layers_changed"] == []

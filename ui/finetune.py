@@ -17,11 +17,11 @@ import streamlit as st
 
 from tlviz import charts
 from tlviz.errors import ClusterUnreachable, ConfigError, ImageSetRefused, TlvizError
-from tlviz.finetune import (ACTIVE_STATES, OPTIMIZER_LABELS, OPTIMIZERS, LRFinderResult, RunConfig, RunRecord,
-                            RunRefused, cancel_job, decide_head, default_executor, default_preset, delete_run,
-                            depth_choices, describe_executor, format_seconds, largest_movers, list_runs, load_run,
+from tlviz.finetune import (ACTIVE_STATES, CONTROL_LABELS, CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, LRFinderResult,
+                            RunConfig, RunRecord, RunRefused, cancel_job, compare, control_config, controls_of,
+                            decide_head, default_executor, default_preset, delete_run, depth_choices,
+                            describe_executor, format_seconds, largest_movers, list_runs, load_run, original_labels,
                             poll_job, start_job, start_lr_finder, sweep_table)
-from tlviz.finetune.config import CONTROL_LABELS, CONTROLS, control_config
 from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 from tlviz.stats import format_points, wilson_interval
@@ -331,7 +331,6 @@ def original_task(loaded) -> None:
 
 
 def _use_original(loaded, source, key: str) -> None:
-    from tlviz.finetune.retention import original_labels
     from ui.cache import decode_images
 
     try:
@@ -348,7 +347,6 @@ def _use_original(loaded, source, key: str) -> None:
 def current_original(loaded):
     """The original task's `ImageSet` at the current model's input size, or None (none loaded, or it no longer
     matches the current model)."""
-    from tlviz.finetune.retention import original_labels
     from ui.cache import decode_images
 
     source, key = st.session_state.get("ft_original_source"), st.session_state.get("ft_original_key")
@@ -554,7 +552,7 @@ def _weight_changes(rec: RunRecord, out) -> None:
 
 
 def _drift(out) -> None:
-    from tlviz.diagnose.registry import threshold
+    from tlviz.diagnose import threshold
 
     drift = out.drift_table
     if not len(drift):
@@ -588,8 +586,7 @@ def _retention(out) -> None:
 
 def _controls(rec: RunRecord, out, loaded, images, current_images_key: str, records: list) -> None:
     """The run's controls: the comparison with each, buttons for the missing ones, and the forgetting verdict."""
-    from tlviz.diagnose.forgetting import judge_run
-    from tlviz.finetune.controls import compare, controls_of
+    from tlviz.diagnose import judge_run
 
     if rec.control is not None:
         st.caption(f"This run is the {CONTROL_LABELS.get(rec.control, rec.control)} of run `{rec.control_of}`: "
@@ -643,7 +640,7 @@ def _controls(rec: RunRecord, out, loaded, images, current_images_key: str, reco
 def judged_with_runs(report, loaded, current_images_key: str):
     """A `DiagnosisReport` with ``catastrophic-forgetting`` judged on this workspace's runs of the current model on
     the current images (`tlviz.diagnose.forgetting.with_runs`); the report itself when there are none."""
-    from tlviz.diagnose.forgetting import runs_for, with_runs
+    from tlviz.diagnose import runs_for, with_runs
 
     try:
         records = runs_for(loaded.sha256, current_images_key, workspace())

@@ -23,6 +23,7 @@ Public API (TensorFlow is imported only when a run starts):
   (`duplicate_groups`). Controls (``controls``): `control_config` makes a run's
   random-init or head-only control, `compare` scores a run against one with the paired
   interval, `controls_of` finds them; ``tlviz.diagnose.forgetting`` judges them.
+  `original_labels` checks an original-task image set against the model.
 - For a page that sets a run up: `decide_head` (new head or not), `depth_choices`
   (unfreeze depths at block boundaries), `images_key` (the content key runs record
   for the pixels they ran on), `OPTIMIZERS` / `OPTIMIZER_LABELS`, `largest_movers`.
@@ -32,10 +33,12 @@ Public API (TensorFlow is imported only when a run starts):
 from tlviz.errors import RunRefused
 from tlviz.finetune.build import decide_head, depth_choices
 from tlviz.finetune.cache import images_key
-from tlviz.finetune.config import CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, control_config, default_preset
+from tlviz.finetune.config import (CONTROL_LABELS, CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, control_config,
+                                   default_preset)
 from tlviz.finetune.controls import ControlComparison, compare, controls_of
 from tlviz.finetune.executors import default_executor, describe_executor, describe_where, last_cluster
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
+from tlviz.finetune.retention import original_labels
 from tlviz.finetune.run import RunResult, duplicate_groups, linear_probe, run_finetune, stratified_split
 from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,
                                   list_runs, load_run, runs_dir)
@@ -49,6 +52,6 @@ __all__ = [
     "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
     "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
     "images_key", "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",
-    "describe_where", "last_cluster", "CONTROLS", "control_config", "ControlComparison", "compare", "controls_of",
+    "describe_where", "last_cluster", "CONTROLS", "CONTROL_LABELS", "original_labels", "control_config", "ControlComparison", "compare", "controls_of",
     "duplicate_groups",
 ]
