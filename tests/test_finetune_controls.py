@@ -337,20 +337,3 @@ def test_diagnose_json_names_catastrophic_forgetting_for_the_command_lines_runs(
     forgetting = [f for f in found if f["id"] == "catastrophic-forgetting"]
     assert len(forgetting) == 1 and forgetting[0]["evidence"]["run_id"] == ran["model_path"].split("/")[-2]
 
-
-def test_retention_above_a_cut_matches_a_full_pass(loaded_base, images_5_9, base_images):
-    """A run that trains above a cut scores the original task from its activations at the cut (computed once,
-    cached); the same run without the cache scores it from the pixels: the same predictions."""
-    from tlviz.finetune.cache import ActivationCache
-    from tlviz.finetune.run import run_finetune
-
-    cfg = RunConfig(unfreeze=2, lr=3e-3, epochs=2, preset="tf")
-    cache = ActivationCache()
-    cached = run_finetune(loaded_base, images_5_9, cfg, original=base_images, cache=cache)
-    assert cached.cache_used and any(k for k in cache._mem if cache._mem[k].ndim == 4 and
-                                     len(cache._mem[k]) == len(base_images))  # the original task's activations
-    plain = run_finetune(loaded_base, images_5_9, RunConfig(**{**cfg.to_dict(), "use_cache": False}),
-                         original=base_images)
-    assert not plain.cache_used
-    assert cached.retention["after"] == pytest.approx(plain.retention["after"], abs=2 / len(base_images))
-    assert cached.retention["before"] == plain.retention["before"]

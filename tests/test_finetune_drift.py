@@ -232,18 +232,25 @@ def test_the_control_chart_shows_each_run_with_its_interval():
     assert point["encoding"]["y"]["sort"] == ["run", "random-init control"]
 
 
-def test_drift_from_the_cached_activations_matches_drift_from_the_pixels(loaded_base, images_5_9, monkeypatch):
-    """Above a cut the features before and after the run come from the activations at the cut (nothing below it
-    changes); the same run without the cache measures them from the pixels: the same CKA up to float rounding."""
+def test_above_a_cut_drift_and_retention_match_full_passes(loaded_base, images_5_9, base_images, monkeypatch):
+    """Above a cut the drift's features before and after the run come from the activations at the cut (nothing
+    below it changes), and the original task is scored from its own activations there (computed once, cached);
+    the same run without the cache measures both from the pixels: the same results up to float rounding."""
     from tlviz.finetune import drift
+    from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.run import run_finetune
 
     inputs = []
     real = drift._features
     monkeypatch.setattr(drift, "_features", lambda ext, x, *a, **k: inputs.append(x.dtype) or real(ext, x, *a, **k))
     cfg = RunConfig(unfreeze=2, lr=3e-3, epochs=2, preset="tf")
-    cached = run_finetune(loaded_base, images_5_9, cfg)
+    cache = ActivationCache()
+    cached = run_finetune(loaded_base, images_5_9, cfg, original=base_images, cache=cache)
     assert cached.cache_used and inputs == [np.float32, np.float32]  # from the activations at the cut, both
-    plain = run_finetune(loaded_base, images_5_9, RunConfig(**{**cfg.to_dict(), "use_cache": False}))
+    assert any(a.ndim == 4 and len(a) == len(base_images) for a in cache._mem.values())  # the original task's
+    plain = run_finetune(loaded_base, images_5_9, RunConfig(**{**cfg.to_dict(), "use_cache": False}),
+                         original=base_images)
     assert not plain.cache_used and inputs[2:] == [np.uint8, np.uint8]
     np.testing.assert_allclose([d["cka"] for d in cached.drift], [d["cka"] for d in plain.drift], atol=2e-3)
+    assert cached.retention["before"] == plain.retention["before"]
+    assert cached.retention["after"] == pytest.approx(plain.retention["after"], abs=2 / len(base_images))
