@@ -71,6 +71,8 @@ def test_head_only_run_learns_and_results_show(runs):
     at.selectbox(key="ft_cell_pred").set_value(0)
     at.run()
     assert at.get("image"), "no images shown for the diagonal cell"
+    # ... with "where the model looks" for the run's own saved model (issue 14).
+    assert [t for t in at.toggle if t.key == "ft_cell_gradcam"], "no Grad-CAM toggle on the confusion cell"
 
 
 def test_divergent_rate_is_marked_and_runs_compare_and_delete(runs):

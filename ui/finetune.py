@@ -25,9 +25,9 @@ from tlviz.finetune import (ACTIVE_STATES, CONTROL_LABELS, CONTROLS, OPTIMIZER_L
 from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 from tlviz.stats import format_points, wilson_interval
-from ui.cache import model_key
+from ui.cache import load_model_bytes, model_key
 from ui.state import workspace
-from ui.widgets import finding_card, finding_cards
+from ui.widgets import GalleryEntry, finding_card, finding_cards, gallery
 
 RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 POLL_S = 1.0
@@ -522,7 +522,18 @@ def _confusion(rec: RunRecord, out, images, current_images_key: str) -> None:
         st.caption("No validation image in this cell.")
     else:
         shown = idx[:GALLERY]
-        st.image([images.images[i] for i in shown], caption=[images.files[i] for i in shown], width=72)
+        preset = rec.config.get("preset")
+        run_model = None
+        if rec.model_path is not None:  # Grad-CAM explains the run's own model (cached by content, once)
+            try:
+                run_model = load_model_bytes(rec.model_path.read_bytes(), rec.model_path.name)
+            except TlvizError:
+                run_model = None
+        if run_model is None:
+            st.image([images.images[i] for i in shown], caption=[images.files[i] for i in shown], width=72)
+        else:
+            gallery(images, [GalleryEntry(int(i), images.files[i], (preset,) if preset else ()) for i in shown],
+                    key="ft_cell", model=run_model)
         if len(idx) > GALLERY:
             st.caption(f"First {GALLERY} of {len(idx)}.")
 
