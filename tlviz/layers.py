@@ -64,6 +64,16 @@ def random_in_training(layer) -> bool:
     return False
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ... : the first not in `taken` (which then holds it)."""
+    out, i = name, 1
+    while out in taken:
+        i += 1
+        out = f"{name}_{i}"
+    taken.add(out)
+    return out
+
+
 def tensor_producer(tensor):
     """The operation (layer) that produced a symbolic Keras tensor, and the tensors it was called on.
 

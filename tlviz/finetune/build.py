@@ -16,7 +16,7 @@ import numpy as np
 from tlviz.callargs import honour_recorded_training, recorded_training
 from tlviz.errors import RunRefused
 from tlviz.finetune.config import RunConfig
-from tlviz.layers import NOISE_CLASSES, freezing_findings, layer_table, totals
+from tlviz.layers import NOISE_CLASSES, freezing_findings, layer_table, totals, unique_name
 
 #: Names given to the layers of a new head (a numeric suffix is added on clashes).
 NEW_HEAD_NAMES = ("tlviz_head_pool", "tlviz_head_dropout", "tlviz_head")
@@ -200,7 +200,7 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
                      "head has its own dropout.")
         features = producer.input
     taken = {layer.name for layer in model.layers}
-    names = [_unique(n, taken) for n in NEW_HEAD_NAMES]
+    names = [unique_name(n, taken) for n in NEW_HEAD_NAMES]
     x = features
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name=names[0])(x)
@@ -217,15 +217,6 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
 def trainable_params(model) -> int:
     """Trainable parameters, counted as Keras does (shared weights once)."""
     return totals(layer_table(model))["trainable_params"]
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    out, i = name, 1
-    while out in taken:
-        i += 1
-        out = f"{name}_{i}"
-    taken.add(out)
-    return out
 
 
 def _layer_by_path(model, path: str):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 
 from tlviz.errors import RepairRefused
-from tlviz.layers import iter_leaves
+from tlviz.layers import iter_leaves, unique_name
 
 #: Layers whose output unit i depends on input unit i alone, the same way for every unit: permuting the
 #: units of the layer before them permutes their output the same way.
@@ -134,15 +134,6 @@ def _input_name(config) -> str:
     return ref[0]
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    out, i = name, 1
-    while out in taken:
-        i += 1
-        out = f"{name}_{i}"
-    taken.add(out)
-    return out
-
-
 def prepend_layers(model, layers: list):
     """A copy of `model` that runs `layers` (new Keras layers, in order) on its input first.
 
@@ -167,7 +158,7 @@ def prepend_layers(model, layers: list):
         taken = {layer.name for layer in model.layers}
         entries = []
         for layer in layers:
-            layer.name = _unique(layer.name, taken)  # unbuilt: the name may still change
+            layer.name = unique_name(layer.name, taken)  # unbuilt: the name may still change
             entries.append({**keras.saving.serialize_keras_object(layer), "name": layer.name})
         if isinstance(model, keras.Sequential):
             listed = config["layers"]
