@@ -323,6 +323,14 @@ def test_label_order_mismatch_reports_the_mapping(loaded_base, base_images):
     assert "normalization-mismatch" not in ids(report) and report.expected_preset == "tf"
     chart = charts.finding_chart(f).to_dict()
     assert chart["layer"][0]["mark"]["type"] == "rect"
+    cells = f.evidence["cells"]  # every non-empty cell with its files, for the page's cell gallery
+    matrix = np.array(f.evidence["confusion_matrix"])
+    assert sum(c["count"] for c in cells) == matrix.sum() == len(swapped)
+    assert all(matrix[swapped.class_names.index(c["true"]), c["output"]] == c["count"] for c in cells)
+    assert cells[0]["true"] != cells[0]["output_name"]  # the largest cell off the diagonal first
+    assert cells[0]["count"] == max(c["count"] for c in cells if c["true"] != c["output_name"])
+    by_file = dict(zip(swapped.files, swapped.labels))
+    assert all(swapped.class_names[by_file[x]] == c["true"] for c in cells for x in c["files"])
     ok = diagnose(stripped, base_images, "tf", checks=["label-order-mismatch"])
     assert "label-order-mismatch" in ok.checks_run and "label-order-mismatch" not in ids(ok)
 
@@ -559,6 +567,7 @@ def test_markdown_lists_skipped_checks_and_confusion_matrix(loaded_base, base_im
     swapped = replace(base_images, labels=np.array([1, 0, 2, 3, 4])[base_images.labels])
     md = diagnose(stripped, swapped, "tf", checks=["label-order-mismatch"]).to_markdown()
     assert "Confusion matrix" in md and "labels.txt" in md
+    assert "| cells |" not in md  # each cell's files go to the JSON export and the page's gallery
 
 
 def test_refusals(loaded_base, base_images, small):

@@ -7,6 +7,8 @@ the Grad-CAM toggle runs a real worker job (`tlviz.jobs`, kind ``"gradcam"``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 from apptest_helpers import settle
 from streamlit.testing.v1 import AppTest
@@ -28,6 +30,11 @@ if plant == "labels":  # 5 % of the images filed under the next class
     moved = np.arange(0, len(labels), 20)
     labels[moved] = (labels[moved] + 1) % 5
     report = diagnose(loaded, replace(images, labels=labels), "tf", checks=["likely-mislabelled"])
+elif plant == "order":  # every class in the next class's folder: the model's output order differs
+    if "planted" not in st.session_state:  # once: a rerun must not shift the labels again
+        st.session_state["images"] = st.session_state["planted"] = replace(images, labels=(images.labels + 1) % 5)
+    images = st.session_state["planted"]
+    report = diagnose(loaded, images, "tf", checks=["label-order-mismatch"])
 else:  # three '0's filed under '4' as well
     extra = np.flatnonzero(images.labels == 0)[:3]
     planted = replace(images, images=np.concatenate([images.images, images.images[extra]]),
@@ -66,6 +73,28 @@ def test_duplicate_pairs_side_by_side(module_runs):
     pairs = [[i.caption for i in element.proto.imgs] for element in at.get("image")]
     assert len(pairs) == 3 and all(p[0].startswith("0: ") and p[1].startswith("4: copy_") for p in pairs)
     assert sum("exact copy" in c.value for c in at.caption) == 3
+
+
+def test_label_order_confusion_cells_show_their_images_and_where_the_model_looks(module_runs):
+    at = _app("order")
+    cell = at.selectbox(key="card_label-order-mismatch_cell")
+    first = cell.options[0]
+    assert "→ output" in first and not first.startswith("1 → output 1 ")  # the largest cell off the diagonal
+    images = at.session_state["images"]
+    true_name, count = first.split(" → ")[0], int(first.split(": ")[-1].split()[0])
+    captions = [i.caption for element in at.get("image") for i in element.proto.imgs]
+    assert len(captions) == min(count, 12)
+    shown_classes = {images.class_names[images.labels[i]] for i, f in enumerate(images.files)
+                     if Path(f).stem in captions}
+    assert shown_classes == {true_name}
+    at.toggle(key="card_label-order-mismatch_gradcam").set_value(True).run()
+    assert not at.exception
+    settle(at, "card_label-order-mismatch_job")
+    shown = [i.caption for element in at.get("image") for i in element.proto.imgs]
+    assert len(shown) == min(count, 12) and all(c.startswith("tf: explains '") for c in shown)
+    if len(cell.options) > 1:
+        at.selectbox(key="card_label-order-mismatch_cell").select_index(1).run()
+        assert not at.exception
 
 
 GALLERY_OF_ANOTHER_MODEL = '''

@@ -5,7 +5,8 @@ a "Where the model looks (Grad-CAM)" toggle asks a worker job (`ui.analysis`, ki
 ``"gradcam"``, `tlviz.gradcam`) for the heatmaps of the shown images under each preset an
 entry names, and lays them over the images; a model without a convolutional feature map
 gets the engine's sentence. The finding card shows its images this way: the suspects of
-likely-mislabelled (ranked, with label and predicted class), the example images of the other
+likely-mislabelled (ranked, with label and predicted class), one confusion cell at a time of
+label-order-mismatch (picked under its matrix), the example images of the other
 findings (under the expected and the inference preset when both are known), and the pairs
 of duplicate-images side by side.
 """
@@ -181,6 +182,9 @@ def _example_images(finding: Finding, images) -> None:
     if e.get("pairs"):
         _pairs(e["pairs"], images, where)
         return
+    if e.get("cells"):
+        _cell_gallery(finding, images, where)
+        return
     if e.get("ranked_suspects"):
         entries = [GalleryEntry(where[r["file"]], f"label '{r['label']}' → probe '{r['predicted']}' "
                                                   f"({r['confidence']:.0%})", _gallery_presets(finding))
@@ -199,6 +203,23 @@ def _example_images(finding: Finding, images) -> None:
     else:
         st.image([images.images[i] for i, _ in shown], width=STRIP_WIDTH, caption=[Path(x).stem for _, x in shown])
     st.caption("Example images: " + ", ".join(x for _, x in shown))
+
+
+def _cell_gallery(finding: Finding, images, where: dict[str, int]) -> None:
+    """A confusion matrix's cells (a label-order finding's): pick one, see its images (and where the model looks)."""
+    cells = [c for c in finding.evidence["cells"] if any(f in where for f in c.get("files", ()))]
+    if not cells:
+        return
+    names = [f"{c['true']} → output {c['output']} ('{c['output_name']}'): {c['count']} image"
+             f"{'s' if c['count'] != 1 else ''}" for c in cells]
+    k = st.selectbox("Images of one cell", range(len(cells)), format_func=names.__getitem__,
+                     key=f"card_{finding.id}_cell",
+                     help="Image-set class → model output. The largest cell off the diagonal comes first.")
+    cell = cells[k]
+    entries = [GalleryEntry(where[f], Path(f).stem, _gallery_presets(finding)) for f in cell["files"] if f in where]
+    gallery(images, entries, key=f"card_{finding.id}")
+    if cell["count"] > len(entries):
+        st.caption(f"First {len(entries)} of {cell['count']}.")
 
 
 def _pairs(pairs: list[dict], images, where: dict[str, int]) -> None:

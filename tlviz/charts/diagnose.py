@@ -24,7 +24,7 @@ from tlviz.charts.overview import class_counts
 from tlviz.findings import Finding
 
 # Evidence keys shown as charts or image strips rather than in the table.
-_NOT_IN_TABLE = ("confusion_matrix", "example_files", "classes", "pairs", "ranked_suspects")
+_NOT_IN_TABLE = ("confusion_matrix", "example_files", "classes", "pairs", "ranked_suspects", "cells")
 
 
 _PERCENT_WORDS = ("accuracy", "share", "chance")

@@ -153,6 +153,26 @@ def judge_double_normalization(ev: PresetEvidence, preset: str, check: Check) ->
          f"and let the model's own layer do the scaling:\n```python\n{snippet}\n```"))]
 
 
+#: Files kept per confusion-matrix cell in a label-order finding's evidence (the cell gallery shows them).
+CELL_FILES = 12
+
+
+def _cells(labels, preds, files, names) -> list[dict]:
+    """The non-empty cells of a confusion matrix with their first files, largest off-diagonal cell first.
+
+    Returns:
+        ``[{"true": class name, "output": model output index, "output_name", "count", "files"}]``.
+    """
+    cells = []
+    for t in range(len(names)):
+        for j in range(len(names)):
+            idx = np.flatnonzero((labels == t) & (preds == j))
+            if len(idx):
+                cells.append({"true": names[t], "output": j, "output_name": names[j], "count": int(len(idx)),
+                              "files": [files[i] for i in idx[:CELL_FILES]]})
+    return sorted(cells, key=lambda c: (c["true"] == c["output_name"], -c["count"]))
+
+
 def check_label_order_mismatch(ctx: DiagnosisContext, check: Check) -> list[Finding]:
     """``label-order-mismatch``: the confusion matrix is close to a permutation."""
     ctx.require_labels()
@@ -181,7 +201,8 @@ def check_label_order_mismatch(ctx: DiagnosisContext, check: Check) -> list[Find
         {"preset": lo.preset, "accuracy": lo.accuracy, "accuracy_with_mapping": lo.accuracy_with_mapping,
          "gain_interval": list(lo.gain_interval), "n_images": lo.n_images,
          "mapping": mapping, "moved_classes": moved, "model_output_order": order, "classes": names,
-         "confusion_matrix": lo.confusion, "example_files": [report.files[i] for i in wrong[:EXAMPLES]]},
+         "confusion_matrix": lo.confusion, "example_files": [report.files[i] for i in wrong[:EXAMPLES]],
+         "cells": _cells(labels, preds, report.files, names)},
         ("The model is right, but about other class names: its output i is the class listed at position i below, "
          "not the i-th folder. Use this order for the class names in your inference code, or put it in a "
          "`labels.txt` at the top of the image set (one class per line):\n```python\n"

@@ -219,6 +219,8 @@ def _evidence_markdown(evidence: dict) -> list[str]:
         if k == "confusion_matrix" and isinstance(v, list):
             matrix = v
             continue
+        if k == "cells":  # each cell's files: in the JSON export and the page's cell gallery, not this table
+            continue
         rows.append(f"| {k.replace('_', ' ')} | {_fmt(v).replace('|', '/')} |")
     if matrix is not None:
         names = [str(n) for n in evidence.get("classes", range(len(matrix)))]
