@@ -1,6 +1,6 @@
 """How often is the diagnoser right? Precision and recall over a matrix of planted faults.
 
-Run: ``python bench/truth_matrix.py`` (about 11 minutes on two CPU cores the first time, 4-5 of them training;
+Run: ``python bench/truth_matrix.py`` (about 13-19 minutes on two CPU cores the first time, 5 of them training;
 trained models are cached under ``/tmp/tlviz_truth_matrix``, or ``--cache DIR``). ``--quick`` runs the
 small CNN family only; ``--family NAME`` and ``--case TEXT`` pick others; ``--json PATH`` writes every
 case's findings.
@@ -32,7 +32,13 @@ What it does, in this process, with nothing downloaded:
   makes true (``planted``) and the consequences a plant may or may not cause (``allowed``: not scored
   for that case, e.g. a model whose BatchNormalization statistics were reset may also fall to chance).
   Everything else must stay quiet.
-- **Scoring**: `tlviz.diagnose.diagnose` runs every check on every case. Error and warning findings
+- **Fine-tuning cases** (`RUN_CASE_TABLE`, per family): ``catastrophic-forgetting`` judges runs, not a
+  file, so these cases fine-tune the phase 1 model with tlviz's own runs (`tlviz.finetune.run.run_finetune`)
+  and a control (head-only or random-init), store both as the app does, and diagnose with them
+  (`tlviz.diagnose.forgetting.with_runs`, as the Diagnose page does). Planted: the whole base at a rate far
+  too high for it (Adam 0.1; SGD 1.0). Clean: the guide's low rates (the whole base at 1e-5, the top layers
+  at 1e-4). That check is scored on these cases only, and the other checks on the model-file cases only.
+- **Scoring**: `tlviz.diagnose.diagnose` runs every check on every model-file case. Error and warning findings
   (the registry's severities) are scored per check and overall: TP / FP / FN / TN, precision and
   recall with 95 % Wilson intervals; a planted check that was skipped is a miss. Info findings are
   reported separately: ``input-resized`` and ``training-mode-inference`` against a structural truth
@@ -78,6 +84,11 @@ SOURCE_CLASSES = 10
 TARGET_FIRST = 5
 TARGET_CLASSES = 10 - TARGET_FIRST
 DEFAULT_CACHE = Path(os.environ.get("TLVIZ_TRUTH_CACHE", "/tmp/tlviz_truth_matrix"))
+
+#: The check that judges fine-tuning runs (scored on `RUN_CASE_TABLE`'s cases only).
+FORGETTING = "catastrophic-forgetting"
+#: Checks that judge fine-tuning runs, not a model file: scored on the fine-tuning cases, and only there.
+RUN_CHECKS = (FORGETTING,)
 
 TARGET_OVERALL = 0.95
 TARGET_PER_CHECK = 0.9
@@ -561,10 +572,16 @@ class Case:
     why: str = ""
     task: str = "source"
     random_base: bool = False
+    #: a fine-tuning case: ``(RunConfig settings, control kind)``; None: a model-file case
+    run: tuple | None = None
 
     @property
     def label(self) -> str:
         return f"{self.family}/{self.name}"
+
+    def scores(self, check_id: str) -> bool:
+        """Whether `check_id` is scored on this case: run-judging checks on fine-tuning cases, the rest on files."""
+        return (check_id in RUN_CHECKS) == (self.run is not None)
 
 
 def _summarize(loaded, model=None):
@@ -861,8 +878,29 @@ _TARGET_TASK = (_clean_phase1, _clean_recipe, _all_frozen, _trainable_inside_fro
                 _class_count, _random_phase1, _random_recipe, _untrained_head)
 
 
+#: An unfreeze depth beyond any family's base: the whole base trains.
+WHOLE_BASE = 10_000
+
+#: Fine-tuning cases, judged by ``catastrophic-forgetting``: (name, planted, settings, control, why). Each
+#: fine-tunes the family's phase 1 model (the keras-io guide's transfer model) on the target images with
+#: `tlviz.finetune.run.run_finetune`, runs the named control the same way, stores both as the app and the
+#: command line store runs, and diagnoses with those runs (`tlviz.diagnose.forgetting.with_runs`), as the
+#: Diagnose page does. The planted cause is the classic one: the whole base at a learning rate far too high
+#: for it. The clean controls fine-tune the base at the guide's low rates.
+RUN_CASE_TABLE = (
+    ("forgetting/whole-base-adam-0.1", True, dict(unfreeze=WHOLE_BASE, lr=0.1, epochs=2), "head-only",
+     "the whole base unfrozen at Adam 0.1, 2 epochs; its head-only control"),
+    ("forgetting/whole-base-sgd-1.0", True, dict(unfreeze=WHOLE_BASE, lr=1.0, epochs=2, optimizer="sgd"),
+     "random-init", "the whole base unfrozen at SGD (momentum 0.9) 1.0, 2 epochs; its random-init control"),
+    ("clean/finetune-whole-base-1e-5", False, dict(unfreeze=WHOLE_BASE, lr=1e-5, epochs=2), "head-only",
+     "the guide's phase 2 as a run: the whole base at Adam 1e-5, 2 epochs; its head-only control"),
+    ("clean/finetune-top-layers-1e-4", False, dict(unfreeze=4, lr=1e-4, epochs=3), "random-init",
+     "the top 4 weight layers of the base at Adam 1e-4, 3 epochs; its random-init control"),
+)
+
+
 def cases(families=None, names=None) -> list[Case]:
-    """The matrix: every case of `CASE_TABLE` for every family (optionally filtered).
+    """The matrix: every case of `CASE_TABLE`, then of `RUN_CASE_TABLE`, for every family (optionally filtered).
 
     Args:
         families: family names. Defaults to all.
@@ -878,6 +916,11 @@ def cases(families=None, names=None) -> list[Case]:
             out.append(Case(fam, name, planted, setup, allowed, clean, resized, why,
                             task="target" if setup in _TARGET_TASK else "source",
                             random_base=setup in (_random_phase1, _random_recipe)))
+        for name, planted, settings, control, why in RUN_CASE_TABLE:
+            if names and not any(n in name for n in names):
+                continue
+            out.append(Case(fam, name, _F({FORGETTING} if planted else ()), _clean_phase1, clean=not planted,
+                            why=why, task="target", run=(settings, control)))
     return out
 
 
@@ -921,6 +964,8 @@ class Result:
     error: str | None = None
     #: the reference finds this case's trained base no better than random features on its task
     weak_base: bool = False
+    #: a fine-tuning case: what its runs measured (CKA, accuracies)
+    detail: str = ""
 
     @property
     def scored_fired(self) -> set:
@@ -941,14 +986,63 @@ def run_case(case: Case, env: Env) -> Result:
 
     t0 = time.perf_counter()
     loaded, images, preset, source = case.setup(env)
-    info_truth = {"input-resized": case.resized, "training-mode-inference": _training_mode_truth(loaded.model)}
+    if case.run is not None:
+        info_truth = {}
+    else:
+        info_truth = {"input-resized": case.resized, "training-mode-inference": _training_mode_truth(loaded.model)}
     try:
-        report = diagnose(loaded, images, preset, source=source)
+        detail = ""
+        if case.run is not None:
+            report, detail = _diagnose_with_runs(case, env, loaded, images, preset, source)
+        else:
+            report = diagnose(loaded, images, preset, source=source)
     except Exception as exc:  # a refusal or a crash: every planted check is missed
         return Result(case, {}, {}, time.perf_counter() - t0, info_truth, f"{type(exc).__name__}: {exc}")
     fired = {f.id: (f.severity, f.title) for f in report.findings}
     skipped = {s.id: s.reason for s in report.skipped}
-    return Result(case, fired, skipped, time.perf_counter() - t0, info_truth)
+    return Result(case, fired, skipped, time.perf_counter() - t0, info_truth, detail=detail)
+
+
+def _diagnose_with_runs(case: Case, env: Env, loaded, images, preset: str, source):
+    """A fine-tuning case: the run and its control, stored in a runs folder, then the diagnosis judged on them."""
+    import shutil
+
+    from tlviz.diagnose import diagnose
+    from tlviz.diagnose.forgetting import runs_for, with_runs
+    from tlviz.finetune.cache import ActivationCache, images_key
+    from tlviz.finetune.config import RunConfig, control_config
+    from tlviz.finetune.run import run_finetune
+    from tlviz.finetune.store import RunWriter
+
+    settings, control = case.run
+    root = env.dir / "runs" / case.name.replace("/", "_")
+    shutil.rmtree(root, ignore_errors=True)  # every case starts from no runs
+    key, cache = images_key(images.images), ActivationCache()
+    config = RunConfig(preset=preset, label=case.name, **settings)
+    for run_id, cfg in (("run", config), ("control", control_config(config, control, "run"))):
+        writer = RunWriter(root / run_id)
+        writer.write_config(cfg, {"sha256": loaded.sha256, "filename": loaded.filename},
+                            {"image_key": key, "source": images.source})
+        result = run_finetune(loaded, images, cfg, writer=writer, cache=cache, image_key=key, save=False)
+        writer.status(result.state)
+    records = runs_for(loaded.sha256, key, None, root)
+    report = with_runs(diagnose(loaded, images, preset, source=source, checks=list(RUN_CHECKS)), records)
+    return report, _runs_detail(records)
+
+
+def _runs_detail(records) -> str:
+    """One line on what the runs measured: the lowest CKA of an unfrozen block, and each accuracy."""
+    from tlviz.errors import CheckSkipped
+    from tlviz.diagnose.forgetting import judge_runs
+
+    try:
+        judged = judge_runs(records)[1]
+    except CheckSkipped as exc:
+        return f"skipped: {exc}"[:160]
+    accs = ", ".join(f"{r.control or 'run'} {r.outcome.val_accuracy:.1%}" for r in records
+                     if r.outcome.val_accuracy is not None)
+    ckas = ", ".join(f"lowest CKA {j.lowest_cka:.2f}" for j in judged if j.lowest_cka is not None)
+    return "; ".join(x for x in (ckas, f"val accuracy {accs}") if x)
 
 
 @dataclass
@@ -977,15 +1071,10 @@ class Tally:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
 
 
-#: Checks that judge fine-tuning runs, not a model file and its images: this matrix diagnoses files, so they are
-#: not scored here (engine tests plant its fault in real runs: tests/test_finetune_controls.py, test_finetune_drift.py).
-RUN_CHECKS = ("catastrophic-forgetting",)
-
-
 def _checks():
     from tlviz.diagnose import CHECKS
 
-    scored = [c for c in CHECKS if c.severity in ("error", "warning") and c.id not in RUN_CHECKS]
+    scored = [c for c in CHECKS if c.severity in ("error", "warning")]
     info = [c for c in CHECKS if c.severity == "info"]
     return scored, info
 
@@ -1011,7 +1100,8 @@ def score(results: list[Result], weak_bases_unscored: bool = False) -> dict:
     for r in results:
         fired = r.scored_fired
         for c in scored:
-            if c.id in r.case.allowed or (weak_bases_unscored and r.weak_base and c.id == PROBE_CHECK):
+            if not r.case.scores(c.id) or c.id in r.case.allowed or (
+                    weak_bases_unscored and r.weak_base and c.id == PROBE_CHECK):
                 continue
             truth, got = c.id in r.case.planted, c.id in fired
             per[c.id].add(truth, got)
@@ -1019,6 +1109,8 @@ def score(results: list[Result], weak_bases_unscored: bool = False) -> dict:
     info_tally = {i: Tally() for i in INFO_SCORED}
     info_counts = {c.id: 0 for c in info if c.id not in INFO_SCORED}
     for r in results:
+        if r.case.run is not None:  # a fine-tuning case runs the run-judging checks only
+            continue
         for i in INFO_SCORED:
             info_tally[i].add(bool(r.info_truth.get(i)), i in r.fired)
         for i in info_counts:
@@ -1072,15 +1164,18 @@ def report(results: list[Result], envs: dict, seconds: float) -> dict:
           f"{_fmt(overall.precision):>9s} {_fmt(overall.recall):>7s}")
     print(f"  precision 95 % interval {_interval(overall.tp, overall.tp + overall.fp)}, "
           f"recall 95 % interval {_interval(overall.tp, overall.tp + overall.fn)}")
-    print(f"  not scored here: {', '.join(RUN_CHECKS)} (judges fine-tuning runs, not a model file; its engine tests "
-          "plant it in real runs)")
+    n_runs = sum(r.case.run is not None for r in results)
+    if n_runs:
+        print(f"  {', '.join(RUN_CHECKS)}: scored on the {n_runs} fine-tuning cases only (it judges runs, not a file); "
+              "every other check on the model-file cases only")
     print()
+    n_files = sum(r.case.run is None for r in results)
     print("Info findings (not in the overall figures):")
     for cid, t in s["info"].items():
         print(f"  {cid:34s} TP {t.tp:3d}  FP {t.fp:3d}  FN {t.fn:3d}  TN {t.tn:3d}  precision {_fmt(t.precision)}"
               f"  recall {_fmt(t.recall)}")
     for cid, n in s["info_counts"].items():
-        print(f"  {cid:34s} fired on {n} of {len(results)} cases (a measurement, not a plant: not scored)")
+        print(f"  {cid:34s} fired on {n} of {n_files} model-file cases (a measurement, not a plant: not scored)")
     print()
     clean_bad = [(r, sorted(r.scored_fired)) for r in results if r.case.clean and r.scored_fired]
     print(f"Clean controls with an error or warning: {len(clean_bad)} of {n_clean}")
@@ -1127,7 +1222,8 @@ def _to_json(results: list[Result], targets: dict) -> dict:
         {"case": r.case.label, "planted": sorted(r.case.planted), "allowed": sorted(r.case.allowed),
          "clean": r.case.clean, "fired": {k: list(v) for k, v in r.fired.items()}, "skipped": r.skipped,
          "missed": sorted(r.missed), "false_alarms": sorted(r.false_alarms), "info_truth": r.info_truth,
-         "seconds": round(r.seconds, 2), "error": r.error, "weak_base": r.weak_base} for r in results]}
+         "seconds": round(r.seconds, 2), "error": r.error, "weak_base": r.weak_base, "detail": r.detail}
+        for r in results]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1155,7 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
             marks = ([f"MISSED {sorted(r.missed)}"] if r.missed else []) + (
                 [f"FALSE ALARM {sorted(r.false_alarms)}"] if r.false_alarms else [])
             print(f"  {case.name:32s} {r.seconds:5.1f} s  fired {sorted(r.scored_fired) or '-'}  "
-                  f"{'; '.join(marks) or 'ok'}")
+                  f"{'; '.join(marks) or 'ok'}" + (f"\n      {r.detail}" if r.detail else ""))
     targets = report(results, envs, time.perf_counter() - t0)
     if args.json:
         args.json.write_text(json.dumps(_to_json(results, targets), indent=2) + "\n")

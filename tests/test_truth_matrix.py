@@ -48,6 +48,8 @@ SUBSET = (
     "exif-orientation",
     "duplicate-images/across-classes",
     "likely-mislabelled",
+    "forgetting/whole-base-adam-0.1",
+    "clean/finetune-whole-base-1e-5",
 )
 
 
@@ -94,7 +96,12 @@ def test_every_error_and_warning_check_has_a_planted_case():
     for c in tm.cases():
         assert set(c.planted) | set(c.allowed) <= set(CHECK_IDS), c.label
         assert not set(c.planted) & set(c.allowed), c.label
-    assert sum(c.clean for c in tm.cases(["cnn"])) == 4
+    assert sum(c.clean for c in tm.cases(["cnn"])) == 6
+    # catastrophic-forgetting is scored on the fine-tuning cases, and only there; the others on the files
+    runs = [c for c in tm.cases(["cnn"]) if c.run is not None]
+    assert {c.name for c in runs if c.planted} and all(c.planted <= set(tm.RUN_CHECKS) for c in runs)
+    assert all(c.scores(tm.FORGETTING) and not c.scores("head-frozen") for c in runs)
+    assert not any(c.scores(tm.FORGETTING) for c in tm.cases(["cnn"]) if c.run is None)
 
 
 def test_scoring_counts_allowed_consequences_as_neither():
