@@ -5,7 +5,10 @@ Run: ``python bench/bench_new_checks.py [OUT_DIR] [N_IMAGES] [REPEATS]`` (defaul
 `N_IMAGES` generated JPEGs in three classes, then, in this process and in alternating order:
 
 - the baseline: ``diagnose`` with every check except the five new ones;
-- ``diagnose`` with every check.
+- ``diagnose`` with every check;
+- ``diagnose`` with every check, likely-mislabelled's features not kept by the preset comparison
+  (``TAP_MB = 0``: its own pass over the images outside the pre-training probe's sample, as before
+  the comparison kept them).
 
 Prints the fastest and the spread of each over `REPEATS` runs, their ratio, the seconds of each new
 check in the fastest full run, and Grad-CAM's cost for a gallery page (12 images).
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realsize  # noqa: E402
 
 from tlviz import gradcam  # noqa: E402
+from tlviz.diagnose import context  # noqa: E402
 from tlviz.diagnose import CHECK_IDS, diagnose  # noqa: E402
 from tlviz.imagesets import open_source  # noqa: E402
 from tlviz.models import load_model  # noqa: E402
@@ -49,20 +53,28 @@ def main(argv: list[str]) -> None:
     old = [c for c in CHECK_IDS if c not in NEW]
     diagnose(loaded, images, "tf", source=source, checks=old)  # warm-up: traces the forward passes
 
-    times = {"baseline": [], "all": []}
+    times = {"baseline": [], "all": [], "unshared": []}
     reports = {}
+    shared_mb = context.TAP_MB
     for _ in range(repeats):
-        for name, checks in (("baseline", old), ("all", None)):
+        for name, checks in (("baseline", old), ("all", None), ("unshared", None)):
+            context.TAP_MB = 0 if name == "unshared" else shared_mb
             t0 = time.perf_counter()
             reports[name] = diagnose(loaded, images, "tf", source=source, checks=checks)
             times[name].append(time.perf_counter() - t0)
-    base, full = min(times["baseline"]), min(times["all"])
+    context.TAP_MB = shared_mb
+    base, full, unshared = min(times["baseline"]), min(times["all"]), min(times["unshared"])
     print(f"model: {loaded.name} at {loaded.image_size[0]}x{loaded.image_size[1]}  images: {len(images)}  "
           f"CPU threads: {os.cpu_count()}  repeats: {repeats}")
-    for name in ("baseline", "all"):
+    for name in times:
         t = times[name]
         print(f"  {name:9s} fastest {min(t):7.2f} s   spread {min(t):.2f}-{max(t):.2f} s")
     print(f"  ratio all / baseline (fastest): {full / base:.3f}  (+{full - base:.2f} s)")
+    print(f"  ratio all / unshared (fastest): {full / unshared:.3f}  ({unshared - full:+.2f} s saved by keeping "
+          "likely-mislabelled's features during the preset comparison)")
+    print("  likely-mislabelled seconds, shared / unshared (last runs): "
+          f"{reports['all'].seconds.get('likely-mislabelled', 0):.2f} / "
+          f"{reports['unshared'].seconds.get('likely-mislabelled', 0):.2f}")
     report = reports["all"]
     print("  seconds per new check (last full run): "
           + ", ".join(f"{c} {report.seconds.get(c, 0):.2f}" for c in NEW))

@@ -362,6 +362,31 @@ def test_likely_mislabelled_finds_planted_label_errors(loaded_base, base_images)
     assert confidences == sorted(confidences, reverse=True)
 
 
+def test_likely_mislabelled_reuses_the_features_the_preset_comparison_kept(loaded_base, base_images, monkeypatch):
+    """No pass of its own over the images: the comparison's feature tap keeps its images' features too
+    (unless they would not fit in `TAP_MB`), and the result is the one a pass of its own gives."""
+    import tlviz.diagnose.context as context
+    import tlviz.diagnose.probe as probe
+
+    small = subset(base_images, 60)
+    rng = np.random.default_rng(5)
+    moved = rng.choice(len(small), 15, replace=False)  # 5 % of the images filed under another class
+    planted = subset(base_images, 60, {int(p): int((small.labels[p] + 1 + rng.integers(0, 4)) % 5) for p in moved})
+    passes = []
+    own = probe._features
+    monkeypatch.setattr(probe, "_features", lambda *a, **k: passes.append(len(a[2])) or own(*a, **k))
+    shared = finding(diagnose(loaded_base, planted, "tf", checks=["likely-mislabelled"]), "likely-mislabelled")
+    assert passes == []
+    monkeypatch.setattr(context, "TAP_MB", 0)  # too big to keep: the probe's sample only, the rest computed
+    alone = finding(diagnose(loaded_base, planted, "tf", checks=["likely-mislabelled"]), "likely-mislabelled")
+    assert 100 <= sum(passes) < 300  # at most 40 of each class were kept, for the pre-training probe
+    a, b = shared.evidence, alone.evidence
+    assert a["n_scored"] == b["n_scored"] == 300 and a["suspects"] == b["suspects"]
+    assert [r["file"] for r in a["ranked_suspects"]] == [r["file"] for r in b["ranked_suspects"]]
+    assert [r["confidence"] for r in a["ranked_suspects"]] == pytest.approx(
+        [r["confidence"] for r in b["ranked_suspects"]], abs=1e-4)
+
+
 def test_likely_mislabelled_needs_a_probe_that_learnt_the_classes(loaded_base, base_images):
     report = diagnose(copy_of(loaded_base, _dead_base), subset(base_images, 30), "tf", checks=["likely-mislabelled"])
     assert "below the 70%" in skipped(report)["likely-mislabelled"]

@@ -712,15 +712,21 @@ def test_probe_reuses_the_features_of_the_preset_comparison(loaded_base, base_im
     monkeypatch.setattr(probe, "_features", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
     report = diagnose(loaded_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
     assert "pretraining-no-better-than-random" in report.checks_run
-    kept = report.normalization._preset_evals()["tf"].features
-    assert kept is not None and kept.shape[0] <= dg.PROBE_MAX_IMAGES
+    ev = report.normalization._preset_evals()["tf"]
+    kept, at = ev.features, ev.feature_indices
+    assert kept is not None and len(at) == len(kept) and np.all(np.diff(at) > 0)
     assert len(calls) == dg.PROBE_RANDOM_INITS  # only the fresh random copies are run again
     assert not any(m is loaded_base.model for m in calls)
+    # the probe's sample is among the kept images, and so is likely-mislabelled's (it fits in TAP_MB)
+    sample = np.sort(dg._probe_sample(np.asarray(base_images.labels), np.random.default_rng(dg.SEED))[0])
+    assert len(sample) <= dg.PROBE_MAX_IMAGES
+    from tlviz.diagnose.data import mislabel_sample
+
+    assert set(sample) | set(mislabel_sample(base_images.labels, 5)) == set(at)
     # the kept features equal a separate pass over the same images
-    sample, _ = dg._probe_sample(np.asarray(base_images.labels), np.random.default_rng(dg.SEED))
     idx, _, _ = dg._feature_tensor(loaded_base.model)
-    direct = real(loaded_base.model, idx, base_images.images[np.sort(sample)], "tf")
-    np.testing.assert_allclose(kept, direct, rtol=1e-4, atol=1e-5)
+    direct = real(loaded_base.model, idx, base_images.images[sample], "tf")
+    np.testing.assert_allclose(kept[np.searchsorted(at, sample)], direct, rtol=1e-4, atol=1e-5)
 
 
 def test_training_mode_checks_state_their_sample(loaded_base, base_images, clean):

@@ -35,6 +35,9 @@ TRAINING_MODE_IMAGES = 128
 #: Images per batch when the model runs in training mode (batch statistics); smaller when the
 #: memory budget (`tlviz.memory.plan_batch`) allows fewer (the evidence records the batch used).
 TRAINING_BATCH = 64
+#: The preset comparison keeps the features of likely-mislabelled's images too (besides the
+#: pre-training probe's sample) when they take at most this many MB under every preset.
+TAP_MB = 256
 
 
 def _threshold(check_id: str, name: str) -> float:
@@ -218,9 +221,15 @@ class DiagnosisContext:
                 "duplicates": int(np.sum(~distinct))}
 
     def _feature_tap(self):
-        """Keep the probe's features during the preset comparison (None when no probe can run)."""
+        """Keep the probes' features during the preset comparison (None when no probe can run).
+
+        The images of the pre-training probe's sample, and those of likely-mislabelled's probe when
+        their features under every preset fit in `TAP_MB` (else the probe's sample alone): what the
+        comparison keeps on its way, no check computes again.
+        """
         import keras
 
+        from tlviz.diagnose.data import mislabel_sample
         from tlviz.normalize import FeatureTap
 
         if self.unlabelled or not self.weights_finite:
@@ -230,7 +239,13 @@ class DiagnosisContext:
             dual = keras.Model(self.model.inputs[0], [self.model.outputs[0], setup["tensor"]])
         except Exception:  # CheckSkipped, or a graph that cannot be tapped: the probe runs its own pass
             return None
-        return FeatureTap(dual, np.sort(setup["sample"]))
+        indices = np.sort(setup["sample"])
+        wider = np.union1d(indices, mislabel_sample(self.images.labels, len(self.images.class_names)))
+        width = int(setup["tensor"].shape[-1] or 1)  # features are kept spatially averaged: one value a channel
+        presets = len(applicable_presets(self.images.images.shape[-1], teachable=True)) + 1
+        if len(wider) * width * 4 * presets <= TAP_MB * 2 ** 20:
+            indices = wider
+        return FeatureTap(dual, indices)
 
     @functools.cached_property
     def label_order(self) -> _LabelOrder | None:

@@ -323,6 +323,21 @@ def out_of_fold(feats: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_cla
     return probs
 
 
+def mislabel_sample(labels, n_classes: int) -> np.ndarray:
+    """The images the likely-mislabelled probe uses (sorted indices; empty when it cannot run).
+
+    A seeded, class-balanced sample of at most `MISLABEL_MAX_IMAGES` images of the classes that have
+    `FOLDS` or more (one per fold); empty when fewer than two classes do. It depends on the labels
+    alone, so the preset comparison can keep these images' features on its way (`DiagnosisContext`).
+    """
+    all_labels = np.asarray(labels, dtype=np.int64)
+    usable = np.flatnonzero(np.bincount(all_labels, minlength=n_classes) >= FOLDS)
+    if len(usable) < 2:
+        return np.array([], dtype=np.int64)
+    keep = np.flatnonzero(np.isin(all_labels, usable))
+    return keep[_balanced_sample(all_labels[keep], MISLABEL_MAX_IMAGES, SEED)]
+
+
 def _features_for(ctx: DiagnosisContext, preset: str, indices: np.ndarray) -> tuple[np.ndarray, str]:
     """Features at the head's input for `indices` (those the preset comparison kept are reused)."""
     from tlviz.diagnose.probe import _features, _tapped_features
@@ -330,6 +345,9 @@ def _features_for(ctx: DiagnosisContext, preset: str, indices: np.ndarray) -> tu
     setup = ctx.probe_setup
     idx, layer = setup["idx"], setup["name"]
     out = np.zeros((len(indices), 0))
+    tapped = _tapped_features(ctx, preset, indices)
+    if tapped is not None:  # the preset comparison kept them all: no pass of its own
+        return tapped, layer
     have = {}
     tapped = _tapped_features(ctx, preset, setup["sample"])
     if tapped is not None:
@@ -349,12 +367,10 @@ def check_likely_mislabelled(ctx: DiagnosisContext, check: Check) -> list[Findin
     ctx.require_finite()
     images = ctx.images
     all_labels = np.asarray(images.labels, dtype=np.int64)
-    counts = np.bincount(all_labels, minlength=len(images.class_names))
-    usable = np.flatnonzero(counts >= FOLDS)
-    if len(usable) < 2:
+    chosen = mislabel_sample(all_labels, len(images.class_names))
+    if not len(chosen):
         raise CheckSkipped(f"The probe needs at least two classes with {FOLDS} or more images each (one per fold).")
-    keep = np.flatnonzero(np.isin(all_labels, usable))
-    chosen = keep[_balanced_sample(all_labels[keep], MISLABEL_MAX_IMAGES, SEED)]
+    usable = np.unique(all_labels[chosen])
     preset = ctx.working_preset
     feats, layer = _features_for(ctx, preset, chosen)
     if not np.all(np.isfinite(feats)):

@@ -224,10 +224,14 @@ def _tapped_features(ctx: DiagnosisContext, preset: str, sample: np.ndarray) -> 
     """The probe's features under `preset`, kept by the preset comparison (None when it did not keep them)."""
     report = ctx.__dict__.get("normalization")
     ev = None if report is None else report._preset_evals().get(preset)
-    if ev is None or ev.features is None or len(ev.features) != len(sample):
+    kept = None if ev is None or ev.features is None else getattr(ev, "feature_indices", None)
+    if kept is None or len(kept) != len(ev.features):
         return None
-    order = np.sort(sample)
-    return ev.features[np.searchsorted(order, sample)].astype(np.float64)
+    sample = np.asarray(sample)
+    pos = np.searchsorted(kept, sample)
+    if len(kept) == 0 or np.any(pos >= len(kept)) or np.any(kept[np.minimum(pos, len(kept) - 1)] != sample):
+        return None  # some image's features were not kept
+    return ev.features[pos].astype(np.float64)
 
 
 def run_probe(ctx: DiagnosisContext) -> Probe:

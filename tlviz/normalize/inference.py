@@ -161,9 +161,11 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
     if setting.channel_order == "BGR" and arr.shape[-1] != 3:
         raise NormalizationRefused("Channel order BGR only applies to 3-channel images.")
     match = labels or label_match(loaded, images)
+    tap = tap if setting.resize == images.resize else None
     try:
         preds, conf, feats = _predict(loaded.model, arr, setting.preset, setting.channel_order, batch_size, progress,
-                                      tap=tap if setting.resize == images.resize else None)
+                                      tap=tap)
     except ValueError as exc:  # e.g. a custom preset with std 0
         raise NormalizationRefused(str(exc)) from None
-    return Evaluation(setting, preds, conf, match.labels, list(images.files), time.perf_counter() - t0, feats)
+    return Evaluation(setting, preds, conf, match.labels, list(images.files), time.perf_counter() - t0, feats,
+                      None if feats is None else np.asarray(tap.indices))

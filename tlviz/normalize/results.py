@@ -116,6 +116,7 @@ class Evaluation:
         seconds: time spent (decoding for resize variants included).
         features: with a `FeatureTap`, the tapped layer's output (spatially averaged,
             ``float32``) for the tap's images, in the tap's order; else None.
+        feature_indices: the sorted image indices of `features`' rows (the tap's); else None.
     """
 
     setting: Setting
@@ -125,6 +126,7 @@ class Evaluation:
     files: list[str]
     seconds: float = 0.0
     features: np.ndarray | None = None
+    feature_indices: np.ndarray | None = None
 
     @property
     def n(self) -> int:
