@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Runs and jobs of a test that names no runs folder go to one of this process's own, never to the user's
+# ~/.tlviz (and never to another test process's, when the suite runs in parallel).
+os.environ["TLVIZ_RUNS_DIR"] = tempfile.mkdtemp(prefix="tlviz-test-runs-")
 
 SAMPLES = ROOT / "sample_models"
 
