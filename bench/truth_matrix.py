@@ -121,15 +121,9 @@ class Family:
 
 
 def _cnn_body(x):
-    from keras import layers
+    from tlviz.samples import conv_body  # the committed sample's architecture
 
-    for i, filters in enumerate((16, 32, 64), start=1):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
-        x = layers.Activation("relu", name=f"block{i}_relu")(x)
-        if i < 3:
-            x = layers.MaxPooling2D(name=f"block{i}_pool")(x)
-    return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return conv_body(x)
 
 
 def _mobilenet_body(x):

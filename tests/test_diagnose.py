@@ -889,6 +889,35 @@ def test_random_mobilenet_base_is_certain_from_its_batchnorm_statistics(small, m
     assert 'weights="imagenet"' in f.fix
 
 
+def test_no_better_than_chance_probes_the_base_without_random_copies_when_nothing_else_needs_them(
+        loaded_base, base_images, monkeypatch):
+    """A never-trained model (every BN initial): pretraining-no-better-than-random decides from the file, so
+    no-better-than-chance's probe runs no fresh random copy (three inference passes saved)."""
+    from tlviz.diagnose import probe
+
+    fresh = summarize(fresh_clone(loaded_base.model, seed=5), metadata=loaded_base.metadata)
+    monkeypatch.setattr(probe, "fresh_clone", lambda *a, **k: pytest.fail("ran a fresh random copy"))
+    report = diagnose(fresh, base_images, "tf", checks=["pretraining-no-better-than-random", "no-better-than-chance"])
+    assert finding(report, "pretraining-no-better-than-random").evidence["initial_statistics"] is True
+    ev = finding(report, "no-better-than-chance").evidence
+    assert ev["probe_images"] == 200 and 0.0 <= ev["probe_accuracy_pretrained"] <= 1.0
+    assert isinstance(ev["features_carry_signal"], bool)
+
+
+def test_the_probe_runs_once_for_both_checks_that_read_it(loaded_base, base_images, monkeypatch):
+    from tlviz.diagnose import context
+
+    calls = []
+    real = context.run_probe
+    monkeypatch.setattr(context, "run_probe", lambda ctx, **k: calls.append(k) or real(ctx, **k))
+    model = random_with_statistics(loaded_base)
+    report = diagnose(model, base_images, "tf", checks=["pretraining-no-better-than-random", "no-better-than-chance"])
+    assert calls == [{}]  # the full probe, once: no-better-than-chance reads the same one
+    if "no-better-than-chance" in ids(report):
+        assert finding(report, "no-better-than-chance").evidence["probe_accuracy_pretrained"] == pytest.approx(
+            finding(report, "pretraining-no-better-than-random").evidence["probe_accuracy_pretrained"])
+
+
 def test_probe_fires_only_when_the_gain_interval_is_below_the_margin(loaded_base, base_images):
     report = diagnose(random_with_statistics(loaded_base), base_images, "tf",
                       checks=["pretraining-no-better-than-random"])

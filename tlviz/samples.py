@@ -57,19 +57,26 @@ def digit_images(seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     return out, d.target.astype(np.int64)
 
 
-def build_base_model(num_classes: int = 5):
-    import keras
+def conv_body(x):
+    """The sample's convolutional base on tensor `x`: three conv / BN / ReLU blocks, up to global pooling
+    (a layer named ``avg_pool``). The planted-fault matrix's small CNN family is built from it too."""
     from keras import layers
 
-    inp = keras.Input((SIZE, SIZE, 3), name="image")
-    x = inp
     for i, filters in enumerate((16, 32, 64), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
         x = layers.BatchNormalization(name=f"block{i}_bn")(x)
         x = layers.Activation("relu", name=f"block{i}_relu")(x)
         if i < 3:
             x = layers.MaxPooling2D(name=f"block{i}_pool")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
+def build_base_model(num_classes: int = 5):
+    import keras
+    from keras import layers
+
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    x = conv_body(inp)
     x = layers.Dropout(0.2, name="dropout")(x)
     out = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inp, out, name="digits_base")

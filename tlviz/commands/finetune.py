@@ -122,17 +122,22 @@ def _original(args, loaded, reporter):
     return original
 
 
+def _echo_epochs(args, reporter, hist: list, seen: int) -> int:
+    """Print the epochs of `hist` after the first `seen` (text mode); return how many are printed now."""
+    while not args.json and seen < len(hist):
+        e = hist[seen]
+        seen += 1
+        reporter.echo(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
+                      f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", file=sys.stdout)
+    return seen
+
+
 def _printer(args, reporter):
     """A progress callback for `run_finetune`: one line per epoch (text mode) and the progress line."""
     seen = [0]
 
     def progress(info):
-        hist = info.get("history") or []
-        while not args.json and seen[0] < len(hist):
-            e = hist[seen[0]]
-            seen[0] += 1
-            reporter.echo(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
-                          f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", file=sys.stdout)
+        seen[0] = _echo_epochs(args, reporter, info.get("history") or [], seen[0])
         if "stage" in info:
             reporter(*_step(info))
 
@@ -157,12 +162,7 @@ def _run_on_ray(args, loaded, images, config, reporter, original=None) -> int:
             if not shown_where and rec.where.get("device", "?") != "?":
                 reporter.echo(f"running on {rec.ran_on}", file=sys.stderr)
                 shown_where = True
-            hist = rec.history.to_dict(orient="records")
-            while not args.json and seen < len(hist):
-                e = hist[seen]
-                seen += 1
-                reporter.echo(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
-                              f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", file=sys.stdout)
+            seen = _echo_epochs(args, reporter, rec.history.to_dict(orient="records"), seen)
         if rec is not None and rec.progress:
             reporter(*_step(rec.progress))
         else:
@@ -171,12 +171,7 @@ def _run_on_ray(args, loaded, images, config, reporter, original=None) -> int:
             break
         time.sleep(0.3)
     rec = load_run(job.run_ids[0], job.root)
-    hist = rec.history.to_dict(orient="records")
-    while not args.json and seen < len(hist):
-        e = hist[seen]
-        seen += 1
-        reporter.echo(f"epoch {e['epoch']:>3}  loss {_fmt(e['loss'])}  acc {_fmt(e['accuracy'])}  "
-                      f"val_loss {_fmt(e['val_loss'])}  val_acc {_fmt(e['val_accuracy'])}", file=sys.stdout)
+    seen = _echo_epochs(args, reporter, rec.history.to_dict(orient="records"), seen)
     reporter(1.0, "Done.")
     reporter.close()
     if rec.state not in ("completed", "diverged", "cancelled") or not rec.metrics:

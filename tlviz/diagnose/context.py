@@ -366,7 +366,14 @@ class DiagnosisContext:
     # pre-training probe --------------------------------------------------------
     @functools.cached_property
     def probe(self) -> Probe:
+        """The probe of the pre-trained features and of fresh random copies (`run_probe`)."""
         return run_probe(self)
+
+    @functools.cached_property
+    def probe_pretrained(self) -> Probe:
+        """The probe of the pre-trained features: the full `probe` when a check already ran it, else without
+        the random copies (their passes are only paid for by a check that compares with them)."""
+        return self.__dict__["probe"] if "probe" in self.__dict__ else run_probe(self, with_random=False)
 
 
 def _at_chance(accuracy: dict, n: int, chance: float) -> str | None:

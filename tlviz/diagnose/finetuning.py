@@ -48,7 +48,7 @@ def check_no_better_than_chance(ctx: DiagnosisContext, check: Check) -> list[Fin
     evidence = {"accuracy_by_preset": ev.accuracy, "most_accurate_preset": top, "interval": [lo, hi],
                 "chance": ev.chance, "n_images": n, "margin": margin}
     try:
-        p = ctx.probe
+        p = ctx.probe_pretrained
     except CheckSkipped as exc:
         p, probe_note = None, f"No probe of the base's features could run: {exc}"
     if p is not None:

@@ -234,11 +234,14 @@ def _tapped_features(ctx: DiagnosisContext, preset: str, sample: np.ndarray) -> 
     return ev.features[pos].astype(np.float64)
 
 
-def run_probe(ctx: DiagnosisContext) -> Probe:
+def run_probe(ctx: DiagnosisContext, with_random: bool = True) -> Probe:
     """Runs the probe on a context's seeded, class-balanced sample.
 
     Args:
         ctx: the `DiagnosisContext` (its `probe_setup` and, when measured, its normalization).
+        with_random: also probe `PROBE_RANDOM_INITS` fresh random copies (one inference pass over the
+            sample each). Defaults to `True`; `False` measures the pre-trained features alone (``random``
+            is NaN and ``gain`` None), which is all ``no-better-than-chance`` reads.
 
     Returns:
         A `Probe`.
@@ -260,6 +263,11 @@ def run_probe(ctx: DiagnosisContext) -> Probe:
     if not np.all(np.isfinite(pre_feats)):
         raise CheckSkipped("The base's features contain NaN or infinite values, so no probe can be trained on them.")
     pre = _loo_correct(pre_feats, labels)
+    n_classes = int(len(np.unique(labels)))
+    majority = chance_level(np.unique(labels, return_inverse=True)[1], n_classes)
+    if not with_random:
+        return Probe(float(pre.mean()), float("nan"), int(len(sample)), n_classes, int(setup["shots"]), name,
+                     int(pre_feats.shape[1]), int(len(sample)), None, majority, int(setup.get("duplicates", 0)))
     rand = []
     for r in range(PROBE_RANDOM_INITS):
         ctx.say(0.4 + 0.3 * r, f"Probe: the same architecture with fresh random weights ({r + 1} of "
@@ -275,7 +283,5 @@ def run_probe(ctx: DiagnosisContext) -> Probe:
         del fresh
     best = max(rand, key=lambda c: float(c.mean()))
     gain = paired_difference(pre, best)
-    n_classes = int(len(np.unique(labels)))
-    majority = chance_level(np.unique(labels, return_inverse=True)[1], n_classes)
     return Probe(float(pre.mean()), float(best.mean()), int(len(sample)), n_classes, int(setup["shots"]), name,
                  int(pre_feats.shape[1]), int(len(sample)), gain, majority, int(setup.get("duplicates", 0)))

@@ -724,22 +724,20 @@ def _after_training(drift_probe, retention_probe, model, report: pd.DataFrame, n
                     cut: Cut | None = None, activations=None) -> tuple[list[dict], dict | None]:
     """The drift and retention measurements' second halves, on the trained model (above the last phase's cut,
     from its cached activations, when it had one)."""
+    def attempt(what: str, measure):
+        try:
+            return measure()
+        except Exception as exc:  # noqa: BLE001 - a measurement that fails leaves the run intact, with a note
+            notes.append(f"{what} could not be measured after training ({type(exc).__name__}: {str(exc)[:160]}).")
+            return None
+
     drift, retention = [], None
     if drift_probe is not None:
-        t = time.monotonic()
-        try:
-            drift = drift_probe.measure(report, cut, activations)
-        except Exception as exc:  # noqa: BLE001
-            notes.append(f"The representation drift could not be measured after training ({type(exc).__name__}: "
-                         f"{str(exc)[:160]}).")
+        drift = attempt("The representation drift", lambda: drift_probe.measure(report, cut, activations)) or []
         seconds["drift"] = round(drift_probe.seconds, 3)
     if retention_probe is not None:
         t = time.monotonic()
-        try:
-            retention = retention_probe.measure(model, report, cut)
-        except Exception as exc:  # noqa: BLE001
-            notes.append(f"Original-task retention could not be measured after training ({type(exc).__name__}: "
-                         f"{str(exc)[:160]}).")
+        retention = attempt("Original-task retention", lambda: retention_probe.measure(model, report, cut))
         seconds["retention"] = round(seconds.get("retention", 0.0) + time.monotonic() - t, 3)
     return drift, retention
 
