@@ -1,13 +1,11 @@
 """Which class order explains a confusion matrix best (the label-order measurement's arithmetic).
 
 - `best_assignment(confusion) -> ndarray`: the class permutation that puts the
-  most images on the diagonal (SciPy's Hungarian solver when installed, an exact
-  search for up to 8 classes and a greedy match beyond otherwise).
+  most images on the diagonal, exact for any number of classes (the Hungarian
+  method with potentials, O(k³), in NumPy: no optional dependency decides the answer).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 
@@ -20,38 +18,70 @@ def best_assignment(confusion: np.ndarray) -> np.ndarray:
 
     Returns:
         ``perm`` with ``perm[t]`` = the predicted column matched to true class
-        ``t`` (``confusion[t, perm[t]]`` summed is maximal). Uses SciPy's
-        ``linear_sum_assignment`` when installed, else an exact search for up to
-        8 classes and a greedy match beyond.
+        ``t`` (``confusion[t, perm[t]]`` summed is maximal). Exact for every ``k``;
+        among equally good permutations, the result is deterministic.
     """
     c = np.asarray(confusion, dtype=np.float64)
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
         raise ValueError(f"Expected a square confusion matrix, got shape {c.shape}.")
-    try:
-        from scipy.optimize import linear_sum_assignment
-    except ImportError:  # scipy is optional (it comes with scikit-learn in the dev extras)
-        return _assignment_fallback(c)
-    rows, cols = linear_sum_assignment(-c)
-    perm = np.empty(len(c), dtype=np.int64)
-    perm[rows] = cols
-    return perm
+    if not np.all(np.isfinite(c)):
+        raise ValueError("The confusion matrix holds NaN or infinite values; pass image counts.")
+    return min_cost_assignment(-c)
 
 
-def _assignment_fallback(c: np.ndarray) -> np.ndarray:
-    """Exact search over permutations for up to 8 classes, greedy beyond (used without SciPy)."""
-    c = np.asarray(c, dtype=np.float64)
-    k = len(c)
-    if k <= 8:
-        perms = np.array(list(itertools.permutations(range(k))), dtype=np.int64)
-        scores = c[np.arange(k)[None, :], perms].sum(axis=1)
-        return perms[int(np.argmax(scores))]
-    perm = np.full(k, -1, dtype=np.int64)
-    work = c.copy()
-    for _ in range(k):
-        t, j = np.unravel_index(int(np.argmax(work)), work.shape)
-        perm[t] = j
-        work[t, :] = -np.inf
-        work[:, j] = -np.inf
+def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
+    """The permutation ``perm`` minimising ``cost[i, perm[i]]`` summed over rows (square, finite `cost`).
+
+    The Hungarian method in its shortest-augmenting-path form: rows are added one at a
+    time; each addition grows a tree of tight edges (reduced cost 0 under the row and
+    column potentials ``u``, ``v``) from the new row until it reaches a free column, then
+    flips the matching along that path. Potentials stay feasible
+    (``cost[i, j] - u[i] - v[j] >= 0``) throughout, which proves the result optimal.
+
+    Args:
+        cost: square ``(k, k)`` array of finite numbers.
+
+    Returns:
+        ``perm``, an ``int64`` array of length ``k``.
+    """
+    a = np.asarray(cost, dtype=np.float64)
+    k = len(a)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    u = np.zeros(k + 1)
+    v = np.zeros(k + 1)
+    # owner[j]: the row (1-based; 0 = none) matched to column j (1-based; column 0 is the tree's root).
+    owner = np.zeros(k + 1, dtype=np.int64)
+    way = np.zeros(k + 1, dtype=np.int64)
+    for row in range(1, k + 1):
+        owner[0] = row
+        j0 = 0
+        slack = np.full(k + 1, np.inf)
+        used = np.zeros(k + 1, dtype=bool)
+        while True:
+            used[j0] = True
+            i0 = owner[j0]
+            free = ~used[1:]
+            reduced = a[i0 - 1] - u[i0] - v[1:]
+            better = free & (reduced < slack[1:])
+            slack[1:][better] = reduced[better]
+            way[1:][better] = j0
+            candidates = np.where(free, slack[1:], np.inf)
+            j1 = int(np.argmin(candidates)) + 1
+            delta = candidates[j1 - 1]
+            tree = np.flatnonzero(used)
+            u[owner[tree]] += delta
+            v[tree] -= delta
+            slack[1:][free] -= delta
+            j0 = j1
+            if owner[j0] == 0:
+                break
+        while j0:  # flip the matching along the augmenting path
+            j1 = way[j0]
+            owner[j0] = owner[j1]
+            j0 = j1
+    perm = np.empty(k, dtype=np.int64)
+    perm[owner[1:] - 1] = np.arange(k)
     return perm
 
 
@@ -60,4 +90,3 @@ def _confusion(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
     ok = (labels >= 0) & (labels < k) & (preds >= 0) & (preds < k)
     np.add.at(c, (labels[ok], preds[ok]), 1)
     return c
-
