@@ -53,7 +53,10 @@ from PIL import Image  # noqa: E402
 from tlviz import normalize  # noqa: E402
 from tlviz.imagesets import open_source  # noqa: E402
 from tlviz.models import load_model, summarize  # noqa: E402
-from tlviz.presets import PRESETS, apply_preset  # noqa: E402
+from tlviz.presets import applicable_presets, apply_preset  # noqa: E402
+
+#: The presets tlviz compares by default (``teachable`` only for Teachable Machine models).
+PRESETS = applicable_presets(3)
 
 WARMUP_IMAGES = 160  # more than one batch, so the partial-batch trace is warmed up too
 
@@ -111,15 +114,11 @@ def _pretend_trained_with(loaded, folder: Path, preset: str) -> None:
 
 # -- the three ways -------------------------------------------------------------------
 
-def _tf_preset(preset: str):
-    from keras.applications import imagenet_utils
+def _preset_map(preset: str):
+    """The preset as a ``tf.data`` map over ``(images, labels)``: tlviz's own `apply_preset` on tensors."""
 
     def fn(x, y):
-        if preset == "raw":
-            return x, y
-        if preset == "unit":
-            return x / 255.0, y
-        return imagenet_utils.preprocess_input(x, mode=preset), y
+        return apply_preset(x, preset), y
 
     return fn
 
@@ -134,7 +133,7 @@ def baseline(model, folder: Path, size) -> tuple[float, dict]:
     for preset in PRESETS:
         ds = keras.utils.image_dataset_from_directory(folder, image_size=size, batch_size=32, shuffle=False,
                                                       label_mode="int", verbose=False)
-        ds = ds.map(_tf_preset(preset), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(_preset_map(preset), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         acc[preset] = float(model.evaluate(ds, verbose=0, return_dict=True)["accuracy"])
     return time.perf_counter() - t0, acc
 

@@ -474,15 +474,6 @@ def test_suggest_lr_gives_nothing_for_a_flat_curve():
     assert suggest_lr(flat)[0] is None
 
 
-@pytest.mark.parametrize("preset", ["raw", "unit", "tf", "torch", "caffe"])
-def test_tf_preset_matches_numpy_preset(preset):
-    from tlviz.finetune.run import tf_preset
-    from tlviz.presets import apply_preset
-
-    x = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
-    np.testing.assert_allclose(np.asarray(tf_preset(x, preset)), apply_preset(x, preset), rtol=1e-6, atol=1e-5)
-
-
 # -- recorded call arguments (issue 13): a run keeps a base called with training=False in inference mode -------
 
 def _guide_loaded(pin: bool = True):

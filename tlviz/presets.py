@@ -80,41 +80,55 @@ def preset_resize(preset, default: str = "bilinear") -> str:
     return PRESET_RESIZE.get(preset, default) if isinstance(preset, str) else default
 
 
-def apply_preset(images: np.ndarray, preset: str | CustomPreset) -> np.ndarray:
-    """Normalize a batch of ``uint8`` images.
+def apply_preset(images, preset: str | CustomPreset):
+    """Normalize a batch of ``uint8`` images: the one implementation, for NumPy arrays and tensors alike.
+
+    The same arithmetic serves every caller: the measurements (NumPy batches) and the
+    fine-tuning pipeline (TensorFlow tensors inside ``tf.data``), so a preset cannot mean one
+    thing on one page and another in a run.
 
     Args:
-        images: array of shape ``(N, H, W, C)`` (or a single ``(H, W, C)``
-            image), ``uint8`` RGB.
+        images: ``uint8`` RGB of shape ``(N, H, W, C)`` (or one ``(H, W, C)`` image): a NumPy
+            array (or anything `np.asarray` takes), or a TensorFlow tensor.
         preset: one of `PRESETS` or a `CustomPreset`.
 
     Returns:
-        A new ``float32`` array of the same shape. The input is never modified.
+        A new ``float32`` array of the same shape (a ``float32`` tensor for a tensor input).
+        The input is never modified.
     """
-    x = np.asarray(images)
+    x = _as_float32(images)
     if isinstance(preset, CustomPreset):
-        out = x.astype(np.float32) * np.float32(preset.scale)
         mean = np.asarray(preset.mean, dtype=np.float32)
         std = np.asarray(preset.std, dtype=np.float32)
         if np.any(std == 0):
             raise ValueError("Custom preset: `std` must not contain 0. Use 1 to leave a channel unscaled.")
-        return (out - mean) / std
+        return (x * np.float32(preset.scale) - mean) / std
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Use one of: {', '.join(PRESETS)}.")
     preset = PIXEL_PRESET.get(preset, preset)
     if preset == "raw":
-        return x.astype(np.float32)
+        return x
     if preset == "unit":
-        return x.astype(np.float32) / np.float32(255.0)
-    if preset in ("torch", "caffe") and x.shape[-1] != 3:
+        return x / np.float32(255.0)
+    channels = x.shape[-1]
+    if preset in ("torch", "caffe") and channels is not None and channels != 3:
         raise ValueError(
-            f"Preset {preset!r} needs 3-channel RGB images; these have {x.shape[-1]}. "
-            f"Use one of: {', '.join(applicable_presets(x.shape[-1]))}."
+            f"Preset {preset!r} needs 3-channel RGB images; these have {channels}. "
+            f"Use one of: {', '.join(applicable_presets(int(channels)))}."
         )
     from keras.applications import imagenet_utils
 
-    out = x.astype(np.float32)  # preprocess_input works in place on float input
-    return imagenet_utils.preprocess_input(out, data_format="channels_last", mode=preset)
+    # preprocess_input works in place on a float NumPy array: `x` is a fresh copy.
+    return imagenet_utils.preprocess_input(x, data_format="channels_last", mode=preset)
+
+
+def _as_float32(images):
+    """A fresh ``float32`` copy: a NumPy array for array-likes, a tensor for a TensorFlow tensor."""
+    if not type(images).__module__.startswith("tensorflow"):
+        return np.asarray(images).astype(np.float32)
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32)
 
 
 def preset_snippet(preset: str | CustomPreset, size: tuple[int, int], resize: str = "bilinear",

@@ -271,22 +271,6 @@ def _optimizer(config: RunConfig, lr: float):
     return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, weight_decay=wd)
 
 
-def tf_preset(x, preset: str):
-    """`tlviz.presets.apply_preset` as TensorFlow ops (for a ``tf.data`` pipeline on ``uint8`` batches)."""
-    import tensorflow as tf
-
-    x = tf.cast(x, tf.float32)
-    if preset == "raw":
-        return x
-    if preset == "unit":
-        return x / 255.0
-    if preset == "tf":
-        return x / 127.5 - 1.0
-    from keras.applications import imagenet_utils
-
-    return imagenet_utils.preprocess_input(x, data_format="channels_last", mode=preset)
-
-
 def _dataset(x, y, idx, batch_size, seed=None, augment=False, preset=None):
     """Batches of ``(x[idx], y[idx])``: shuffled with `seed` (None: in order), normalized with `preset`, augmented.
 
@@ -316,7 +300,7 @@ def _dataset(x, y, idx, batch_size, seed=None, augment=False, preset=None):
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if preset is not None:
-        ds = ds.map(lambda a, b: (tf_preset(a, preset), b), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda a, b: (apply_preset(a, preset), b), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         import keras
 
