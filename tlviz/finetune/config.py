@@ -113,6 +113,12 @@ class RunConfig:
         if self.bn not in BN_MODES:
             raise RunRefused(f"Unknown BatchNormalization mode {self.bn!r}. Use 'frozen' (inference mode, "
                              "recommended) or 'train'.")
+        if not isinstance(self.preset, str):
+            raise RunRefused(
+                f"Fine-tuning runs take a named preset, not {getattr(self.preset, 'name', repr(self.preset))}: "
+                f"a run stores its preset by name. Use the named preset with the same arithmetic (one of: "
+                f"{', '.join(PRESETS)}), or put your normalization inside the model as a `Rescaling` layer "
+                "(scale and offset per channel) and fine-tune that model with `raw`.")
         if self.preset not in PRESETS:
             raise RunRefused(f"Unknown preset {self.preset!r}. Use one of: {', '.join(PRESETS)}.")
         _float(self, "momentum", 0.0, 1.0, hi_open=True)
