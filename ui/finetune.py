@@ -201,6 +201,8 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
 
     Every run of the job reports the original task's retention when that image set is loaded (`original_task`).
     """
+    if st.session_state.get("ft_job"):
+        return  # a second click (a double-click on Start) while this session follows a job: nothing runs twice
     configs = configs or [config]
     try:
         if kind == "lrfind":
@@ -315,13 +317,14 @@ def original_task(loaded) -> None:
         else:
             up = st.file_uploader("Zip of class folders", type=["zip"], key="ft_original_upload")
             if up is not None and st.session_state.get("_ft_original_upload_id") != up.file_id:
-                st.session_state["_ft_original_upload_id"] = up.file_id
                 data = up.getvalue()
                 try:
                     _use_original(loaded, ImageSource.from_zip(data, up.name),
                                   "zip:" + hashlib.sha256(data).hexdigest())
                 except ImageSetRefused as exc:
                     _original_refused(str(exc))
+                # Marked handled only once used or refused: an interrupting rerun tries it again.
+                st.session_state["_ft_original_upload_id"] = up.file_id
         if st.session_state.get("ft_original_error"):
             st.error(st.session_state["ft_original_error"], icon=":material/block:")
         chosen = current_original(loaded)

@@ -13,7 +13,7 @@ from tlviz.models import max_model_bytes
 from tlviz.samples import SAMPLE_IMAGE_SETS, SAMPLE_MODELS, sample_path
 from ui import cache
 from ui.history import history_picker
-from ui.state import HISTORY_KIND, current, model_history, set_image_source, set_model
+from ui.state import HISTORY_KIND, current, ensure_images, model_history, set_image_source, set_model
 
 #: File types the model uploader takes: the loadable ones, and the ones that get a specific answer.
 MODEL_UPLOAD_TYPES = ["keras", "h5", "hdf5", "zip", "pb", "json", "tflite", "pt", "pth", "onnx"]
@@ -51,6 +51,7 @@ def sidebar() -> None:
     with st.sidebar:
         _model_picker()
         _images_picker()
+        ensure_images()  # an image set whose decoding a rerun interrupted is decoded now
         st.divider()
         _summary()
 
@@ -78,11 +79,13 @@ def _model_picker() -> None:
                                    "named with the command that converts them, where one exists.")
         _upload_limit_note()
         if up is not None and st.session_state.get("_model_upload_id") != up.file_id:
-            st.session_state["_model_upload_id"] = up.file_id
+            # Marked handled only once loaded (or refused, with its message): a rerun that interrupts the
+            # load (the next click, within a second of choosing the file) finds it unhandled and loads it.
             try:
                 set_model(cache.load_model_bytes(up.getvalue(), up.name))
             except ModelRefused as exc:
                 st.session_state["model_error"] = str(exc)
+            st.session_state["_model_upload_id"] = up.file_id
     if st.session_state.get("model_error"):
         st.error(st.session_state["model_error"], icon=":material/block:")
         if st.session_state.get("model") is not None:
@@ -104,13 +107,13 @@ def _images_picker() -> None:
     elif ikind == "Upload .zip":
         up = st.file_uploader(f"Zip of class folders (up to {_upload_mb()} MB)", type=["zip"], key="images_upload")
         if up is not None and st.session_state.get("_images_upload_id") != up.file_id:
-            st.session_state["_images_upload_id"] = up.file_id
             data = up.getvalue()
             try:
                 src = ImageSource.from_zip(data, up.name)
                 set_image_source(src, "zip:" + hashlib.sha256(data).hexdigest())
             except ImageSetRefused as exc:
                 st.session_state["images_error"] = str(exc)
+            st.session_state["_images_upload_id"] = up.file_id  # handled: see the model upload
     else:
         roots = server_folder_roots()
         folder = st.text_input("Folder on the server", key="images_folder",

@@ -5,7 +5,9 @@ Session-state keys (initialised by `init_state`, at the top of the router):
 - ``model``: the current `tlviz.models.LoadedModel` (never trained in place).
 - ``image_source``: the `tlviz.imagesets.ImageSource` of the current image set;
   ``image_source_key`` its key (``"sample:…"``, ``"zip:<sha256>"``, ``"folder:<path>"``).
-- ``images``: the current `tlviz.imagesets.ImageSet` at the model's input size, or None.
+- ``images``: the current `tlviz.imagesets.ImageSet` at the model's input size, or None;
+  ``images_for`` the ``(image_source_key, model key)`` it was decoded (or refused) for, set only once
+  the decoding finished (see `ensure_images`).
 - ``model_error`` / ``images_error``: the last refusal message, shown until the next success.
 - ``best_preset``: the best preset found on the Normalization page (None until run).
 - ``inference_preset``: the preset the user says their inference code uses (default ``unit``).
@@ -118,17 +120,39 @@ def set_image_source(source: ImageSource, key: str) -> None:
     _reload_images()
 
 
-def _reload_images() -> None:
-    source = st.session_state.get("image_source")
-    loaded = st.session_state.get("model")
+def _images_target() -> tuple[str, str] | None:
+    """What ``images`` must be decoded for: ``(image_source_key, model key)``; None without both."""
+    source, loaded = st.session_state.get("image_source"), st.session_state.get("model")
     if source is None or loaded is None:
+        return None
+    return st.session_state["image_source_key"], cache.model_key(loaded)
+
+
+def _reload_images() -> None:
+    target = _images_target()
+    if target is None:
         return
     try:
         with st.spinner("Decoding images…"):
-            st.session_state["images"] = cache.decode_images(st.session_state["image_source_key"], loaded, source)
+            images = cache.decode_images(target[0], st.session_state["model"], st.session_state["image_source"])
+        st.session_state["images"] = images
         st.session_state["images_error"] = None
     except ImageSetRefused as exc:
         st.session_state["images_error"] = str(exc)
+    # Recorded only now, after the decoding finished or was refused: a rerun that interrupts it
+    # (a click while "Decoding images…" shows) leaves the record behind, and `ensure_images` redoes it.
+    st.session_state["images_for"] = target
+
+
+def ensure_images() -> None:
+    """Decode the image set for the current model and source unless that was done (or refused) already.
+
+    Called on every run of the router: the current model, the image source and ``images`` never
+    disagree for longer than one run, whatever rerun interrupted the work that changed them.
+    """
+    target = _images_target()
+    if target is not None and st.session_state.get("images_for") != target:
+        _reload_images()
 
 
 def current() -> tuple[LoadedModel | None, ImageSet | None]:
