@@ -1051,3 +1051,115 @@ def test_label_order_needs_intervals_that_clear_the_thresholds(loaded_base, base
     assert "label-order-mismatch" not in ids(report)
     reason = {s.id: s.reason for s in report.skipped}["label-order-mismatch"]
     assert "Too few images to decide" in reason and f"on {len(few)} images" in reason
+
+
+# -- the user's own pipeline is always judged (issue 22) ------------------------------------------
+
+#: The checks that speak about the preset (a restricted diagnosis: about a second per model).
+PRESET_CHECKS = ["normalization-mismatch", "inference-preset-fails", "prediction-collapse", "no-better-than-chance"]
+
+
+def fooled_fingerprint(loaded, images, toward: str):
+    """A copy of the sample (trained on `tf`) that computes exactly the same function, but whose first
+    BatchNormalization layer stores the statistics of its input under `toward` (gamma and beta compensate):
+    the label-free fingerprint then prefers `toward`, while accuracy still favours `tf`."""
+    from tlviz.presets import apply_preset
+
+    fooled = copy_of(loaded)
+    model = fooled.model
+    bn = model.get_layer("block1_bn")
+    conv = keras.Model(model.inputs[0], model.get_layer("block1_conv").output)
+    acts = conv.predict(apply_preset(images.images, toward), verbose=0).astype(np.float64)
+    acts = acts.reshape(-1, acts.shape[-1])
+    mean2, var2 = acts.mean(axis=0), acts.var(axis=0)
+    mean, var = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in (bn.moving_mean, bn.moving_variance))
+    gamma, beta = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in (bn.gamma, bn.beta))
+    s, s2 = np.sqrt(var + bn.epsilon), np.sqrt(var2 + bn.epsilon)
+    bn.moving_mean.assign(mean2.astype(np.float32))
+    bn.moving_variance.assign(var2.astype(np.float32))
+    bn.gamma.assign((gamma * s2 / s).astype(np.float32))
+    bn.beta.assign((beta + gamma * (mean2 - mean) / s).astype(np.float32))
+    x = apply_preset(images.images[:64], "tf")
+    assert np.allclose(model.predict(x, verbose=0), loaded.model.predict(x, verbose=0), atol=1e-4)
+    return fooled
+
+
+@pytest.fixture(scope="module")
+def fooled_raw(loaded_base, base_images) -> DiagnosisReport:
+    """The user runs `raw`, the fingerprint prefers `raw`, accuracy favours `tf`/`torch` (98-100 %)."""
+    return diagnose(fooled_fingerprint(loaded_base, base_images, "raw"), base_images, "raw", checks=PRESET_CHECKS)
+
+
+def test_wrong_user_preset_is_an_error_when_the_fingerprint_disagrees_with_accuracy(fooled_raw):
+    """(a) Under the user's `raw` the model guesses; accuracy says another preset, the fingerprint says `raw`:
+    normalization-mismatch cannot recommend a preset, but the user's pipeline is still judged, as an error."""
+    r = fooled_raw
+    assert "normalization-mismatch" not in ids(r) and "evidence conflicts" in skipped(r)["normalization-mismatch"]
+    f = finding(r, "inference-preset-fails")
+    assert (f.severity, f.area) == ("error", "inference") and r.exit_code == 1
+    ev = f.evidence
+    assert ev["inference_preset"] == "raw" and ev["at_chance"] is True and ev["n_images"] == r.n_images
+    lo, hi = ev["accuracy_interval"]
+    assert lo <= ev["accuracy_inference"] <= hi < ev["chance"] + 0.10  # the whole interval within the margin
+    assert ev["most_accurate_preset"] in ("tf", "torch") and ev["accuracy_by_preset"][ev["most_accurate_preset"]] > 0.95
+    assert ev["fingerprint_order"][0] == "raw"
+    assert f"`{ev['most_accurate_preset']}` scores" in f.title and "fingerprint prefers `raw`" in f.title
+    assert "recommends none" in f.fix and "95 % interval" in f.fix
+    # The model checks still judge it under the preset it scores best with: no collapse there, nothing at chance.
+    assert not {"prediction-collapse", "no-better-than-chance"} & ids(r)
+
+
+def test_right_user_preset_gets_no_pipeline_error(loaded_base, base_images, fooled_raw):
+    """(b) The same model (same function, same misleading statistics) under the preset it was trained with."""
+    right = diagnose(fooled_fingerprint(loaded_base, base_images, "raw"), base_images, "tf", checks=PRESET_CHECKS)
+    assert "inference-preset-fails" in right.checks_run and not right.has_errors
+    assert [f for f in fooled_raw.for_preset("tf").findings if f.severity == "error"] == []
+    assert "inference-preset-fails" in ids(right.for_preset("raw"))  # re-judged without running the model
+
+
+def test_report_names_the_conflicting_evidence(fooled_raw):
+    """(c) Markdown and JSON both say which evidence conflicts, and no longer claim an expected preset."""
+    md = fooled_raw.to_markdown()
+    assert "- The evidence on the expected preset conflicts: `" in md and "prefers `raw`" in md
+    assert "the model expects" not in md.split("## ")[0]
+    whole = fooled_raw.to_dict()
+    assert whole["preset_conflicts"] and "fingerprint prefers `raw`" in whole["preset_conflicts"][0]
+    (f,) = [x for x in json.loads(json.dumps(fooled_raw.to_json()))["findings"] if x["id"] == "inference-preset-fails"]
+    assert f["evidence"]["conflicts"] == whole["preset_conflicts"]
+    assert f["evidence"]["fingerprint_distance"]["raw"] < f["evidence"]["fingerprint_distance"]["tf"]
+
+
+def test_a_firing_normalization_mismatch_lists_the_conflict_and_keeps_the_one_finding(loaded_base, base_images):
+    """Fingerprint toward `unit`, the user on `raw`: normalization-mismatch still names `tf` (the fingerprint does
+    not prefer the user's preset), says that the fingerprint prefers `unit`, and the pipeline check leaves the
+    finding to it."""
+    r = diagnose(fooled_fingerprint(loaded_base, base_images, "unit"), base_images, "raw", checks=PRESET_CHECKS)
+    f = finding(r, "normalization-mismatch")
+    assert f.evidence["expected_preset"] == "tf" and "prefers `unit`" in f.evidence["conflicts"][0]
+    assert "evidence on the expected preset conflicts" in f.fix
+    assert "inference-preset-fails" not in ids(r)
+    assert skipped(r)["inference-preset-fails"].startswith("normalization-mismatch reports your `raw`")
+
+
+def test_user_preset_collapsed_by_broken_statistics_is_an_error_whatever_scores_better(loaded_base, base_images):
+    """The user runs the preset the model was trained with, but BatchNormalization statistics further up are off:
+    every image gets one class under `tf`, while `caffe` happens to score higher. bn-statistics-mismatch (a
+    warning) names the cause; the user's collapsed pipeline is an error."""
+    broken = copy_of(loaded_base)
+    for name in ("block2_bn", "block3_bn"):
+        bn = broken.model.get_layer(name)
+        std = np.sqrt(np.array(bn.moving_variance))
+        bn.moving_mean.assign(np.array(bn.moving_mean) + 3.0 * std)
+        bn.moving_variance.assign(np.array(bn.moving_variance) * 16.0)
+    r = diagnose(broken, base_images, "tf", checks=PRESET_CHECKS)
+    f = finding(r, "inference-preset-fails")
+    assert f.evidence["collapsed"] is True and f.evidence["predicted_share"] >= 0.9
+    assert f.evidence["most_accurate_preset"] != "tf" and "fingerprint prefers `tf`" in f.title
+    assert "normalization-mismatch" not in ids(r) and "prediction-collapse" not in ids(r)
+
+
+def test_pipeline_check_defers_to_the_checks_that_already_judge_the_users_preset(sample_unit, dead_head_report, clean):
+    assert "normalization-mismatch" in ids(sample_unit) and "inference-preset-fails" not in ids(sample_unit)
+    assert "no-better-than-chance" in ids(dead_head_report)
+    assert "no-better-than-chance reports it" in skipped(dead_head_report)["inference-preset-fails"]
+    assert "inference-preset-fails" in clean.checks_run and "inference-preset-fails" not in ids(clean)

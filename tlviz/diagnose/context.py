@@ -99,6 +99,51 @@ class PresetEvidence:
     at_chance: str | None = None
     bn_initial: int = 0
 
+    @property
+    def fingerprint_distances(self) -> dict | None:
+        """``{preset: distance}`` of the label-free fingerprint, or None when it could not run."""
+        fp = None if self.report is None else self.report.fingerprint
+        if fp is None or fp.ranking is None:
+            return None
+        return {str(p): float(d) for p, d in zip(fp.ranking["preset"], fp.ranking["distance"])}
+
+    @property
+    def most_accurate(self) -> str | None:
+        """The named preset with the highest accuracy on these images (None without labels), whether or not
+        it is `best` (no preset is best when none is clearly above chance)."""
+        if not self.accuracy:
+            return None
+        if self.best is not None and self.best_by == "accuracy":
+            return self.best
+        return max(self.accuracy, key=self.accuracy.get)
+
+    def conflicts(self) -> list[str]:
+        """The evidence on the preset the model expects that disagrees, one sentence each (empty when none does).
+
+        Two measurements name the preset: accuracy on the labelled images, and the label-free fingerprint
+        (which preset reproduces the statistics the first BatchNormalization layer stored in training). They
+        conflict when the fingerprint decisively prefers (normalization-mismatch's ``fingerprint_margin`` and
+        ``fingerprint_ratio``) another preset than the most accurate one. Accuracy per preset also says
+        nothing about the training preprocessing when every BatchNormalization layer still holds its initial
+        statistics.
+        """
+        out = []
+        if self.bn_initial:
+            out.append(f"every BatchNormalization layer ({self.bn_initial}) still holds its initial statistics (mean "
+                       "0, variance 1), so accuracy per preset measures how inputs of each scale pass through "
+                       "layers that normalize nothing, not how the model was trained")
+        top, dist = self.most_accurate, self.fingerprint_distances
+        fp = self.report.fingerprint if self.report is not None else None
+        if top is None or dist is None or fp.best is None or fp.best == top or top not in dist:
+            return out
+        d_fp, d_top = dist[fp.best], dist[top]
+        if (d_top - d_fp >= _threshold("normalization-mismatch", "fingerprint_margin")
+                and d_top >= _threshold("normalization-mismatch", "fingerprint_ratio") * d_fp):
+            out.append(f"`{top}` scores {self.accuracy[top]:.1%} on these images, but the label-free fingerprint "
+                       f"prefers `{fp.best}` (distance {d_fp:.3g} to the statistics the first BatchNormalization "
+                       f"layer stored in training, against {d_top:.3g} for `{top}`)")
+        return out
+
 
 class DiagnosisContext:
     """Inputs and lazily computed measurements shared by the checks.

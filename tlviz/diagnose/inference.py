@@ -19,7 +19,7 @@ from tlviz.findings import Finding
 from tlviz.imagesets import RESIZE_DESCRIPTIONS
 from tlviz.layers import BN_CLASSES, has_initial_statistics, iter_leaves, random_in_training
 from tlviz.presets import PIXEL_PRESET, preset_snippet
-from tlviz.stats import decide, format_points, paired_difference
+from tlviz.stats import decide, format_interval, format_points, paired_difference, wilson_interval
 
 
 def _decisively_closer(d_a: float, d_b: float, check: Check) -> bool:
@@ -93,17 +93,25 @@ def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) 
                     f"`{preset}`), but the label-free fingerprint says `{preset}` reproduces the statistics the first "
                     "BatchNormalization layer stored in training far better. That happens when the statistics "
                     "further up are off (see bn-statistics-mismatch) or the labels are wrong; no preset is "
-                    "recommended until that is fixed.")
+                    "recommended until that is fixed (inference-preset-fails still judges your preset's own "
+                    "accuracy).")
         right = changed_idx[(preds[best][changed_idx] == ev.labels[changed_idx])]
         evidence = {"inference_preset": preset, "expected_preset": best, "accuracy_expected": a_best,
                     "accuracy_inference": a_inf, "accuracy_by_preset": ev.accuracy,
                     "drop": d.difference, "drop_interval": [d.low, d.high],
                     "changed_predictions": int(len(changed_idx)), "n_images": len(ev.files),
                     "fingerprint_order": fp.order, "example_files": [ev.files[i] for i in right[:EXAMPLES]]}
+        conflicts = ev.conflicts()
+        if conflicts:
+            evidence["conflicts"] = conflicts
         title = (f"Your inference preset `{preset}` scores {a_inf:.1%}; the model expects `{best}` ({a_best:.1%})")
         lead = (f"Preparing images with `{preset}` changes {len(changed_idx)} of {len(ev.files)} predictions and "
                 f"costs {a_best - a_inf:.1%} accuracy (95 % interval {format_points(d.low, d.high)} on "
                 f"{d.n} images).")
+        if conflicts:
+            lead += (" The evidence on the expected preset conflicts: " + "; ".join(conflicts) + ". `" + best
+                     + "` is named for its accuracy on your labelled images; check the labels and the "
+                     "BatchNormalization statistics (bn-statistics-mismatch) before relying on it.")
     else:
         dist = dict(zip(fp.ranking["preset"], fp.ranking["distance"]))
         d_best, d_inf = float(dist[best]), float(dist.get(preset, np.inf))
@@ -121,6 +129,137 @@ def judge_normalization_mismatch(ev: PresetEvidence, preset: str, check: Check) 
                 f"{len(ev.files)} predictions change.")
     return [check.finding(title, evidence,
                           f"{lead} Prepare images with `{best}` at inference:\n```python\n{snippet}\n```")]
+
+
+def _describe_pipeline(ev: PresetEvidence, preset: str, check: Check) -> dict:
+    """How the model does under `preset` on the labelled images: accuracy against chance, and its top class.
+
+    Returns:
+        ``{"accuracy", "interval", "chance", "n", "top", "top_name", "share", "label_share", "excess",
+        "at_chance", "collapsed"}``; ``at_chance`` / ``collapsed`` are True, False or None (the 95 %
+        intervals cannot decide).
+    """
+    labels = np.asarray(ev.labels, dtype=np.int64)
+    preds = np.asarray(ev.report.predictions[preset], dtype=np.int64)
+    n = len(labels)
+    k = max(int(preds.max(initial=0)), int(labels.max(initial=0))) + 1
+    names = list(getattr(ev.report, "output_names", None) or [])
+    k = max(k, len(names))
+    correct = int(np.sum(preds == labels))
+    lo, hi = wilson_interval(correct, n)
+    level = ev.chance + check.threshold("margin")
+    # At chance: the whole interval within `margin` of chance (no-better-than-chance's rule for one preset).
+    at_chance = None if correct / n < level else False
+    if hi < level:
+        at_chance = True
+    counts = np.bincount(preds, minlength=k)
+    top = int(counts.argmax())
+    d = paired_difference(preds == top, labels == top)
+    looks = d.accuracy_a >= check.threshold("share") and d.difference >= check.threshold("excess")
+    collapsed = decide(d.low, d.high, check.threshold("excess")) if looks else False
+    return {"accuracy": correct / n, "interval": (lo, hi), "chance": ev.chance, "n": n, "top": top,
+            "top_name": names[top] if top < len(names) else str(top), "share": d.accuracy_a,
+            "label_share": d.accuracy_b, "excess": d, "at_chance": at_chance, "collapsed": collapsed,
+            "histogram": {(names[c] if c < len(names) else str(c)): int(counts[c]) for c in np.argsort(-counts)
+                          if counts[c]}}
+
+
+def judge_inference_preset_fails(ev: PresetEvidence, preset: str, check: Check) -> list[Finding]:
+    """``inference-preset-fails``: under the user's own preset the model guesses or gives one class to nearly
+    every image, whatever the other presets score (pure).
+
+    The checks about the model (prediction-collapse, bn-statistics-mismatch, the probes) judge it under the
+    preset it scores best with; this one judges the pipeline the user runs. It leaves the finding to
+    normalization-mismatch when that names a preset that works for these images, and to no-better-than-chance
+    when no preset is better than chance, so that one problem gives one finding; when the evidence on the
+    expected preset conflicts (normalization-mismatch is skipped), or a fault other than the preprocessing
+    breaks the user's preset, it is the finding that says the pipeline fails, and which evidence conflicts.
+    """
+    if not ev.weights_finite:
+        raise CheckSkipped("The model holds NaN or infinite weights (see weights-not-finite), so its outputs "
+                           "mean nothing until that is fixed.")
+    if ev.report is None or ev.labels is None or ev.accuracy is None:
+        raise CheckSkipped(f"Accuracy under your preset cannot be measured ({ev.label_note or 'no labels'}), so "
+                           "whether your pipeline guesses cannot be told.")
+    if preset not in ev.report.predictions:
+        raise CheckSkipped(f"`{preset}` was not compared in this diagnosis. Run it again with `{preset}` as the "
+                           "inference preset.")
+    if len(np.unique(ev.labels)) < 2:
+        raise CheckSkipped("Only one class is present in the image set, so a model that answers one class "
+                           "cannot be told from one that is right.")
+    p = _describe_pipeline(ev, preset, check)
+    lo, hi = p["interval"]
+    d = p["excess"]
+    broken = p["at_chance"] is True or p["collapsed"] is True
+    if not broken:
+        if p["at_chance"] is None or p["collapsed"] is None:
+            raise CheckSkipped(
+                f"Too few images to decide whether your pipeline works: under your `{preset}` the model scores "
+                f"{p['accuracy']:.1%} on {p['n']} images (95 % interval {format_interval(lo, hi)}, chance "
+                f"{p['chance']:.1%}) and gives '{p['top_name']}' to {p['share']:.1%} of them (excess over the labels "
+                f"{format_points(d.low, d.high)}); the intervals reach both sides of the thresholds. Add images "
+                "to decide.")
+        return []
+    if ev.at_chance:
+        raise CheckSkipped("No preset makes the model better than chance, yours included: no-better-than-chance "
+                           "reports it, and says whether the head or the base fails.")
+    if preset == ev.best and p["at_chance"] is not True:
+        raise CheckSkipped(f"Your `{preset}` is also the preset the model scores best with, so prediction-collapse, "
+                           "which judges the model under that preset, reports the class that absorbs the others.")
+    from tlviz.diagnose.registry import CHECKS  # the registry imports this module
+
+    try:
+        mismatch = judge_normalization_mismatch(
+            ev, preset, next(c for c in CHECKS if c.judge is judge_normalization_mismatch))
+    except CheckSkipped:
+        mismatch = []
+    if mismatch:
+        raise CheckSkipped(f"normalization-mismatch reports your `{preset}` and names the preset that works for "
+                           f"these images: {mismatch[0].title}.")
+    conflicts = ev.conflicts()
+    top_acc = ev.most_accurate
+    if p["at_chance"] and p["collapsed"]:
+        what = (f"gives '{p['top_name']}' to {p['share']:.0%} of the images and scores {p['accuracy']:.1%}, "
+                f"no better than chance ({p['chance']:.1%})")
+    elif p["at_chance"]:
+        what = f"scores {p['accuracy']:.1%}, no better than chance ({p['chance']:.1%})"
+    else:
+        what = f"gives '{p['top_name']}' to {p['share']:.0%} of the images, which hold {p['label_share']:.0%} of that class"
+    others = ""
+    if top_acc is not None and top_acc != preset:
+        others = f"`{top_acc}` scores {ev.accuracy[top_acc]:.1%}"
+        fp = ev.report.fingerprint
+        if fp.best is not None and fp.best != top_acc:
+            others += f" but the fingerprint prefers `{fp.best}`"
+    title = f"Under your inference preset `{preset}` the model {what}" + (f"; {others}" if others else "")
+    evidence = {"inference_preset": preset, "accuracy_inference": p["accuracy"], "accuracy_interval": [lo, hi],
+                "chance": p["chance"], "n_images": p["n"], "at_chance": bool(p["at_chance"]),
+                "predicted_class": p["top_name"], "predicted_share": p["share"], "label_share": p["label_share"],
+                "excess_interval": [d.low, d.high], "collapsed": bool(p["collapsed"]),
+                "prediction_histogram": p["histogram"], "accuracy_by_preset": ev.accuracy,
+                "most_accurate_preset": top_acc, "fingerprint_order": ev.report.fingerprint.order,
+                "fingerprint_distance": ev.fingerprint_distances, "conflicts": conflicts}
+    lead = (f"Whatever the other presets do, the images your code prepares with `{preset}` get this: on "
+            f"{p['n']} images the model scores {p['accuracy']:.1%} (95 % interval {format_interval(lo, hi)}; "
+            f"always answering the most common class scores {p['chance']:.1%}) and predicts '{p['top_name']}' for "
+            f"{p['share']:.1%} of them (the labels hold {p['label_share']:.1%}; excess "
+            f"{format_points(d.low, d.high)}).")
+    if conflicts:
+        why = (" The evidence on which preset the model expects conflicts, so tlviz recommends none: "
+               + "; ".join(conflicts) + ". Measurements disagree like this when BatchNormalization statistics "
+               "further up are off (bn-statistics-mismatch), when the stored statistics were not made with the "
+               "images the model was trained on, or when the labels are wrong.")
+    elif top_acc is not None and top_acc != preset:
+        why = (f" `{top_acc}` scores {ev.accuracy[top_acc]:.1%} on the same images, but not clearly enough above "
+               "your preset for normalization-mismatch to name it; the cause may lie elsewhere.")
+    else:
+        why = " No preset does clearly better, so the cause lies in the model rather than the preprocessing."
+    fix = (lead + why + " Find out what your pipeline really feeds the model and what comes out, on images "
+           "prepared exactly as your inference code prepares them:\n```python\nimport numpy as np\n\n"
+           "probs = model.predict(batch)  # batch: your inference code's own preprocessing\n"
+           "print(batch.min(), batch.max(), batch.mean())  # the scale the model receives\n"
+           "print(np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]))  # one class for nearly all?\n```")
+    return [check.finding(title, evidence, fix)]
 
 
 def judge_double_normalization(ev: PresetEvidence, preset: str, check: Check) -> list[Finding]:

@@ -40,6 +40,16 @@ _PRESET_DROP = Threshold(NOTICEABLE_DROP, "A gap of 5 accuracy points between tw
                                           "model tolerates equally well differ; a smaller gap is not taken as "
                                           "evidence either way.")
 
+#: Shared by no-better-than-chance (the model under every preset) and inference-preset-fails (under yours).
+_CHANCE_MARGIN = Threshold(0.10, "A model at most 10 points above always answering the most common class is guessing "
+                                 "for any practical purpose; an interval reaching beyond that means too few images to "
+                                 "call it broken.")
+#: Shared by prediction-collapse (the model under the preset it scores best with) and inference-preset-fails (yours).
+_COLLAPSE_SHARE = Threshold(0.9, "A model that puts 9 images in 10 into one class is not classifying, unless the images "
+                                 "really are that lopsided (hence the comparison with the labels).")
+_COLLAPSE_EXCESS = Threshold(0.2, "Beyond 20 points more than the labels hold, the excess is not a model's preference "
+                                  "among look-alike classes but one class absorbing the others.")
+
 CHECKS: tuple[Check, ...] = (
     Check("weights-not-finite", "error", "pretraining", "NaN or infinite weights",
           "NaN or infinite weights",
@@ -98,6 +108,14 @@ CHECKS: tuple[Check, ...] = (
               "fingerprint_ratio": Threshold(3.0, "... and be 3 times as large, so that a small absolute gap on a "
                                                   "large distance does not count as decisive."),
           }),
+    Check("inference-preset-fails", "error", "inference", "the model under your inference preset",
+          "under the preset your inference code applies, the model is no better than chance (the whole 95 % interval "
+          "within {margin:pts} of it) or gives one class to {share:.0%} or more of the images (the excess over the "
+          "labels' share above {excess:pts}, whole interval), whatever other presets score; names the evidence on "
+          "the expected preset that conflicts (left to normalization-mismatch when it names a preset that works, and "
+          "to no-better-than-chance when no preset does)",
+          judge=inference.judge_inference_preset_fails,
+          thresholds={"margin": _CHANCE_MARGIN, "share": _COLLAPSE_SHARE, "excess": _COLLAPSE_EXCESS}),
     Check("label-order-mismatch", "error", "inference", "the class order",
           "a re-ordering of the classes raises accuracy by {gain:pts} or more, to at least {min_accuracy:.0%} "
           "(the mapping is shown)",
@@ -144,19 +162,15 @@ CHECKS: tuple[Check, ...] = (
           "no preset makes the model clearly better than chance, the 95 % interval of the best staying within "
           "{margin:pts} of it; a probe of the base's features says whether the head or the pre-training is to blame",
           run=finetuning.check_no_better_than_chance,
-          thresholds={"margin": Threshold(0.10, "A model at most 10 points above always answering the most common "
-                                                "class is guessing for any practical purpose; an interval reaching "
-                                                "beyond that means too few images to call it broken.")}),
+          thresholds={"margin": _CHANCE_MARGIN}),
     Check("prediction-collapse", "error", "finetuning", "predictions that ignore the image",
           "the model gives one class to {share:.0%} or more of the images, the whole 95 % interval of that share "
           "minus the class's share of the labels above {excess:pts}; or the features at the head's input barely "
           "change between images (relative spread below {feature_spread:g})",
           run=outputs.check_prediction_collapse,
           thresholds={
-              "share": Threshold(0.9, "A model that puts 9 images in 10 into one class is not classifying, unless the "
-                                      "images really are that lopsided (hence the comparison with the labels)."),
-              "excess": Threshold(0.2, "Beyond 20 points more than the labels hold, the excess is not a model's "
-                                       "preference among look-alike classes but one class absorbing the others."),
+              "share": _COLLAPSE_SHARE,
+              "excess": _COLLAPSE_EXCESS,
               "feature_spread": Threshold(0.01, "Features that differ between images by under 1 % of their size carry "
                                                 "no information about the image: the base passes the same vector for "
                                                 "all of them."),

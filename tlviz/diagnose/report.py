@@ -81,6 +81,11 @@ class DiagnosisReport:
         return None if self.evidence is None else self.evidence.report
 
     @property
+    def preset_conflicts(self) -> list[str]:
+        """The evidence on the expected preset that disagrees (`PresetEvidence.conflicts`), one sentence each."""
+        return [] if self.evidence is None or self.evidence.report is None else self.evidence.conflicts()
+
+    @property
     def counts_by_severity(self) -> dict[str, int]:
         return {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
 
@@ -110,8 +115,8 @@ class DiagnosisReport:
             inference_preset: one of `tlviz.presets.PRESETS` applicable to the images.
 
         Returns:
-            A new `DiagnosisReport`; only the preset-dependent checks
-            (``normalization-mismatch``, ``double-normalization``) change.
+            A new `DiagnosisReport`; only the preset-dependent checks (those with a ``judge``:
+            ``normalization-mismatch``, ``inference-preset-fails``, ``double-normalization``) change.
         """
         _check_preset(inference_preset, self.evidence.channels if self.evidence is not None else None)
         if inference_preset == self.inference_preset:
@@ -155,6 +160,7 @@ class DiagnosisReport:
             "inference_preset": self.inference_preset,
             "expected_preset": self.expected_preset,
             "expected_by": self.expected_by,
+            "preset_conflicts": self.preset_conflicts,
             "summary": self.counts_by_severity,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
@@ -167,13 +173,20 @@ class DiagnosisReport:
                 "Repairs applied" section at the end. Defaults to none.
         """
         c = self.counts_by_severity
+        conflicts = self.preset_conflicts
+        expected = ""
+        if self.expected_preset and conflicts:  # a claim the other evidence contradicts is not made
+            expected = f" (`{self.expected_preset}` scores best on these images, but see the conflict below)"
+        elif self.expected_preset:
+            expected = f" (the model expects `{self.expected_preset}`, by {self.expected_by})"
         lines = [f"# tlviz diagnosis: {self.model_name}", "",
                  f"- Model: `{self.model_file or self.model_name}`",
                  f"- Image set: `{self.images_source}` — {self.n_images} images, {len(self.class_names)} classes",
-                 f"- Inference preset: `{self.inference_preset}`"
-                 + (f" (the model expects `{self.expected_preset}`, by {self.expected_by})" if self.expected_preset
-                    else ""),
-                 f"- Checks run: {len(self.checks_run)}, skipped: {len(self.skipped)}", ""]
+                 f"- Inference preset: `{self.inference_preset}`{expected}",
+                 f"- Checks run: {len(self.checks_run)}, skipped: {len(self.skipped)}"]
+        if conflicts:
+            lines.append("- The evidence on the expected preset conflicts: " + "; ".join(conflicts) + ".")
+        lines.append("")
         if not self.findings:
             lines += ["**No findings.**", ""]
         else:
