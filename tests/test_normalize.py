@@ -490,9 +490,11 @@ def _cli(args, capsys):
 
 def test_cli_json_ranks_tf_first(base_model_path, digits_0_4, capsys):
     rc, out, err = _cli([base_model_path, digits_0_4, "--json"], capsys)
-    assert rc == 0
+    assert rc == 1  # the default inference preset (unit) costs accuracy: an error-level finding
     obj = json.loads(out)
-    assert set(obj) == {"results", "best", "inconclusive", "chance", "fingerprint", "builtin_preprocessing"}
+    assert set(obj) == {"results", "best", "inconclusive", "chance", "fingerprint", "builtin_preprocessing",
+                        "inference_preset", "findings"}
+    assert [(f["id"], f["severity"]) for f in obj["findings"]] == [("preset-mismatch", "error")]
     assert obj["best"] == "tf"
     assert [r["preset"] for r in obj["results"]][0] == "tf"
     assert len(obj["results"]) == len(PRESETS)  # variants are not part of the JSON
@@ -502,7 +504,7 @@ def test_cli_json_ranks_tf_first(base_model_path, digits_0_4, capsys):
 
 def test_cli_text_report_shows_best_setting_and_snippet(base_model_path, digits_0_4, capsys):
     rc, out, _ = _cli([base_model_path, digits_0_4, "--custom-mean", "0.5", "--custom-std", "0.5"], capsys)
-    assert rc == 0
+    assert rc == 1  # the ERROR below
     assert "Best setting: tf (by accuracy)" in out
     assert "x / 127.5 - 1.0" in out
     assert "tf · BGR" in out and "custom(" in out

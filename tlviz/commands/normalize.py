@@ -1,11 +1,17 @@
-"""``python -m tlviz normalize MODEL IMAGES [--json]``: which preprocessing the model expects."""
+"""``python -m tlviz normalize MODEL IMAGES [--json]``: which preprocessing the model expects.
+
+Judges ``--inference-preset`` (what the user's code sends) against it: exit status 1 when a finding is an
+error (``preset-mismatch`` measured on the images, ``double-normalization``), else 0; 2 for refused input.
+``--json`` skips the resize and channel-order variants, so their (warning-level) findings appear in the
+text output only; the exit status is the same either way.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from tlviz.commands import load_inputs
+from tlviz.commands import exit_status, findings_json, load_inputs
 from tlviz.normalize import NormalizationRefused, analyze, custom_preset, normalization_findings
 from tlviz.presets import PRESETS, CustomPreset, applicable_presets
 from tlviz.progress import reporter_for
@@ -17,7 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", help="a .keras or .h5 model file")
     parser.add_argument("images", help="labelled images: a folder with one sub-folder per class, or a .zip of one")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (presets only; resize / channel-order variants are skipped)")
+                        help='print one JSON object: {"results", "best", ..., "findings"} (presets only; resize / '
+                             'channel-order variants are skipped)')
     parser.add_argument("--no-variants", action="store_true",
                         help="skip the resize-method and channel-order variants")
     parser.add_argument("--inference-preset", default="unit", choices=PRESETS,
@@ -48,21 +55,23 @@ def run(args) -> int:
                      presets=applicable_presets(loaded.channels, teachable=teachable),
                      variants=not (args.json or args.no_variants), batch_size=args.batch_size, progress=progress)
     progress.close()
+    findings = normalization_findings(report, args.inference_preset)
     if args.json:
         for note in (report.accuracy_note, report.fingerprint.reason, getattr(report, "inconclusive", None)):
             if note:
                 print(f"note: {note}", file=sys.stderr)
-        print(json.dumps(report.to_json()))
-        return 0
-    _print_text(report, loaded, images, args.inference_preset)
-    return 0
+        print(json.dumps({**report.to_json(), "inference_preset": args.inference_preset,
+                          "findings": findings_json(findings)}))
+        return exit_status(findings)
+    _print_text(report, loaded, images, findings)
+    return exit_status(findings)
 
 
 def _pct(v) -> str:
     return "   -  " if v is None or v != v else f"{v:6.1%}"
 
 
-def _print_text(report, loaded, images, inference_preset: str) -> None:
+def _print_text(report, loaded, images, findings) -> None:
     print(f"Model: {loaded.name}   input {loaded.input_shape}   images: {len(images)} in "
           f"{len(images.class_names)} classes")
     if report.builtin_preprocessing:
@@ -95,5 +104,5 @@ def _print_text(report, loaded, images, inference_preset: str) -> None:
     elif report.best_setting is not None:
         print(f"\nBest setting: {report.best_setting.label} (by {report.best_by}). Prepare one image like this:\n")
         print(report.snippet())
-    for f in normalization_findings(report, inference_preset):
+    for f in findings:
         print(f"\n{f.severity.upper()}: {f.title}.\n{f.fix}")

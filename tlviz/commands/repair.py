@@ -3,8 +3,10 @@
 Repairs a copy of the model for the findings named (`tlviz.repair.REPAIRS`), proves each repair on
 the images (estimated on one seeded half, measured on the other) and writes the copy to ``--out``.
 With ``--json`` it prints one object: ``{"applied": [{"id", "before", "after", "n_fit", "n_eval", ...}],
-"model_path": PATH, ...}``. An unknown repair, one that does not apply to this model and these
-images, or an ``--out`` that would overwrite a file exits with status 2 and says why.
+"model_path": PATH, ..., "findings": [...]}``. An unknown repair, one that does not apply to this model and
+these images, or an ``--out`` that would overwrite a file exits with status 2 and says why. A repaired
+copy that the held-out images show to be worse than the original is still written, but reported as an
+error (``repair-worse``) and the status is 1; one not shown to be better is a warning (``repair-unproven``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from tlviz.commands import load_inputs
+from tlviz.commands import exit_status, findings_json, load_inputs, print_findings
 from tlviz.errors import RepairRefused
+from tlviz.findings import Finding
 from tlviz.presets import PRESETS
 from tlviz.progress import reporter_for
 from tlviz.repair import DOUBLE_VARIANTS, ORDER, REPAIRS, TARGETS, check_fixes, repair
@@ -43,7 +46,7 @@ def add_arguments(parser) -> None:
                         help="no-trainable-weights / head-frozen: also unfreeze the base's top block")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object: {"applied": [{id, before, after, n_fit, n_eval, ...}], '
-                             '"model_path"}')
+                             '"model_path", ..., "findings"}')
 
 
 def _check_out(out: str, model: str) -> Path:
@@ -70,9 +73,10 @@ def run(args) -> int:
     tmp.write_bytes(result.model_bytes)
     os.replace(tmp, out)
     progress.close()
+    findings = repair_findings(result)
     if args.json:
-        print(json.dumps(result.to_json(str(out))))
-        return 0
+        print(json.dumps({**result.to_json(str(out)), "findings": findings_json(findings)}))
+        return exit_status(findings)
     print(f"Repaired {loaded.name} -> {out}")
     print(result.summary())
     print(f"Order: {result.order_note}")
@@ -81,5 +85,44 @@ def run(args) -> int:
         print(f"\n{s.id}: {s.title}.\n  {s.describe()}")
         for n in s.notes:
             print(f"  note: {n}")
+    if findings:
+        print()
+        print_findings(findings)
     print(f"\nLoad it anywhere with keras.models.load_model({str(out)!r}) (safe_mode=True works).", file=sys.stderr)
-    return 0
+    return exit_status(findings)
+
+
+def repair_findings(result) -> list[Finding]:
+    """What the held-out images say about the repaired copy as a whole, as findings.
+
+    Args:
+        result: the `tlviz.repair.RepairResult`.
+
+    Returns:
+        ``[repair-worse]`` (error) when the 95 % interval of the copy's gain over the original lies
+        below zero, ``[repair-unproven]`` (warning) when it reaches zero, else ``[]`` (also when no step is
+        meant to change the accuracy, e.g. a freezing repair, or nothing was measured on images).
+    """
+    o = result.overall
+    if not any(s.measure == "accuracy" for s in result.steps) or not o or not o.get("interval") or o.get("before") is None or o.get("after") is None:
+        return []
+    low, high = o["interval"]
+    evidence = {"accuracy_original": o["before"], "accuracy_repaired": o["after"], "interval": [low, high],
+                "n_eval": o.get("n_eval"), "inference_preset": result.inference_preset,
+                "feed_preset": result.feed_preset}
+    gain = f"{(o['after'] - o['before']) * 100:+.1f} points, 95 % interval {low * 100:+.1f} to {high * 100:+.1f}"
+    if high < 0:
+        return [Finding(
+            id="repair-worse", severity="error", area="inference",
+            title=f"The repaired copy is worse than the original on {o.get('n_eval')} held-out images ({gain})",
+            evidence=evidence,
+            fix=(f"Keep the original model. Check that --preset ({result.inference_preset}) is what your inference "
+                 "code sends and that the images are labelled like the model's classes, then run `diagnose` to see "
+                 "which repair the model needs."))]
+    if low <= 0:
+        return [Finding(
+            id="repair-unproven", severity="warning", area="inference",
+            title=f"The held-out images do not show the repaired copy to be better ({gain})",
+            evidence=evidence,
+            fix="Keep the original unless more images say otherwise (give more labelled images to measure on).")]
+    return []
