@@ -140,7 +140,7 @@ def _tlviz(*args):
 
 @pytest.mark.slow
 def test_json_run_prints_one_object_progress_and_no_tensorflow_lines():
-    proc = _tlviz("normalize", SAMPLE_MODEL, SAMPLE_IMAGES, "--json")
+    proc = _tlviz("normalize", SAMPLE_MODEL, SAMPLE_IMAGES, "--json", "--inference-preset", "tf")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["best"] == "tf"  # exactly one JSON object, nothing around it
     assert not TF_CHATTER.search(proc.stderr), proc.stderr
@@ -151,7 +151,7 @@ def test_json_run_prints_one_object_progress_and_no_tensorflow_lines():
 
 @pytest.mark.slow
 def test_quiet_run_prints_nothing_on_stderr():
-    proc = _tlviz("normalize", SAMPLE_MODEL, SAMPLE_IMAGES, "--no-variants", "--quiet")
+    proc = _tlviz("normalize", SAMPLE_MODEL, SAMPLE_IMAGES, "--no-variants", "--quiet", "--inference-preset", "tf")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "Best setting: tf" in proc.stdout
@@ -208,3 +208,286 @@ def test_normalize_text_says_no_setting_works_instead_of_a_best_one(monkeypatch,
     assert main(["normalize", str(SAMPLE_MODEL), str(SAMPLE_IMAGES), "--json", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["inconclusive"] == sentence and f"note: {sentence}" in captured.err
+
+
+# -- one exit-status contract for every command (issue 22) ---------------------------------------------
+
+FROZEN_MODEL = ROOT / "sample_models" / "digits_frozen.keras"
+OTHER_IMAGES = ROOT / "sample_models" / "digits_5_9"
+LEARNS = ["--unfreeze", "0", "--lr", "1e-2", "--epochs", "2", "--batch-size", "64", "--preset", "tf"]
+
+# (case, arguments, exit status). {model}: the sample model, {frozen}: its frozen copy, {images}: digits 0-4 (the
+# model's own task), {other}: digits 5-9, {tmp}: a fresh folder. A case with --json is judged on its JSON.
+EXIT_CASES = [
+    ("layers: trainable model", ["layers", "{model}", "--json"], 0),
+    ("layers: nothing trainable", ["layers", "{frozen}"], 1),
+    ("layers: frozen, json", ["layers", "{frozen}", "--json"], 1),
+    ("layers: not a model", ["layers", "{tmp}/bad.keras"], 2),
+    ("normalize: the preset the model expects", ["normalize", "{model}", "{images}", "--inference-preset", "tf",
+                                                 "--json"], 0),
+    ("normalize: a preset that costs accuracy", ["normalize", "{model}", "{images}", "--no-variants"], 1),
+    ("normalize: same, json", ["normalize", "{model}", "{images}", "--json"], 1),
+    ("normalize: no such images", ["normalize", "{model}", "{tmp}/none"], 2),
+    ("diagnose: the right preset", ["diagnose", "{model}", "{images}", "--preset", "tf", "--json"], 0),
+    ("diagnose: the wrong preset", ["diagnose", "{model}", "{images}", "--preset", "unit"], 1),
+    ("diagnose: not a model", ["diagnose", "{tmp}/bad.keras", "{images}"], 2),
+    ("finetune: learns", ["finetune", "{model}", "{other}", *LEARNS, "--out", "{tmp}", "--json"], 0),
+    ("finetune: no learning", ["finetune", "{model}", "{other}", "--unfreeze", "0", "--lr", "1e-7", "--epochs", "1",
+                               "--preset", "tf", "--out", "{tmp}"], 1),
+    ("finetune: no learning, json", ["finetune", "{model}", "{other}", "--unfreeze", "0", "--lr", "1e-7", "--epochs",
+                                     "1", "--preset", "tf", "--out", "{tmp}", "--json"], 1),
+    ("finetune: diverged", ["finetune", "{model}", "{other}", "--unfreeze", "6", "--lr", "1", "--epochs", "2",
+                            "--out", "{tmp}", "--json"], 1),
+    ("finetune: frozen model", ["finetune", "{frozen}", "{other}", *LEARNS, "--out", "{tmp}"], 2),
+    ("finetune: weight decay out of range", ["finetune", "{model}", "{other}", *LEARNS, "--weight-decay", "2",
+                                             "--out", "{tmp}"], 2),
+    ("finetune: momentum with adam", ["finetune", "{model}", "{other}", *LEARNS, "--momentum", "0.5",
+                                      "--out", "{tmp}"], 2),
+    ("repair: proven on held-out images", ["repair", "{model}", "{images}", "--fix", "normalization-mismatch", "--out",
+                                           "{tmp}/fixed.keras", "--json"], 0),
+    ("repair: unknown repair", ["repair", "{model}", "{images}", "--fix", "nope", "--out", "{tmp}/fixed.keras"], 2),
+    ("convert", ["convert", "{model}", "{tmp}/copy.keras", "--json"], 0),
+    ("convert: not a .keras name", ["convert", "{model}", "{tmp}/copy.h5"], 2),
+]
+
+
+def _run_cli(argv, capsys) -> tuple[int, str, str]:
+    from tlviz.cli import main
+
+    rc = main([*argv, "--quiet"])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def _said_at_error_level(command: str, out: str) -> bool:
+    """Whether the text output reports an error-level finding."""
+    if command == "diagnose":  # a Markdown report: "**1 error, 2 warnings, ...**"
+        return re.search(r"^\*\*[1-9]\d* errors?\b", out, re.M) is not None
+    return re.search(r"^ERROR: \S", out, re.M) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, expected", [c[1:] for c in EXIT_CASES], ids=[c[0] for c in EXIT_CASES])
+def test_every_command_follows_one_exit_status_contract(argv, expected, tmp_path, capsys):
+    (tmp_path / "bad.keras").write_bytes(b"not a zip")
+    argv = [a.format(model=SAMPLE_MODEL, frozen=FROZEN_MODEL, images=SAMPLE_IMAGES, other=OTHER_IMAGES, tmp=tmp_path)
+            for a in argv]
+    rc, out, err = _run_cli(argv, capsys)
+    assert rc == expected, err[-3000:]
+    if rc == 2:  # refused: the reason on stderr, nothing on stdout, no run folder
+        assert out == "" and re.search(r"^error: \S", err, re.M), err
+        assert not [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return
+    if "--json" in argv:
+        obj = json.loads(out)  # exactly one object
+        errors = [f["id"] for f in obj.get("findings", []) if f["severity"] == "error"]
+        assert bool(errors) == (rc == 1), obj.get("findings")
+        assert all(set(f) == {"id", "severity", "area", "title", "evidence", "fix"} for f in obj.get("findings", []))
+    else:
+        assert _said_at_error_level(argv[0], out) == (rc == 1), out
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["finetune", "{model}", "{other}", *LEARNS, "--optimizer", "rmsprop"], "choose from adam, sgd"),
+    (["finetune", "{model}", "{other}", *LEARNS, "--bn", "unfrozen"], "choose from frozen, train"),
+    (["finetune", "{model}", "{other}", *LEARNS, "--preset", "imagenet"], "choose from raw, unit"),
+    (["finetune", "{model}", "{other}", *LEARNS, "--weight-decay", "lots"], "invalid float value"),
+    (["finetune", "{model}", "{other}", "--unfreeze", "0", "--lr", "1e-3", "--epochs", "2.5"], "invalid int value"),
+    (["normalize", "{model}", "{images}", "--inference-preset", "imagenet"], "choose from raw, unit"),
+])
+def test_unknown_option_values_exit_2_naming_the_allowed_ones(argv, allowed, capsys):
+    from tlviz.cli import main
+
+    argv = [a.format(model=SAMPLE_MODEL, images=SAMPLE_IMAGES, other=OTHER_IMAGES) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and captured.out == ""
+    assert allowed in captured.err.replace("'", ""), captured.err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
+    (["--head-epochs", "3"], "--head-epochs sets the head phase of a two-phase run"),
+    (["--head-lr", "1e-4"], "--head-lr sets the head phase of a two-phase run"),
+    (["--no-new-head", "--head-dropout", "0.5"], "--head-dropout sets the dropout of a new head"),
+    (["--val-fraction", "0.9"], "val_fraction must be between 0.05 and 0.5"),
+    (["--optimizer", "sgd", "--momentum", "1"], "momentum must be in [0.0, 1.0)"),
+])
+def test_finetune_refuses_flags_that_would_be_ignored_or_are_out_of_range(flags, message, tmp_path, capsys):
+    rc, out, err = _run_cli(["finetune", str(SAMPLE_MODEL), str(OTHER_IMAGES), *LEARNS, *flags, "--out",
+                             str(tmp_path)], capsys)
+    assert rc == 2 and out == "" and message in err, err
+    assert not list(tmp_path.iterdir())  # nothing started
+
+
+def test_a_closed_stdout_ends_the_command_quietly():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.Popen([sys.executable, "-m", "tlviz", "layers", str(SAMPLE_MODEL), "--json"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader goes away before anything is written (`tlviz ... | true`)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert "Traceback" not in err and "internal error" not in err, err
+
+
+# -- fine-tuning: the page's run options as flags, where it ran, what moved (issue 22) -----------------
+
+@pytest.mark.slow
+def test_finetune_flags_reach_the_run(tmp_path, capsys):
+    from tlviz.finetune.store import load_run
+
+    flags = ["--unfreeze", "2", "--lr", "1e-2", "--epochs", "1", "--preset", "tf", "--optimizer", "sgd", "--momentum",
+             "0.8", "--new-head", "--head-dropout", "0.3", "--two-phase", "--head-epochs", "1", "--head-lr", "2e-3",
+             "--bn", "train", "--weight-decay", "1e-4", "--no-cache", "--val-fraction", "0.25", "--seed", "3",
+             "--label", "from the CLI"]
+    rc, out, err = _run_cli(["finetune", str(SAMPLE_MODEL), str(OTHER_IMAGES), *flags, "--out", str(tmp_path),
+                             "--json"], capsys)
+    assert rc in (0, 1), err[-3000:]
+    obj = json.loads(out)
+    expected = {"unfreeze": 2, "lr": 1e-2, "epochs": 1, "preset": "tf", "optimizer": "sgd", "momentum": 0.8,
+                "new_head": True, "head_dropout": 0.3, "two_phase": True, "head_epochs": 1, "head_lr": 2e-3,
+                "bn": "train", "weight_decay": 1e-4, "use_cache": False, "augment": False, "val_fraction": 0.25,
+                "seed": 3, "label": "from the CLI"}
+    assert {k: obj["config"][k] for k in expected} == expected
+    assert load_run(obj["run_id"], tmp_path).config == obj["config"]  # what the run stored
+    # ...and what the run did with them: two phases, no cache, a new head, BatchNormalization trained.
+    assert len(obj["history"]) == 2 and obj["cache_used"] is False and obj["new_head"] is True
+    moved = {w["path"]: w for w in obj["weight_change"]}
+    assert moved["block3_bn"]["trainable"] and moved["block3_bn"]["rel_change"] > 0  # --bn train
+    assert moved["block1_bn"]["rel_change"] == 0 and not moved["block1_bn"]["trainable"]  # below the depth
+
+    rc, out, err = _run_cli(["finetune", str(SAMPLE_MODEL), str(OTHER_IMAGES), *LEARNS, "--augment", "--no-new-head",
+                             "--out", str(tmp_path / "text")], capsys)
+    assert rc in (0, 1), err[-3000:]
+    run_dir = Path(re.search(r"^Run folder: (.+)$", out, re.M).group(1))
+    rec = load_run(run_dir.name, run_dir.parent)
+    assert rec.config["augment"] is True and rec.config["new_head"] is False and rec.metrics["new_head"] is False
+    assert rec.metrics["cache_used"] is False  # augmentation changes the images every epoch
+    line = re.search(r"^run: (.+)$", out, re.M).group(1)
+    assert "augment" in line and "new head" not in line and "Adam 1e-02" in line
+
+
+@pytest.mark.slow
+def test_finetune_json_says_where_it_ran_and_what_moved_by_role(tmp_path, capsys):
+    import socket
+
+    from tlviz.finetune.executors import describe_where
+    from tlviz.finetune.store import load_run
+    from tlviz.layers import layer_table
+    from tlviz.models import load_model
+
+    common = ["finetune", str(SAMPLE_MODEL), str(OTHER_IMAGES), "--unfreeze", "2", "--lr", "1e-2", "--epochs", "2",
+              "--preset", "tf"]
+    rc, out, err = _run_cli([*common, "--out", str(tmp_path), "--json"], capsys)
+    assert rc == 0, err[-3000:]
+    obj = json.loads(out)
+    rec = load_run(obj["run_id"], tmp_path)
+    ex = obj["executor"]
+    assert ex["kind"] == "local" and ex["node"] == socket.gethostname() and ex["device"] in ("CPU", "GPU")
+    assert ex["description"] == describe_where(rec.where) == rec.ran_on and ex["description"].startswith("local · ")
+    assert obj["cache_used"] is True and obj["config"]["use_cache"] is True  # the default
+
+    table = layer_table(load_model(obj["model_path"]).model)
+    roles = dict(zip(table["path"], table["role"]))
+    weights = obj["weight_change"]
+    stored = rec.weight_change
+    assert [w["path"] for w in weights] == list(stored["path"])  # the report the page shows, in model order
+    assert [w["rel_change"] for w in weights] == pytest.approx(list(stored["rel_change"]))
+    assert all(w["role"] == roles[w["path"]] for w in weights)
+    by_role = {role: [w for w in weights if w["role"] == role] for role in ("base", "head")}
+    assert by_role["head"] and all(w["trainable"] and w["rel_change"] > 0 for w in by_role["head"])
+    trained_base = [w["path"] for w in by_role["base"] if w["trainable"]]
+    # The top two weight-holding layers of the base are block3_bn and block3_conv; BatchNormalization stays frozen
+    # (--bn frozen, the default), so only the convolution trains.
+    assert trained_base == ["block3_conv"]
+    assert all(w["rel_change"] == 0 for w in by_role["base"] if not w["trainable"])  # frozen: exactly unchanged
+
+    # The text says the same: where, what moved, the same verdict, the same exit status.
+    rc_text, text, _ = _run_cli([*common, "--out", str(tmp_path / "text")], capsys)
+    assert rc_text == rc == 0
+    assert f"ran on: {ex['description']}" in text
+    n_moved = sum(1 for w in weights if w["rel_change"] > 0)
+    n_frozen = sum(1 for w in weights if not w["trainable"])
+    assert f"weight change: {n_moved} of {len(weights)} layers moved" in text
+    assert f"{n_frozen} of {n_frozen} frozen layers exactly unchanged" in text
+    assert not re.search(r"^ERROR: ", text, re.M)
+
+
+@pytest.mark.slow
+def test_a_run_that_does_not_learn_says_so_at_error_level_in_text_and_json(tmp_path, capsys):
+    args = ["finetune", str(SAMPLE_MODEL), str(OTHER_IMAGES), "--unfreeze", "0", "--lr", "1e-7", "--epochs", "1",
+            "--preset", "tf"]
+    rc_text, text, _ = _run_cli([*args, "--out", str(tmp_path / "a")], capsys)
+    rc_json, out, _ = _run_cli([*args, "--out", str(tmp_path / "b"), "--json"], capsys)
+    obj = json.loads(out)
+    no_learning = [f for f in obj["findings"] if f["id"] == "no-learning"]
+    assert rc_text == rc_json == 1
+    assert no_learning and no_learning[0]["severity"] == "error"
+    assert re.search(r"^ERROR: No learning: validation accuracy stays at chance", text, re.M)
+    assert obj["state"] == "completed" and re.search(r"^COMPLETED: ", text, re.M)
+
+
+# -- layers: each layer's role; repair: the verdict on the copy ------------------------------------------
+
+def test_layers_json_carries_each_layers_role_as_the_table_does(capsys):
+    from tlviz.layers import layer_table
+    from tlviz.models import load_model
+
+    rc, out, _ = _run_cli(["layers", str(SAMPLE_MODEL), "--json"], capsys)
+    obj = json.loads(out)
+    table = layer_table(load_model(SAMPLE_MODEL).model)
+    assert rc == 0 and obj["findings"] == []
+    assert [(r["path"], r["role"]) for r in obj["layers"]] == list(zip(table["path"], table["role"]))
+    roles = [r["role"] for r in obj["layers"]]
+    assert roles[0] == "base" and obj["layers"][-1]["path"] == "predictions" and roles[-1] == "head"
+    order = ("input", "base", "head")
+    assert roles == sorted(roles, key=order.index)  # input layers, then the base, then the head
+    rc, text, _ = _run_cli(["layers", str(SAMPLE_MODEL)], capsys)
+    assert rc == 0 and re.search(r"^predictions\s+Dense .* head$", text, re.M)
+
+
+@pytest.mark.slow
+def test_repair_reports_an_unproven_copy_as_a_warning_and_a_worse_one_as_an_error(tmp_path, capsys):
+    import dataclasses
+    import shutil
+
+    from tlviz.commands import exit_status
+    from tlviz.commands.repair import repair_findings
+    from tlviz.imagesets import load_image_set
+    from tlviz.models import load_model
+    from tlviz.repair import repair
+
+    few = tmp_path / "few"  # 10 images a class: too few held-out images to prove anything on a healthy model
+    for c in sorted(p for p in SAMPLE_IMAGES.iterdir() if p.is_dir()):
+        (few / c.name).mkdir(parents=True)
+        for f in sorted(c.iterdir())[:10]:
+            shutil.copy(f, few / c.name / f.name)
+    rc, out, err = _run_cli(["repair", str(SAMPLE_MODEL), str(few), "--fix", "bn-statistics-mismatch", "--preset",
+                             "tf", "--out", str(tmp_path / "fixed.keras"), "--json"], capsys)
+    obj = json.loads(out)
+    assert rc == 0, err
+    assert [(f["id"], f["severity"]) for f in obj["findings"]] == [("repair-unproven", "warning")]
+    low, high = obj["overall"]["interval"]
+    assert low <= 0 <= high
+
+    loaded = load_model(SAMPLE_MODEL)
+    result = repair(loaded, load_image_set(few, loaded.image_size, loaded.channels), ["bn-statistics-mismatch"], "tf")
+    assert [f.id for f in repair_findings(result)] == ["repair-unproven"]
+    worse = dataclasses.replace(result, overall={**result.overall, "after": 0.5, "interval": [-0.7, -0.3]})
+    found = repair_findings(worse)
+    assert [(f.id, f.severity) for f in found] == [("repair-worse", "error")] and exit_status(found) == 1
+    assert "Keep the original model" in found[0].fix
+
+
+def test_readme_command_line_section_names_every_finetune_flag_and_exit_status():
+    from tlviz.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    parser, _ = build_parser()
+    finetune = parser._subparsers._group_actions[0].choices["finetune"]
+    flags = {s for a in finetune._actions for s in a.option_strings if s.startswith("--")} - {"--help", "--quiet"}
+    assert flags and not [f for f in sorted(flags) if f"`{f}" not in section]
+    for status in (0, 1, 2, 3):
+        assert re.search(rf"^\| {status} \| \S", section, re.M)

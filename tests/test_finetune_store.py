@@ -158,8 +158,9 @@ def test_cli_json_matches_the_issue(base_model_path, digits_5_9, tmp_path, capsy
     out = capsys.readouterr().out
     assert rc == 0
     data = json.loads(out)
-    assert set(data) == {"history", "trainable_params", "final", "frozen_layers_changed", "model_path",
-                         "representation_drift", "findings"}  # "control" and "retention" only when asked for
+    assert set(data) == {"run_id", "state", "config", "new_head", "cache_used", "executor", "history",
+                         "trainable_params", "final", "frozen_layers_changed", "weight_change", "model_path",
+                         "representation_drift", "notes", "findings"}  # "control", "retention" only when asked for
     assert data["representation_drift"] == [{"block": b, "cka": 1.0} for b in ("block1", "block2", "block3")]
     assert [set(h) for h in data["history"]] == [{"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}] * 2
     assert set(data["final"]) == {"val_accuracy", "val_loss"}
@@ -194,7 +195,7 @@ def test_cli_text_output(base_model_path, digits_5_9, tmp_path, capsys):
     rc = main(["finetune", str(base_model_path), str(digits_5_9), "--unfreeze", "6", "--lr", "1", "--epochs", "2",
                "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert rc == 0 and "DIVERGED" in out and "learning rate is too high" in out
+    assert rc == 1 and "DIVERGED" in out and "learning rate is too high" in out  # an error-level finding: exit 1
 
 
 def test_images_npz_roundtrip_in_worker_inputs(loaded_base, images_5_9, root):
