@@ -25,6 +25,8 @@ NOISE_CLASSES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDrop
                  "AlphaDropout", "GaussianNoise")
 #: Keras augmentation layers that are random in training but not named ``Random…``.
 AUGMENT_CLASSES = ("RandAugment", "AugMix", "CutMix", "MixUp", "Solarization")
+#: Layers that prepare the input rather than compute features (see `is_preprocessing`).
+PREPROCESSING_CLASSES = ("Rescaling", "Normalization", "Resizing", "CenterCrop", "AutoContrast", "Equalization")
 
 LAYER_COLUMNS = [
     "depth", "path", "class", "output_shape", "trainable_params", "non_trainable_params",
@@ -127,34 +129,89 @@ def _output_shape(layer) -> str:
         return "multiple"
 
 
-def _roles(model) -> dict[int, str]:
-    """Map id(layer) -> 'input' / 'base' / 'head' for every leaf.
+def _output_rank(layer) -> int | None:
+    """Rank of a layer's output (batch axis included), or None when it cannot be read."""
+    try:
+        return len(layer.output.shape)
+    except Exception:  # a shared layer has several outputs: read its first call
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        outs = list(getattr(nodes[0], "output_tensors", None) or []) if nodes else []
+        return len(outs[0].shape) if outs else None
 
-    A nested model (the last top-level one holding weights) is the base and the
-    top-level layers after it are the head. For a flat model, the base is
-    everything below the last Dense layer (or the last weighted layer).
+
+def is_preprocessing(layer) -> bool:
+    """Whether a layer prepares the input (scaling, resizing, augmentation) rather than computing features.
+
+    `PREPROCESSING_CLASSES` (a `Normalization` layer holds weights but learns nothing in `fit`),
+    and every layer that is random in training (`random_in_training`: augmentation, noise).
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        True for a preprocessing layer.
     """
-    import keras
+    cls = type(layer).__name__
+    return cls in PREPROCESSING_CLASSES or cls.startswith("Random") or random_in_training(layer)
 
-    top = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    roles: dict[int, str] = {}
-    nested = [i for i, layer in enumerate(top) if isinstance(layer, keras.Model) and layer.weights]
-    if nested:
-        cut = nested[-1]
-        for i, layer in enumerate(top):
-            role = "input" if i < cut else "base" if i == cut else "head"
-            if isinstance(layer, keras.Model):
-                for leaf in iter_leaves(layer):
-                    roles[id(leaf.layer)] = role
-            else:
-                roles[id(layer)] = role
-        return roles
+
+def _roles(model) -> dict[int, str]:
+    """Map id(layer) -> 'input' / 'base' / 'head' for every leaf, found by structure.
+
+    The leaves are read in order (`iter_leaves`, nested models expanded), whatever
+    wraps them:
+
+    - **input**: every leaf before the first *feature layer* (a leaf that holds
+      weights and is not preprocessing, `is_preprocessing`): Rescaling,
+      Normalization, augmentation, a preprocessing sub-model.
+    - **head**: where the feature map ends. The last leaf (from the first feature
+      layer on) whose output keeps spatial axes (rank 3 or more) is the last
+      feature layer; the head starts right after it, at the pooling or Flatten
+      that collapses the map, and runs to the output. When that layer sits inside
+      a nested model holding no weights after it (the feature extractor: a
+      MobileNetV2, or a ``Sequential`` of it and its pooling as Teachable Machine
+      writes it), the outermost such model belongs to the base whole, and the head
+      starts after it. Without spatial layers (a model on vectors), the head is
+      the last ``Dense`` layer and what follows it. A head holding no weights (a
+      fully convolutional classifier) starts at the last layer that holds some.
+    - **base**: the leaves between.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        ``{id(leaf layer): role}``.
+    """
     leaves = list(iter_leaves(model))
-    dense = [i for i, leaf in enumerate(leaves) if type(leaf.layer).__name__ == "Dense"]
+    n = len(leaves)
+    if not n:
+        return {}
     weighted = [i for i, leaf in enumerate(leaves) if leaf.layer.weights]
-    cut = dense[-1] if dense else (weighted[-1] if weighted else len(leaves))
+    features = [i for i in weighted if not is_preprocessing(leaves[i].layer)]
+    first = features[0] if features else 0
+    spatial = [i for i in range(first, n) if (_output_rank(leaves[i].layer) or 0) >= 3]
+    if spatial and spatial[-1] < n - 1:
+        last = spatial[-1]
+        cut = last + 1
+        # The outermost nested model around the last feature layer with no weights after it is the extractor.
+        span: dict[int, list[int]] = {}
+        for i, leaf in enumerate(leaves):
+            for a in leaf.ancestors:
+                span.setdefault(id(a), []).append(i)
+        for a in leaves[last].ancestors:
+            end = span[id(a)][-1]
+            if not any(leaves[i].layer.weights for i in range(last + 1, end + 1)):
+                cut = end + 1
+                break
+    else:
+        dense = [i for i in range(first, n) if type(leaves[i].layer).__name__ == "Dense"]
+        cut = dense[-1] if dense else (weighted[-1] if weighted else n)
+    if weighted and weighted[-1] < cut and weighted[-1] >= first:
+        cut = weighted[-1]  # a head without weights (fully convolutional): the last layer with weights classifies
+    cut = max(cut, first)
+    roles: dict[int, str] = {}
     for i, leaf in enumerate(leaves):
-        roles[id(leaf.layer)] = "base" if i < cut else "head"
+        roles[id(leaf.layer)] = "input" if i < first else "base" if i < cut else "head"
     return roles
 
 

@@ -196,6 +196,80 @@ def stacked_input():
     return _stacked(head_has_input=True)
 
 
+# -- a zoo of model structures for base / head detection (tests/test_layers_zoo.py) ---------------------
+# Each builder takes the Keras module to build with (`tf_keras` here; the tests pass Keras 3), so that the
+# Keras 3 model and the Keras 2 file have the same structure and the same layer paths.
+
+def _zoo_net(k):
+    """MobileNetV2 (alpha 0.35, 96x96, no top, ``weights=None``): the feature extractor of the nested cases."""
+    return k.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), include_top=False, weights=None)
+
+
+def zoo_flat(k=None):
+    """Zoo: a flat Sequential CNN, a Rescaling first and a two-layer Dense classifier after the pooling."""
+    k = k or _k()
+    L = k.layers
+    return k.Sequential([
+        k.Input((32, 32, 3)), L.Rescaling(1.0 / 255, name="scale"),
+        L.Conv2D(8, 3, name="conv1"), L.BatchNormalization(name="bn1"), L.ReLU(name="relu1"),
+        L.MaxPooling2D(name="pool1"), L.Conv2D(16, 3, name="conv2"), L.ReLU(name="relu2"),
+        L.GlobalAveragePooling2D(name="gap"), L.Dropout(0.2, name="drop"),
+        L.Dense(16, activation="relu", name="hidden"), L.Dense(3, activation="softmax", name="out"),
+    ], name="zoo_flat")
+
+
+def zoo_nested(k=None):
+    """Zoo: a nested MobileNetV2 base under a head of top-level layers (pooling, dropout, Dense)."""
+    k = k or _k()
+    L = k.layers
+    net = _zoo_net(k)
+    inp = k.Input((96, 96, 3), name="pixels")
+    x = L.GlobalAveragePooling2D(name="gap")(net(inp))
+    x = L.Dropout(0.2, name="drop")(x)
+    return k.Model(inp, L.Dense(3, activation="softmax", name="out")(x), name="zoo_nested")
+
+
+def zoo_teachable(k=None):
+    """Zoo: shaped like a Teachable Machine export at 96x96: a ``Sequential`` holding a features
+    ``Sequential`` (MobileNetV2 cut at ``out_relu``, then pooling) and a head ``Sequential``
+    ``Dense(100, relu)`` -> ``Dense(3, softmax, use_bias=False)``."""
+    k = k or _k()
+    L = k.layers
+    net = _zoo_net(k)
+    features = k.Model(inputs=net.inputs, outputs=net.get_layer("out_relu").output, name="model1")
+    trunk = k.Sequential([features, L.GlobalAveragePooling2D(name="pool")], name="trunk")
+    head = k.Sequential([k.Input((int(features.output.shape[-1]),)),
+                         L.Dense(100, activation="relu", name="hidden"),
+                         L.Dense(3, activation="softmax", use_bias=False, name="out")], name="head")
+    return k.Sequential([k.Input((96, 96, 3)), trunk, head], name="zoo_teachable")
+
+
+def zoo_wrapped(k=None):
+    """Zoo: the MobileNetV2 base inside a ``Sequential`` inside a functional model, then pooling and Dense."""
+    k = k or _k()
+    L = k.layers
+    wrapper = k.Sequential([k.Input((96, 96, 3)), _zoo_net(k)], name="wrapper")
+    inp = k.Input((96, 96, 3), name="pixels")
+    x = L.GlobalAveragePooling2D(name="gap")(wrapper(inp))
+    return k.Model(inp, L.Dense(3, activation="softmax", name="out")(x), name="zoo_wrapped")
+
+
+def zoo_preprocess(k=None):
+    """Zoo: a preprocessing sub-model (Rescaling to [-1, 1]) before a nested MobileNetV2 base."""
+    k = k or _k()
+    L = k.layers
+    prep = k.Sequential([k.Input((96, 96, 3)), L.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")],
+                        name="preprocess")
+    net = _zoo_net(k)
+    inp = k.Input((96, 96, 3), name="pixels")
+    x = L.GlobalAveragePooling2D(name="gap")(net(prep(inp)))
+    return k.Model(inp, L.Dense(3, activation="softmax", name="out")(x), name="zoo_preprocess")
+
+
+#: The zoo's builders, in the order the tests list them.
+ZOO = ("zoo_flat", "zoo_nested", "zoo_teachable", "zoo_wrapped", "zoo_preprocess")
+
+
 def _real(app, **kwargs):
     """A keras.applications network at 224x224 (weights=None) with a 5-class softmax head, base frozen."""
     k = _k()
@@ -227,7 +301,8 @@ REAL_SIZE = ("resnet50", "mobilenetv2", "efficientnetb0")
 
 BUILDERS = {"mobilenet": mobilenet, "teachable": teachable, "resnet": resnet, "cnn": cnn, "guide": guide,
             "efficientnet": efficientnet, "mixed": mixed, "stacked": stacked, "stacked_input": stacked_input,
-            "resnet50": resnet50, "mobilenetv2": mobilenetv2, "efficientnetb0": efficientnetb0}
+            "resnet50": resnet50, "mobilenetv2": mobilenetv2, "efficientnetb0": efficientnetb0,
+            **{name: globals()[name] for name in ZOO}}
 
 
 def _noise_weights(model, rng):
