@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlviz.layers import apply_unfreeze, base_weight_layers, layer_table, totals, unfreeze_plan
+from tlviz.layers import (apply_unfreeze, base_weight_layers, freezing_findings, layer_table, totals,
+                          unfreeze_plan)
 
 ROOT = Path(__file__).resolve().parent.parent
 MOBILENET = "mobilenetv2_0.35_96"
@@ -186,3 +187,9 @@ def test_teachable_machine_unfreeze_trains_the_head_and_the_top_of_mobilenet(ker
                 moved.add(leaf.path)
     assert moved == expected
 
+
+def test_teachable_machine_shape_gets_bn_advice_not_a_warning():
+    """Trainable BatchNormalization in the MobileNetV2 base, read from the file: advice at info severity."""
+    found = [f for f in freezing_findings(_keras3("zoo_teachable")) if f.id == "bn-trainable-in-base"]
+    assert len(found) == 1 and found[0].severity == "info"
+    assert found[0].evidence["trainable_bn_layers"] == 52 and found[0].evidence["measured_on_images"] is False

@@ -84,3 +84,32 @@ def test_layers_page_says_a_base_called_with_training_false_runs_in_inference_mo
     table = at.dataframe[0].value.set_index("path")
     assert table.loc["✱ pinned_base/bn", "inference_by_call"] == "pinned_base"
     assert table.loc["head", "inference_by_call"] == ""
+
+
+def test_layers_page_shows_trainable_bn_in_a_nested_base_as_advice(tmp_path):
+    """Issue 22: trainable BatchNormalization inside a nested base, read from the file, is advice (info), not a
+    warning: a model trained end to end has it by design."""
+    import keras
+
+    from apptest_helpers import upload_model
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((32, 32, 3))
+    y = keras.layers.Conv2D(4, 3, name="conv")(i)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    base = keras.Model(i, keras.layers.GlobalAveragePooling2D(name="pool")(y), name="trained_base")
+    j = keras.Input((32, 32, 3))
+    model = keras.Model(j, keras.layers.Dense(5, activation="softmax", name="head")(base(j)))
+    path = tmp_path / "end_to_end.keras"
+    model.save(path)
+    at = open_app()
+    upload_model(at, "end_to_end.keras", path.read_bytes())
+    assert not at.exception, at.exception
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    advice = [i.value for i in at.info if "BatchNormalization layers are trainable inside the base" in i.value]
+    assert len(advice) == 1 and "Advice for fine-tuning" in advice[0] and "training=False" in advice[0]
+    assert not at.warning and not at.error
+    roles = at.dataframe[0].value.set_index("path")["role"]
+    assert roles["✱ trained_base/bn"] == "base" and roles["head"] == "head"

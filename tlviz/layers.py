@@ -319,6 +319,17 @@ def inference_by_call_notes(table: pd.DataFrame) -> list[str]:
     return out
 
 
+#: Why trainable BatchNormalization in a base matters, said without a measurement (`freezing_findings`).
+BN_TRAINABLE_ADVICE = ("Advice for fine-tuning, not a fault measured on this model: it matters once you fine-tune "
+                       "the base, the more so with small batches. In `fit`, a trainable BatchNormalization layer "
+                       "normalizes with each batch's statistics and updates its moving statistics from your "
+                       "batches, which can wreck what the base learned.")
+#: What to do about it (`freezing_findings`, and the measured finding of `tlviz.diagnose`).
+BN_TRAINABLE_FIX = ("Keep BN frozen when you fine-tune (it then runs in inference mode): call the base with "
+                    "`base(x, training=False)` or set `layer.trainable = False` on every BatchNormalization "
+                    "layer, then compile again.")
+
+
 def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]:
     """Plain-language problems with the freezing setup, most severe first.
 
@@ -329,6 +340,16 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
     argument in ``fit`` (Keras 3.15 does not: `tlviz.callargs.keras_honours_recorded_training`),
     the info finding ``keras-overrides-training-false`` says so, with the explicit fix for a user
     who trains with that Keras (tlviz's own runs keep the call's ``training=False``).
+
+    ``bn-trainable-in-base`` is advice at ``info`` severity: read from the file alone, trainable
+    BatchNormalization in an unfrozen base says what *would* happen in a fine-tuning run, not
+    that anything is wrong with the model (one trained end to end has it by design).
+    `tlviz.diagnose` measures its effect on the user's images and raises it to a warning only
+    when that effect is real.
+
+    Args:
+        model: the Keras model.
+        table: its `layer_table`. Defaults to computing it.
 
     Returns:
         Findings with ids ``no-trainable-weights``, ``head-frozen``, ``trainable-inside-frozen-model``,
@@ -385,14 +406,13 @@ def freezing_findings(model, table: pd.DataFrame | None = None) -> list[Finding]
     # A plain model trained end to end has trainable BN by design; the warning is for a
     # pre-trained base being fine-tuned: a nested base, or a base partly frozen.
     if len(base_bn) and len(base_train) and (nested_base or len(base_frozen)):
+        # Advice read from the file: whether it hurts is measured on images (tlviz.diagnose's check).
         out.append(Finding(
-            id="bn-trainable-in-base", severity="warning", area="finetuning",
-            title="BatchNormalization layers are trainable inside an unfrozen base",
-            evidence={"trainable_bn_layers": int(len(base_bn)), "examples": list(base_bn["path"][:5])},
-            fix=("A trainable BatchNormalization layer updates its moving statistics from your small batches "
-                 "and can wreck what the base learned. Keep BN frozen (it then runs in inference mode): "
-                 "call the base with `base(x, training=False)` or set `layer.trainable = False` on every "
-                 "BatchNormalization layer, then compile again."),
+            id="bn-trainable-in-base", severity="info", area="finetuning",
+            title="BatchNormalization layers are trainable inside the base: they would update if you fine-tune it",
+            evidence={"trainable_bn_layers": int(len(base_bn)), "examples": list(base_bn["path"][:5]),
+                      "measured_on_images": False},
+            fix=BN_TRAINABLE_ADVICE + " " + BN_TRAINABLE_FIX,
         ))
         return out
     pinned_bn = table[(table["role"] == "base") & table["is_bn"] & table["trainable"] & by_call]

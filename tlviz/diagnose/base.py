@@ -68,6 +68,11 @@ class Check:
             running the model. None otherwise.
         thresholds: ``{name: Threshold}``, the numbers the check compares against.
             Defaults to none.
+        measured_severity: for a check whose finding is advice read from the
+            model file until a measurement on the images shows an effect: the
+            more severe level `Check.measured` gives the finding then, while
+            `severity` stays that of the advice. Defaults to `None` (every
+            finding of the check has `severity`).
     """
 
     id: str
@@ -78,10 +83,17 @@ class Check:
     run: Callable | None = None
     judge: Callable | None = None
     thresholds: Mapping[str, Threshold] = field(default_factory=dict)
+    measured_severity: str | None = None
 
     def __post_init__(self):
         if self.severity not in SEVERITIES:
             raise ValueError(f"Check {self.id!r}: severity must be one of {SEVERITIES}, not {self.severity!r}.")
+        if self.measured_severity is not None and (
+                self.measured_severity not in SEVERITIES
+                or SEVERITIES.index(self.measured_severity) >= SEVERITIES.index(self.severity)):
+            raise ValueError(f"Check {self.id!r}: measured_severity must be one of {SEVERITIES} more severe than "
+                             f"{self.severity!r}, not {self.measured_severity!r}; leave it out when a measurement "
+                             "does not change the severity.")
         if self.area not in AREAS:
             raise ValueError(f"Check {self.id!r}: area must be one of {AREAS}, not {self.area!r}.")
         if (self.run is None) == (self.judge is None):
@@ -150,6 +162,25 @@ class Check:
         if finding.id != self.id:
             raise ValueError(f"Check {self.id!r} cannot adopt a {finding.id!r} finding.")
         return replace(finding, severity=self.severity, area=self.area, **changes)
+
+    def measured(self, finding: Finding, **changes) -> Finding:
+        """`finding` at this check's `measured_severity`: a measurement on the images showed the effect.
+
+        Args:
+            finding: a finding of this check (from `Check.adopt` or `Check.finding`).
+            **changes: other fields to replace (the measured title, evidence and fix).
+
+        Returns:
+            A copy with severity `measured_severity`.
+
+        Raises:
+            ValueError: the check has no `measured_severity`, or the finding is another check's.
+        """
+        if self.measured_severity is None:
+            raise ValueError(f"Check {self.id!r} has no measured_severity: its findings keep {self.severity!r}.")
+        if finding.id != self.id:
+            raise ValueError(f"Check {self.id!r} cannot raise a {finding.id!r} finding.")
+        return replace(finding, severity=self.measured_severity, area=self.area, **changes)
 
     def describe(self) -> str:
         """`detects` with the threshold values filled in."""

@@ -6,11 +6,17 @@ How a check is written (its entry in `tlviz.diagnose.registry`, ``check.finding`
 
 from __future__ import annotations
 
-from tlviz.diagnose.base import Check, _names
-from tlviz.diagnose.context import DiagnosisContext
+from dataclasses import replace
+
+import numpy as np
+
+from tlviz.diagnose.base import Check, _jsonable, _names, _sample_note
+from tlviz.diagnose.clones import clone_for_training_mode
+from tlviz.diagnose.context import TRAINING_BATCH, DiagnosisContext
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
-from tlviz.stats import format_interval, wilson_interval
+from tlviz.layers import BN_TRAINABLE_FIX, iter_leaves
+from tlviz.stats import decide, format_interval, format_points, paired_difference, wilson_interval
 
 
 def check_freezing(ctx: DiagnosisContext, check: Check) -> list[Finding]:
@@ -18,9 +24,104 @@ def check_freezing(ctx: DiagnosisContext, check: Check) -> list[Finding]:
 
     Serves ``no-trainable-weights`` (every layer frozen), ``head-frozen`` (the head
     cannot train while layers below it can), ``trainable-inside-frozen-model`` and
-    ``bn-trainable-in-base``: the Freezing page shows the same findings.
+    ``keras-overrides-training-false``: the Freezing page shows the same findings
+    (``bn-trainable-in-base`` too, measured here by `check_bn_trainable_in_base`).
     """
     return [check.adopt(f) for f in ctx.freezing if f.id == check.id]
+
+
+def check_bn_trainable_in_base(ctx: DiagnosisContext, check: Check) -> list[Finding]:
+    """``bn-trainable-in-base``: trainable BatchNormalization in the base, and what it does on the user's images.
+
+    Read from the file alone (`tlviz.layers.freezing_findings`) it is advice about a
+    fine-tuning run, at this check's ``info`` severity: a model trained end to end has
+    trainable BatchNormalization by design. On labelled images the check measures the
+    effect `fit` would have: one pass over a seeded, class-balanced sample with the model
+    in training mode as written (every BatchNormalization layer that trains normalizes
+    with its batch's statistics; dropout and noise off; a base called with
+    ``training=False`` stays in inference mode), against inference mode on the same
+    images. It takes the check's ``measured_severity`` (a warning) only when the whole 95 %
+    paired interval of the accuracy drop is at or above ``drop``; otherwise it stays advice,
+    with the numbers, or with the reason nothing could be measured (no labels, too few
+    images, a model at chance).
+    """
+    advice = next((check.adopt(f) for f in ctx.freezing if f.id == check.id), None)
+    if advice is None:
+        return []
+    try:
+        m = _batch_statistics_effect(ctx, check)
+    except CheckSkipped as exc:
+        return [replace(advice, evidence=_jsonable({**advice.evidence, "not_measured": str(exc)}),
+                        fix=f"Not measured on your images: {exc} {advice.fix}")]
+    lo, hi = m["drop_interval"]
+    numbers = (f"{m['accuracy_inference_mode']:.1%} in inference mode, {m['accuracy_batch_statistics']:.1%} with the "
+               f"BatchNormalization layers on batch statistics as `fit` runs them (batches of {m['batch_size']}), on "
+               f"{m['n_images']} images: a drop of {m['drop'] * 100:.1f} points, 95 % interval "
+               f"{format_points(lo, hi)}")
+    evidence = _jsonable({**advice.evidence, **m, "measured_on_images": True})
+    if m["verdict"] is True:
+        return [check.measured(
+            advice, evidence=evidence,
+            title=(f"Trainable BatchNormalization in the base costs {m['drop'] * 100:.0f} points of accuracy in "
+                   f"training mode ({m['accuracy_inference_mode']:.1%} -> {m['accuracy_batch_statistics']:.1%})"),
+            fix=(f"Measured on your images: {numbers}. Fine-tuning this model as it is set up trains it on features "
+                 "unlike those it uses at inference, and overwrites the moving statistics with those of your "
+                 "batches (smaller batches make it worse). " + BN_TRAINABLE_FIX))]
+    verdict = ("no drop of that size: nothing is wrong with this model as it is" if m["verdict"] is False else
+               "too few images to tell whether the drop reaches that size")
+    return [replace(advice, evidence=evidence,
+                    fix=(f"Measured on your images: {numbers}; a warning needs the whole interval at or above "
+                         f"{check.threshold('drop') * 100:g} points, so {verdict}. {advice.fix}"))]
+
+
+def _batch_statistics_effect(ctx: DiagnosisContext, check: Check) -> dict:
+    """Accuracy in inference mode and with batch statistics as `fit` runs them, on the training-mode sample.
+
+    Raises:
+        CheckSkipped: no labels, too few images, NaN weights, or a model at chance (a drop cannot show).
+    """
+    import keras
+
+    ctx.require_labels()
+    ctx.require_finite()
+    min_images = int(check.threshold("min_images"))
+    if len(ctx.images) < min_images:
+        raise CheckSkipped(f"batch statistics need at least {min_images} images; the image set has "
+                           f"{len(ctx.images)}.")
+    ev = ctx.preset_evidence
+    if ev.labels is None:
+        raise CheckSkipped(ev.label_note or "the image set's classes do not match the model's outputs.")
+    if ev.at_chance:
+        raise CheckSkipped("the model is no better than chance on these images in inference mode (see "
+                           "no-better-than-chance), so a drop in training mode cannot show.")
+    sample = ctx.training_sample
+    labels = ev.labels[sample]
+    right_inference = ctx.inference_predictions[sample] == labels
+    clone = clone_for_training_mode(ctx.model, noise=False)  # as written: training=False calls honoured
+    preds = ctx.predict_training_mode(clone, "BatchNormalization on batch statistics, as `fit` runs it…",
+                                      indices=sample)
+    table = ctx.table
+    flagged = set(table[(table["role"] == "base") & table["is_bn"] & table["trainable"]
+                        & (table["inference_by_call"] == "")]["path"])
+    originals = {leaf.path: leaf.layer for leaf in iter_leaves(ctx.model)}
+    shifts = []
+    for leaf in iter_leaves(clone):
+        if leaf.path in flagged:
+            old = originals[leaf.path]
+            m0 = keras.ops.convert_to_numpy(old.moving_mean)
+            v0 = keras.ops.convert_to_numpy(old.moving_variance)
+            m1 = keras.ops.convert_to_numpy(leaf.layer.moving_mean)
+            shifts.append(float(np.mean(np.abs(m1 - m0) / np.sqrt(v0 + 1e-3))))
+    del clone
+    right_batch = preds == labels
+    d = paired_difference(right_inference, right_batch)
+    return {"accuracy_inference_mode": float(np.mean(right_inference)),
+            "accuracy_batch_statistics": float(np.mean(right_batch)),
+            "drop": d.difference, "drop_interval": [d.low, d.high], "threshold": check.threshold("drop"),
+            "verdict": decide(d.low, d.high, check.threshold("drop")),
+            "n_images": int(len(sample)), "sample": _sample_note(sample, len(ev.labels)),
+            "batch_size": int(getattr(ctx, "training_batch", TRAINING_BATCH)), "preset": ctx.working_preset,
+            "bn_mean_shift_after_one_pass": float(np.mean(shifts)) if shifts else None}
 
 
 def check_no_better_than_chance(ctx: DiagnosisContext, check: Check) -> list[Finding]:

@@ -63,9 +63,19 @@ CHECKS: tuple[Check, ...] = (
     Check("trainable-inside-frozen-model", "warning", "finetuning", "trainable layers inside a frozen model",
           "layers set trainable inside a model marked frozen (Keras 3 trains them)",
           run=finetuning.check_freezing),
-    Check("bn-trainable-in-base", "warning", "finetuning", "trainable BatchNormalization in the base",
-          "BatchNormalization trainable inside an unfrozen base that the model does not call with `training=False`",
-          run=finetuning.check_freezing),
+    Check("bn-trainable-in-base", "info", "finetuning", "trainable BatchNormalization in the base",
+          "BatchNormalization trainable inside an unfrozen base that the model does not call with `training=False` "
+          "(advice for fine-tuning, read from the file); a warning only when batch statistics, as `fit` runs them, "
+          "cost {drop:pts} or more of accuracy on your images (the whole 95 % paired interval of the drop)",
+          run=finetuning.check_bn_trainable_in_base, measured_severity="warning",
+          thresholds={
+              "drop": Threshold(0.10, "Batch statistics of one batch of at most 64 images are noisy themselves; a model "
+                                      "whose moving statistics describe these images (one trained end to end) loses at "
+                                      "most a few points to that noise, so only a 10-point drop says the stored "
+                                      "statistics and the batches disagree."),
+              "min_images": Threshold(16, "Below 16 images a batch's mean and variance are too noisy to normalize "
+                                          "with, so batch statistics say nothing."),
+          }),
     Check("keras-overrides-training-false", "info", "finetuning", "`training=False` under the installed Keras",
           "the base is called with `training=False` (as the keras-io guide recommends) but the installed Keras "
           "passes `fit`'s `training=True` into it, so its trainable BatchNormalization layers would update "
