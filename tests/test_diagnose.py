@@ -1164,3 +1164,16 @@ def test_pipeline_check_defers_to_the_checks_that_already_judge_the_users_preset
     assert "no-better-than-chance" in ids(dead_head_report)
     assert "no-better-than-chance reports it" in skipped(dead_head_report)["inference-preset-fails"]
     assert "inference-preset-fails" in clean.checks_run and "inference-preset-fails" not in ids(clean)
+
+
+def test_user_preset_far_below_another_is_an_error_when_no_preset_can_be_named(loaded_base, base_images):
+    """Fingerprint toward `unit` and the user on `unit`: the model is not at chance there (about 48 %) and gives
+    no one class to nearly every image, but loses about 50 points against `tf` on the same images; with the
+    evidence conflicting normalization-mismatch names no preset, and the user's pipeline is still an error."""
+    r = diagnose(fooled_fingerprint(loaded_base, base_images, "unit"), base_images, "unit", checks=PRESET_CHECKS)
+    assert "evidence conflicts" in skipped(r)["normalization-mismatch"]
+    f = finding(r, "inference-preset-fails")
+    ev = f.evidence
+    assert ev["at_chance"] is False and ev["collapsed"] is False and ev["below_most_accurate"] is True
+    assert ev["most_accurate_preset"] == "tf" and ev["drop_interval"][0] >= 0.2
+    assert "points below `tf`" in f.title and "fingerprint prefers `unit`" in f.title

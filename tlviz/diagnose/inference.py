@@ -136,8 +136,9 @@ def _describe_pipeline(ev: PresetEvidence, preset: str, check: Check) -> dict:
 
     Returns:
         ``{"accuracy", "interval", "chance", "n", "top", "top_name", "share", "label_share", "excess",
-        "at_chance", "collapsed"}``; ``at_chance`` / ``collapsed`` are True, False or None (the 95 %
-        intervals cannot decide).
+        "at_chance", "collapsed", "other", "drop", "below"}``; ``other`` is the most accurate preset when it
+        is not `preset` (else None) and ``drop`` the paired difference to it; ``at_chance`` / ``collapsed`` /
+        ``below`` are True, False or None (the 95 % intervals cannot decide).
     """
     labels = np.asarray(ev.labels, dtype=np.int64)
     preds = np.asarray(ev.report.predictions[preset], dtype=np.int64)
@@ -157,7 +158,13 @@ def _describe_pipeline(ev: PresetEvidence, preset: str, check: Check) -> dict:
     d = paired_difference(preds == top, labels == top)
     looks = d.accuracy_a >= check.threshold("share") and d.difference >= check.threshold("excess")
     collapsed = decide(d.low, d.high, check.threshold("excess")) if looks else False
-    return {"accuracy": correct / n, "interval": (lo, hi), "chance": ev.chance, "n": n, "top": top,
+    other = ev.most_accurate if ev.most_accurate != preset else None
+    drop, below = None, False
+    if other is not None and other in ev.report.predictions:
+        drop = paired_difference(np.asarray(ev.report.predictions[other]) == labels, preds == labels)
+        if drop.difference >= check.threshold("drop"):
+            below = decide(drop.low, drop.high, check.threshold("drop"))
+    return {"other": other, "drop": drop, "below": below, "accuracy": correct / n, "interval": (lo, hi), "chance": ev.chance, "n": n, "top": top,
             "top_name": names[top] if top < len(names) else str(top), "share": d.accuracy_a,
             "label_share": d.accuracy_b, "excess": d, "at_chance": at_chance, "collapsed": collapsed,
             "histogram": {(names[c] if c < len(names) else str(c)): int(counts[c]) for c in np.argsort(-counts)
@@ -165,8 +172,8 @@ def _describe_pipeline(ev: PresetEvidence, preset: str, check: Check) -> dict:
 
 
 def judge_inference_preset_fails(ev: PresetEvidence, preset: str, check: Check) -> list[Finding]:
-    """``inference-preset-fails``: under the user's own preset the model guesses or gives one class to nearly
-    every image, whatever the other presets score (pure).
+    """``inference-preset-fails``: under the user's own preset the model guesses, gives one class to nearly
+    every image, or scores far below another preset on the same images, whatever the cause (pure).
 
     The checks about the model (prediction-collapse, bn-statistics-mismatch, the probes) judge it under the
     preset it scores best with; this one judges the pipeline the user runs. It leaves the finding to
@@ -190,20 +197,22 @@ def judge_inference_preset_fails(ev: PresetEvidence, preset: str, check: Check) 
     p = _describe_pipeline(ev, preset, check)
     lo, hi = p["interval"]
     d = p["excess"]
-    broken = p["at_chance"] is True or p["collapsed"] is True
+    broken = p["at_chance"] is True or p["collapsed"] is True or p["below"] is True
     if not broken:
-        if p["at_chance"] is None or p["collapsed"] is None:
+        if None in (p["at_chance"], p["collapsed"], p["below"]):
             raise CheckSkipped(
                 f"Too few images to decide whether your pipeline works: under your `{preset}` the model scores "
                 f"{p['accuracy']:.1%} on {p['n']} images (95 % interval {format_interval(lo, hi)}, chance "
                 f"{p['chance']:.1%}) and gives '{p['top_name']}' to {p['share']:.1%} of them (excess over the labels "
-                f"{format_points(d.low, d.high)}); the intervals reach both sides of the thresholds. Add images "
-                "to decide.")
+                f"{format_points(d.low, d.high)})"
+                + (f"; `{p['other']}` scores {p['drop'].difference * 100:.1f} points more on the same images "
+                   f"({format_points(p['drop'].low, p['drop'].high)})" if p["drop"] is not None else "")
+                + "; the intervals reach both sides of the thresholds. Add images to decide.")
         return []
     if ev.at_chance:
         raise CheckSkipped("No preset makes the model better than chance, yours included: no-better-than-chance "
                            "reports it, and says whether the head or the base fails.")
-    if preset == ev.best and p["at_chance"] is not True:
+    if preset == ev.best and p["at_chance"] is not True and p["below"] is not True:
         raise CheckSkipped(f"Your `{preset}` is also the preset the model scores best with, so prediction-collapse, "
                            "which judges the model under that preset, reports the class that absorbs the others.")
     from tlviz.diagnose.registry import CHECKS  # the registry imports this module
@@ -223,27 +232,36 @@ def judge_inference_preset_fails(ev: PresetEvidence, preset: str, check: Check) 
                 f"no better than chance ({p['chance']:.1%})")
     elif p["at_chance"]:
         what = f"scores {p['accuracy']:.1%}, no better than chance ({p['chance']:.1%})"
-    else:
+    elif p["collapsed"]:
         what = f"gives '{p['top_name']}' to {p['share']:.0%} of the images, which hold {p['label_share']:.0%} of that class"
+    else:
+        what = (f"scores {p['accuracy']:.1%}, {p['drop'].difference * 100:.0f} points below `{top_acc}` "
+                f"({ev.accuracy[top_acc]:.1%}) on the same images")
     others = ""
+    fp = ev.report.fingerprint
     if top_acc is not None and top_acc != preset:
-        others = f"`{top_acc}` scores {ev.accuracy[top_acc]:.1%}"
-        fp = ev.report.fingerprint
+        others = "" if p["below"] and not p["at_chance"] and not p["collapsed"] else \
+            f"`{top_acc}` scores {ev.accuracy[top_acc]:.1%}"
         if fp.best is not None and fp.best != top_acc:
-            others += f" but the fingerprint prefers `{fp.best}`"
+            others += f"{' but ' if others else ''}the fingerprint prefers `{fp.best}`"
     title = f"Under your inference preset `{preset}` the model {what}" + (f"; {others}" if others else "")
     evidence = {"inference_preset": preset, "accuracy_inference": p["accuracy"], "accuracy_interval": [lo, hi],
                 "chance": p["chance"], "n_images": p["n"], "at_chance": bool(p["at_chance"]),
                 "predicted_class": p["top_name"], "predicted_share": p["share"], "label_share": p["label_share"],
                 "excess_interval": [d.low, d.high], "collapsed": bool(p["collapsed"]),
                 "prediction_histogram": p["histogram"], "accuracy_by_preset": ev.accuracy,
+                "below_most_accurate": bool(p["below"]),
+                "drop": None if p["drop"] is None else p["drop"].difference,
+                "drop_interval": None if p["drop"] is None else [p["drop"].low, p["drop"].high],
                 "most_accurate_preset": top_acc, "fingerprint_order": ev.report.fingerprint.order,
                 "fingerprint_distance": ev.fingerprint_distances, "conflicts": conflicts}
     lead = (f"Whatever the other presets do, the images your code prepares with `{preset}` get this: on "
             f"{p['n']} images the model scores {p['accuracy']:.1%} (95 % interval {format_interval(lo, hi)}; "
             f"always answering the most common class scores {p['chance']:.1%}) and predicts '{p['top_name']}' for "
             f"{p['share']:.1%} of them (the labels hold {p['label_share']:.1%}; excess "
-            f"{format_points(d.low, d.high)}).")
+            f"{format_points(d.low, d.high)})"
+            + (f"; `{p['other']}` scores {p['drop'].difference * 100:.1f} points more on the same images (95 % "
+               f"interval {format_points(p['drop'].low, p['drop'].high)})" if p["drop"] is not None else "") + ".")
     if conflicts:
         why = (" The evidence on which preset the model expects conflicts, so tlviz recommends none: "
                + "; ".join(conflicts) + ". Measurements disagree like this when BatchNormalization statistics "

@@ -120,12 +120,17 @@ CHECKS: tuple[Check, ...] = (
           }),
     Check("inference-preset-fails", "error", "inference", "the model under your inference preset",
           "under the preset your inference code applies, the model is no better than chance (the whole 95 % interval "
-          "within {margin:pts} of it) or gives one class to {share:.0%} or more of the images (the excess over the "
-          "labels' share above {excess:pts}, whole interval), whatever other presets score; names the evidence on "
-          "the expected preset that conflicts (left to normalization-mismatch when it names a preset that works, and "
-          "to no-better-than-chance when no preset does)",
+          "within {margin:pts} of it), gives one class to {share:.0%} or more of the images (the excess over the "
+          "labels' share above {excess:pts}, whole interval), or scores {drop:pts} or more below another preset on "
+          "the same images (whole paired interval), whatever the cause; names the evidence on the expected preset "
+          "that conflicts (left to normalization-mismatch when it names a preset that works, and to "
+          "no-better-than-chance when no preset does)",
           judge=inference.judge_inference_preset_fails,
-          thresholds={"margin": _CHANCE_MARGIN, "share": _COLLAPSE_SHARE, "excess": _COLLAPSE_EXCESS}),
+          thresholds={"margin": _CHANCE_MARGIN, "share": _COLLAPSE_SHARE, "excess": _COLLAPSE_EXCESS,
+                      "drop": Threshold(0.2, "A loss of 20 points against another preset on the same images is no "
+                                             "choice between presets the model tolerates alike (that is 5 points): "
+                                             "the pipeline fails on a fifth of the images the model gets right "
+                                             "otherwise, whatever the cause.")}),
     Check("label-order-mismatch", "error", "inference", "the class order",
           "a re-ordering of the classes raises accuracy by {gain:pts} or more, to at least {min_accuracy:.0%} "
           "(the mapping is shown)",
