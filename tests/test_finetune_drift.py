@@ -86,11 +86,12 @@ def test_blocks_of_a_keras_application_and_of_a_model_without_named_blocks():
     assert names[2:-1] == [f"block_{i}" for i in range(1, 17)]
     block2 = next(b for b in base_blocks(mnet) if b.name == "block_2")
     assert block2.output == "block_2_add"  # the residual sum, not the last weighted layer
-    # Without named blocks: one block per weight-holding layer, up to the next one.
+    # Without named blocks: one block per weight-holding layer, up to the next one (or to the base's end: the
+    # Flatten that collapses the feature map starts the head).
     plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
                               keras.layers.ReLU(name="r1"), keras.layers.Conv2D(4, 3, name="c2"),
                               keras.layers.Flatten(name="f"), keras.layers.Dense(2, name="head")])
-    assert [(b.name, b.output) for b in base_blocks(plain)] == [("c1", "r1"), ("c2", "f")]
+    assert [(b.name, b.output) for b in base_blocks(plain)] == [("c1", "r1"), ("c2", "c2")]
 
 
 # -- runs -------------------------------------------------------------------------------------------
