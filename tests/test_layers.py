@@ -198,8 +198,11 @@ def test_block_boundaries_mobilenet(frozen_mobilenet):
 
 def test_cli_layers_json(frozen_model_path):
     out = subprocess.run([sys.executable, "-m", "tlviz", "layers", str(frozen_model_path), "--json"],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr  # the exit-status contract: an error-level finding (nothing trains)
     data = json.loads(out.stdout)
+    assert [(f["id"], f["severity"]) for f in data["findings"]] == [("no-trainable-weights", "error")]
+    assert {l["path"]: l["role"] for l in data["layers"]}["new_head"] == "head"
     assert data["model"] == "digits_frozen"
     assert data["input_shape"] == [32, 32, 3]
     assert data["trainable_params"] == 0
