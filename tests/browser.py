@@ -25,9 +25,17 @@ def free_port() -> int:
 
 
 class ServerURL(str):
-    """The served app's base URL; ``.pid`` is the server process's id."""
+    """The served app's base URL; ``.pid`` is the server process's id, ``.log`` its output file."""
 
     pid: int
+    log: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's output (for a failing test's message)."""
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
 
 @contextlib.contextmanager
@@ -45,6 +53,7 @@ def streamlit_server(env: dict | None = None, timeout: float = 90):
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     url = ServerURL(f"http://127.0.0.1:{port}")
     url.pid = proc.pid
+    url.log = Path(log.name)
     try:
         deadline = time.time() + timeout
         while time.time() < deadline:
