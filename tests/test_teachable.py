@@ -125,3 +125,52 @@ def test_overview_page_names_teachable_machine_and_offers_the_download(keras2):
     # A refused file afterwards leaves the Teachable Machine model loaded.
     upload_model(at, "model.onnx", b"\x08\x07\x12\x07pytorch")
     assert "ONNX model" in texts(at) and "Still using the previous model: converted_keras.zip" in texts(at)
+
+
+def _two_class_folder(root, n: int = 6):
+    rng = np.random.default_rng(3)
+    for cls, colour in (("mug", (200, 40, 40)), ("plant", (40, 160, 60))):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(rng.normal(colour, 40, size=(48, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("new_head", [True, False])
+def test_teachable_export_fine_tunes_with_its_own_preset_augmented(keras2, tmp_path, new_head):
+    """A Teachable Machine export, its `teachable` preset, augmentation, depth 10: with a new head (another
+    class count, the usual case: the head sits in a nested Sequential) and with its own head; exactly the
+    head and the top 10 weight layers of MobileNetV2 (BatchNormalization frozen) move."""
+    from tlviz.finetune.config import RunConfig
+    from tlviz.finetune.run import run_finetune
+    from tlviz.layers import unfreeze_plan
+    from tlviz.models import load_model
+
+    loaded = load_model(teachable_zip(keras2, "0 a\n1 b\n2 c\n"), "converted_keras.zip")
+    if new_head:
+        root = _two_class_folder(tmp_path / "set")
+    else:
+        root = _two_class_folder(tmp_path / "set")
+        (root / "c").mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((48, 64, 3), 90 + i, np.uint8)).save(root / "c" / f"{i}.png")
+        (root / "labels.txt").write_text("0 a\n1 b\n2 c\n")
+        (root / "mug").rename(root / "a")
+        (root / "plant").rename(root / "b")
+    images = load_image_set(root, loaded.image_size, loaded.channels, resize="crop")
+    config = RunConfig(unfreeze=10, epochs=1, batch_size=4, lr=1e-3, preset="teachable", augment=True,
+                       new_head=new_head, use_cache=False, seed=2)
+    result = run_finetune(loaded, images, config, save=False)
+    assert result.state == "completed"
+    assert result.head.new_head == new_head
+    plan = unfreeze_plan(loaded.model, 10)
+    base_expected = set(plan.loc[(plan["role"] == "base") & plan["would_train"], "path"])
+    assert len(base_expected) == len([p for p in base_expected if "/" in p]) > 0  # inside the nested MobileNetV2
+    wc = result.weight_change
+    moved = set(wc.loc[wc["l2_change"] > 0, "path"])
+    head_paths = set(plan.loc[plan["role"] == "head", "path"])
+    moved_base = moved - head_paths - {p for p in moved if p.startswith("new_head") or "tlviz_head" in p}
+    assert moved_base == base_expected, sorted(moved_base ^ base_expected)
+    assert len(moved - moved_base) >= 1  # the head moved too

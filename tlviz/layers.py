@@ -271,6 +271,53 @@ def layer_table(model) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 
+def head_input(model, table: pd.DataFrame | None = None):
+    """Where the classification head starts in the model's top-level graph, and the features it reads.
+
+    The head (`layer_table`'s ``role``) may be plain layers or a nested model (a Teachable Machine
+    export's head ``Sequential``): the boundary is the first top-level layer whose layers are all head.
+
+    Args:
+        model: the Keras model.
+        table: a precomputed `layer_table(model)`. Defaults to computing it.
+
+    Returns:
+        ``(index, tensor)``: the index in ``model.layers`` of the first head layer and its input
+        tensor (the base's features).
+
+    Raises:
+        ValueError: no head, a head that starts inside a nested model that also holds base layers
+            (its features are not a tensor of the top-level graph), or a head layer with several
+            inputs; the message says which.
+    """
+    import keras
+
+    table = layer_table(model) if table is None else table
+    roles = dict(zip(table["path"], table["role"]))
+    for idx, layer in enumerate(model.layers):
+        if type(layer).__name__ == "InputLayer":
+            continue
+        if isinstance(layer, keras.Model):
+            inside = {r for p, r in roles.items() if p.startswith(layer.name + "/")}
+            if "head" in inside and inside != {"head"}:
+                raise ValueError(f"The head starts inside the nested model '{layer.name}', which also holds base "
+                                 "layers, so its features are not reachable from the outer model.")
+            role = "head" if inside == {"head"} else "base"
+        else:
+            role = roles.get(layer.name, "base")
+        if role != "head":
+            continue
+        try:
+            tensor = layer.input
+        except Exception as exc:  # a layer called several times
+            raise ValueError(f"The input of the head layer '{layer.name}' could not be traced ({str(exc)[:120]}).") \
+                from None
+        if isinstance(tensor, (list, tuple)):
+            raise ValueError(f"The head layer '{layer.name}' takes several inputs; one feature tensor is needed.")
+        return idx, tensor
+    raise ValueError("No classification head was found on top of the base.")
+
+
 def totals(table: pd.DataFrame) -> dict[str, int]:
     """Total / trainable / non-trainable parameters of a `layer_table`."""
     t = int(table["trainable_params"].sum())

@@ -111,33 +111,20 @@ class Probe:
 
 def _feature_tensor(model):
     """(index of the first top-level head layer, its input tensor, its path) or CheckSkipped."""
-    import keras
-
-    from tlviz.layers import layer_table
+    from tlviz.layers import head_input, layer_table
 
     table = layer_table(model)
-    roles = dict(zip(table["path"], table["role"]))
     weighted_base = table[(table["role"] == "base") & table["holds_weights"]]
     if not len(weighted_base):
         raise CheckSkipped("The model has no pre-trained base with weights below its head, so there are no "
                            "pre-trained features to probe.")
-    for idx, layer in enumerate(model.layers):
-        if type(layer).__name__ == "InputLayer":
-            continue
-        if isinstance(layer, keras.Model):
-            role = next((r for p, r in roles.items() if p.startswith(layer.name + "/")), "base")
-        else:
-            role = roles.get(layer.name, "base")
-        if role == "head":
-            try:
-                tensor = layer.input
-            except Exception as exc:
-                raise CheckSkipped(f"The input of the head layer '{layer.name}' could not be traced "
-                                   f"({str(exc)[:120]}).") from None
-            history = getattr(tensor, "_keras_history", None)
-            below = getattr(getattr(history, "operation", None), "name", None)
-            return idx, tensor, below or f"input of {layer.name}"
-    raise CheckSkipped("No classification head was found on top of the base, so there is no feature layer to probe.")
+    try:
+        idx, tensor = head_input(model, table)
+    except ValueError as exc:
+        raise CheckSkipped(f"{exc} So there is no feature layer to probe.") from None
+    history = getattr(tensor, "_keras_history", None)
+    below = getattr(getattr(history, "operation", None), "name", None)
+    return idx, tensor, below or f"input of {model.layers[idx].name}"
 
 
 def _features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from tlviz.callargs import honour_recorded_training, recorded_training
 from tlviz.errors import RunRefused
 from tlviz.finetune.config import RunConfig
-from tlviz.layers import NOISE_CLASSES, freezing_findings, layer_table, totals, unique_name
+from tlviz.layers import NOISE_CLASSES, freezing_findings, head_input, layer_table, totals, unique_name
 
 #: Names given to the layers of a new head (a numeric suffix is added on clashes).
 NEW_HEAD_NAMES = ("tlviz_head_pool", "tlviz_head_dropout", "tlviz_head")
@@ -178,19 +178,11 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
     notes: list[str] = inference_call_notes(model)
     if not head.new_head:
         return BuiltModel(model, False, not _outputs_probabilities(model), notes)
-    table = layer_table(model)
-    heads = table[table["role"] == "head"]
-    if heads.empty:
-        raise RunRefused("Could not tell the head from the base in this model (no Dense layer found), so a new "
-                         "head cannot be attached. Fine-tune the model's own head instead.")
-    first = _layer_by_path(model, heads["path"].iloc[0])
     try:
-        features = first.input
-    except Exception as exc:  # layer called several times
-        raise RunRefused(f"Could not find the features feeding the head layer '{first.name}' ({exc}). "
-                         "Fine-tune the model's own head instead.") from None
-    if isinstance(features, (list, tuple)):
-        raise RunRefused(f"The head layer '{first.name}' takes several inputs; a new head needs one feature tensor.")
+        _, features = head_input(model)
+    except ValueError as exc:
+        raise RunRefused(f"A new head cannot be attached: {exc} Fine-tune the model's own head instead "
+                         "(keep the class count of its outputs).") from None
     # A dropout directly below the old classifier belonged to it: the new head brings its own.
     while True:
         producer = getattr(features, "_keras_history", [None])[0]
@@ -217,13 +209,6 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
 def trainable_params(model) -> int:
     """Trainable parameters, counted as Keras does (shared weights once)."""
     return totals(layer_table(model))["trainable_params"]
-
-
-def _layer_by_path(model, path: str):
-    layer = model
-    for part in path.split("/"):
-        layer = layer.get_layer(part)
-    return layer
 
 
 def _outputs_probabilities(model) -> bool:
