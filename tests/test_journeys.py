@@ -575,3 +575,236 @@ def test_keras2_tutorial_user(served, files, keras2_tutorial):
     held = held_out(ims.labels, n_eval)
     pred = np.argmax(model.predict(apply_preset(ims.images[held], "tf"), verbose=0), axis=1)
     assert abs(float(np.mean(pred == ims.labels[held])) - after) < 0.0006, (np.mean(pred == ims.labels[held]), after)
+
+
+# -- 3. keras-io guide user ---------------------------------------------------------------------------------
+
+GUIDE_CLASSES = ["daisy", "iris", "rose", "sunflower", "tulip"]  # sorted: the folders' order is the outputs'
+
+
+@pytest.fixture(scope="module")
+def guide_files(files):
+    """The keras-io guide's fine-tuning model (conftest `guide_model`: the base called with ``training=False``,
+    then unfrozen), its head trained briefly, saved as .keras; and a matching image set .zip."""
+    import keras
+
+    from conftest import guide_model
+
+    images = class_images(GUIDE_CLASSES, 6, 96, seed=2)
+    x, y = stack(images)
+    model, base = guide_model()
+    _calibrate_and_train_head(model, base, x, y)
+    base.trainable = True  # the guide's second phase
+    path = files / "guide.keras"
+    model.save(path)
+    return path, write_image_zip(files / "flowers.zip", images, top="flowers")
+
+
+def test_keras_io_guide_user(served, files, guide_files):
+    """A base called with training=False, a two-phase run (head first, then the top 10 weight-holding layers
+    with BatchNormalization kept frozen): no BatchNormalization statistic moves, though the installed Keras
+    passes fit's training=True into such a base."""
+    import keras
+
+    from tlviz.finetune import list_runs, load_run
+
+    server, runs = served
+    model_path, images_zip = guide_files
+    original = keras.saving.load_model(model_path, safe_mode=True)
+    base = original.get_layer(next(l.name for l in original.layers if isinstance(l, keras.Model)))
+    base_weighted = [f"{base.name}/{l.name}" for l in base.layers if l.weights]
+    bn = {f"{base.name}/{l.name}" for l in base.layers if isinstance(l, keras.layers.BatchNormalization)}
+    trains = [p for p in base_weighted[-10:] if p not in bn] + ["head"]
+    lap = Laps("guide")
+    with journey_page(server, "guide") as page:
+        page.goto(server)
+        page.get_by_role("heading", name="Model & images").wait_for()
+        upload_model(page, model_path)
+        upload_images(page, images_zip)
+        sidebar_model(page, "guide")
+        sidebar(page).get_by_text("30 images").wait_for(timeout=60_000)
+        go(page, "Freezing status")
+        page.get_by_text(re.compile("tlviz runs it that way in its diagnosis and fine-tuning runs")).wait_for()
+        no_exception(page, server)
+        lap("uploads, freezing status")
+
+        go(page, "Fine-tuning runs")
+        page.get_by_role("switch", name="Snap to block boundaries").click(force=True)
+        set_slider(page, "Unfreeze depth (base layers with weights, from the top)", 10)
+        page.get_by_text(f"Base layers that train: {len(trains) - 1}").wait_for()
+        choose(page, "Preset", "tf")  # the guide's preprocess_input
+        set_number(page, "Epochs", 1)
+        page.get_by_text("Regularization, BatchNormalization and schedule").click()
+        assert page.get_by_role("radio", name=re.compile("keep frozen")).is_checked()
+        page.get_by_text("Train the new head first (two phases)").click()
+        set_number(page, "Head-phase epochs", 1)
+        page.get_by_role("button", name="Start run").click()
+        done = page.get_by_text(re.compile(r"All \d+ frozen layers show exactly zero change: freezing works"))
+        done.wait_for(timeout=240_000)
+        assert int(re.search(r"All (\d+) frozen", done.inner_text()).group(1)) == len(base_weighted) + 1 - len(trains)
+        no_exception(page, server)
+        chart = page.locator('[data-testid="stVegaLiteChart"]', has_text="how far each layer")
+        chart.scroll_into_view_if_needed()
+        chart.locator("canvas, svg").first.wait_for()
+        page.wait_for_timeout(2000)  # let the charts finish drawing
+        save_screenshot(page, "journey_guide_run.png")
+        lap("two-phase run")
+        out = download(page, "Download the fine-tuned model (.keras)", files / "guide_finetuned.keras")
+
+    ws = workspace_of(page)
+    listed = list_runs(runs, owner=ws)
+    assert len(listed) == 1 and listed["state"].iloc[0] == "completed", listed
+    rec = load_run(listed["run_id"].iloc[0], runs, owner=ws)
+    assert rec.config["two_phase"] and rec.config["bn"] == "frozen" and rec.config["unfreeze"] == 10
+    tuned = keras.saving.load_model(out, safe_mode=True)
+    before, after = leaf_weights(original), leaf_weights(tuned)
+    moved = moved_layers(before, after)
+    assert sorted(moved) == sorted(trains), moved  # the run did train the top of the base ...
+    for path in sorted(bn):  # ... and every BatchNormalization layer, its moving statistics included, is as it was
+        layer = tuned.get_layer(base.name).get_layer(path.split("/")[-1])
+        was = original.get_layer(base.name).get_layer(path.split("/")[-1])
+        np.testing.assert_array_equal(np.asarray(layer.moving_mean), np.asarray(was.moving_mean), err_msg=path)
+        np.testing.assert_array_equal(np.asarray(layer.moving_variance), np.asarray(was.moving_variance), err_msg=path)
+    lap("downloaded model checked")
+
+
+# -- 4. Impatient user --------------------------------------------------------------------------------------
+
+SAMPLE = "digits_base"
+
+
+@pytest.fixture(scope="module")
+def impatient_model(files):
+    """A model that takes about a second to load (MobileNetV2 alpha 1.0 at 128, weights=None, 9.6 MB), with the
+    sample image set's 5 outputs: ``(path, name, total parameters)``."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(weights=None, input_shape=(128, 128, 3), alpha=1.0, include_top=False)
+    inputs = keras.Input((128, 128, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="digit")(x), name="impatient_net")
+    path = files / "impatient_net.keras"
+    model.save(path)
+    return path, model.name, model.count_params()
+
+
+def _depth_steps(path) -> int:
+    """The Fine-tuning page's unfreeze-depth control's last step for the model file at `path`."""
+    from tlviz.finetune import depth_choices
+    from tlviz.layers import layer_table
+    from tlviz.models import load_model
+
+    return len(depth_choices(layer_table(load_model(path).model))) - 1
+
+
+def pages_show(page, name: str, total_params: int, depth_steps: int, sample: bool) -> None:
+    """Every page measures the model the sidebar names: its name, its parameter count, its depth control, and
+    (for a model that is not the sample, so nothing runs by itself) the pages' offers to measure it by name."""
+    sidebar_model(page, name)
+    go(page, "Model & images")
+    page.get_by_role("heading", name=f"Model: {name}").wait_for()
+    go(page, "Freezing status")
+    assert metric_value(page, "Total params") == f"{total_params:,}"
+    go(page, "Fine-tuning runs")
+    page.get_by_role("slider", name="Unfreeze depth").first.wait_for()
+    assert page.get_by_role("slider", name="Unfreeze depth").first.get_attribute("max") == str(depth_steps)
+    go(page, "Normalization")
+    if sample:
+        best = page.locator('[data-testid="stAlert"]', has_text="Best setting:").first
+        best.wait_for(timeout=180_000)
+        assert "Best setting: tf (" in best.inner_text(), best.inner_text()  # digits_base was trained on tf
+    else:
+        page.get_by_text(re.compile(rf"Press Compare to evaluate {re.escape(name)} on \d+ images")).wait_for()
+    go(page, "Diagnose")
+    if sample:
+        page.get_by_text("Checks skipped").wait_for(timeout=180_000)
+        page.get_by_text(re.compile(r"the model expects `?tf")).first.wait_for()
+    else:
+        page.get_by_text(re.compile(rf"Press Diagnose to check {re.escape(name)} on \d+ images")).wait_for()
+    sidebar_model(page, name)
+    no_exception(page)
+
+
+def test_impatient_user(served, files, impatient_model, base_model_path):
+    """(a) picks the image source right after choosing a model file; (d) reloads during a comparison; (c)
+    double-clicks Start; (b) starts a run and looks at another page meanwhile: nothing lost, nothing run twice,
+    every page shows the model the sidebar shows."""
+    from tlviz.finetune import list_runs, load_run
+
+    server, runs = served
+    path, name, n_params = impatient_model
+    steps, sample_steps = _depth_steps(path), _depth_steps(base_model_path)
+    assert steps != sample_steps
+    lap = Laps("impatient")
+    with journey_page(server, "impatient") as page:
+        page.goto(server)
+        page.get_by_role("heading", name="Model & images").wait_for()
+        sidebar_model(page, SAMPLE)
+        ws = workspace_of(page)
+
+        # (a) Choose the model file, then within 0.2 s the next thing: the image set's "Upload .zip".
+        sidebar(page).get_by_text("Upload", exact=True).first.click()
+        sidebar(page).locator('input[type="file"]').first.set_input_files(str(path))
+        page.wait_for_timeout(200)  # the impatient human's gap
+        loading = page.get_by_text("Loading model…").count() > 0
+        sidebar(page).get_by_text("Upload .zip", exact=True).click()
+        sidebar_model(page, name, timeout=60_000)
+        save_screenshot(page, "journey_impatient_switched.png")
+        pages_show(page, name, n_params, steps, sample=False)
+        lap(f"(a) upload interrupted {'while loading' if loading else '(load not seen)'}, every page checked")
+
+        # (d) Back to the sample; the Normalization page starts its comparison; reload while it runs.
+        sidebar(page).get_by_text("Sample", exact=True).first.click()
+        sidebar_model(page, SAMPLE)
+        go(page, "Normalization")
+        page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
+        assert len(analysis_jobs(runs, "normalize", ws)) == 1, "the comparison ran before this journey"
+        page.reload()
+        page.get_by_role("heading", name="Normalization").wait_for()
+        best = page.locator('[data-testid="stAlert"]', has_text="Best setting:").first
+        best.wait_for(timeout=180_000)
+        assert workspace_of(page) == ws
+        assert len(analysis_jobs(runs, "normalize", ws)) == 1, analysis_jobs(runs, "normalize", ws)
+        no_exception(page, server)
+        save_screenshot(page, "journey_impatient_after_reload.png")
+        lap("(d) reload during a comparison")
+
+        # (c) Double-click Start: one run.
+        go(page, "Fine-tuning runs")
+        set_number(page, "Epochs", 1)
+        page.get_by_role("button", name="Start run").dblclick()
+        page.get_by_text("freezing works").first.wait_for(timeout=180_000)
+        listed = list_runs(runs, owner=ws)
+        assert len(listed) == 1, listed[["run_id", "state"]]
+        first = listed["run_id"].iloc[0]
+        no_exception(page, server)
+        lap("(c) double-click")
+
+        # (b) Start a run, look at another page meanwhile, come back: it went on and shows.
+        set_number(page, "Epochs", 3)
+        page.get_by_role("button", name="Start run").click()
+        page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
+        go(page, "Model & images")
+        page.get_by_role("heading", name=f"Model: {SAMPLE}").wait_for()
+        page.wait_for_timeout(1000)  # reading the other page
+        go(page, "Fine-tuning runs")
+        listed = list_runs(runs, owner=ws)
+        assert len(listed) == 2, listed[["run_id", "state"]]
+        second = next(r for r in listed["run_id"] if r != first)
+        if listed.set_index("run_id").loc[second, "state"] in ("queued", "running"):
+            page.locator('[data-testid="stProgress"]').first.wait_for()  # followed again, not forgotten
+        page.get_by_text(re.compile(rf"{second} · completed")).first.wait_for(timeout=180_000)
+        assert len(load_run(second, runs, owner=ws).history) == 3
+        assert len(list_runs(runs, owner=ws)) == 2
+        no_exception(page, server)
+        save_screenshot(page, "journey_impatient_run_followed.png")
+        lap("(b) navigate away and back")
+        pages_show(page, SAMPLE, load_sample_params(base_model_path), sample_steps, sample=True)
+        lap("every page shows the sample")
+
+
+def load_sample_params(path) -> int:
+    import keras
+
+    return keras.saving.load_model(path, safe_mode=True).count_params()
