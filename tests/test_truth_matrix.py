@@ -1,9 +1,15 @@
-"""The planted-fault matrix (``bench/truth_matrix.py``), a small subset that always runs.
+"""The planted-fault matrix (``bench/truth_matrix.py``): every case of the small CNN family.
 
-The small CNN family is trained here (seeded, digits from scikit-learn, about 20 seconds on two
-cores) into a temporary folder; each case plants one fault (or is a clean control) and the full
-diagnosis must report exactly the planted checks among its errors and warnings (allowed consequences
-aside). Only cases the engine gets right today are asserted; the bench prints the whole matrix.
+The small CNN family is trained here (seeded, digits from scikit-learn, about 40 seconds on two cores)
+into a temporary folder; each case plants one fault (or is a clean control) and the full diagnosis must
+report exactly the planted checks among its errors and warnings (allowed consequences aside). Every case
+of the family runs: a case the engine gets wrong today is listed in `OPEN` with what was measured, and
+runs as a strict expected failure (it is an open item in the README's matrix table; once the engine gets
+it right, the test fails until it is moved out of `OPEN`). The bench runs the other families.
+
+A fault under the wrong inference preset (``case@preset``) is judged from its right-preset diagnosis with
+`DiagnosisReport.for_preset` (no model pass: the other checks judge the model under the preset it scores
+best with), except where no preset is better than chance; one such pair is checked against a fresh run.
 """
 
 from __future__ import annotations
@@ -27,60 +33,86 @@ def _load_bench():
 
 tm = _load_bench()
 
-#: Cases of the cnn family asserted here (names from `truth_matrix.CASE_TABLE`), the clean controls among them.
-SUBSET = (
-    "clean/trained",
-    "clean/phase1-frozen-base",
-    "clean/two-phase-recipe",
-    "every-layer-frozen",
-    "head-frozen",
-    "trainable-inside-frozen-base",
-    "bn-trainable/unpinned-base",
-    "label-order/labels.txt",
-    "preset/raw-not-unit",
-    "weights-not-finite",
-    "random-base/phase1",
-    "random-base/two-phase-recipe",
-    "bn-statistics/reset",
-    "untrained-head",
-    "output-loss/softmax-from-logits",
-    "clean/jpeg-files",
-    "exif-orientation",
-    "duplicate-images/across-classes",
-    "likely-mislabelled",
-    "forgetting/whole-base-adam-0.1",
-    "clean/finetune-whole-base-1e-5",
-)
+FAMILY = "cnn"
+#: Cases of the family the engine gets wrong today: ``{case name: what was measured, and why}``. Each is an
+#: open item in the README's matrix table.
+OPEN: dict[str, str] = {}
+CASES = [c.name for c in tm.cases([FAMILY])]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return tm.Env(tm.FAMILIES["cnn"], tmp_path_factory.mktemp("truth_matrix"), log=lambda text: None)
+    return tm.Env(tm.FAMILIES[FAMILY], tmp_path_factory.mktemp("truth_matrix"), log=lambda text: None)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    """Results of the right-preset cases run so far (their reports kept), for their ``@preset`` variants."""
+    return {}
 
 
 def _case(name: str):
-    found = [c for c in tm.cases(["cnn"]) if c.name == name]
+    found = [c for c in tm.cases([FAMILY]) if c.name == name]
     assert len(found) == 1, name
     return found[0]
 
 
-@pytest.mark.parametrize("name", SUBSET)
-def test_planted_fault_found_and_nothing_else(env, name):
+def _result(env, results: dict, name: str):
     case = _case(name)
-    result = tm.run_case(case, env)
+    if "@" in name:
+        base, preset = name.rsplit("@", 1)
+        if base in results:
+            again = tm.rejudged(results[base], case, preset)
+            if again is not None:
+                return again
+    result = tm.run_case(case, env, keep_report=True)
+    results[name] = result
+    return result
+
+
+def _measured(result) -> str:
+    return (f"fired {sorted(result.scored_fired)}; missed {sorted(result.missed)} "
+            f"(skipped: { {c: result.skipped.get(c) for c in result.missed} }); false alarms "
+            f"{ {c: result.fired[c] for c in result.false_alarms} }")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=OPEN[n]))
+                                  if n in OPEN else n for n in CASES])
+def test_planted_fault_found_and_nothing_else(env, results, name):
+    case = _case(name)
+    result = _result(env, results, name)
     assert result.error is None, result.error
-    assert not result.missed, (f"{case.label}: missed {sorted(result.missed)}; skipped: "
-                               f"{ {c: result.skipped.get(c) for c in result.missed} }")
-    assert not result.false_alarms, (f"{case.label}: false alarms "
-                                     f"{ {c: result.fired[c] for c in result.false_alarms} }")
+    assert not result.missed, f"{case.label}: {_measured(result)}"
+    assert not result.false_alarms, f"{case.label}: {_measured(result)}"
     if case.clean:
-        assert not result.scored_fired
+        assert not result.scored_fired, f"{case.label}: {_measured(result)}"
+
+
+def test_a_rejudged_preset_variant_equals_a_fresh_run(env, results):
+    """The shortcut the variants take is exact: a fault under the wrong preset, diagnosed afresh, reports what
+    its right-preset diagnosis judged again for that preset reports."""
+    name = f"label-order/labels.txt@{tm.FAMILIES[FAMILY].wrong_presets[0]}"
+    case = _case(name)
+    base = results.get(name.split("@")[0]) or tm.run_case(_case(name.split("@")[0]), env, keep_report=True)
+    again = tm.rejudged(base, case, name.split("@")[1])
+    fresh = tm.run_case(case, env)
+    assert again is not None and fresh.error is None
+    assert again.fired == fresh.fired and again.skipped.keys() == fresh.skipped.keys()
+    assert {"label-order-mismatch", "normalization-mismatch"} <= fresh.scored_fired
+
+
+def test_open_items_are_cases_of_the_family():
+    assert set(OPEN) <= set(CASES)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in OPEN:
+        assert f"`{FAMILY}/{name}`" in readme, f"{name} is open here but not in the README's matrix section"
 
 
 def test_the_trained_models_are_good(env):
     """The clean controls mean something only if the models work: the trained model near perfect on its
-    own digits, the transfer model (phase 1) far above chance (20 %) on the new ones."""
-    for kind, least in (("trained", 0.95), ("phase1", 0.6)):
+    own digits, the transfer models far above chance (20 %) on the new ones, the model trained end to end
+    (nested base, trainable BatchNormalization) as good as the frozen-base one."""
+    for kind, least in (("trained", 0.95), ("phase1", 0.6), ("end_to_end", 0.9)):
         env.path(kind)
         assert env.facts[kind]["held_out_accuracy"] > least, (kind, env.facts[kind])
 
@@ -91,17 +123,28 @@ def test_every_error_and_warning_check_has_a_planted_case():
     from tlviz.diagnose import CHECK_IDS
 
     scored, _ = tm._checks()
-    planted = set().union(*(c.planted for c in tm.cases(["cnn"])))
+    planted = set().union(*(c.planted for c in tm.cases([FAMILY])))
     assert {c.id for c in scored} <= planted
     for c in tm.cases():
         assert set(c.planted) | set(c.allowed) <= set(CHECK_IDS), c.label
         assert not set(c.planted) & set(c.allowed), c.label
-    assert sum(c.clean for c in tm.cases(["cnn"])) == 6
+    assert sum(c.clean for c in tm.cases([FAMILY])) == 7
     # catastrophic-forgetting is scored on the fine-tuning cases, and only there; the others on the files
-    runs = [c for c in tm.cases(["cnn"]) if c.run is not None]
+    runs = [c for c in tm.cases([FAMILY]) if c.run is not None]
     assert {c.name for c in runs if c.planted} and all(c.planted <= set(tm.RUN_CHECKS) for c in runs)
     assert all(c.scores(tm.FORGETTING) and not c.scores("head-frozen") for c in runs)
-    assert not any(c.scores(tm.FORGETTING) for c in tm.cases(["cnn"]) if c.run is None)
+    assert not any(c.scores(tm.FORGETTING) for c in tm.cases([FAMILY]) if c.run is None)
+
+
+def test_faults_run_under_the_right_and_the_wrong_preset_in_every_family():
+    """Each family has every `WRONG_PRESET_CASES` fault under its first wrong preset (a clean control trained
+    end to end among them), and a case where accuracy and the fingerprint disagree about the preset."""
+    for fam, f in tm.FAMILIES.items():
+        names = {c.name for c in tm.cases([fam])}
+        for name, more, _ in tm.WRONG_PRESET_CASES:
+            assert {name, f"{name}@{f.wrong_presets[0]}"} <= names, (fam, name)
+        assert {f"fingerprint-fooled/{f.preset}-yours", f"fingerprint-fooled/{tm.FOOLED_TOWARD}-yours"} <= names
+    assert tm.FAMILIES["sample"].data == "sample" and tm.FAMILIES["sample"].trained_file.exists()
 
 
 def test_scoring_counts_allowed_consequences_as_neither():
@@ -113,3 +156,14 @@ def test_scoring_counts_allowed_consequences_as_neither():
     assert (s["per_check"]["head-frozen"].tp, s["overall"].fp, s["overall"].fn) == (1, 0, 0)
     assert s["per_check"]["no-better-than-chance"].tn == 0  # not counted at all
     assert s["info"]["input-resized"].tp == 1
+
+
+def test_an_info_check_raised_to_a_warning_is_scored():
+    """A check the registry lists as info may raise a finding to a warning on a measured effect: on a clean
+    control that is a false alarm, and the check gets a row of its own."""
+    _, info = tm._checks()
+    check = info[0].id
+    r = tm.Result(tm.Case("x", "clean", frozenset(), setup=None, clean=True), {check: ("warning", "t")}, {}, 0.0)
+    assert r.false_alarms == {check}
+    s = tm.score([r])
+    assert s["per_check"][check].fp == 1 and s["overall"].fp == 1
