@@ -116,7 +116,7 @@ print(f"accuracy raw {raw:.3f} unit {unit:.3f}")
 """
 
 
-def _calibrate_and_train_head(model, base, x, y, epochs: int = 8) -> None:
+def _calibrate_and_train_head(model, base, x, y, epochs: int) -> None:
     """Keras 3: set `base`'s BatchNormalization statistics from `x` (tf preset), then train the head (base frozen)."""
     import keras
 
@@ -301,6 +301,13 @@ def workspace_of(page) -> str:
     return m.group(1)
 
 
+def shot(page, name: str) -> Path:
+    """`save_screenshot` with the mouse moved off the page (no tooltip over what the screenshot shows)."""
+    page.mouse.move(1, 1)
+    page.wait_for_timeout(300)
+    return save_screenshot(page, name)
+
+
 def download(page, button_name: str, to: Path) -> Path:
     with page.expect_download(timeout=60_000) as got:
         page.get_by_role("button", name=button_name).click()
@@ -389,7 +396,7 @@ def test_teachable_machine_user(served, files, keras2):
         roles = {row[0]: row[-1] for row in grid_rows(table)}
         assert roles == {**{p: "base" for p in base_weighted[-10:]}, **{p: "head" for p in head_weighted}}, roles
         no_exception(page, server)
-        save_screenshot(page, "journey_teachable_layers.png")
+        shot(page, "journey_teachable_layers.png")
         lap("freezing status")
 
         # Fine-tuning: teachable preset, augmentation, BN trained in the unfrozen part, depth 10, one epoch.
@@ -421,7 +428,7 @@ def test_teachable_machine_user(served, files, keras2):
         chart.scroll_into_view_if_needed()
         chart.locator("canvas, svg").first.wait_for()
         page.wait_for_timeout(1000)  # let the chart finish drawing
-        save_screenshot(page, "journey_teachable_run.png")
+        shot(page, "journey_teachable_run.png")
 
         from tlviz.finetune import list_runs, load_run
 
@@ -442,7 +449,7 @@ def test_teachable_machine_user(served, files, keras2):
         page.get_by_text("Checks skipped").wait_for(timeout=240_000)
         no_exception(page, server)
         assert page.get_by_text("class-count-mismatch").count() == 0  # the folders are labels.txt's classes
-        save_screenshot(page, "journey_teachable_diagnose.png")
+        shot(page, "journey_teachable_diagnose.png")
         lap("diagnose")
 
         # Back to the run: the fine-tuned model downloads, and it moved exactly those layers.
@@ -514,7 +521,7 @@ def test_keras2_tutorial_user(served, files, keras2_tutorial):
         page.get_by_text("Preprocessing built into the model (it expects raw 0–255 pixels)").wait_for()
         page.get_by_text("2 classes match the model's 2 outputs").wait_for()
         no_exception(page, server)
-        save_screenshot(page, "journey_keras2_converted.png")
+        shot(page, "journey_keras2_converted.png")
         out = download(page, "Download the converted model (.keras)", files / "tutorial_converted.keras")
         lap("upload, converted download")
         # The converted file predicts what tf_keras predicted (plain Keras 3, nothing from tlviz).
@@ -533,7 +540,7 @@ def test_keras2_tutorial_user(served, files, keras2_tutorial):
         assert "Best setting: raw (" in best.inner_text(), best.inner_text()
         page.get_by_text("What this means for your inference code").wait_for()
         no_exception(page, server)
-        save_screenshot(page, "journey_keras2_normalization.png")
+        shot(page, "journey_keras2_normalization.png")
         lap("normalization")
 
         # Diagnose (the preset carries over), then repair the double normalization.
@@ -557,7 +564,7 @@ def test_keras2_tutorial_user(served, files, keras2_tutorial):
         assert after >= 0.9 and after - before >= 0.3, (before, after)
         no_exception(page, server)
         box.get_by_text("After (repaired file, fed").scroll_into_view_if_needed()
-        save_screenshot(page, "journey_keras2_repaired.png")
+        shot(page, "journey_keras2_repaired.png")
         repaired = download(page, "Download the repaired .keras", files / "tutorial_repaired.keras")
         lap("repair")
 
@@ -593,7 +600,7 @@ def guide_files(files):
     images = class_images(GUIDE_CLASSES, 6, 96, seed=2)
     x, y = stack(images)
     model, base = guide_model()
-    _calibrate_and_train_head(model, base, x, y)
+    _calibrate_and_train_head(model, base, x, y, epochs=40)
     base.trainable = True  # the guide's second phase
     path = files / "guide.keras"
     model.save(path)
@@ -647,7 +654,7 @@ def test_keras_io_guide_user(served, files, guide_files):
         chart.scroll_into_view_if_needed()
         chart.locator("canvas, svg").first.wait_for()
         page.wait_for_timeout(2000)  # let the charts finish drawing
-        save_screenshot(page, "journey_guide_run.png")
+        shot(page, "journey_guide_run.png")
         lap("two-phase run")
         out = download(page, "Download the fine-tuned model (.keras)", files / "guide_finetuned.keras")
 
@@ -750,7 +757,7 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         loading = page.get_by_text("Loading model…").count() > 0
         sidebar(page).get_by_text("Upload .zip", exact=True).click()
         sidebar_model(page, name, timeout=60_000)
-        save_screenshot(page, "journey_impatient_switched.png")
+        shot(page, "journey_impatient_switched.png")
         pages_show(page, name, n_params, steps, sample=False)
         lap(f"(a) upload interrupted {'while loading' if loading else '(load not seen)'}, every page checked")
 
@@ -767,7 +774,7 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         assert workspace_of(page) == ws
         assert len(analysis_jobs(runs, "normalize", ws)) == 1, analysis_jobs(runs, "normalize", ws)
         no_exception(page, server)
-        save_screenshot(page, "journey_impatient_after_reload.png")
+        shot(page, "journey_impatient_after_reload.png")
         lap("(d) reload during a comparison")
 
         # (c) Double-click Start: one run.
@@ -798,7 +805,7 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         assert len(load_run(second, runs, owner=ws).history) == 3
         assert len(list_runs(runs, owner=ws)) == 2
         no_exception(page, server)
-        save_screenshot(page, "journey_impatient_run_followed.png")
+        shot(page, "journey_impatient_run_followed.png")
         lap("(b) navigate away and back")
         pages_show(page, SAMPLE, load_sample_params(base_model_path), sample_steps, sample=True)
         lap("every page shows the sample")
@@ -808,3 +815,83 @@ def load_sample_params(path) -> int:
     import keras
 
     return keras.saving.load_model(path, safe_mode=True).count_params()
+
+
+# -- 5. PyTorch-habit user ----------------------------------------------------------------------------------
+
+def test_pytorch_habit_user(served, files, guide_files):
+    """Inference code that prepares images the torch way, on models trained on `tf` inputs. The preloaded sample
+    shrugs it off (a point or two): the Normalization page still ranks `tf` first and shows what changes. On the
+    user's own model, which it breaks, Normalization names the mismatch, Diagnose's repair bakes the conversion
+    in, and the repaired download, fed `torch` in plain Keras, scores what the page promised."""
+    import keras
+
+    from tlviz.imagesets import load_image_set
+    from tlviz.presets import apply_preset
+
+    server, runs = served
+    model_path, images_zip = guide_files  # a MobileNetV2 whose head was trained on `tf` inputs
+    lap = Laps("pytorch")
+    with journey_page(server, "pytorch") as page:
+        # The sample first (the app preloads it): what the user's torch preparation costs there.
+        page.goto(server + "/normalization")
+        page.get_by_role("heading", name="Normalization").wait_for()
+        sidebar_model(page, SAMPLE)
+        choose(page, "Preset your inference code uses", "torch")
+        best = page.locator('[data-testid="stAlert"]', has_text="Best setting:").first
+        best.wait_for(timeout=180_000)
+        assert "Best setting: tf (" in best.inner_text(), best.inner_text()
+        changed = page.get_by_text(re.compile(r"^\d+ of \d+ images get another prediction with `?torch`? than with `?tf"))
+        changed.wait_for()
+        assert int(changed.inner_text().split()[0]) > 0, changed.inner_text()
+        no_exception(page, server)
+        lap("the sample")
+
+        # Their own model, trained on `tf` inputs.
+        upload_model(page, model_path)
+        upload_images(page, images_zip)
+        sidebar_model(page, "guide")
+        sidebar(page).get_by_text("30 images").wait_for(timeout=60_000)
+        assert page.get_by_role("combobox", name="Preset your inference code uses").input_value().startswith("torch")
+        page.get_by_role("button", name="Compare").click()
+        best.wait_for(timeout=240_000)
+        assert "Best setting: tf (" in best.inner_text(), best.inner_text()
+        named = page.get_by_text(re.compile(r"Your inference preset `?torch`? is not the one the model expects \(`?tf`?\)"))
+        named.wait_for()
+        no_exception(page, server)
+        named.scroll_into_view_if_needed()
+        shot(page, "journey_pytorch_normalization.png")
+        lap("normalization names it")
+
+        go(page, "Diagnose")
+        assert page.get_by_role("combobox", name="Preset your inference code uses").input_value().startswith("torch")
+        page.get_by_role("button", name="Diagnose").click()
+        page.get_by_text("Checks skipped").wait_for(timeout=240_000)
+        page.get_by_text(re.compile(r"Your inference preset `?torch`? scores [\d.]+%; the model expects `?tf")) \
+            .first.wait_for()
+        lap("diagnose")
+        box = page.locator('[data-testid="stVerticalBlock"]').filter(
+            has_text=re.compile(r"Repair normalization-mismatch")).filter(
+            has=page.get_by_role("button", name="Repair", exact=True)).last
+        box.get_by_text("what my code sends").click()
+        box.get_by_role("button", name="Repair", exact=True).click()
+        box.get_by_text("After (repaired file, fed").wait_for(timeout=240_000)
+        assert "fed torch" in box.locator('[data-testid="stMetric"]', has_text="After (repaired file").inner_text()
+        before = percent(metric_value(box, "Before (original"))
+        after = percent(metric_value(box, "After (repaired file"))
+        n_eval = int(metric_value(box, "Held-out images"))
+        assert after >= 0.9 and after - before >= 0.3, (before, after)
+        no_exception(page, server)
+        box.get_by_text("After (repaired file, fed").scroll_into_view_if_needed()
+        shot(page, "journey_pytorch_repaired.png")
+        repaired = download(page, "Download the repaired .keras", files / "pytorch_repaired.keras")
+        lap("repaired")
+
+    # Plain Keras, the user's own torch preparation: the promised accuracy on the images it was measured on.
+    model = keras.saving.load_model(repaired, safe_mode=True)
+    ims = load_image_set(images_zip, tuple(model.input_shape[1:3]), 3)
+    held = held_out(ims.labels, n_eval)
+    pred = np.argmax(model.predict(apply_preset(ims.images[held], "torch"), verbose=0), axis=1)
+    got = float(np.mean(pred == ims.labels[held]))
+    assert abs(got - after) < 0.0006, (got, after, n_eval)
+    lap("download scores as promised")
