@@ -263,7 +263,8 @@ def test_config_roundtrip_and_unknown_keys():
 
 
 @pytest.mark.parametrize("best, recorded, expected", [
-    ("torch", "tf", "torch"), (None, "tf", "tf"), (None, None, "unit"), ("bogus", None, "unit")])
+    ("torch", "tf", "torch"), (None, "tf", "tf"), (None, None, "unit"), ("bogus", None, "unit"),
+    (None, "teachable", "teachable"), ("teachable", "tf", "teachable")])
 def test_default_preset(best, recorded, expected):
     assert default_preset(best, recorded) == expected
 

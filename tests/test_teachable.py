@@ -174,3 +174,34 @@ def test_teachable_export_fine_tunes_with_its_own_preset_augmented(keras2, tmp_p
     moved_base = moved - head_paths - {p for p in moved if p.startswith("new_head") or "tlviz_head" in p}
     assert moved_base == base_expected, sorted(moved_base ^ base_expected)
     assert len(moved - moved_base) >= 1  # the head moved too
+
+
+def test_a_teachable_run_needs_centre_cropped_images(keras2, tmp_path):
+    from tlviz.finetune.config import RunConfig, RunRefused
+    from tlviz.finetune.run import check_run
+    from tlviz.models import load_model
+
+    loaded = load_model(teachable_zip(keras2, "0 a\n1 b\n2 c\n"), "converted_keras.zip")
+    root = _two_class_folder(tmp_path / "set", n=3)
+    squashed = load_image_set(root, loaded.image_size, loaded.channels)  # bilinear: not what the model sees
+    with pytest.raises(RunRefused, match="resize='crop'") as exc:
+        check_run(loaded, squashed, RunConfig(preset="teachable", new_head=True))
+    assert "`tf`" in str(exc.value)  # the preset with the same arithmetic keeps this resize
+    check_run(loaded, squashed, RunConfig(preset="tf", new_head=True))
+    check_run(loaded, load_image_set(root, loaded.image_size, loaded.channels, resize="crop"),
+              RunConfig(preset="teachable", new_head=True))
+
+
+@pytest.mark.slow
+def test_cli_finetune_of_an_export_uses_its_preset_and_its_crop(keras2, tmp_path, capsys):
+    """No --preset: the export's own `teachable` preset, images decoded with its centre crop, the run stored so."""
+    from tlviz.cli import main
+
+    zpath = tmp_path / "converted_keras.zip"
+    zpath.write_bytes(teachable_zip(keras2, "0 a\n1 b\n2 c\n"))
+    root = _two_class_folder(tmp_path / "set", n=4)
+    rc = main(["finetune", str(zpath), str(root), "--unfreeze", "2", "--lr", "1e-3", "--epochs", "1",
+               "--batch-size", "4", "--augment", "--no-cache", "--out", str(tmp_path / "runs"), "--json", "--quiet"])
+    obj = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1) and obj["state"] == "completed", obj
+    assert obj["config"]["preset"] == "teachable" and obj["config"]["augment"]

@@ -23,7 +23,7 @@ from tlviz.finetune import (ACTIVE_STATES, CONTROL_LABELS, CONTROLS, OPTIMIZER_L
                             describe_executor, format_seconds, largest_movers, list_runs, load_run, original_labels,
                             poll_job, start_job, start_lr_finder, sweep_table)
 from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
-from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
+from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets, preset_resize
 from tlviz.stats import format_points, wilson_interval
 from ui.cache import load_model_bytes, model_key
 from ui.state import workspace
@@ -92,7 +92,7 @@ def config_form(loaded, images, table) -> RunConfig | None:
     Returns:
         The validated `RunConfig`, or None with the reason shown.
     """
-    presets = applicable_presets(loaded.channels)
+    presets = applicable_presets(loaded.channels, teachable=loaded.teachable_machine)
     preset_default = default_preset(st.session_state.get("best_preset"), loaded.recorded_preset)
     if st.session_state.get("ft_preset_default") != (model_key(loaded), preset_default):
         st.session_state["ft_preset_default"] = (model_key(loaded), preset_default)
@@ -204,6 +204,7 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
     if st.session_state.get("ft_job"):
         return  # a second click (a double-click on Start) while this session follows a job: nothing runs twice
     configs = configs or [config]
+    images = images_for_preset(loaded, images, config.preset)
     try:
         if kind == "lrfind":
             job = start_lr_finder(loaded, images, config, owner=workspace(), executor=executor)
@@ -221,6 +222,19 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
     st.session_state["ft_job"] = job.job_id
     st.session_state["ft_job_kind"] = kind
     st.rerun()
+
+
+def images_for_preset(loaded, images, preset: str):
+    """`images`, or the same image source decoded again with the resize `preset` fixes (``teachable``: a centre
+    crop), so a run trains on what the model's own pipeline would show it."""
+    from ui.cache import decode_images
+
+    resize = preset_resize(preset, images.resize)
+    source = st.session_state.get("image_source")
+    if resize == images.resize or source is None:
+        return images
+    with st.spinner(f"Decoding the images with the `{preset}` preset's resize ({resize})…"):
+        return decode_images(st.session_state["image_source_key"], loaded, source, resize=resize)
 
 
 def offer_local(loaded, images) -> None:

@@ -38,7 +38,7 @@ from tlviz.commands import exit_status, findings_json, load_inputs, print_findin
 from tlviz.finetune.config import BN_MODES, OPTIMIZERS, RunConfig
 from tlviz.findings import Finding, sort_findings
 from tlviz.jsonsafe import finite_or_none, json_safe
-from tlviz.presets import PRESETS
+from tlviz.presets import PRESETS, preset_resize
 from tlviz.progress import reporter_for
 
 HELP = "fine-tune a copy of the model on an image set and report the curves; exit 1 when the run did not learn"
@@ -172,8 +172,12 @@ def run(args) -> int:
 
     check_flags(args)  # before the model is loaded
     reporter = reporter_for(args)
-    loaded, _, images = load_inputs(args.model, args.images, reporter)
+    loaded, source, images = load_inputs(args.model, args.images, reporter)
     config = config_from_args(args, loaded.recorded_preset)
+    resize = preset_resize(config.preset, images.resize)
+    if resize != images.resize:  # `teachable`: the images are centre-cropped, as the model's own pipeline does
+        reporter(0.0, f"Decoding the images again with the `{config.preset}` preset's resize ({resize})…")
+        images = source.load(loaded.image_size, loaded.channels, resize=resize)
     check_run(loaded, images, config)  # refuse before creating a run folder
     original = _original(args, loaded, reporter)
     if args.control:

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from tlviz.errors import RunRefused  # defined in tlviz.errors; still importable from here
-from tlviz.presets import PIXEL_PRESET, PRESETS
+from tlviz.presets import PRESETS
 
 OPTIMIZERS = ("adam", "sgd")
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
@@ -217,12 +217,13 @@ def control_config(config: RunConfig, kind: str, control_of: str | None = None) 
 def default_preset(best_preset: str | None, recorded_preset: str | None) -> str:
     """The preset a new run starts with: the Normalization page's best, else the model's recorded one, else ``unit``.
 
-    A named setting that also fixes the resize (``teachable``) starts runs with its arithmetic (``tf``): a run
-    trains on the image set as loaded.
+    A named setting that also fixes the resize (``teachable``: a centre crop) stays itself: the run's images are
+    then decoded with that resize (`tlviz.presets.preset_resize`; `tlviz.finetune.run.check_run` refuses
+    images resized otherwise).
     """
     for p in (best_preset, recorded_preset):
         if p in PRESETS:
-            return PIXEL_PRESET.get(p, p)
+            return p
     return "unit"
 
 

@@ -22,7 +22,7 @@ from tlviz.finetune.store import HISTORY_COLUMNS, RunWriter, clean_json
 from tlviz.finetune.summary import describe_curves, frozen_changed, snapshot, weight_change
 from tlviz.findings import Finding
 from tlviz.memory import ENV_MEMORY_MB, fit_bytes, memory_budget_bytes, plan_batch, predict_batches
-from tlviz.presets import apply_preset
+from tlviz.presets import PIXEL_PRESET, PRESET_DESCRIPTIONS, PRESET_RESIZE, apply_preset
 from tlviz.stats import chance_level
 
 #: The running training loss above this many times the reference loss means divergence.
@@ -196,6 +196,13 @@ def check_run(loaded, images, config: RunConfig) -> HeadDecision:
     if tuple(images.image_size) != tuple(loaded.image_size) or images.images.shape[-1] != loaded.channels:
         raise RunRefused(f"The images are {images.image_size} × {images.images.shape[-1]} but the model takes "
                          f"{loaded.image_size} × {loaded.channels}. Decode the image set at the model's input size.")
+    fixed = PRESET_RESIZE.get(config.preset)
+    if fixed is not None and images.resize != fixed:
+        raise RunRefused(f"The `{config.preset}` preset resizes with `{fixed}` ({PRESET_DESCRIPTIONS[config.preset]}), "
+                         f"but these images were resized with `{images.resize}`, so the run would not train on "
+                         f"what the model sees. Decode the image set with resize='{fixed}' (the page and the "
+                         "command line do this for you), or pick the preset with the same arithmetic "
+                         f"(`{PIXEL_PRESET.get(config.preset, config.preset)}`) to keep this resize.")
     counts = np.bincount(images.labels, minlength=len(images.class_names))
     if counts[counts > 0].min() < 2:
         small = [images.class_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]

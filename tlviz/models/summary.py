@@ -74,7 +74,9 @@ class LoadedModel:
 
     @property
     def recorded_preset(self) -> str | None:
-        return self.metadata.get("preset")
+        """The preset the file records (tlviz's metadata), else ``teachable`` for a Teachable Machine model (its
+        exporter's own preprocessing), else None."""
+        return self.metadata.get("preset") or ("teachable" if self.teachable_machine else None)
 
     @property
     def class_names(self) -> list[str] | None:
