@@ -125,8 +125,8 @@ def check_flags(args) -> None:
     from tlviz.errors import RunRefused
 
     if args.momentum is not None and args.optimizer != "sgd":
-        raise RunRefused(f"--momentum applies to --optimizer sgd only (Adam has no momentum setting); add "
-                         f"--optimizer sgd or leave --momentum out.")
+        raise RunRefused("--momentum applies to --optimizer sgd only (Adam has no momentum setting); add "
+                         "--optimizer sgd or leave --momentum out.")
     for flag, value in (("--head-epochs", args.head_epochs), ("--head-lr", args.head_lr)):
         if value is not None and not args.two_phase:
             raise RunRefused(f"{flag} sets the head phase of a two-phase run; add --two-phase or leave {flag} out.")

@@ -143,3 +143,30 @@ def fresh_clone(model, seed: int = SEED):
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+
+
+def bn_mean_shift(model, clone, paths: set[str]) -> float | None:
+    """How far a training-mode pass moved BatchNormalization moving means, in stored standard deviations.
+
+    Args:
+        model: the original model (its statistics as stored).
+        clone: its `clone_for_training_mode` copy after the pass.
+        paths: the BatchNormalization layers to compare (paths as `iter_leaves` gives them).
+
+    Returns:
+        The mean over those layers and channels of ``|mean_after - mean_before| / sqrt(variance_before)``;
+        None when none of `paths` is in the model.
+    """
+    import keras
+    import numpy as np
+
+    originals = {leaf.path: leaf.layer for leaf in iter_leaves(model)}
+    shifts = []
+    for leaf in iter_leaves(clone):
+        if leaf.path in paths:
+            old = originals[leaf.path]
+            m0 = keras.ops.convert_to_numpy(old.moving_mean)
+            v0 = keras.ops.convert_to_numpy(old.moving_variance)
+            m1 = keras.ops.convert_to_numpy(leaf.layer.moving_mean)
+            shifts.append(float(np.mean(np.abs(m1 - m0) / np.sqrt(v0 + 1e-3))))
+    return float(np.mean(shifts)) if shifts else None

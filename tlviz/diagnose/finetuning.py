@@ -11,11 +11,11 @@ from dataclasses import replace
 import numpy as np
 
 from tlviz.diagnose.base import Check, _jsonable, _names, _sample_note
-from tlviz.diagnose.clones import clone_for_training_mode
+from tlviz.diagnose.clones import bn_mean_shift, clone_for_training_mode
 from tlviz.diagnose.context import TRAINING_BATCH, DiagnosisContext
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
-from tlviz.layers import BN_TRAINABLE_FIX, iter_leaves
+from tlviz.layers import BN_TRAINABLE_FIX
 from tlviz.stats import decide, format_interval, format_points, paired_difference, wilson_interval
 
 
@@ -80,7 +80,6 @@ def _batch_statistics_effect(ctx: DiagnosisContext, check: Check) -> dict:
     Raises:
         CheckSkipped: no labels, too few images, NaN weights, or a model at chance (a drop cannot show).
     """
-    import keras
 
     ctx.require_labels()
     ctx.require_finite()
@@ -103,15 +102,7 @@ def _batch_statistics_effect(ctx: DiagnosisContext, check: Check) -> dict:
     table = ctx.table
     flagged = set(table[(table["role"] == "base") & table["is_bn"] & table["trainable"]
                         & (table["inference_by_call"] == "")]["path"])
-    originals = {leaf.path: leaf.layer for leaf in iter_leaves(ctx.model)}
-    shifts = []
-    for leaf in iter_leaves(clone):
-        if leaf.path in flagged:
-            old = originals[leaf.path]
-            m0 = keras.ops.convert_to_numpy(old.moving_mean)
-            v0 = keras.ops.convert_to_numpy(old.moving_variance)
-            m1 = keras.ops.convert_to_numpy(leaf.layer.moving_mean)
-            shifts.append(float(np.mean(np.abs(m1 - m0) / np.sqrt(v0 + 1e-3))))
+    shift = bn_mean_shift(ctx.model, clone, flagged)
     del clone
     right_batch = preds == labels
     d = paired_difference(right_inference, right_batch)
@@ -121,7 +112,7 @@ def _batch_statistics_effect(ctx: DiagnosisContext, check: Check) -> dict:
             "verdict": decide(d.low, d.high, check.threshold("drop")),
             "n_images": int(len(sample)), "sample": _sample_note(sample, len(ev.labels)),
             "batch_size": int(getattr(ctx, "training_batch", TRAINING_BATCH)), "preset": ctx.working_preset,
-            "bn_mean_shift_after_one_pass": float(np.mean(shifts)) if shifts else None}
+            "bn_mean_shift_after_one_pass": shift}
 
 
 def check_no_better_than_chance(ctx: DiagnosisContext, check: Check) -> list[Finding]:

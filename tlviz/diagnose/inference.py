@@ -12,7 +12,7 @@ import numpy as np
 
 from tlviz.callargs import inference_only_paths, recorded_training
 from tlviz.diagnose.base import EXAMPLES, Check, _jsonable, _names, _sample_note
-from tlviz.diagnose.clones import _describe_layer, clone_for_training_mode
+from tlviz.diagnose.clones import _describe_layer, bn_mean_shift, clone_for_training_mode
 from tlviz.diagnose.context import TRAINING_BATCH, DiagnosisContext, PresetEvidence
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
@@ -474,7 +474,6 @@ def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[F
     inference mode (`tlviz.callargs`): they are not listed, and the training-mode
     pass runs the model as written.
     """
-    import keras
 
     pinned = {p for p, value in recorded_training(ctx.model).items() if value is False}
     inside = inference_only_paths(ctx.model)
@@ -497,15 +496,7 @@ def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[F
     reference = ctx.inference_predictions[sample]
     flipped = sample[np.flatnonzero(preds != reference)]
     share = float(len(flipped) / max(len(preds), 1))
-    shifts = []
-    originals = {leaf.path: leaf.layer for leaf in iter_leaves(ctx.model)}
-    for leaf in iter_leaves(clone):
-        if leaf.path in bn:
-            old = originals[leaf.path]
-            m0 = keras.ops.convert_to_numpy(old.moving_mean)
-            v0 = keras.ops.convert_to_numpy(old.moving_variance)
-            m1 = keras.ops.convert_to_numpy(leaf.layer.moving_mean)
-            shifts.append(float(np.mean(np.abs(m1 - m0) / np.sqrt(v0 + 1e-3))))
+    shift = bn_mean_shift(ctx.model, clone, set(bn))
     del clone
     if not len(flipped) and not bn:
         return []
@@ -513,7 +504,7 @@ def check_training_mode_inference(ctx: DiagnosisContext, check: Check) -> list[F
     return [check.finding(
         f"Running the model in training mode changes {share:.1%} of its predictions",
         {"flipped_share": share, "flipped": int(len(flipped)), "n_images": int(len(preds)), "layers": layers,
-         "bn_layers_updated": len(bn), "bn_mean_shift_after_one_pass": float(np.mean(shifts)) if shifts else None,
+         "bn_layers_updated": len(bn), "bn_mean_shift_after_one_pass": shift,
          "kept_in_inference_by_call": {p: len(v) for p, v in kept.items()},
          "preset": ctx.working_preset, "sample": _sample_note(sample, len(ctx.images)),
          "example_files": [ctx.images.files[i] for i in flipped[:EXAMPLES]]},
