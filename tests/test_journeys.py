@@ -156,29 +156,6 @@ class Laps:
         self.last = now
 
 
-class KnownBug(AssertionError):
-    """A bug another part of the project must fix, found by a journey that otherwise went through.
-
-    A journey records it (`Known.note`) and carries on the way the user would work around it; at the
-    end it raises this. Such a journey is marked ``xfail(strict=True, raises=KnownBug)``: any other
-    failure still fails it, and once the bug is fixed the strict mark fails it too (remove the mark).
-    """
-
-
-class Known:
-    def __init__(self):
-        self.bugs: list[str] = []
-
-    def note(self, ok: bool, what: str) -> bool:
-        if not ok:
-            self.bugs.append(what)
-        return ok
-
-    def raise_any(self) -> None:
-        if self.bugs:
-            raise KnownBug("; ".join(self.bugs))
-
-
 @contextlib.contextmanager
 def journey_page(server, name: str, width: int = 1400, height: int = 1100):
     """`browser_page`; when the journey fails, a screenshot of where it stood and the server log's end are
@@ -188,10 +165,10 @@ def journey_page(server, name: str, width: int = 1400, height: int = 1100):
             yield page
         except BaseException as exc:
             try:
-                shot = save_screenshot(page, f"journey_{name}_FAILED.png")
-                log = shot.with_suffix(".log")
+                where = save_screenshot(page, f"journey_{name}_FAILED.png")
+                log = where.with_suffix(".log")
                 log.write_text(server.log_tail(20_000))
-                exc.add_note(f"Screenshot at failure: {shot}; server log: {log}")
+                exc.add_note(f"Screenshot at failure: {where}; server log: {log}")
             except Exception:  # the page itself may be gone
                 pass
             raise
@@ -348,9 +325,6 @@ def analysis_jobs(runs: Path, kind: str, owner: str) -> list[dict]:
 TM_CLASSES = ["a", "b", "c"]
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-    "ui/finetune.py config_form offers applicable_presets(loaded.channels) without teachable=: the Fine-tuning "
-    "page has no `teachable` preset for a Teachable Machine model (the journey runs with `tf` meanwhile)"))
 def test_teachable_machine_user(served, files, keras2):
     """Export .zip + image .zip -> MobileNetV2 is the base -> a `teachable` run with augmentation, depth 10 and
     BatchNormalization trained trains exactly the head and the top 10 weight-holding base layers -> Diagnose ->
@@ -358,7 +332,6 @@ def test_teachable_machine_user(served, files, keras2):
     from conftest import teachable_zip
 
     server, runs = served
-    known = Known()
     listing = json.loads((keras2 / "teachable.json").read_text())["layers"]  # tf_keras's own listing
     base_weighted = [l["path"] for l in listing if l["class"] in _WEIGHTED and l["path"].startswith("sequential_1/model1/")]
     head_weighted = [l["path"] for l in listing if l["class"] in _WEIGHTED and l["path"].startswith("sequential_3/")]
@@ -404,13 +377,9 @@ def test_teachable_machine_user(served, files, keras2):
         page.get_by_role("switch", name="Snap to block boundaries").click(force=True)
         set_slider(page, "Unfreeze depth (base layers with weights, from the top)", 10)
         page.get_by_text("Base layers that train: 5").wait_for()  # BatchNormalization still frozen here
-        offered = options_of(page, "Preset")
-        if known.note(any(o.startswith("teachable") for o in offered),
-                      "the Fine-tuning page does not offer the `teachable` preset for a Teachable Machine model "
-                      f"(offered: {[o.split(' ')[0] for o in offered]})"):
-            choose(page, "Preset", "teachable")
-        else:  # what the user can do meanwhile: the same arithmetic (x / 127.5 - 1; the photos are square)
-            choose(page, "Preset", "tf")
+        # The export's own preprocessing is offered, and where a Teachable Machine model starts.
+        assert any(o.startswith("teachable") for o in options_of(page, "Preset"))
+        assert page.get_by_role("combobox", name="Preset", exact=True).input_value().startswith("teachable")
         set_number(page, "Epochs", 1)
         page.get_by_text("Regularization, BatchNormalization and schedule").click()
         page.get_by_text("Light augmentation (flips, shifts)").click()
@@ -436,7 +405,7 @@ def test_teachable_machine_user(served, files, keras2):
         listed = list_runs(runs, owner=ws)
         assert len(listed) == 1 and listed["state"].iloc[0] == "completed", listed
         rec = load_run(listed["run_id"].iloc[0], runs, owner=ws)
-        assert rec.config["preset"] in ("teachable", "tf") and rec.config["augment"] and rec.config["unfreeze"] == 10
+        assert rec.config["preset"] == "teachable" and rec.config["augment"] and rec.config["unfreeze"] == 10
         wc = rec.weight_change
         moved = sorted(wc.loc[wc["rel_change"] > 0, "path"])
         assert moved == sorted(base_weighted[-10:] + head_weighted), moved
@@ -465,7 +434,6 @@ def test_teachable_machine_user(served, files, keras2):
     tuned = leaf_weights(keras.saving.load_model(out, safe_mode=True))
     assert sorted(moved_layers(original, tuned)) == sorted(base_weighted[-10:] + head_weighted)
     lap("downloaded model checked")
-    known.raise_any()
 
 
 # -- 2. Keras 2 tutorial user -------------------------------------------------------------------------------
