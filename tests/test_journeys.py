@@ -156,6 +156,29 @@ class Laps:
         self.last = now
 
 
+class KnownBug(AssertionError):
+    """A bug another part of the project must fix, found by a journey that otherwise went through.
+
+    A journey records it (`Known.note`) and carries on as the user would; at the end it raises this.
+    Such a journey is marked ``xfail(strict=True, raises=KnownBug)``: any other failure still fails it,
+    and once the bug is fixed the strict mark fails it too (then remove the mark).
+    """
+
+
+class Known:
+    def __init__(self):
+        self.bugs: list[str] = []
+
+    def note(self, ok: bool, what: str) -> bool:
+        if not ok:
+            self.bugs.append(what)
+        return ok
+
+    def raise_any(self) -> None:
+        if self.bugs:
+            raise KnownBug("; ".join(self.bugs))
+
+
 @contextlib.contextmanager
 def journey_page(server, name: str, width: int = 1400, height: int = 1100):
     """`browser_page`; when the journey fails, a screenshot of where it stood and the server log's end are
@@ -276,6 +299,14 @@ def workspace_of(page) -> str:
     m = re.search(r"[?&]ws=([0-9a-f]{24})", page.url)
     assert m, page.url
     return m.group(1)
+
+
+def drawn_heights(chart, mark: str) -> list[float]:
+    """Heights in pixels of the marks of kind `mark` (``"bar"``, ``"rect mark"``) an Altair chart drew (SVG)."""
+    chart.locator(f'[role="graphics-symbol"][aria-roledescription="{mark}"]').first.wait_for(state="attached")
+    return chart.evaluate("""(el, mark) => Array.from(el.querySelectorAll('[role="graphics-symbol"]'))
+        .filter(e => e.getAttribute('aria-roledescription') === mark)
+        .map(e => e.getBoundingClientRect().height)""", mark)
 
 
 def shot(page, name: str) -> Path:
@@ -575,6 +606,10 @@ def guide_files(files):
     return path, write_image_zip(files / "flowers.zip", images, top="flowers")
 
 
+@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
+    "Fine-tuning page charts are squeezed by their axis labels: on a MobileNetV2 (105 weight-holding layers) the "
+    "weight-change chart draws no bar at all (0 px) and a confusion matrix of 5 named classes is a 1-px strip "
+    "(the sample's are 64 px / 13 px plots for declared heights of 240 / 180); everything else in the journey passes"))
 def test_keras_io_guide_user(served, files, guide_files):
     """A base called with training=False, a two-phase run (head first, then the top 10 weight-holding layers
     with BatchNormalization kept frozen): no BatchNormalization statistic moves, though the installed Keras
@@ -590,6 +625,7 @@ def test_keras_io_guide_user(served, files, guide_files):
     base_weighted = [f"{base.name}/{l.name}" for l in base.layers if l.weights]
     bn = {f"{base.name}/{l.name}" for l in base.layers if isinstance(l, keras.layers.BatchNormalization)}
     trains = [p for p in base_weighted[-10:] if p not in bn] + ["head"]
+    known = Known()
     lap = Laps("guide")
     with journey_page(server, "guide") as page:
         page.goto(server)
@@ -620,9 +656,15 @@ def test_keras_io_guide_user(served, files, guide_files):
         no_exception(page, server)
         chart = page.locator('[data-testid="stVegaLiteChart"]', has_text="how far each layer")
         chart.scroll_into_view_if_needed()
-        chart.locator("canvas, svg").first.wait_for()
-        page.wait_for_timeout(2000)  # let the charts finish drawing
+        page.wait_for_timeout(1000)  # let the charts finish drawing
         shot(page, "journey_guide_run.png")
+        # What the user reads off the charts: the largest mover's bar, the confusion matrix's cells.
+        bars = drawn_heights(chart, "bar")
+        known.note(max(bars) >= 40, f"the weight-change chart of this {len(bars)}-layer model draws its tallest bar "
+                                    f"{max(bars):.1f} px high (the plot is squeezed to nothing by its labels)")
+        cells = drawn_heights(page.locator('[data-testid="stVegaLiteChart"]', has_text="confusion"), "rect mark")
+        known.note(min(cells) >= 10, f"the confusion matrix of {len(GUIDE_CLASSES)} named classes draws its cells "
+                                     f"{min(cells):.1f} px high")
         lap("two-phase run")
         out = download(page, "Download the fine-tuned model (.keras)", files / "guide_finetuned.keras")
 
@@ -641,6 +683,7 @@ def test_keras_io_guide_user(served, files, guide_files):
         np.testing.assert_array_equal(np.asarray(layer.moving_mean), np.asarray(was.moving_mean), err_msg=path)
         np.testing.assert_array_equal(np.asarray(layer.moving_variance), np.asarray(was.moving_variance), err_msg=path)
     lap("downloaded model checked")
+    known.raise_any()
 
 
 # -- 4. Impatient user --------------------------------------------------------------------------------------
