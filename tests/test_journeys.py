@@ -515,8 +515,8 @@ def test_keras2_tutorial_user(served, files, keras2_tutorial):
         sidebar(page).get_by_text("24 images").wait_for(timeout=60_000)
         converted = page.get_by_text(re.compile(r"^Converted from a Keras 2")).first
         converted.wait_for()
-        assert "arithmetic op(s) (such as `x / 127.5 - 1`) rebuilt as `Rescaling` layers" in converted.inner_text() \
-            or "rebuilt as Rescaling layers" in converted.inner_text(), converted.inner_text()
+        assert re.search(r"2 TensorFlow arithmetic op\(s\) \(such as .*\) rebuilt as `?Rescaling`? layers",
+                         converted.inner_text()), converted.inner_text()
         page.get_by_text("Preprocessing built into the model (it expects raw 0–255 pixels)").wait_for()
         page.get_by_text("2 classes match the model's 2 outputs").wait_for()
         no_exception(page, server)
@@ -744,6 +744,10 @@ def pages_show(page, name: str, total_params: int, depth_steps: int, sample: boo
     no_exception(page)
 
 
+@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
+    "ui/finetune.py: leaving the Fine-tuning page and coming back resets its settings (Streamlit drops the "
+    "widgets' state): Preset falls to the first option `raw` (not the model's `tf`), Epochs to 5; the next run "
+    "silently trains on raw pixels. Everything else in the journey passes"))
 def test_impatient_user(served, files, impatient_model, base_model_path):
     """(a) picks the image source right after choosing a model file; (d) reloads during a comparison; (c)
     double-clicks Start; (b) starts a run and looks at another page meanwhile: nothing lost, nothing run twice,
@@ -754,6 +758,7 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
     path, name, n_params = impatient_model
     steps, sample_steps = _depth_steps(path), _depth_steps(base_model_path)
     assert steps != sample_steps
+    known = Known()
     lap = Laps("impatient")
     with journey_page(server, "impatient") as page:
         page.goto(server)
@@ -782,6 +787,7 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         page.get_by_role("heading", name="Normalization").wait_for()
         best = page.locator('[data-testid="stAlert"]', has_text="Best setting:").first
         best.wait_for(timeout=180_000)
+        sidebar_model(page, SAMPLE)
         assert workspace_of(page) == ws
         assert len(analysis_jobs(runs, "normalize", ws)) == 1, analysis_jobs(runs, "normalize", ws)
         no_exception(page, server)
@@ -799,14 +805,19 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         no_exception(page, server)
         lap("(c) double-click")
 
-        # (b) Start a run, look at another page meanwhile, come back: it went on and shows.
+        # (b) Start a run, look at another page meanwhile, come back: it went on and shows, as set up.
         set_number(page, "Epochs", 3)
+        settings = run_settings(page)
+        assert settings == ("tf", "3"), settings  # the sample records `tf`; the Normalization page found it too
         page.get_by_role("button", name="Start run").click()
         page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
         go(page, "Model & images")
         page.get_by_role("heading", name=f"Model: {SAMPLE}").wait_for()
         page.wait_for_timeout(1000)  # reading the other page
         go(page, "Fine-tuning runs")
+        back = run_settings(page)
+        known.note(back == settings, f"coming back to the Fine-tuning page resets its settings: Preset "
+                                     f"{back[0]!r}, Epochs {back[1]} (were {settings[0]!r}, {settings[1]})")
         listed = list_runs(runs, owner=ws)
         assert len(listed) == 2, listed[["run_id", "state"]]
         second = next(r for r in listed["run_id"] if r != first)
@@ -820,6 +831,13 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         lap("(b) navigate away and back")
         pages_show(page, SAMPLE, load_sample_params(base_model_path), sample_steps, sample=True)
         lap("every page shows the sample")
+    known.raise_any()
+
+
+def run_settings(page) -> tuple[str, str]:
+    """The Fine-tuning page's chosen preset and epochs, as shown."""
+    preset = page.get_by_role("combobox", name="Preset", exact=True).input_value().split(" ")[0]
+    return preset, page.get_by_label("Epochs", exact=True).input_value()
 
 
 def load_sample_params(path) -> int:
