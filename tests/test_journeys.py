@@ -1,10 +1,17 @@
 """User journeys, end to end in a real browser (issue 22, C): one person each, from upload to a fixed model.
 
 One served app for the module (its own ``TLVIZ_RUNS_DIR``); each journey opens its own browser page, i.e.
-its own session, and clicks through the pages as that person would. The models are shaped like the real
-ones but small: MobileNetV2 (alpha 0.35, ``weights=None``) with a briefly trained head, the Keras 2 and
-Teachable Machine files written by ``tf_keras`` itself. Each journey saves a screenshot at its key step
-(`browser.save_screenshot`).
+its own session, and clicks through the pages as that person would: the Teachable Machine user, the Keras 2
+tutorial user, the keras-io guide user, the impatient user and the PyTorch-habit user. The models are shaped
+like the real ones but small: MobileNetV2 (alpha 0.35, ``weights=None``; its BatchNormalization statistics set
+from the images and its head trained briefly, except the Teachable Machine export, which is conftest's
+seeded-noise one), the Keras 2 and Teachable Machine files written by ``tf_keras`` itself. Each journey saves
+screenshots at its key steps (``journey_*.png`` in `browser.screenshot_dir`; on failure also where it stood
+and the server log's end) and prints the seconds each step took (``pytest -s``).
+
+A bug a journey finds that another part of the project must fix is recorded while the journey carries on,
+and raised at its end as `KnownBug`; such a journey is ``xfail(strict=True, raises=KnownBug)``, so any other
+failure still fails it and the fix turns it into a failure that asks for the mark to go.
 
 Order matters for one step: the impatient user reloads while the sample's normalization comparison runs,
 so that journey comes before the PyTorch-habit one, which has the same comparison computed (and stored).
@@ -111,7 +118,7 @@ raw = model.evaluate(x, y, verbose=0)[1]
 unit = model.evaluate(x / 255.0, y, verbose=0)[1]
 base.trainable = True
 model.save(sys.argv[3], save_format="h5")
-np.savez(sys.argv[3].replace("tutorial_model.h5", "k2_preds.npz"), p=model.predict(x, verbose=0))
+np.savez(sys.argv[4], p=model.predict(x, verbose=0))
 print(f"accuracy raw {raw:.3f} unit {unit:.3f}")
 """
 
@@ -312,7 +319,7 @@ def drawn_heights(chart, mark: str) -> list[float]:
 def shot(page, name: str) -> Path:
     """`save_screenshot` with the mouse moved off the page (no tooltip over what the screenshot shows)."""
     page.mouse.move(1, 1)
-    page.wait_for_timeout(300)
+    page.locator('[role="tooltip"]').first.wait_for(state="hidden")
     return save_screenshot(page, name)
 
 
@@ -364,8 +371,9 @@ def test_teachable_machine_user(served, files, keras2):
 
     server, runs = served
     listing = json.loads((keras2 / "teachable.json").read_text())["layers"]  # tf_keras's own listing
-    base_weighted = [l["path"] for l in listing if l["class"] in _WEIGHTED and l["path"].startswith("sequential_1/model1/")]
-    head_weighted = [l["path"] for l in listing if l["class"] in _WEIGHTED and l["path"].startswith("sequential_3/")]
+    weighted = [layer["path"] for layer in listing if layer["class"] in _WEIGHTED]
+    base_weighted = [p for p in weighted if p.startswith("sequential_1/model1/")]  # the MobileNetV2 features
+    head_weighted = [p for p in weighted if p.startswith("sequential_3/")]  # the head Sequential's two Dense
     assert len(base_weighted) > 100 and len(head_weighted) == 2
     model_zip = files / "converted_keras.zip"
     model_zip.write_bytes(teachable_zip(keras2, "".join(f"{i} {c}\n" for i, c in enumerate(TM_CLASSES))))
@@ -386,10 +394,11 @@ def test_teachable_machine_user(served, files, keras2):
 
         # Freezing status: the base is MobileNetV2 (all its weight-holding layers), the head the two Dense layers.
         go(page, "Freezing status")
-        depth = page.get_by_role("slider", name="Unfreeze depth (layers with weights, counted from the top of the base)")
+        preview = "Unfreeze depth (layers with weights, counted from the top of the base)"
+        depth = page.get_by_role("slider", name=preview)
         depth.wait_for()
         assert depth.get_attribute("max") == str(len(base_weighted)), depth.get_attribute("max")
-        set_slider(page, "Unfreeze depth (layers with weights, counted from the top of the base)", 10)
+        set_slider(page, preview, 10)
         page.get_by_text("Also train BatchNormalization layers in that range").click()
         page.get_by_text(re.compile(r"With depth 10, 12 layers would train")).wait_for()
         page.get_by_text("Layers that would train").click()
@@ -426,8 +435,7 @@ def test_teachable_machine_user(served, files, keras2):
         lap("run")
         chart = page.locator('[data-testid="stVegaLiteChart"]', has_text="how far each layer")
         chart.scroll_into_view_if_needed()
-        chart.locator("canvas, svg").first.wait_for()
-        page.wait_for_timeout(1000)  # let the chart finish drawing
+        drawn_heights(chart, "bar")  # drawn
         shot(page, "journey_teachable_run.png")
 
         from tlviz.finetune import list_runs, load_run
@@ -486,12 +494,14 @@ def keras2_tutorial(files):
     script = files / "train_keras2.py"
     script.write_text(_TRAIN_KERAS2)
     h5 = files / "tutorial_model.h5"
-    done = subprocess.run([sys.executable, str(script), str(ROOT / "tools"), str(files / "k2_data.npz"), str(h5)],
+    preds = files / "k2_preds.npz"
+    done = subprocess.run([sys.executable, str(script), str(ROOT / "tools"), str(files / "k2_data.npz"), str(h5),
+                           str(preds)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     raw, unit = map(float, re.search(r"accuracy raw ([\d.]+) unit ([\d.]+)", done.stdout).groups())
     assert raw >= 0.9 and unit <= 0.6, done.stdout  # trained for raw pixels: its own scaling does the rest
-    return h5, write_image_zip(files / "pets.zip", images, top="pets"), np.load(files / "k2_preds.npz")["p"]
+    return h5, write_image_zip(files / "pets.zip", images, top="pets"), np.load(preds)["p"]
 
 
 def test_keras2_tutorial_user(served, files, keras2_tutorial):
@@ -547,8 +557,8 @@ def test_keras2_tutorial_user(served, files, keras2_tutorial):
         assert page.get_by_role("combobox", name="Preset your inference code uses").input_value().startswith("tf")
         page.get_by_role("button", name="Diagnose").click()
         page.get_by_text("Checks skipped").wait_for(timeout=240_000)
-        card = page.get_by_text(re.compile(r"The model normalizes its input itself, and your inference code applies `?tf"))
-        card.first.wait_for()
+        page.get_by_text(re.compile(r"The model normalizes its input itself, and your inference code applies `?tf")) \
+            .first.wait_for()
         no_exception(page, server)
         lap("diagnose")
         box = page.locator('[data-testid="stVerticalBlock"]').filter(
@@ -656,8 +666,6 @@ def test_keras_io_guide_user(served, files, guide_files):
         no_exception(page, server)
         chart = page.locator('[data-testid="stVegaLiteChart"]', has_text="how far each layer")
         chart.scroll_into_view_if_needed()
-        page.wait_for_timeout(1000)  # let the charts finish drawing
-        shot(page, "journey_guide_run.png")
         # What the user reads off the charts: the largest mover's bar, the confusion matrix's cells.
         bars = drawn_heights(chart, "bar")
         known.note(max(bars) >= 40, f"the weight-change chart of this {len(bars)}-layer model draws its tallest bar "
@@ -665,6 +673,7 @@ def test_keras_io_guide_user(served, files, guide_files):
         cells = drawn_heights(page.locator('[data-testid="stVegaLiteChart"]', has_text="confusion"), "rect mark")
         known.note(min(cells) >= 10, f"the confusion matrix of {len(GUIDE_CLASSES)} named classes draws its cells "
                                      f"{min(cells):.1f} px high")
+        shot(page, "journey_guide_run.png")
         lap("two-phase run")
         out = download(page, "Download the fine-tuned model (.keras)", files / "guide_finetuned.keras")
 
@@ -870,7 +879,7 @@ def test_pytorch_habit_user(served, files, guide_files):
         best = page.locator('[data-testid="stAlert"]', has_text="Best setting:").first
         best.wait_for(timeout=180_000)
         assert "Best setting: tf (" in best.inner_text(), best.inner_text()
-        changed = page.get_by_text(re.compile(r"^\d+ of \d+ images get another prediction with `?torch`? than with `?tf"))
+        changed = page.get_by_text(re.compile(r"^\d+ of \d+ images get another prediction with `?torch`? than with"))
         changed.wait_for()
         assert int(changed.inner_text().split()[0]) > 0, changed.inner_text()
         no_exception(page, server)
@@ -885,7 +894,7 @@ def test_pytorch_habit_user(served, files, guide_files):
         page.get_by_role("button", name="Compare").click()
         best.wait_for(timeout=240_000)
         assert "Best setting: tf (" in best.inner_text(), best.inner_text()
-        named = page.get_by_text(re.compile(r"Your inference preset `?torch`? is not the one the model expects \(`?tf`?\)"))
+        named = page.get_by_text(re.compile(r"Your inference preset `?torch`? is not the one the model expects \(`?tf"))
         named.wait_for()
         no_exception(page, server)
         named.scroll_into_view_if_needed()
