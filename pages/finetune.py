@@ -52,9 +52,9 @@ with st.expander("Sweep: several depths × learning rates"):
     choices = dict(depth_choices(table))
     panels.keep_valid("ft_sweep_depths", choices)
     depths = st.multiselect("Unfreeze depths", list(choices), default=list(choices)[:2], format_func=choices.get,
-                            key="ft_sweep_depths")
+                            key="ft_sweep_depths", persist_state=panels.SESSION)
     rates = st.multiselect("Learning rates", panels.RATES, default=[1e-4, 1e-3, 1e-2],
-                           format_func=lambda r: f"{r:.0e}", key="ft_sweep_rates")
+                           format_func=lambda r: f"{r:.0e}", key="ft_sweep_rates", persist_state=panels.SESSION)
     n_runs = len(depths) * len(rates)
     order = "through Ray Tune, as many at once as the cluster has room for" if panels.on_ray() else \
         "one after another"

@@ -753,10 +753,6 @@ def pages_show(page, name: str, total_params: int, depth_steps: int, sample: boo
     no_exception(page)
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-    "ui/finetune.py: leaving the Fine-tuning page and coming back resets its settings (Streamlit drops the "
-    "widgets' state): Preset falls to the first option `raw` (not the model's `tf`), Epochs to 5; the next run "
-    "silently trains on raw pixels. Everything else in the journey passes"))
 def test_impatient_user(served, files, impatient_model, base_model_path):
     """(a) picks the image source right after choosing a model file; (d) reloads during a comparison; (c)
     double-clicks Start; (b) starts a run and looks at another page meanwhile: nothing lost, nothing run twice,
@@ -767,7 +763,6 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
     path, name, n_params = impatient_model
     steps, sample_steps = _depth_steps(path), _depth_steps(base_model_path)
     assert steps != sample_steps
-    known = Known()
     lap = Laps("impatient")
     with journey_page(server, "impatient") as page:
         page.goto(server)
@@ -825,8 +820,7 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         page.wait_for_timeout(1000)  # reading the other page
         go(page, "Fine-tuning runs")
         back = run_settings(page)
-        known.note(back == settings, f"coming back to the Fine-tuning page resets its settings: Preset "
-                                     f"{back[0]!r}, Epochs {back[1]} (were {settings[0]!r}, {settings[1]})")
+        assert back == settings, f"coming back to the Fine-tuning page changed its settings: {back} (were {settings})"
         listed = list_runs(runs, owner=ws)
         assert len(listed) == 2, listed[["run_id", "state"]]
         second = next(r for r in listed["run_id"] if r != first)
@@ -840,7 +834,6 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         lap("(b) navigate away and back")
         pages_show(page, SAMPLE, load_sample_params(base_model_path), sample_steps, sample=True)
         lap("every page shows the sample")
-    known.raise_any()
 
 
 def run_settings(page) -> tuple[str, str]:

@@ -46,6 +46,11 @@ def _pct(v) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.1%}"
 
 
+#: The run settings keep their values while the person looks at another page and comes back (Streamlit drops
+#: a widget's value when its page is not drawn, unless it persists for the session).
+SESSION = "session"
+
+
 def keep_valid(key: str, options) -> None:
     """Drop remembered multiselect values that are no longer options (another model, deleted runs)."""
     if key in st.session_state:
@@ -62,7 +67,7 @@ def _depth_control(table) -> int:
     choices = depth_choices(table)
     n = len(base_weight_layers(table))
     has_blocks = len(choices) < n + 1
-    snap = has_blocks and st.toggle("Snap to block boundaries", value=True, key="ft_snap",
+    snap = has_blocks and st.toggle("Snap to block boundaries", value=True, key="ft_snap", persist_state=SESSION,
                                     help="Unfreeze whole named blocks (as MobileNet, ResNet and EfficientNet "
                                          "name them), not the middle of one.")
     if snap:
@@ -70,14 +75,14 @@ def _depth_control(table) -> int:
         if st.session_state.get("ft_depth_block") not in labels:
             st.session_state.pop("ft_depth_block", None)
         return int(st.select_slider("Unfreeze depth", options=[d for d, _ in choices], format_func=labels.get,
-                                    key="ft_depth_block",
+                                    key="ft_depth_block", persist_state=SESSION,
                                     help="Layers holding weights, counted from the top of the base, that train."))
     if n == 0:
         st.caption("The base holds no weights: only the head can train.")
         return 0
     if st.session_state.get("ft_depth", 0) > n:
         st.session_state["ft_depth"] = n
-    return int(st.slider("Unfreeze depth (base layers with weights, from the top)", 0, n, 0, key="ft_depth",
+    return int(st.slider("Unfreeze depth (base layers with weights, from the top)", 0, n, 0, key="ft_depth", persist_state=SESSION,
                          help="0 trains only the head; the maximum unfreezes the whole base."))
 
 
@@ -114,24 +119,24 @@ def config_form(loaded, images, table) -> RunConfig | None:
                    "parameters), plus the head.")
     with c2:
         lr = st.number_input("Learning rate", min_value=1e-7, max_value=10.0, step=1e-4, format="%.2e",
-                             key="ft_lr", help="The learning-rate finder below suggests one.")
-        epochs = st.number_input("Epochs", 1, 500, 5, key="ft_epochs")
-        batch = st.select_slider("Batch size", [8, 16, 32, 64, 128, 256], value=32, key="ft_batch")
+                             key="ft_lr", persist_state=SESSION, help="The learning-rate finder below suggests one.")
+        epochs = st.number_input("Epochs", 1, 500, 5, key="ft_epochs", persist_state=SESSION)
+        batch = st.select_slider("Batch size", [8, 16, 32, 64, 128, 256], value=32, key="ft_batch", persist_state=SESSION)
     with c3:
         optimizer = st.radio("Optimizer", OPTIMIZERS, format_func=OPTIMIZER_LABELS.get, horizontal=True,
-                             key="ft_optimizer")
-        preset = st.selectbox("Preset", presets, key="ft_preset",
+                             key="ft_optimizer", persist_state=SESSION)
+        preset = st.selectbox("Preset", presets, key="ft_preset", persist_state=SESSION,
                               format_func=lambda p: f"{p} — {PRESET_DESCRIPTIONS[p]}",
                               help="Default: the best preset found on the Normalization page, else the one the "
                                    "model records, else unit.")
-        val_fraction = st.slider("Validation share (stratified)", 0.1, 0.5, 0.2, 0.05, key="ft_val")
+        val_fraction = st.slider("Validation share (stratified)", 0.1, 0.5, 0.2, 0.05, key="ft_val", persist_state=SESSION)
 
     head_key = f"ft_new_head_{model_key(loaded)[:12]}_{st.session_state.get('image_source_key')}"
     if head is not None and head.forced:
-        new_head = st.checkbox("New head for the image set's classes", value=True, disabled=True, key=head_key)
+        new_head = st.checkbox("New head for the image set's classes", value=True, disabled=True, key=head_key, persist_state=SESSION)
     else:
         new_head = st.checkbox("New head for the image set's classes", value=bool(head and head.new_head),
-                               key=head_key,
+                               key=head_key, persist_state=SESSION,
                                help="Replace the classification head by a fresh one (pooling, dropout, dense "
                                     "softmax): the standard transfer-learning step.")
     if head is not None:
@@ -139,29 +144,29 @@ def config_form(loaded, images, table) -> RunConfig | None:
 
     with st.expander("Regularization, BatchNormalization and schedule"):
         r1, r2, r3 = st.columns(3)
-        dropout = r1.slider("Dropout of a new head", 0.0, 0.8, 0.2, 0.05, key="ft_dropout")
-        wd = r1.number_input("Weight decay", 0.0, 0.1, 0.0, step=1e-4, format="%.0e", key="ft_wd")
-        augment = r1.checkbox("Light augmentation (flips, shifts)", value=False, key="ft_augment",
+        dropout = r1.slider("Dropout of a new head", 0.0, 0.8, 0.2, 0.05, key="ft_dropout", persist_state=SESSION)
+        wd = r1.number_input("Weight decay", 0.0, 0.1, 0.0, step=1e-4, format="%.0e", key="ft_wd", persist_state=SESSION)
+        augment = r1.checkbox("Light augmentation (flips, shifts)", value=False, key="ft_augment", persist_state=SESSION,
                               help="Off by default. Augmentation changes the images every epoch, so base "
                                    "activations cannot be cached: runs get slower.")
-        bn = r2.radio("BatchNormalization", ["frozen", "train"], key="ft_bn",
+        bn = r2.radio("BatchNormalization", ["frozen", "train"], key="ft_bn", persist_state=SESSION,
                       format_func={"frozen": "keep frozen (inference mode, recommended)",
                                    "train": "train it in the unfrozen part"}.get)
-        seed = r2.number_input("Seed", 0, 10**6, 0, key="ft_seed")
-        two_phase = r3.checkbox("Train the new head first (two phases)", value=False, key="ft_two_phase",
+        seed = r2.number_input("Seed", 0, 10**6, 0, key="ft_seed", persist_state=SESSION)
+        two_phase = r3.checkbox("Train the new head first (two phases)", value=False, key="ft_two_phase", persist_state=SESSION,
                                 help="First the head alone with the base frozen, then unfreeze to the chosen "
                                      "depth at the chosen rate (fastai's fine_tune).")
-        head_epochs = r3.number_input("Head-phase epochs", 1, 100, 2, key="ft_head_epochs", disabled=not two_phase)
+        head_epochs = r3.number_input("Head-phase epochs", 1, 100, 2, key="ft_head_epochs", persist_state=SESSION, disabled=not two_phase)
         head_lr = r3.number_input("Head-phase learning rate", 1e-7, 10.0, 1e-3, format="%.2e", step=1e-4,
-                                  key="ft_head_lr", disabled=not two_phase)
-        label = st.text_input("Label (shown in the run list)", key="ft_label", max_chars=80)
+                                  key="ft_head_lr", persist_state=SESSION, disabled=not two_phase)
+        label = st.text_input("Label (shown in the run list)", key="ft_label", persist_state=SESSION, max_chars=80)
 
     unfreeze_frozen = False
     frozen = [f for f in freezing_findings(loaded.model, table) if f.id == "no-trainable-weights"]
     if frozen:
         finding_card(frozen[0], note="A run on this model as it is refuses to start: training would change nothing.")
         unfreeze_frozen = st.checkbox("Unfreeze the head for this run (and the chosen depth of the base)",
-                                      key="ft_unfreeze_frozen")
+                                      key="ft_unfreeze_frozen", persist_state=SESSION)
         if not unfreeze_frozen:
             return None
     try:
@@ -268,7 +273,7 @@ def asha_option() -> bool:
         st.caption("On a Ray cluster (set `TLVIZ_RAY_ADDRESS`) a sweep runs through Ray Tune, several runs at once, "
                    "and can stop poor configurations early.")
         return False
-    return st.checkbox("Stop poor configurations early (ASHA)", value=True, key="ft_asha",
+    return st.checkbox("Stop poor configurations early (ASHA)", value=True, key="ft_asha", persist_state=SESSION,
                        help="Ray Tune's asynchronous successive halving: after each epoch (from the first), a run "
                             "whose validation loss is worse than most runs' at that epoch stops; the heatmap marks "
                             "it with the epoch it stopped at.")
@@ -284,7 +289,7 @@ def controls_choice(config: RunConfig | None) -> list[str]:
     options = [c for c in CONTROLS if not (c == "head-only" and config is not None and config.unfreeze == 0)]
     keep_valid("ft_controls", options)
     return st.multiselect(
-        "Also run controls", options, key="ft_controls", format_func=CONTROL_LABELS.get,
+        "Also run controls", options, key="ft_controls", persist_state=SESSION, format_func=CONTROL_LABELS.get,
         help="Random-init: the same configuration on the same architecture with fresh random weights (do the "
              "pre-trained weights help at all?). Head-only: the same configuration with the base frozen (does "
              "unfreezing help?). Each is compared with the run on the same validation images, with a 95 % interval.")
