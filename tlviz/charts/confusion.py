@@ -37,6 +37,7 @@ def confusion_frame(confusion, class_names: Sequence, mapping: dict | None = Non
     return pd.DataFrame(rows, columns=["true", "predicted", "count", "share", "matched"])
 
 
+@palette.legible
 def confusion_chart(confusion, class_names: Sequence, mapping: dict | None = None, *,
                     title: str = "validation confusion matrix", true_title: str = "true class",
                     predicted_title: str = "predicted") -> alt.LayerChart:

@@ -104,6 +104,7 @@ def comparison_frame(finding: Finding) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["what", "accuracy", "role"]) if rows else None
 
 
+@palette.legible
 def comparison_chart(frame: pd.DataFrame) -> alt.LayerChart:
     """Horizontal accuracy bars of a `comparison_frame`, coloured by role (`palette.ROLE_COLORS`)."""
     base = alt.Chart(frame).encode(
@@ -116,6 +117,7 @@ def comparison_chart(frame: pd.DataFrame) -> alt.LayerChart:
     return (bars + text).properties(height=alt.Step(24))
 
 
+@palette.legible
 def finding_chart(finding: Finding):
     """The small chart that helps read a finding's evidence, or None when none helps."""
     e = finding.evidence

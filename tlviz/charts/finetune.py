@@ -62,12 +62,14 @@ def _metric_chart(long: pd.DataFrame, metric: str, color: str, dash: str | None,
     return alt.Chart(data).mark_line(point=True).encode(**enc).properties(title=metric, width=width, height=220)
 
 
+@palette.legible
 def curves_chart(history: pd.DataFrame) -> alt.HConcatChart:
     """Loss and accuracy per epoch, train and validation, side by side."""
     long = history_long(history)
     return alt.hconcat(_metric_chart(long, "loss", "split", None), _metric_chart(long, "accuracy", "split", None))
 
 
+@palette.legible
 def compare_chart(histories: dict[str, pd.DataFrame]) -> alt.HConcatChart:
     """Overlaid curves of several runs: colour = run, dash = train / validation."""
     frames = [history_long(h, run=name) for name, h in histories.items()]
@@ -75,6 +77,7 @@ def compare_chart(histories: dict[str, pd.DataFrame]) -> alt.HConcatChart:
     return alt.hconcat(_metric_chart(long, "loss", "run", "split"), _metric_chart(long, "accuracy", "run", "split"))
 
 
+@palette.legible
 def weight_change_chart(report: pd.DataFrame) -> alt.Chart:
     """Relative weight change per layer, in model order; frozen layers sit at exactly zero.
 
@@ -97,6 +100,7 @@ def weight_change_chart(report: pd.DataFrame) -> alt.Chart:
     ).properties(height=240, title="how far each layer's weights moved")
 
 
+@palette.legible
 def sweep_heatmap(table: pd.DataFrame) -> alt.LayerChart:
     """Best validation accuracy per (unfreeze depth, learning rate); pending cells show their state.
 
@@ -132,6 +136,7 @@ def sweep_heatmap(table: pd.DataFrame) -> alt.LayerChart:
                                     height=max(120, 40 * df["unfreeze"].nunique()))
 
 
+@palette.legible
 def lr_finder_chart(curve: pd.DataFrame, suggestion: float | None = None) -> alt.LayerChart:
     """Loss against learning rate (log axis): raw loss as dots, smoothed loss as a line, the suggestion as a rule.
 
@@ -159,6 +164,7 @@ def lr_finder_chart(curve: pd.DataFrame, suggestion: float | None = None) -> alt
     return alt.layer(*layers).properties(title=title, height=260, width=520)
 
 
+@palette.legible
 def drift_chart(drift: pd.DataFrame, threshold: float | None = None) -> alt.LayerChart:
     """Linear CKA per block of the base, before vs after a run, input to output.
 
@@ -193,6 +199,7 @@ def drift_chart(drift: pd.DataFrame, threshold: float | None = None) -> alt.Laye
     return alt.layer(*layers).properties(height=240, title=title)
 
 
+@palette.legible
 def control_chart(rows: pd.DataFrame) -> alt.LayerChart:
     """A run's validation accuracy next to its controls', each with its 95 % Wilson interval.
 

@@ -8,6 +8,7 @@ import pandas as pd
 from tlviz.charts import palette
 
 
+@palette.legible
 def params_by_depth(table: pd.DataFrame, status_column: str = "trainable") -> alt.Chart:
     """Bar chart of parameters per layer, in depth order, coloured trainable / frozen (`palette.STATUS_COLORS`).
 

@@ -20,6 +20,7 @@ METRICS = {
 }
 
 
+@palette.legible
 def ranking_chart(results: pd.DataFrame, metric: str = "accuracy", chance: float | None = None) -> alt.LayerChart:
     """Horizontal bars of `metric` per setting, best first, the winner in `palette.BEST_COLOR`.
 
@@ -73,6 +74,7 @@ def ranking_chart(results: pd.DataFrame, metric: str = "accuracy", chance: float
     return alt.layer(*layers).properties(height=alt.Step(22), title=title)
 
 
+@palette.legible
 def per_class_heatmap(per_class: pd.DataFrame, preset_order: list[str] | None = None) -> alt.LayerChart:
     """Accuracy per class and preset as a heatmap with the value in each cell.
 
@@ -101,6 +103,7 @@ def per_class_heatmap(per_class: pd.DataFrame, preset_order: list[str] | None = 
     return (rect + text).properties(title="Per-class accuracy by preset")
 
 
+@palette.legible
 def fingerprint_chart(ranking: pd.DataFrame) -> alt.LayerChart:
     """Label-free match per preset, closest first, best highlighted.
 

@@ -10,6 +10,7 @@ import pandas as pd
 from tlviz.charts import palette
 
 
+@palette.legible
 def class_counts(counts: dict[str, int], flagged: Collection[str] = (), title: str | None = None) -> alt.Chart:
     """Bar chart of images per class; a finding about class counts draws the same chart.
 

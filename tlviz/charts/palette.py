@@ -20,6 +20,8 @@ dark end and black on the light end.
 
 from __future__ import annotations
 
+import functools
+
 import altair as alt
 
 # -- words -------------------------------------------------------------------------------
@@ -120,3 +122,41 @@ def cell_text(dark: str) -> dict:
         A conditional colour encoding (`alt.condition`).
     """
     return alt.condition(dark, alt.value(TEXT_ON_DARK), alt.value(TEXT_ON_LIGHT))
+
+
+# -- size --------------------------------------------------------------------------------
+
+#: How a chart that fills the page's width is sized (Vega-Lite ``autosize``): the width is fitted, the plot keeps
+#: the height the chart asks for, and axes, labels and title are added around it. Without it Streamlit sizes the
+#: whole chart, labels included, into that height (``fit``), so long axis labels squeeze the plot to a strip and
+#: titles are clipped.
+FILL_WIDTH = {"type": "fit-x", "contains": "padding"}
+#: How a chart of its own width (panels side by side, a square heatmap) is sized: as drawn, decorations added.
+NATURAL_SIZE = {"type": "pad", "contains": "padding"}
+
+
+def sized(chart):
+    """`chart` with the `autosize` that keeps its plot at the size it asks for (see `FILL_WIDTH`).
+
+    Args:
+        chart: an Altair chart (anything else, e.g. None, is returned as it is).
+
+    Returns:
+        The chart with ``autosize`` set: `NATURAL_SIZE` for a concatenation or a chart with a width of its own,
+        else `FILL_WIDTH`.
+    """
+    if not isinstance(chart, alt.TopLevelMixin):
+        return chart
+    concat = isinstance(chart, (alt.HConcatChart, alt.VConcatChart, alt.ConcatChart))
+    own_width = isinstance(getattr(chart, "width", alt.Undefined), (int, float))
+    return chart.properties(autosize=alt.AutoSizeParams(**(NATURAL_SIZE if concat or own_width else FILL_WIDTH)))
+
+
+def legible(builder):
+    """Decorator of every chart builder: its chart comes back `sized`, wherever it is drawn."""
+
+    @functools.wraps(builder)
+    def build(*args, **kwargs):
+        return sized(builder(*args, **kwargs))
+
+    return build
