@@ -575,7 +575,6 @@ GUIDE_CLASSES = ["daisy", "iris", "rose", "sunflower", "tulip"]  # sorted: the f
 def guide_files(files):
     """The keras-io guide's fine-tuning model (conftest `guide_model`: the base called with ``training=False``,
     then unfrozen), its head trained briefly, saved as .keras; and a matching image set .zip."""
-    import keras
 
     from conftest import guide_model
 
