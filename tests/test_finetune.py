@@ -134,6 +134,17 @@ def test_saved_model_reloads_and_rescores_to_same_accuracy(deep_run, images_5_9)
     assert acc == pytest.approx(deep_run.final["val_accuracy"], abs=1e-9)
 
 
+def test_saved_model_opens_in_plain_keras_without_warnings(deep_run):
+    """The download holds the trained weights without the run's optimizer state, which Keras warned about."""
+    import keras
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = keras.saving.load_model(deep_run.model_path, safe_mode=True)
+    assert not [str(w.message) for w in caught if "keras" in str(w.filename)], [str(w.message) for w in caught]
+    assert len(model.layers) > 1
+
+
 @pytest.mark.parametrize("depth", [0, 4])
 def test_cached_activations_match_training_the_whole_model(loaded_base, images_5_9, depth):
     from tlviz.finetune.run import run_finetune

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tlviz.errors import RunRefused
-from tlviz.finetune.build import (BuiltModel, HeadDecision, build_run_model, check_trainable, decide_head,
+from tlviz.finetune.build import (BuiltModel, HeadDecision, build_run_model, check_trainable, clone, decide_head,
                                   trainable_params)
 from tlviz.finetune.cache import ActivationCache, Cut, compute_activations, find_cut, images_key, weights_key
 from tlviz.finetune.config import RunConfig
@@ -817,14 +817,20 @@ class _Rows:
 
 
 def save_model(model, path, preset: str, class_names: list[str], extra: dict | None = None) -> None:
-    """Save a fine-tuned model as ``.keras`` with tlviz metadata (preset, class names) embedded."""
+    """Save a fine-tuned model as ``.keras`` with tlviz metadata (preset, class names) embedded.
+
+    The file holds the architecture and the trained weights without the run's optimizer state: that state
+    (built for the part that trained, phase by phase) means nothing to whoever loads the file, and Keras
+    warned about every mismatched optimizer variable when it opened one that carried it. Compile it with
+    your own optimizer and learning rate to train on.
+    """
     from pathlib import Path
 
     from tlviz.samples import embed_metadata
 
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
+    clone(model).save(tmp)  # the clone's optimizer is fresh: it has no state to save
     embed_metadata(tmp, {"preset": preset, "class_names": list(class_names), **(extra or {})})
     tmp.replace(path)
 
