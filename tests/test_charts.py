@@ -184,3 +184,15 @@ def test_the_palette_is_one_set_of_distinct_colours_by_meaning():
     assert len(set(palette.ROLE_COLORS.values())) == 3 and len(set(palette.SPLIT_COLORS.values())) == 2
     assert len(set(palette.CATEGORY_COLORS)) == len(palette.CATEGORY_COLORS)
     assert all(_HEX.match(c) for c in palette.CATEGORY_COLORS + [palette.FLAG_COLOR, palette.REFERENCE_COLOR])
+
+
+def test_drift_chart_outlines_blocks_it_could_not_measure():
+    drift = pd.DataFrame({"block": ["block_1", "block_2", "Conv_1"], "cka": [1.0, 0.42, None],
+                          "status": ["unchanged", "trained", "trained"], "layers": [3, 3, 1]})
+    spec = charts.drift_chart(drift, 0.5).to_dict()
+    outline = [layer for layer in spec["layer"] if isinstance(layer.get("mark"), dict)
+               and layer["mark"].get("fillOpacity") == 0]
+    assert len(outline) == 1
+    rows = spec["datasets"][outline[0]["data"]["name"]]
+    assert [r["block"] for r in rows] == ["Conv_1"] and rows[0]["top"] == 1.0 and rows[0]["value"] == "not measured"
+    assert spec["autosize"] == {"type": "fit-x", "contains": "padding"}

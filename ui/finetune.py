@@ -595,10 +595,13 @@ def _drift(out) -> None:
     st.altair_chart(charts.drift_chart(drift, limit), width="stretch")
     n = out.metrics.get("drift_images")
     moved = drift[drift["status"] != "unchanged"]
+    unmeasured = list(drift.loc[drift["cka"].isna(), "block"])
     st.caption(f"Linear CKA of each block's features on {n} of your images (seeded, the same for every run), before "
                "vs after the run: 1.0 means the block represents them as before. Blocks with nothing trained at or "
                "below them are exactly 1.0"
-               + (f"; {len(moved)} block(s) moved" if len(moved) else "; the base did not move") + ".")
+               + (f"; {len(moved)} block(s) moved" if len(moved) else "; the base did not move") + "."
+               + (f" Not measured (dashed outline): {', '.join(unmeasured)}: their features do not vary on these "
+                  "images, so CKA is undefined." if unmeasured else ""))
 
 
 def _retention(out) -> None:

@@ -170,7 +170,8 @@ def drift_chart(drift: pd.DataFrame, threshold: float | None = None) -> alt.Laye
 
     Args:
         drift: `RunOutcome.drift_table` (``block``, ``cka``, ``status``, ``layers``); a block whose CKA
-            could not be measured (None) is drawn as an empty bar with ``not measured`` in its tooltip.
+            could not be measured (None: its features do not vary on the images) is drawn as a dashed outline
+            over the whole axis, ``not measured`` in its tooltip, so it is not mistaken for a block at 0.
         threshold: the catastrophic-forgetting threshold, drawn as a dashed `palette.REFERENCE_COLOR`
             line. Defaults to `None` (no line).
 
@@ -190,6 +191,11 @@ def drift_chart(drift: pd.DataFrame, threshold: float | None = None) -> alt.Laye
         tooltip=["block", "status", alt.Tooltip("value:N", title="CKA"), "layers"],
     )
     layers = [bars]
+    unmeasured = df[df["cka"].isna()].assign(top=1.0)
+    if len(unmeasured):
+        layers.append(alt.Chart(unmeasured).mark_bar(fillOpacity=0, stroke=palette.INK, strokeDash=[3, 3]).encode(
+            x=alt.X("block:N", sort=order), y="top:Q",
+            tooltip=["block", "status", alt.Tooltip("value:N", title="CKA"), "layers"]))
     title = "how far each block's features moved (1.0 = unchanged)"
     if threshold is not None:
         rule = pd.DataFrame({"cka": [float(threshold)], "label": [f"forgetting threshold {threshold:g}"]})
