@@ -69,25 +69,32 @@ def test_the_cases_cover_every_pair_and_stay_few():
     assert len(CASES) <= 24 < full
 
 
+def _first_per_class(images, n: int = 15):
+    keep = np.concatenate([np.flatnonzero(images.labels == k)[:n] for k in range(len(images.class_names))])
+    return dataclasses.replace(images, images=images.images[keep], labels=images.labels[keep],
+                               files=[images.files[i] for i in keep],
+                               original_sizes=[images.original_sizes[i] for i in keep] if images.original_sizes else [],
+                               orientations=[images.orientations[i] for i in keep] if images.orientations else [])
+
+
 @pytest.fixture(scope="module")
-def small_set(loaded_base, base_images):
-    """15 images per class of the model's own task (digits 0-4), so each run takes a few seconds."""
-    keep = np.concatenate([np.flatnonzero(base_images.labels == k)[:15] for k in range(len(base_images.class_names))])
-    return dataclasses.replace(base_images, images=base_images.images[keep], labels=base_images.labels[keep],
-                               files=[base_images.files[i] for i in keep],
-                               original_sizes=[base_images.original_sizes[i] for i in keep]
-                               if base_images.original_sizes else [],
-                               orientations=[base_images.orientations[i] for i in keep]
-                               if base_images.orientations else [])
+def small_sets(loaded_base, base_images, digits_0_4):
+    """15 images per class of the model's own task (digits 0-4), so each run takes a few seconds: as loaded
+    (bilinear resize) and centre-cropped, as the `teachable` preset requires."""
+    from tlviz.imagesets import load_image_set
+
+    cropped = load_image_set(digits_0_4, loaded_base.image_size, loaded_base.channels, resize="crop")
+    return {"bilinear": _first_per_class(base_images), "crop": _first_per_class(cropped)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_each_combination_completes(loaded_base, small_set, case):
+def test_each_combination_completes(loaded_base, small_sets, case):
     from tlviz.finetune.run import run_finetune
+    from tlviz.presets import preset_resize
 
     config = RunConfig(epochs=1, head_epochs=1, batch_size=16, lr=1e-3, seed=1, **case)
-    result = run_finetune(loaded_base, small_set, config, save=False)
+    result = run_finetune(loaded_base, small_sets[preset_resize(case["preset"])], config, save=False)
     assert result.state == "completed", (case, result.state, getattr(result, "message", ""))
     assert len(result.history) == (2 if case["two_phase"] else 1)
     assert np.isfinite(result.final["val_loss"])
@@ -102,3 +109,10 @@ def test_a_custom_preset_is_refused_before_the_run_with_what_to_do():
         RunConfig(preset=CustomPreset(scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
     msg = str(exc.value)
     assert "named preset" in msg and "custom(scale=" in msg and "Rescaling" in msg and "`raw`" in msg
+
+
+def test_teachable_on_images_resized_otherwise_is_refused_before_the_run(loaded_base, small_sets):
+    from tlviz.finetune.run import run_finetune
+
+    with pytest.raises(RunRefused, match="resize='crop'"):
+        run_finetune(loaded_base, small_sets["bilinear"], RunConfig(epochs=1, preset="teachable"), save=False)
