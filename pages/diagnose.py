@@ -69,10 +69,13 @@ m[0].metric("Errors", counts["error"])
 m[1].metric("Warnings", counts["warning"])
 m[2].metric("Info", counts["info"])
 m[3].metric("Checks skipped", len(report.skipped))
+conflicts = report.preset_conflicts  # evidence on the expected preset that disagrees: no claim is made over it
 if not counts["error"] and not counts["warning"]:
     st.success("No errors or warnings: nothing tlviz can measure explains a model that does not learn"
                + (f" (the model expects `{report.expected_preset}`, which is what you use)."
-                  if report.expected_preset == preset else "."), icon=":material/check_circle:")
+                  if report.expected_preset == preset and not conflicts else "."), icon=":material/check_circle:")
+for sentence in conflicts:
+    st.caption(f"Conflicting evidence on the preset the model expects: {sentence}")
 
 for area, items in report.by_area():
     st.subheader(dg.AREA_TITLES[area], divider="gray")

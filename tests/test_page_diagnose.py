@@ -243,3 +243,23 @@ def test_catastrophic_forgetting_is_judged_on_this_sessions_runs_of_the_model_an
     assert "catastrophic-forgetting" in [f.id for f in report.findings]
     assert any(f"Catastrophic forgetting: run {run_id}" in w.value for w in at.warning)
     assert "catastrophic-forgetting" in report.to_markdown()
+
+
+def test_an_all_clear_makes_no_claim_the_other_evidence_contradicts(loaded_base, base_images, module_runs,
+                                                                     monkeypatch):
+    """Wiring only: a diagnosis computed here (a copy of the sample whose fingerprint prefers `raw` while `tf`
+    scores best; the user runs `tf`) is shown without "which is what you use", with the conflict named."""
+    import ui
+    from test_diagnose import PRESET_CHECKS, fooled_fingerprint
+    from tlviz.diagnose import diagnose
+
+    report = diagnose(fooled_fingerprint(loaded_base, base_images, "raw"), base_images, "tf", checks=PRESET_CHECKS)
+    expected = report.expected_preset  # the most accurate preset, which the user runs: the claim to hold back
+    assert report.preset_conflicts and expected in ("tf", "torch")
+    monkeypatch.setattr(ui, "analysis", lambda kind, params=None, *, start=False, auto=False, prefix: (report, None))
+    at = open_page(PAGE)
+    at.selectbox(key="diag_inference_widget").set_value(expected).run()
+    assert not at.exception
+    shown = texts(at)
+    assert "No errors or warnings" in shown and "which is what you use" not in shown
+    assert "Conflicting evidence on the preset the model expects" in shown and "fingerprint prefers `raw`" in shown
