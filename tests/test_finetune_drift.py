@@ -210,14 +210,17 @@ def test_the_drift_chart_draws_every_block_by_status_with_the_threshold():
                        {"block": "block2", "cka": None, "trained": True, "status": "trained", "layers": 2},
                        {"block": "block3", "cka": 0.31, "trained": False, "status": "input changed", "layers": 1}])
     spec = charts.drift_chart(df, 0.5).to_dict()
-    bars, rule = spec["layer"]
+    bars, outline, rule = spec["layer"]  # the bars, the unmeasured block's outline, the threshold
     assert bars["encoding"]["x"]["sort"] == ["block1", "block2", "block3"]
     assert bars["encoding"]["color"]["scale"] == {"domain": list(DRIFT_COLORS), "range": list(DRIFT_COLORS.values())}
     assert bars["encoding"]["y"]["scale"]["domain"] == [0, 1]
     assert rule["mark"]["color"] == palette.REFERENCE_COLOR and "threshold 0.5" in spec["title"]
     text = json.dumps(spec["datasets"])
     assert "not measured" in text and "0.310" in text
-    assert "layer" not in charts.drift_chart(df).to_dict() or len(charts.drift_chart(df).to_dict()["layer"]) == 1
+    assert outline["mark"]["fillOpacity"] == 0
+    assert len(charts.drift_chart(df).to_dict()["layer"]) == 2  # no threshold: no rule
+    measured = df.assign(cka=[1.0, 0.5, 0.31])
+    assert "layer" not in charts.drift_chart(measured).to_dict() or len(charts.drift_chart(measured).to_dict()["layer"]) == 1
 
 
 def test_the_control_chart_shows_each_run_with_its_interval():
