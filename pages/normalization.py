@@ -27,8 +27,10 @@ def _custom_preset():
                    "training code.")
         on = st.toggle("Include a custom preset", key="norm_custom_on", persist_state="session")
         c1, c2, c3 = st.columns(3)
-        scale = c1.text_input("scale", value="0.00392157", key="norm_custom_scale", persist_state="session", help="1/255 = 0.00392157")
-        mean = c2.text_input("mean (one value or R, G, B)", value="0.5", key="norm_custom_mean", persist_state="session")
+        scale = c1.text_input("scale", value="0.00392157", key="norm_custom_scale", persist_state="session",
+                              help="1/255 = 0.00392157")
+        mean = c2.text_input("mean (one value or R, G, B)", value="0.5", key="norm_custom_mean",
+                             persist_state="session")
         std = c3.text_input("std (one value or R, G, B)", value="0.5", key="norm_custom_std", persist_state="session")
         if not on:
             return None

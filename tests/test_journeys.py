@@ -636,9 +636,11 @@ def test_keras_io_guide_user(served, files, guide_files):
         # What the user reads off the charts: the largest mover's bar, the confusion matrix's cells.
         bars = drawn_heights(chart, "bar")
         # The chart asks for a 240-px plot: the largest mover's bar spans most of it, whatever the labels take.
-        assert max(bars) >= 150, f"the weight-change chart of {len(bars)} layers draws its tallest bar {max(bars):.1f} px"
+        assert max(bars) >= 150, \
+            f"the weight-change chart of {len(bars)} layers draws its tallest bar {max(bars):.1f} px"
         cells = drawn_heights(page.locator('[data-testid="stVegaLiteChart"]', has_text="confusion"), "rect mark")
-        assert min(cells) >= 30, f"the confusion matrix of {len(GUIDE_CLASSES)} classes draws cells {min(cells):.1f} px high"
+        assert min(cells) >= 30, \
+            f"the confusion matrix of {len(GUIDE_CLASSES)} classes draws cells {min(cells):.1f} px high"
         shot(page, "journey_guide_run.png")
         lap("two-phase run")
         out = download(page, "Download the fine-tuned model (.keras)", files / "guide_finetuned.keras")

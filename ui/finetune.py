@@ -82,7 +82,8 @@ def _depth_control(table) -> int:
         return 0
     if st.session_state.get("ft_depth", 0) > n:
         st.session_state["ft_depth"] = n
-    return int(st.slider("Unfreeze depth (base layers with weights, from the top)", 0, n, 0, key="ft_depth", persist_state=SESSION,
+    return int(st.slider("Unfreeze depth (base layers with weights, from the top)", 0, n, 0, key="ft_depth",
+                         persist_state=SESSION,
                          help="0 trains only the head; the maximum unfreezes the whole base."))
 
 
@@ -121,7 +122,8 @@ def config_form(loaded, images, table) -> RunConfig | None:
         lr = st.number_input("Learning rate", min_value=1e-7, max_value=10.0, step=1e-4, format="%.2e",
                              key="ft_lr", persist_state=SESSION, help="The learning-rate finder below suggests one.")
         epochs = st.number_input("Epochs", 1, 500, 5, key="ft_epochs", persist_state=SESSION)
-        batch = st.select_slider("Batch size", [8, 16, 32, 64, 128, 256], value=32, key="ft_batch", persist_state=SESSION)
+        batch = st.select_slider("Batch size", [8, 16, 32, 64, 128, 256], value=32, key="ft_batch",
+                                 persist_state=SESSION)
     with c3:
         optimizer = st.radio("Optimizer", OPTIMIZERS, format_func=OPTIMIZER_LABELS.get, horizontal=True,
                              key="ft_optimizer", persist_state=SESSION)
@@ -129,11 +131,13 @@ def config_form(loaded, images, table) -> RunConfig | None:
                               format_func=lambda p: f"{p} — {PRESET_DESCRIPTIONS[p]}",
                               help="Default: the best preset found on the Normalization page, else the one the "
                                    "model records, else unit.")
-        val_fraction = st.slider("Validation share (stratified)", 0.1, 0.5, 0.2, 0.05, key="ft_val", persist_state=SESSION)
+        val_fraction = st.slider("Validation share (stratified)", 0.1, 0.5, 0.2, 0.05, key="ft_val",
+                                 persist_state=SESSION)
 
     head_key = f"ft_new_head_{model_key(loaded)[:12]}_{st.session_state.get('image_source_key')}"
     if head is not None and head.forced:
-        new_head = st.checkbox("New head for the image set's classes", value=True, disabled=True, key=head_key, persist_state=SESSION)
+        new_head = st.checkbox("New head for the image set's classes", value=True, disabled=True, key=head_key,
+                               persist_state=SESSION)
     else:
         new_head = st.checkbox("New head for the image set's classes", value=bool(head and head.new_head),
                                key=head_key, persist_state=SESSION,
@@ -145,18 +149,22 @@ def config_form(loaded, images, table) -> RunConfig | None:
     with st.expander("Regularization, BatchNormalization and schedule"):
         r1, r2, r3 = st.columns(3)
         dropout = r1.slider("Dropout of a new head", 0.0, 0.8, 0.2, 0.05, key="ft_dropout", persist_state=SESSION)
-        wd = r1.number_input("Weight decay", 0.0, 0.1, 0.0, step=1e-4, format="%.0e", key="ft_wd", persist_state=SESSION)
-        augment = r1.checkbox("Light augmentation (flips, shifts)", value=False, key="ft_augment", persist_state=SESSION,
+        wd = r1.number_input("Weight decay", 0.0, 0.1, 0.0, step=1e-4, format="%.0e", key="ft_wd",
+                             persist_state=SESSION)
+        augment = r1.checkbox("Light augmentation (flips, shifts)", value=False, key="ft_augment",
+                              persist_state=SESSION,
                               help="Off by default. Augmentation changes the images every epoch, so base "
                                    "activations cannot be cached: runs get slower.")
         bn = r2.radio("BatchNormalization", ["frozen", "train"], key="ft_bn", persist_state=SESSION,
                       format_func={"frozen": "keep frozen (inference mode, recommended)",
                                    "train": "train it in the unfrozen part"}.get)
         seed = r2.number_input("Seed", 0, 10**6, 0, key="ft_seed", persist_state=SESSION)
-        two_phase = r3.checkbox("Train the new head first (two phases)", value=False, key="ft_two_phase", persist_state=SESSION,
+        two_phase = r3.checkbox("Train the new head first (two phases)", value=False, key="ft_two_phase",
+                                persist_state=SESSION,
                                 help="First the head alone with the base frozen, then unfreeze to the chosen "
                                      "depth at the chosen rate (fastai's fine_tune).")
-        head_epochs = r3.number_input("Head-phase epochs", 1, 100, 2, key="ft_head_epochs", persist_state=SESSION, disabled=not two_phase)
+        head_epochs = r3.number_input("Head-phase epochs", 1, 100, 2, key="ft_head_epochs", persist_state=SESSION,
+                                      disabled=not two_phase)
         head_lr = r3.number_input("Head-phase learning rate", 1e-7, 10.0, 1e-3, format="%.2e", step=1e-4,
                                   key="ft_head_lr", persist_state=SESSION, disabled=not two_phase)
         label = st.text_input("Label (shown in the run list)", key="ft_label", persist_state=SESSION, max_chars=80)
