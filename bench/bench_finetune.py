@@ -45,7 +45,7 @@ def plain_fit(loaded, images, cfg) -> float:
 
     from tlviz.finetune.build import build_run_model, decide_head
     from tlviz.finetune.run import _optimizer, stratified_split
-    from tlviz.layers import apply_unfreeze
+    from tlviz.unfreeze import apply_unfreeze
     from tlviz.presets import apply_preset
 
     t0 = time.perf_counter()
@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     tf.get_logger().setLevel("ERROR")
     from tlviz.finetune.config import RunConfig
     from tlviz.imagesets import load_image_set
-    from tlviz.layers import base_weight_layers, layer_table
+    from tlviz.layers import layer_table
+    from tlviz.unfreeze import base_weight_layers
     from tlviz.finetune.build import depth_choices, snap_depth
     from tlviz.models import load_model
     from tlviz.samples import sample_path

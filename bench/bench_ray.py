@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     from tlviz.finetune.build import depth_choices, snap_depth
     from tlviz.finetune.config import RunConfig
     from tlviz.finetune.sweep import sweep_configs
-    from tlviz.layers import base_weight_layers, layer_table
+    from tlviz.layers import layer_table
+    from tlviz.unfreeze import base_weight_layers
 
     loaded, images = mobilenet_case(args.n)
     table = layer_table(loaded.model)

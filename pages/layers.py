@@ -5,7 +5,8 @@ import streamlit as st
 import ui
 from tlviz.charts import params_by_depth
 from tlviz.callargs import keras_honours_recorded_training
-from tlviz.layers import base_weight_layers, freezing_findings, inference_by_call_notes, totals, unfreeze_plan
+from tlviz.layers import freezing_findings, inference_by_call_notes, totals
+from tlviz.unfreeze import base_weight_layers, unfreeze_plan
 
 ui.page_start()
 st.title("Freezing status")

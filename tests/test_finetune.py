@@ -342,7 +342,7 @@ def _tiny_residual():
 @pytest.mark.parametrize("depth, cut_name", [(0, "gap"), (1, "add"), (2, "c1")])
 def test_find_cut_never_splits_a_skip_connection(depth, cut_name):
     from tlviz.finetune.cache import find_cut
-    from tlviz.layers import apply_unfreeze
+    from tlviz.unfreeze import apply_unfreeze
 
     m = _tiny_residual()
     apply_unfreeze(m, depth)
@@ -358,7 +358,7 @@ def test_find_cut_expands_nested_base():
     from keras import layers
 
     from tlviz.finetune.cache import find_cut
-    from tlviz.layers import apply_unfreeze
+    from tlviz.unfreeze import apply_unfreeze
 
     binp = keras.Input((8, 8, 3))
     h = layers.Conv2D(4, 3, name="b1")(binp)

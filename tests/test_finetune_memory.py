@@ -55,7 +55,7 @@ def _fit_bytes_of(loaded, images, config) -> int:
     from tlviz.finetune.build import build_run_model
     from tlviz.finetune.cache import find_cut
     from tlviz.finetune.run import check_run
-    from tlviz.layers import apply_unfreeze
+    from tlviz.unfreeze import apply_unfreeze
     from tlviz.memory import fit_bytes
 
     built = build_run_model(loaded, len(images.class_names), config, check_run(loaded, images, config))

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from tlviz.layers import (apply_unfreeze, base_weight_layers, block_boundaries, block_of,
-                          freezing_findings, layer_table, totals, unfreeze_plan)
+from tlviz.layers import freezing_findings, layer_table, totals
+from tlviz.unfreeze import apply_unfreeze, base_weight_layers, block_boundaries, block_of, unfreeze_plan
 
 
 def _keras_counts(model):

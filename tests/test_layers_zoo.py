@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlviz.layers import (apply_unfreeze, base_weight_layers, freezing_findings, layer_table, totals,
-                          unfreeze_plan)
+from tlviz.layers import freezing_findings, layer_table, totals
+from tlviz.unfreeze import apply_unfreeze, base_weight_layers, unfreeze_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 MOBILENET = "mobilenetv2_0.35_96"

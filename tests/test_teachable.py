@@ -145,7 +145,7 @@ def test_teachable_export_fine_tunes_with_its_own_preset_augmented(keras2, tmp_p
     head and the top 10 weight layers of MobileNetV2 (BatchNormalization frozen) move."""
     from tlviz.finetune.config import RunConfig
     from tlviz.finetune.run import run_finetune
-    from tlviz.layers import unfreeze_plan
+    from tlviz.unfreeze import unfreeze_plan
     from tlviz.models import load_model
 
     loaded = load_model(teachable_zip(keras2, "0 a\n1 b\n2 c\n"), "converted_keras.zip")

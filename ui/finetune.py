@@ -22,7 +22,8 @@ from tlviz.finetune import (ACTIVE_STATES, CONTROL_LABELS, CONTROLS, OPTIMIZER_L
                             decide_head, default_executor, default_preset, delete_run, depth_choices,
                             describe_executor, format_seconds, largest_movers, list_runs, load_run, original_labels,
                             poll_job, start_job, start_lr_finder, sweep_table)
-from tlviz.layers import base_weight_layers, freezing_findings, unfreeze_plan
+from tlviz.layers import freezing_findings
+from tlviz.unfreeze import base_weight_layers, unfreeze_plan
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets, preset_resize
 from tlviz.stats import format_points, wilson_interval
 from ui.cache import load_model_bytes, model_key

@@ -170,7 +170,7 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
 
     Returns:
         A `BuiltModel`. Trainable flags are not set yet (see
-        `tlviz.layers.apply_unfreeze`).
+        `tlviz.unfreeze.apply_unfreeze`).
     """
     import keras
 
@@ -251,7 +251,7 @@ def depth_choices(table) -> list[tuple[int, str]]:
         ``[(0, "head only"), (d, "from block_16 (8 layers)"), ..., (n, "whole base (n layers)")]``;
         without named blocks, every depth from 0 to n.
     """
-    from tlviz.layers import base_weight_layers, block_boundaries
+    from tlviz.unfreeze import base_weight_layers, block_boundaries
 
     n = len(base_weight_layers(table))
     out = [(0, "head only")]

@@ -1,7 +1,7 @@
 """Representation drift: how far a run moved the base's features, block by block (linear CKA).
 
 Every run measures, for each block of the base (the named blocks the unfreeze-depth control
-snaps to: `tlviz.layers.block_of`), the linear CKA (`tlviz.cka`) between the block's output
+snaps to: `tlviz.unfreeze.block_of`), the linear CKA (`tlviz.cka`) between the block's output
 on a fixed sample of the user's images before the run and after it. 1.0 means the block
 still represents these images the same way (up to rotation and scale); a low value means the
 run rebuilt it, which, without a gain in accuracy, is catastrophic forgetting.
@@ -82,7 +82,8 @@ def base_blocks(model, table=None) -> list[Block]:
     Returns:
         The blocks (empty when the base holds no weights).
     """
-    from tlviz.layers import block_boundaries, block_of, layer_table
+    from tlviz.layers import layer_table
+    from tlviz.unfreeze import block_boundaries, block_of
 
     table = layer_table(model) if table is None else table
     named = bool(block_boundaries(table))

@@ -149,7 +149,7 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
     keras.utils.set_random_seed(config.seed)
     built = build_run_model(loaded, len(images.class_names), config, head)
     model = built.model
-    from tlviz.layers import apply_unfreeze
+    from tlviz.unfreeze import apply_unfreeze
 
     apply_unfreeze(model, config.unfreeze, train_bn=config.train_bn)
     notes = list(built.notes)

@@ -742,7 +742,8 @@ def _set_trainable(model, phase: _Phase, config: RunConfig) -> tuple[int, set[st
     Raises:
         RunRefused: nothing would train.
     """
-    from tlviz.layers import apply_unfreeze, iter_leaves
+    from tlviz.layers import iter_leaves
+    from tlviz.unfreeze import apply_unfreeze
 
     apply_unfreeze(model, phase.depth, train_bn=config.train_bn)
     tparams = trainable_params(model)

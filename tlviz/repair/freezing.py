@@ -9,7 +9,8 @@ at once. The proof is its freezing table (`tlviz.layers.layer_table`).
 from __future__ import annotations
 
 from tlviz.errors import RepairRefused
-from tlviz.layers import block_boundaries, freezing_findings, iter_leaves, layer_table, totals
+from tlviz.layers import freezing_findings, iter_leaves, layer_table, totals
+from tlviz.unfreeze import block_boundaries
 from tlviz.repair.result import RepairStep
 
 FREEZING_IDS = ("no-trainable-weights", "head-frozen")
@@ -20,7 +21,7 @@ _TABLE_COLUMNS = ("path", "class", "role", "trainable", "trainable_params", "non
 
 def _top_block(table) -> list[str]:
     """Paths of the base's weighted layers in its top named block (else its last weighted layer), BN excepted."""
-    from tlviz.layers import base_weight_layers
+    from tlviz.unfreeze import base_weight_layers
 
     base = base_weight_layers(table)
     if not len(base):
