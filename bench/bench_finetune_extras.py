@@ -72,7 +72,8 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore")
     from tlviz.finetune.build import depth_choices
-    from tlviz.finetune.cache import ActivationCache, images_key
+    from tlviz.contentkeys import pixels_key
+    from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.config import RunConfig, control_config
     from tlviz.finetune.run import run_finetune
     from tlviz.imagesets import open_source
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     top = next(d for d, label in depth_choices(layer_table(loaded.model)) if "block_16" in label)
     configs = {"head only": RunConfig(unfreeze=0, lr=1e-3, epochs=args.epochs, preset="tf"),
                f"top block (depth {top})": RunConfig(unfreeze=top, lr=1e-4, epochs=args.epochs, preset="tf")}
-    key = images_key(images.images)
+    key = pixels_key(images.images)
     print(f"model: {loaded.name} 224x224, {len(images)} images to fine-tune on, {len(original)} of the original "
           f"task, {args.epochs} epochs, {args.repeat} repeats per kind; CPU threads: {os.cpu_count()}")
     patched: list = []

@@ -1243,7 +1243,8 @@ def _diagnose_with_runs(case: Case, env: Env, loaded, images, preset: str, sourc
 
     from tlviz.diagnose import diagnose
     from tlviz.diagnose.forgetting import runs_for, with_runs
-    from tlviz.finetune.cache import ActivationCache, images_key
+    from tlviz.contentkeys import pixels_key
+    from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.config import RunConfig, control_config
     from tlviz.finetune.run import run_finetune
     from tlviz.finetune.store import RunWriter
@@ -1251,7 +1252,7 @@ def _diagnose_with_runs(case: Case, env: Env, loaded, images, preset: str, sourc
     settings, control = case.run
     root = env.dir / "runs" / case.name.replace("/", "_")
     shutil.rmtree(root, ignore_errors=True)  # every case starts from no runs
-    key, cache = images_key(images.images), ActivationCache()
+    key, cache = pixels_key(images.images), ActivationCache()
     config = RunConfig(preset=preset, label=case.name, **settings)
     for run_id, cfg in (("run", config), ("control", control_config(config, control, "run"))):
         writer = RunWriter(root / run_id)

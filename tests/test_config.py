@@ -120,12 +120,12 @@ def test_module_defaults_come_from_the_table():
     assert DEFAULT_MAX_MODEL_MB == config.default("TLVIZ_MAX_MODEL_MB") == 500
     assert DEFAULT_CACHE_MB == config.default("TLVIZ_ACTIVATION_CACHE_MB") == 1024
     # The computed defaults are described as the modules compute them.
-    from tlviz import jobqueue, memory
+    from tlviz import machine, memory
 
-    assert f"{memory.MIN_DEFAULT_MB}–{memory.MAX_DEFAULT_MB:,} MB" in config.SETTINGS["TLVIZ_MEMORY_MB"].default_text
-    assert config.default("TLVIZ_MEMORY_MB") == memory.default_memory_mb()
-    assert f"{jobqueue.JOB_OVERHEAD_BYTES / 2**30:g} GB" in config.SETTINGS["TLVIZ_MAX_JOBS"].default_text
-    assert config.default("TLVIZ_MAX_JOBS") == jobqueue.default_max_jobs()
+    assert f"{machine.MIN_DEFAULT_MB}–{machine.MAX_DEFAULT_MB:,} MB" in config.SETTINGS["TLVIZ_MEMORY_MB"].default_text
+    assert config.default("TLVIZ_MEMORY_MB") == machine.default_memory_mb()
+    assert f"{machine.JOB_OVERHEAD_BYTES / 2**30:g} GB" in config.SETTINGS["TLVIZ_MAX_JOBS"].default_text
+    assert config.default("TLVIZ_MAX_JOBS") == machine.jobs_that_fit(memory.memory_budget_bytes())
 
 
 def test_unknown_names_are_refused():

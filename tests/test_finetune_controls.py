@@ -32,12 +32,13 @@ def images_5_9(loaded_base, digits_5_9):
 @pytest.fixture(scope="module")
 def stored(loaded_base, images_5_9, base_images, tmp_path_factory):
     """The planted run with its head-only control, and the clean run with its random-init control, on disk."""
-    from tlviz.finetune.cache import ActivationCache, images_key
+    from tlviz.contentkeys import pixels_key
+    from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.run import run_finetune
     from tlviz.finetune.store import RunWriter, load_run
 
     root = tmp_path_factory.mktemp("runs")
-    cache, key = ActivationCache(), images_key(images_5_9.images)
+    cache, key = ActivationCache(), pixels_key(images_5_9.images)
     results = {}
 
     def run(name, cfg, original=None):
@@ -154,13 +155,13 @@ def test_catastrophic_forgetting_stays_quiet_on_the_clean_run_and_skips_without_
 def test_the_diagnose_report_includes_the_verdict_when_runs_exist(stored, loaded_base, images_5_9):
     from tlviz.diagnose import diagnose
     from tlviz.diagnose.forgetting import runs_for, with_cli_runs, with_runs
-    from tlviz.finetune.cache import images_key
+    from tlviz.contentkeys import pixels_key
 
     root, recs, _ = stored
     report = diagnose(loaded_base, images_5_9, "tf", checks=["catastrophic-forgetting", "class-imbalance"])
     assert [s.id for s in report.skipped] == ["catastrophic-forgetting"]  # a model file alone has no runs
     assert "judges fine-tuning runs" in report.skipped[0].reason
-    found = runs_for(loaded_base.sha256, images_key(images_5_9.images), None, root)
+    found = runs_for(loaded_base.sha256, pixels_key(images_5_9.images), None, root)
     assert {r.run_id for r in found} == set(recs)
     assert runs_for(loaded_base.sha256, "other images", None, root) == []
     assert with_cli_runs(report, loaded_base, images_5_9, root / "no such folder") is report
@@ -300,7 +301,7 @@ def test_finetune_refuses_a_head_only_control_of_a_head_only_run_and_a_wrong_ori
 def test_a_worker_job_queues_the_linked_control_and_reports_drift_and_retention(runs, loaded_base, images_5_9,
                                                                                  base_images):
     from tlviz.diagnose.forgetting import runs_for
-    from tlviz.finetune.cache import images_key
+    from tlviz.contentkeys import pixels_key
     from tlviz.finetune.worker import start_job, wait_job
 
     with pytest.raises(RunRefused, match="already trains only the head"):
@@ -319,9 +320,9 @@ def test_a_worker_job_queues_the_linked_control_and_reports_drift_and_retention(
     assert drift["block1"]["cka"] == 1.0 and drift["block3"]["trained"] and drift["block3"]["cka"] < 1.0
     assert run.outcome.retention["n_images"] == len(base_images)
     assert control.outcome.retention["difference"] == 0  # the head-only control keeps the base
-    found = runs_for(loaded_base.sha256, images_key(images_5_9.images), "ws")
+    found = runs_for(loaded_base.sha256, pixels_key(images_5_9.images), "ws")
     assert {r.run_id for r in found} == {run.run_id, control.run_id}
-    assert runs_for(loaded_base.sha256, images_key(images_5_9.images), "another workspace") == []
+    assert runs_for(loaded_base.sha256, pixels_key(images_5_9.images), "another workspace") == []
 
 
 def test_diagnose_json_names_catastrophic_forgetting_for_the_command_lines_runs(tmp_path, capsys):

@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tlviz import jobqueue, jobs
+from tlviz import config, jobqueue, jobs
 from tlviz.errors import TlvizError
 from tlviz.imagesets import ImageSource, open_source
 
@@ -239,12 +239,12 @@ def test_bad_kinds_and_parameters_are_refused_with_the_fix(loaded_base, images, 
 
 
 def test_max_jobs_setting(monkeypatch):
-    from tlviz import memory
+    from tlviz import machine, memory
 
     monkeypatch.delenv(jobqueue.ENV_MAX_JOBS, raising=False)
-    expected = max(1, min((os.cpu_count() or 1) // 2, memory._machine_bytes() // (
-        memory.memory_budget_bytes() + jobqueue.JOB_OVERHEAD_BYTES)))
-    assert jobqueue.max_jobs() == jobqueue.default_max_jobs() == expected
+    expected = max(1, min(machine.cpu_count() // 2, machine.machine_bytes() // (
+        memory.memory_budget_bytes() + machine.JOB_OVERHEAD_BYTES)))
+    assert jobqueue.max_jobs() == config.default("TLVIZ_MAX_JOBS") == expected
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "3")
     assert jobqueue.max_jobs() == 3
     for bad in ("0", "two", "-1"):

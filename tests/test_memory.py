@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlviz import memory, normalize
+from tlviz import machine, memory, normalize
 from tlviz.diagnose import diagnose
 
 
@@ -23,8 +23,8 @@ def test_budget_from_the_environment(monkeypatch):
     monkeypatch.setenv(memory.ENV_MEMORY_MB, "300")
     assert memory.memory_budget_bytes() == 300 * 2**20
     monkeypatch.delenv(memory.ENV_MEMORY_MB)
-    assert memory.memory_budget_bytes() == memory.default_memory_mb() * 2**20
-    assert memory.MIN_DEFAULT_MB <= memory.default_memory_mb() <= memory.MAX_DEFAULT_MB
+    assert memory.memory_budget_bytes() == machine.default_memory_mb() * 2**20
+    assert machine.MIN_DEFAULT_MB <= machine.default_memory_mb() <= machine.MAX_DEFAULT_MB
     for bad in ("lots", "0", "-5", "nan"):
         monkeypatch.setenv(memory.ENV_MEMORY_MB, bad)
         with pytest.raises(ValueError, match="TLVIZ_MEMORY_MB.*e.g. 1024"):

@@ -221,7 +221,7 @@ def test_catastrophic_forgetting_is_judged_on_this_sessions_runs_of_the_model_an
     """Wiring: the stored diagnosis skips catastrophic-forgetting (a model file has no runs); once this session has
     a planted run (whole base at Adam 0.1) and its head-only control on the same model and images, the page shows
     the finding, and its downloads include it."""
-    from tlviz.finetune.cache import images_key
+    from tlviz.contentkeys import pixels_key
     from tlviz.finetune.config import RunConfig, control_config
     from tlviz.finetune.run import run_finetune
     from tlviz.finetune.store import RunWriter
@@ -234,7 +234,7 @@ def test_catastrophic_forgetting_is_judged_on_this_sessions_runs_of_the_model_an
     run_id = "20250101-000000-000aaaa"
     for rid, cfg in ((run_id, planted), ("20250101-000001-000bbbb", control_config(planted, "head-only", run_id))):
         w = RunWriter(module_runs / rid)
-        w.write_config(cfg, {"sha256": loaded.sha256}, {"image_key": images_key(images.images)},
+        w.write_config(cfg, {"sha256": loaded.sha256}, {"image_key": pixels_key(images.images)},
                        owner=at.session_state["workspace"])
         w.status(run_finetune(loaded, images, cfg, writer=w, save=False).state)
     at.run()

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tlviz import machine
 from tlviz.errors import ConfigError
 
 
@@ -77,15 +78,15 @@ class Setting:
 
 
 def _memory_default() -> float:
-    from tlviz.memory import default_memory_mb
-
-    return float(default_memory_mb())
+    return float(machine.default_memory_mb())
 
 
 def _jobs_default() -> float:
-    from tlviz.jobqueue import default_max_jobs
-
-    return float(default_max_jobs())
+    try:
+        budget = megabytes("TLVIZ_MEMORY_MB")
+    except ConfigError:
+        budget = machine.default_memory_mb() * 2**20
+    return float(machine.jobs_that_fit(budget))
 
 
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
@@ -100,7 +101,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("TLVIZ_ACTIVATION_CACHE_MB", "mb", 1024, "",
             "memory budget for cached base activations; above it a run trains the whole model and says so", "1024"),
     Setting("TLVIZ_MAX_JOBS", "count", _jobs_default,
-            "half the CPU cores, at most machine memory ÷ (`TLVIZ_MEMORY_MB` + 1.5 GB), at least 1",
+            "half the CPUs this process may use (affinity and cgroup quota), at most machine memory ÷ (`TLVIZ_MEMORY_MB` + 1.5 GB), at least 1",
             "heavy jobs (fine-tuning runs, learning-rate tests, normalization comparisons, diagnoses) running at "
             "once; the others wait in one first-come-first-served queue", "2"),
     Setting("TLVIZ_RAY_ADDRESS", "text", None, "unset (runs on this machine)",

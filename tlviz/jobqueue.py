@@ -22,8 +22,8 @@ A waiting worker takes a free slot only when no older job is still waiting
 and removed, so a killed worker never blocks the queue.
 
 Setting: ``TLVIZ_MAX_JOBS`` — how many heavy jobs run at once. Defaults to
-`default_max_jobs()`: half the CPU cores, and no more jobs than the machine's
-memory holds at ``TLVIZ_MEMORY_MB`` plus `JOB_OVERHEAD_BYTES` (1.5 GB:
+`tlviz.machine.jobs_that_fit`: half the CPUs this process may use, and no more jobs than the machine's
+memory holds at ``TLVIZ_MEMORY_MB`` plus `tlviz.machine.JOB_OVERHEAD_BYTES` (1.5 GB:
 TensorFlow, the model and the decoded images) each; at least 1.
 """
 
@@ -41,7 +41,6 @@ from tlviz.finetune.store import pid_alive, read_json, write_json
 
 ENV_MAX_JOBS = "TLVIZ_MAX_JOBS"
 #: What one worker needs besides its working-memory budget: the TensorFlow runtime, the model, the images.
-JOB_OVERHEAD_BYTES = int(1.5 * 2**30)
 #: How often a waiting worker looks at the queue (seconds).
 POLL_S = 0.25
 #: A marker whose process id was never written is taken as dead after this many seconds
@@ -49,28 +48,11 @@ POLL_S = 0.25
 UNCLAIMED_S = 120.0
 
 
-def default_max_jobs() -> int:
-    """How many heavy jobs fit on this machine at once (the default of ``TLVIZ_MAX_JOBS``).
-
-    Returns:
-        ``max(1, min(cpu cores // 2, machine memory // (TLVIZ_MEMORY_MB + 1.5 GB)))``.
-    """
-    from tlviz import memory
-
-    try:
-        budget = memory.memory_budget_bytes()
-    except ValueError:
-        budget = memory.default_memory_mb() * 2**20
-    by_cpu = (os.cpu_count() or 1) // 2
-    by_memory = memory._machine_bytes() // (budget + JOB_OVERHEAD_BYTES)
-    return int(max(1, min(by_cpu, by_memory)))
-
-
 def max_jobs() -> int:
     """How many heavy jobs run at once.
 
     Returns:
-        ``TLVIZ_MAX_JOBS``, else `default_max_jobs()`.
+        ``TLVIZ_MAX_JOBS``, else `tlviz.machine.jobs_that_fit` of the memory budget.
 
     Raises:
         ConfigError: (a `TlvizError`) the variable is set but is not a whole number of at least 1

@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tlviz import jobqueue
+from tlviz.contentkeys import image_set_key, model_key
 from tlviz.errors import AnalysisRefused, TlvizError  # AnalysisRefused: defined in tlviz.errors, still importable here
 from tlviz.finetune import worker
 from tlviz.finetune.store import check_run_id, now_iso, read_json, runs_dir, write_json
@@ -178,18 +179,6 @@ def _custom_preset(params: dict):
     return CustomPreset(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in c.items()})
 
 
-def model_key(loaded) -> str:
-    """The model's content key: its file's sha256, else a hash of its weights."""
-    from tlviz.finetune.cache import weights_key
-
-    return loaded.sha256 or weights_key(loaded.model)
-
-
-def image_key(images) -> str:
-    """The image set's content key (`tlviz.finetune.worker.image_set_key`); pages cache it per image set."""
-    return worker.image_set_key(images)
-
-
 def can_reopen(source) -> bool:
     """Whether a worker process can open `source` again (for the resize variants): a folder or a zip."""
     origin = getattr(source, "origin", None)
@@ -217,7 +206,7 @@ def analysis_key(kind: str, loaded, images, params: dict | None = None, *, sourc
     Returns:
         A 24-character hex string.
     """
-    return _key(kind, model_key(loaded), image_key or worker.image_set_key(images), _params(kind, params),
+    return _key(kind, model_key(loaded), image_key or image_set_key(images), _params(kind, params),
                 can_reopen(source))
 
 
@@ -357,7 +346,7 @@ def start_analysis(kind: str, loaded, images, params: dict | None = None, *, sou
     """
     params = _params(kind, params)
     mkey = model_key(loaded)
-    ikey = image_key or worker.image_set_key(images)
+    ikey = image_key or image_set_key(images)
     reopen = can_reopen(source)
     key = _key(kind, mkey, ikey, params, reopen)
     previous = latest_job(kind, key, owner, root)

@@ -29,7 +29,7 @@ What one image costs (`activation_bytes`), by `mode`:
   gradient of the same size: `TRAIN_FACTOR` times the sum of all layer
   outputs, plus the input.
 
-Public API: `memory_budget_bytes()`, `default_memory_mb()`, `activation_bytes(model, mode)`,
+Public API: `memory_budget_bytes()` (its default: `tlviz.machine.default_memory_mb`), `activation_bytes(model, mode)`,
 `plan_batch(model, mode, n=None, budget=None, max_batch=MAX_BATCH) -> BatchPlan`,
 `fit_bytes(model)` (one training step), `forward(model, training=False)` (a compiled forward pass,
 built once per model),
@@ -38,7 +38,6 @@ built once per model),
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,29 +53,6 @@ LIVE_FACTOR = 5
 TRAIN_FACTOR = 2
 #: Never more images per batch than this (larger batches stop paying off on a CPU).
 MAX_BATCH = 256
-MIN_DEFAULT_MB = 256
-MAX_DEFAULT_MB = 1536
-
-
-def _machine_bytes() -> int:
-    """Physical memory, or the cgroup (container) limit when that is lower."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 8 * 2**30
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = open(path).read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and 0 < int(text) < total:
-            total = int(text)
-    return int(total)
-
-
-def default_memory_mb() -> int:
-    """The default of ``TLVIZ_MEMORY_MB``: an eighth of the machine's memory, between 256 and 1,536 MB."""
-    return int(min(max(_machine_bytes() / 8 / 2**20, MIN_DEFAULT_MB), MAX_DEFAULT_MB))
 
 
 def memory_budget_bytes() -> int:

@@ -8,7 +8,7 @@ from tlviz import jobs
 from tlviz.errors import TlvizError
 from tlviz.jobqueue import waiting_text
 from ui import cache
-from ui.state import content_key, current, image_source, workspace
+from ui.state import image_set_key, current, image_source, workspace
 
 ANALYSIS_POLL_S = 2.0
 #: A job waiting in the queue changes rarely: its page polls less often (each poll is a script run).
@@ -61,8 +61,8 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
     """
     loaded, images = current()
     loaded = loaded if model is None else model
-    source, owner, ikey = image_source(), workspace(), content_key()
-    pair = (cache.model_key(loaded), ikey)
+    source, owner, ikey = image_source(), workspace(), image_set_key()
+    pair = (cache.remembered_key(loaded), ikey)
     try:
         key = jobs.analysis_key(kind, loaded, images, params, source=source, image_key=ikey)
         report = cache.stored_report(kind, key)

@@ -3,7 +3,7 @@
 `st.cache_resource` returns the *same object to every session*: a cached model is
 never trained or re-flagged in place (the engine clones it first). `st.cache_data`
 functions take the big objects as leading-underscore arguments and are keyed by
-the small keys before them; `model_key` is the one place a model's key is built.
+the small keys before them; `remembered_key` is the one place a model's session key is built.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import hashlib
 import streamlit as st
 
 from tlviz import jobs
-from tlviz.finetune import images_key as pixels_content_key
+from tlviz.contentkeys import image_set_key as content_image_set_key
+from tlviz.contentkeys import pixels_key as content_pixels_key
 from tlviz.finetune import runs_dir
 from tlviz.imagesets import ImageSet, ImageSource
 from tlviz.layers import layer_table
@@ -21,8 +22,9 @@ from tlviz.models import LoadedModel, load_model
 from tlviz.samples import sample_path
 
 
-def model_key(loaded: LoadedModel) -> str:
-    """The key a model's derived data is cached and remembered under: its file's sha256 (else its name).
+def remembered_key(loaded: LoadedModel) -> str:
+    """The key a model is remembered under in this session (history, derived tables): its file's sha256, else its
+    name. Not a content key (`tlviz.contentkeys.model_key` is).
 
     Args:
         loaded: the `LoadedModel`.
@@ -91,26 +93,26 @@ def _cached_layer_table(key: str, _model):
 
 def model_layer_table(loaded: LoadedModel):
     """`tlviz.layers.layer_table` of the model, computed once per model."""
-    return _cached_layer_table(model_key(loaded), loaded.model)
+    return _cached_layer_table(remembered_key(loaded), loaded.model)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _content_key(key: str, _images: ImageSet) -> str:
-    return jobs.image_key(_images)
+def _image_set_key(key: str, _images: ImageSet) -> str:
+    return content_image_set_key(_images)
 
 
 def image_set_key(key: str, images: ImageSet) -> str:
-    """`tlviz.jobs.image_key` of an image set (labels and files included), hashed once per `key`."""
-    return _content_key(key, images)
+    """`tlviz.contentkeys.image_set_key` of an image set (labels and files included), hashed once per `key`."""
+    return _image_set_key(key, images)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _pixels_key(key: str, shape: tuple, _images: ImageSet) -> str:
-    return pixels_content_key(_images.images)
+    return content_pixels_key(_images.images)
 
 
 def pixels_key(key: str, images: ImageSet) -> str:
-    """`tlviz.finetune.images_key` of an image set's pixels (what runs record), hashed once per `key`."""
+    """`tlviz.contentkeys.pixels_key` of an image set's pixels (what runs record), hashed once per `key`."""
     return _pixels_key(key, images.images.shape, images)
 
 

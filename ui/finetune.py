@@ -26,7 +26,7 @@ from tlviz.layers import freezing_findings
 from tlviz.unfreeze import base_weight_layers, unfreeze_plan
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets, preset_resize
 from tlviz.stats import format_points, wilson_interval
-from ui.cache import load_model_bytes, model_key
+from ui.cache import load_model_bytes, remembered_key
 from ui.state import workspace
 from ui.widgets import GalleryEntry, finding_card, finding_cards, gallery
 
@@ -101,8 +101,8 @@ def config_form(loaded, images, table) -> RunConfig | None:
     """
     presets = applicable_presets(loaded.channels, teachable=loaded.teachable_machine)
     preset_default = default_preset(st.session_state.get("best_preset"), loaded.recorded_preset)
-    if st.session_state.get("ft_preset_default") != (model_key(loaded), preset_default):
-        st.session_state["ft_preset_default"] = (model_key(loaded), preset_default)
+    if st.session_state.get("ft_preset_default") != (remembered_key(loaded), preset_default):
+        st.session_state["ft_preset_default"] = (remembered_key(loaded), preset_default)
         st.session_state["ft_preset"] = preset_default if preset_default in presets else presets[0]
     st.session_state.setdefault("ft_lr", 1e-3)
     head = None
@@ -135,7 +135,7 @@ def config_form(loaded, images, table) -> RunConfig | None:
         val_fraction = st.slider("Validation share (stratified)", 0.1, 0.5, 0.2, 0.05, key="ft_val",
                                  persist_state=SESSION)
 
-    head_key = f"ft_new_head_{model_key(loaded)[:12]}_{st.session_state.get('image_source_key')}"
+    head_key = f"ft_new_head_{remembered_key(loaded)[:12]}_{st.session_state.get('image_source_key')}"
     if head is not None and head.forced:
         new_head = st.checkbox("New head for the image set's classes", value=True, disabled=True, key=head_key,
                                persist_state=SESSION)

@@ -21,7 +21,7 @@ from tlviz.repair import ORDER, ORDER_NOTE, REPAIRS, RepairResult
 from tlviz.stats import format_points
 from ui import cache
 from ui.analysis import analysis
-from ui.state import adopt_model, content_key, current
+from ui.state import adopt_model, image_set_key, current
 
 #: What each option of a repair is called on the page.
 TARGET_LABELS = {"raw": "raw 0-255 pixels", "inference": "what my code sends"}
@@ -52,7 +52,7 @@ def _options(ids, prefix: str, preset: str) -> dict:
 def _remember(result: RepairResult) -> None:
     loaded, _ = current()
     made = st.session_state.setdefault("repairs_made", {})
-    made.setdefault((cache.model_key(loaded), content_key()), {})[json.dumps(result.params, sort_keys=True)] = result
+    made.setdefault((cache.remembered_key(loaded), image_set_key()), {})[json.dumps(result.params, sort_keys=True)] = result
 
 
 def repairs_made() -> list[RepairResult]:
@@ -60,7 +60,7 @@ def repairs_made() -> list[RepairResult]:
     loaded, _ = current()
     if loaded is None:
         return []
-    made = (st.session_state.get("repairs_made") or {}).get((cache.model_key(loaded), content_key()), {})
+    made = (st.session_state.get("repairs_made") or {}).get((cache.remembered_key(loaded), image_set_key()), {})
     return list(made.values())
 
 

@@ -78,7 +78,7 @@ def model_history() -> list[dict]:
 
 def _remember(loaded: LoadedModel, label: str) -> str:
     """Put `loaded` first in the history (once per model) and return its key."""
-    key = cache.model_key(loaded)
+    key = cache.remembered_key(loaded)
     history = [h for h in model_history() if h["key"] != key]
     st.session_state["model_history"] = [{"key": key, "label": label, "loaded": loaded}] + history[:HISTORY_MAX - 1]
     return key
@@ -93,7 +93,7 @@ def adopt_model(loaded: LoadedModel, label: str, previous_label: str | None = No
         previous_label: how the history lists the model it replaces. Defaults to its file name.
     """
     previous = st.session_state.get("model")
-    if previous is not None and not any(h["key"] == cache.model_key(previous) for h in model_history()):
+    if previous is not None and not any(h["key"] == cache.remembered_key(previous) for h in model_history()):
         _remember(previous, previous_label or previous.filename or previous.name)
     key = _remember(loaded, label)
     st.session_state["keep_model_kind"] = HISTORY_KIND
@@ -108,7 +108,7 @@ def use_history(key: str) -> None:
         return
     st.session_state["keep_model_history"] = key
     current_model = st.session_state.get("model")
-    if current_model is None or cache.model_key(current_model) != key:
+    if current_model is None or cache.remembered_key(current_model) != key:
         set_model(entry["loaded"])
 
 
@@ -125,7 +125,7 @@ def _images_target() -> tuple[str, str] | None:
     source, loaded = st.session_state.get("image_source"), st.session_state.get("model")
     if source is None or loaded is None:
         return None
-    return st.session_state["image_source_key"], cache.model_key(loaded)
+    return st.session_state["image_source_key"], cache.remembered_key(loaded)
 
 
 def _reload_images() -> None:
@@ -184,7 +184,7 @@ def current_layer_table(loaded: LoadedModel):
     return cache.model_layer_table(loaded)
 
 
-def images_key() -> str:
+def source_key() -> str:
     """A cache key for the current image set (its source and how it was decoded)."""
     images = st.session_state.get("images")
     if images is None:
@@ -204,13 +204,13 @@ def is_sample() -> bool:
             and str(st.session_state.get("image_source_key") or "").startswith("sample:"))
 
 
-def content_key() -> str:
-    """`tlviz.jobs.image_key` of the current image set (hashed once per image set)."""
-    return cache.image_set_key(images_key(), st.session_state.get("images"))
+def image_set_key() -> str:
+    """`tlviz.contentkeys.image_set_key` of the current image set (hashed once per image set)."""
+    return cache.image_set_key(source_key(), st.session_state.get("images"))
 
 
 def pixels_key() -> str:
-    """`tlviz.finetune.images_key` of the current image set's pixels (hashed once per image set)."""
+    """`tlviz.contentkeys.pixels_key` of the current image set's pixels (hashed once per image set)."""
     return cache.pixels_key(str(st.session_state.get("image_source_key")), st.session_state.get("images"))
 
 

@@ -164,7 +164,8 @@ def config_from_args(args, recorded_preset: str | None = None) -> RunConfig:
 
 
 def run(args) -> int:
-    from tlviz.finetune.cache import ActivationCache, images_key
+    from tlviz.contentkeys import pixels_key
+    from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.config import control_config
     from tlviz.finetune.executors import choose_executor
     from tlviz.finetune.run import check_run
@@ -188,12 +189,12 @@ def run(args) -> int:
     from tlviz.finetune.executors import local_where
 
     where = local_where(setup_device())
-    key = images_key(images.images)
+    key = pixels_key(images.images)
     cache = ActivationCache()  # the control reuses the duplicate groups and cached activations
     original_info = None
     if original is not None:
         original_info = {"source": original.source, "n": len(original), "class_names": original.class_names,
-                         "image_key": images_key(original.images)}
+                         "image_key": pixels_key(original.images)}
     root = runs_dir(args.out)
 
     def one(cfg, label: str):

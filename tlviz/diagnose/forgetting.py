@@ -240,13 +240,13 @@ def with_cli_runs(report, loaded, images, root=None):
     from pathlib import Path
 
     from tlviz import config
-    from tlviz.finetune.cache import images_key
+    from tlviz.contentkeys import pixels_key
     from tlviz.finetune.store import ENV_RUNS_DIR
 
     folder = Path(root or config.path(ENV_RUNS_DIR) or Path.home() / ".tlviz" / "runs").expanduser()
     if not folder.is_dir():
         return report
-    records = runs_for(loaded.sha256, images_key(images.images), None, folder)
+    records = runs_for(loaded.sha256, pixels_key(images.images), None, folder)
     return with_runs(report, records) if records else report
 
 
@@ -255,7 +255,7 @@ def runs_for(model_sha256: str | None, image_key: str | None, owner: str | None 
 
     Args:
         model_sha256: the model file's hash (`LoadedModel.sha256`).
-        image_key: `tlviz.finetune.images_key` of the image set's pixels.
+        image_key: `tlviz.contentkeys.pixels_key` of the image set's pixels.
         owner: only this workspace's runs (the app); None: the runs started without an owner (the CLI).
         root: the runs folder. Defaults to `tlviz.finetune.runs_dir()`.
 

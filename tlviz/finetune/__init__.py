@@ -25,14 +25,12 @@ Public API (TensorFlow is imported only when a run starts):
   interval, `controls_of` finds them; ``tlviz.diagnose.forgetting`` judges them.
   `original_labels` checks an original-task image set against the model.
 - For a page that sets a run up: `decide_head` (new head or not), `depth_choices`
-  (unfreeze depths at block boundaries), `images_key` (the content key runs record
-  for the pixels they ran on), `OPTIMIZERS` / `OPTIMIZER_LABELS`, `largest_movers`.
+  (unfreeze depths at block boundaries), `OPTIMIZERS` / `OPTIMIZER_LABELS`, `largest_movers`.
 - Its charts are in `tlviz.charts` (``finetune``).
 """
 
 from tlviz.errors import RunRefused
 from tlviz.finetune.build import decide_head, depth_choices
-from tlviz.finetune.cache import images_key
 from tlviz.finetune.config import (CONTROL_LABELS, CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, control_config,
                                    default_preset)
 from tlviz.finetune.controls import ControlComparison, compare, controls_of
@@ -51,7 +49,7 @@ __all__ = [
     "run_finetune", "stratified_split", "delete_run", "list_runs", "load_run", "runs_dir", "sweep_configs",
     "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
     "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
-    "images_key", "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",
+    "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",
     "describe_where", "last_cluster", "CONTROLS", "CONTROL_LABELS", "original_labels", "control_config", "ControlComparison", "compare", "controls_of",
     "duplicate_groups",
 ]

@@ -206,27 +206,6 @@ def _count(weights) -> int:
 
 # -- the cache -----------------------------------------------------------------
 
-def images_key(images: np.ndarray) -> str:
-    """A content hash of an image array (shape, dtype and pixels)."""
-    h = hashlib.sha1()
-    h.update(str((images.shape, str(images.dtype))).encode())
-    h.update(_bytes_view(images))
-    return h.hexdigest()[:20]
-
-
-def weights_key(model) -> str:
-    """A hash of a model's weights, for models without a file hash."""
-    h = hashlib.sha1()
-    for w in model.get_weights():
-        h.update(_bytes_view(w))
-    return h.hexdigest()[:20]
-
-
-def _bytes_view(arr: np.ndarray) -> memoryview:
-    """The array's bytes for hashing, without a copy when it is contiguous (``tobytes`` always copies)."""
-    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
-
-
 class ActivationCache:
     """Activations at a cut, keyed by (model, image set, preset, cut).
 

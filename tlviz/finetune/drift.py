@@ -226,7 +226,7 @@ class DriftProbe:
         may_train: paths of the layers that train in some phase of the run.
         cache: the run's `ActivationCache` (the features before the run are kept there).
         model_key: a key of the weights the run starts from (the file's hash; a random start has its own).
-        image_key: `tlviz.finetune.cache.images_key` of the images.
+        image_key: `tlviz.contentkeys.pixels_key` of the images.
         budget: memory budget in bytes for the batch plan. Defaults to ``TLVIZ_MEMORY_MB``.
         defer: leave the features before the run to `before_from_cut` (the run calls it once the activations at
             its last phase's cut exist, before any layer of the base trains). Defaults to `False`.

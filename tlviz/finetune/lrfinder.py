@@ -16,7 +16,8 @@ import pandas as pd
 
 from tlviz.errors import RunRefused
 from tlviz.finetune.build import build_run_model
-from tlviz.finetune.cache import ActivationCache, compute_activations, find_cut, images_key, weights_key
+from tlviz.contentkeys import model_key as content_model_key, pixels_key
+from tlviz.finetune.cache import ActivationCache, compute_activations, find_cut
 from tlviz.finetune.config import RunConfig
 from tlviz.finetune.run import _budget, _optimizer, check_run, check_train_memory, stratified_split
 from tlviz.presets import apply_preset
@@ -159,10 +160,10 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
         cut = None
     check_train_memory(cut.upper if cut is not None else model, config.batch_size, budget)
     if cut is not None:
-        model_key = loaded.sha256 or weights_key(loaded.model)
+        model_key = content_model_key(loaded)
         if config.random_init:
             model_key = f"{model_key}|random-init:{config.seed}"
-        key = cache.key(model_key, image_key or images_key(images.images), config.preset, cut.name)
+        key = cache.key(model_key, image_key or pixels_key(images.images), config.preset, cut.name)
         feats = cache.get(key)
         if feats is None:
             feats = compute_activations(cut.lower, x, preset=config.preset, budget=budget)

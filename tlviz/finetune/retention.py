@@ -93,7 +93,7 @@ class RetentionProbe:
     def __init__(self, loaded, original, preset: str, cache=None, budget: int | None = None, cut=None):
         from tlviz.diagnose.base import _balanced_sample
         from tlviz.finetune.build import clone
-        from tlviz.finetune.cache import images_key, weights_key
+        from tlviz.contentkeys import model_key, pixels_key
         from tlviz.layers import layer_table
 
         labels = original_labels(loaded, original)
@@ -106,7 +106,7 @@ class RetentionProbe:
         key = None
         self.cache = cache
         tag = hashlib.sha1(np.ascontiguousarray(self.sample).tobytes()).hexdigest()[:12]
-        self._key_parts = (loaded.sha256 or weights_key(loaded.model), images_key(original.images), preset, tag)
+        self._key_parts = (model_key(loaded), pixels_key(original.images), preset, tag)
         if cache is not None:
             key = cache.key(*self._key_parts[:3], f"retention-v1:{tag}")
             before = cache.get(key, count=False)

@@ -16,7 +16,8 @@ import pandas as pd
 from tlviz.errors import RunRefused
 from tlviz.finetune.build import (BuiltModel, HeadDecision, build_run_model, check_trainable, clone, decide_head,
                                   trainable_params)
-from tlviz.finetune.cache import ActivationCache, Cut, compute_activations, find_cut, images_key, weights_key
+from tlviz.contentkeys import model_key as content_model_key, pixels_key
+from tlviz.finetune.cache import ActivationCache, Cut, compute_activations, find_cut
 from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import HISTORY_COLUMNS, RunWriter, clean_json
 from tlviz.finetune.summary import describe_curves, frozen_changed, snapshot, weight_change
@@ -487,7 +488,7 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
     u8 = images.images  # the preset is applied batch by batch: no float copy of the whole set
     y = np.asarray(images.labels, dtype=np.int64)
     n_classes = len(images.class_names)
-    img_key = image_key or images_key(images.images)
+    img_key = image_key or pixels_key(images.images)
     seconds: dict[str, float] = {}
     t = time.monotonic()
     groups, duplicates = duplicate_groups(images.images, cache, img_key)
@@ -531,7 +532,7 @@ def run_finetune(loaded, images, config: RunConfig, *, writer: RunWriter | None 
             memory = mem
         cuts.append(cut)
 
-    model_key = loaded.sha256 or weights_key(loaded.model)
+    model_key = content_model_key(loaded)
     if config.random_init:
         model_key = f"{model_key}|random-init:{config.seed}"
     run.report("preparing", force=True, message="measuring the base's features before training")
@@ -644,7 +645,7 @@ def duplicate_groups(images: np.ndarray, cache: ActivationCache | None = None,
     Args:
         images: the ``uint8`` images.
         cache: keeps the group ids for the next run on the same images. Defaults to `None`.
-        image_key: `images_key` of `images`. Defaults to computing it.
+        image_key: `tlviz.contentkeys.pixels_key` of `images`. Defaults to computing it.
 
     Returns:
         ``(group ids, {"groups": groups of two or more, "images": images in them})``.
@@ -654,7 +655,7 @@ def duplicate_groups(images: np.ndarray, cache: ActivationCache | None = None,
     key = None
     ids = None
     if cache is not None:
-        key = cache.key("duplicates", image_key or images_key(images), "-", "groups-v1")
+        key = cache.key("duplicates", image_key or pixels_key(images), "-", "groups-v1")
         ids = cache.get(key, count=False)
     if ids is None:
         ids = duplicate_group_ids(images)

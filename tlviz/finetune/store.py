@@ -346,7 +346,7 @@ class RunRecord:
 
     @property
     def image_key(self) -> str | None:
-        """The content key of the pixels it ran on (`tlviz.finetune.images_key`)."""
+        """The content key of the pixels it ran on (`tlviz.contentkeys.pixels_key`)."""
         return self.images.get("image_key")
 
     @property

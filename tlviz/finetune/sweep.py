@@ -91,12 +91,13 @@ def run_sweep(loaded, images, base: RunConfig, depths: list[int], lrs: list[floa
         ``[(config, RunResult), ...]`` in run order. Runs are stored under
         `root` when given.
     """
-    from tlviz.finetune.cache import ActivationCache, images_key
+    from tlviz.contentkeys import pixels_key
+    from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.run import run_finetune
     from tlviz.finetune.store import RunWriter, runs_dir
 
     cache = cache if cache is not None else ActivationCache()
-    key = images_key(images.images)
+    key = pixels_key(images.images)
     out = []
     for cfg in sweep_configs(base, depths, lrs):
         if should_cancel is not None and should_cancel():

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from tlviz import jobqueue
+from tlviz.contentkeys import image_set_key
 from tlviz.errors import RunRefused, TlvizError
 from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import (ACTIVE_STATES, RunProgress, RunRecord, RunWriter, check_run_id, load_run,
@@ -256,26 +257,26 @@ def prepare_inputs(loaded, images, root=None) -> dict:
 
     Returns:
         ``{"model_file", "images_file", "image_key", "model_key"}``: ``image_key``
-        hashes the pixels (`tlviz.finetune.cache.images_key`); the ``.npz`` is
-        named by `image_set_key` (pixels, labels, class names and files).
+        hashes the pixels (`tlviz.contentkeys.pixels_key`); the ``.npz`` is
+        named by `tlviz.contentkeys.image_set_key` (pixels, labels, class names and files).
     """
     with _INPUTS_LOCK:
         return _prepare_inputs(loaded, images, root)
 
 
 def _prepare_inputs(loaded, images, root) -> dict:
-    from tlviz.finetune.cache import images_key, weights_key
+    from tlviz.contentkeys import model_key as _model_key, pixels_key
 
     inputs = runs_dir(root) / ".inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    model_key = loaded.sha256 or weights_key(loaded.model)
+    model_key = _model_key(loaded)
     model_file = inputs / f"{model_key[:32]}.keras"
     if not model_file.exists():
         tmp = inputs / f".{model_key[:32]}.{os.getpid()}.{threading.get_ident()}.keras"
         loaded.model.save(tmp)
         os.replace(tmp, model_file)
     os.utime(model_file)  # recently used: kept by `tidy`
-    image_key = images_key(images.images)
+    image_key = pixels_key(images.images)
     images_file = _save_images(images, image_key, root)
     return {"model_file": str(model_file), "images_file": str(images_file), "image_key": image_key,
             "model_key": model_key}
@@ -303,31 +304,6 @@ def _save_images(images, image_key: str, root=None) -> Path:
         os.replace(tmp, images_file)
     os.utime(images_file)
     return images_file
-
-
-def image_set_key(images, pixels_key: str | None = None) -> str:
-    """A content key of an image set: its pixels, labels, class names, file names and resize method.
-
-    Two sets with the same pixels but other labels (another ``labels.txt``) get
-    different keys, so results measured on one are never served for the other.
-
-    Args:
-        images: the `ImageSet`.
-        pixels_key: `tlviz.finetune.cache.images_key` of its pixels, if already
-            computed. Defaults to computing it.
-
-    Returns:
-        A 24-character hex string.
-    """
-    import hashlib
-    import json
-
-    from tlviz.finetune.cache import images_key
-
-    h = hashlib.sha1((pixels_key or images_key(images.images)).encode())
-    h.update(np.ascontiguousarray(np.asarray(images.labels, dtype=np.int64)).tobytes())
-    h.update(json.dumps([list(images.class_names), [str(f) for f in images.files], images.resize]).encode())
-    return h.hexdigest()[:24]
 
 
 def _model_info(loaded) -> dict:
@@ -418,10 +394,10 @@ def prepare_original(original, root=None) -> dict:
     Returns:
         ``{"original_file": path of its .npz, "original": {"source", "n", "class_names", "image_key"}}``.
     """
-    from tlviz.finetune.cache import images_key
+    from tlviz.contentkeys import pixels_key
 
     with _INPUTS_LOCK:
-        key = images_key(original.images)
+        key = pixels_key(original.images)
         path = _save_images(original, key, root)
     return {"original_file": str(path), "original": _images_info(original, key)}
 
