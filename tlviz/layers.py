@@ -81,13 +81,12 @@ def tensor_producer(tensor):
     Returns:
         ``(operation, input_tensors)``; ``(None, [])`` for a tensor with no Keras history.
     """
-    h = getattr(tensor, "_keras_history", None)
-    if h is None:
+    from tlviz.kerasinternals import input_tensors_of, tensor_history
+
+    op, node_index, _ = tensor_history(tensor)
+    if op is None:
         return None, []
-    op = h.operation
-    nodes = getattr(op, "_inbound_nodes", None) or []
-    node = nodes[h.node_index] if h.node_index < len(nodes) else None
-    return op, list(getattr(node, "input_tensors", None) or []) if node is not None else []
+    return op, input_tensors_of(op, node_index)
 
 
 def iter_leaves(model, _prefix: str = "", _ancestors: tuple = ()):

@@ -29,6 +29,7 @@ import numpy as np
 
 from tlviz.diagnose.base import SEED
 from tlviz.diagnose.clones import fresh_clone
+from tlviz.kerasinternals import tensor_history
 from tlviz.errors import CheckSkipped
 from tlviz.presets import apply_preset
 from tlviz.stats import PairedDifference, chance_level, format_interval, paired_difference, wilson_interval
@@ -122,8 +123,7 @@ def _feature_tensor(model):
         idx, tensor = head_input(model, table)
     except ValueError as exc:
         raise CheckSkipped(f"{exc} So there is no feature layer to probe.") from None
-    history = getattr(tensor, "_keras_history", None)
-    below = getattr(getattr(history, "operation", None), "name", None)
+    below = getattr(tensor_history(tensor)[0], "name", None)
     return idx, tensor, below or f"input of {model.layers[idx].name}"
 
 

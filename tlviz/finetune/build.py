@@ -15,6 +15,7 @@ import numpy as np
 
 from tlviz.callargs import honour_recorded_training, recorded_training
 from tlviz.errors import RunRefused
+from tlviz.kerasinternals import tensor_history
 from tlviz.finetune.config import RunConfig
 from tlviz.layers import NOISE_CLASSES, freezing_findings, head_input, layer_table, totals, unique_name
 
@@ -185,7 +186,7 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
                          "(keep the class count of its outputs).") from None
     # A dropout directly below the old classifier belonged to it: the new head brings its own.
     while True:
-        producer = getattr(features, "_keras_history", [None])[0]
+        producer = tensor_history(features)[0]
         if producer is None or type(producer).__name__ not in NOISE_CLASSES:
             break
         notes.append(f"'{producer.name}' (a {type(producer).__name__} just below the old head) is left out: the new "

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tlviz import config
+from tlviz.kerasinternals import run_through_graph
 from tlviz.layers import BN_CLASSES, random_in_training
 
 ENV_CACHE_MB = "TLVIZ_ACTIVATION_CACHE_MB"
@@ -84,7 +85,7 @@ def _replay(model, inputs, training):
     def operation_fn(op):
         return lambda *args, **kwargs: _call(op, args, kwargs, training)
 
-    out = model._run_through_graph(inputs, operation_fn=operation_fn)
+    out = run_through_graph(model, inputs, operation_fn)
     if isinstance(out, (list, tuple)) and len(out) == 1:
         return out[0]
     return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 
 from tlviz.errors import RepairRefused
+from tlviz.kerasinternals import input_tensors_of, tensor_history
 from tlviz.layers import iter_leaves, unique_name
 
 #: Layers whose output unit i depends on input unit i alone, the same way for every unit: permuting the
@@ -269,24 +270,23 @@ def output_dense(model) -> tuple[str, list]:
     after: list = []
     tensor, prefix = model.outputs[0], ""
     for _ in range(1000):
-        history = getattr(tensor, "_keras_history", None)
-        layer = getattr(history, "operation", None) if history is not None else None
+        layer, node_index, tensor_index = tensor_history(tensor)
         if layer is None:
             break
         cls = type(layer).__name__
         if _is_model(layer):
             prefix += layer.name + "/"
-            tensor = layer.outputs[history.tensor_index]
+            tensor = layer.outputs[tensor_index]
             continue
         if cls == "Dense":
             return prefix + layer.name, after
         if cls not in ELEMENTWISE:
             break
         after.append(layer)
-        node = layer._inbound_nodes[history.node_index]
-        if len(node.input_tensors) != 1:
+        inputs = input_tensors_of(layer, node_index)
+        if len(inputs) != 1:
             break
-        tensor = node.input_tensors[0]
+        tensor = inputs[0]
     raise RepairRefused("The model's output is not computed by a Dense layer followed only by activations or "
                         "dropout, so its class order cannot be changed by re-ordering that layer's units. Re-order "
                         "the class names in your inference code instead (the finding lists them).")
