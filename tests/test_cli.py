@@ -372,7 +372,7 @@ def test_finetune_flags_reach_the_run(tmp_path, capsys):
 def test_finetune_json_says_where_it_ran_and_what_moved_by_role(tmp_path, capsys):
     import socket
 
-    from tlviz.finetune.executors import describe_where
+    from tlviz.finetune.store import describe_where
     from tlviz.finetune.store import load_run
     from tlviz.layers import layer_table
     from tlviz.models import load_model

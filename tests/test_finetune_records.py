@@ -207,7 +207,7 @@ def test_asha_without_ray_is_refused(monkeypatch, loaded_base, base_images):
 
 
 def test_where_a_run_ran_in_one_line():
-    from tlviz.finetune.executors import describe_where
+    from tlviz.finetune.store import describe_where
 
     assert describe_where({}) == "" and describe_where(None) == ""
     assert describe_where({"executor": "local", "node": "box", "device": "CPU"}) == "local · box · CPU"

@@ -335,7 +335,7 @@ def executor_json(where: dict) -> dict:
         (``description`` is the line the app shows, e.g. ``local · host · CPU``); a Ray run adds
         ``host`` and ``node_id``. Values not recorded are None.
     """
-    from tlviz.finetune.executors import describe_where
+    from tlviz.finetune.store import describe_where
 
     out = {"kind": where.get("executor"), "node": where.get("node"), "device": where.get("device"),
            "device_name": where.get("device_name") or None, "description": describe_where(where) or None}

@@ -34,12 +34,12 @@ from tlviz.finetune.build import decide_head, depth_choices
 from tlviz.finetune.config import (CONTROL_LABELS, CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, control_config,
                                    default_preset)
 from tlviz.finetune.controls import ControlComparison, compare, controls_of
-from tlviz.finetune.executors import default_executor, describe_executor, describe_where, last_cluster
+from tlviz.finetune.executors import default_executor, describe_executor, last_cluster
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
 from tlviz.finetune.retention import original_labels
 from tlviz.finetune.run import RunResult, duplicate_groups, linear_probe, run_finetune, stratified_split
 from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,
-                                  list_runs, load_run, runs_dir)
+                                  describe_where, list_runs, load_run, runs_dir)
 from tlviz.finetune.summary import largest_movers
 from tlviz.finetune.sweep import sweep_configs, sweep_table
 from tlviz.finetune.worker import Job, JobStatus, cancel_job, poll_job, start_job, start_lr_finder, wait_job

@@ -11,7 +11,7 @@ This module decides and describes; it never imports ``ray`` itself:
 - `ray_address`, `check_reachable` — the configured cluster, and a quick
   network probe that refuses an unreachable one with `ClusterUnreachable`
   before anything is created (``ray.init`` on a dead address waits minutes);
-- `local_where`, `describe_where` — what a run records about where it ran
+- `local_where` — what a run records about where it ran (`tlviz.finetune.store.describe_where` says it)
   (``executor``, ``node``, ``device``) and the one line the pages show;
 - `describe_executor`, `last_cluster` — the sidebar's line.
 """
@@ -190,24 +190,6 @@ def local_where(device: dict | None = None) -> dict:
             "device_name": d.get("device_name", ""), "pid": os.getpid()}
 
 
-def describe_where(where: dict | None) -> str:
-    """One line for a run's place: ``local · host · CPU`` or ``Ray · 10.0.0.2 · GPU (NVIDIA A100)``.
-
-    Args:
-        where: the ``where`` a run's ``status.json`` holds (None / empty: unknown).
-
-    Returns:
-        The line; ``""`` when nothing was recorded.
-    """
-    if not where:
-        return ""
-    ex = "Ray" if where.get("executor") == "ray" else "local"
-    device = str(where.get("device") or "?")
-    if device == "GPU" and where.get("device_name"):
-        device += f" ({where['device_name']})"
-    return " · ".join(p for p in (ex, str(where.get("node") or ""), device) if p)
-
-
 def describe_executor() -> str:
     """Where new runs go, in words (never raises: a bad setting is named)."""
     try:
@@ -226,7 +208,8 @@ def last_cluster(root=None) -> dict | None:
     Returns:
         The dict, or None when no Ray job ran yet.
     """
-    from tlviz.finetune.store import read_json, runs_dir
+    from tlviz.finetune.store import runs_dir
+    from tlviz.jsonfiles import read_json
 
     data = read_json(runs_dir(root) / ".jobs" / CLUSTER_FILE)
     return data if isinstance(data, dict) else None

@@ -329,9 +329,7 @@ class RunRecord:
 
     @property
     def ran_on(self) -> str:
-        """Where it ran, in one line (`tlviz.finetune.executors.describe_where`); ``""`` when unknown."""
-        from tlviz.finetune.executors import describe_where
-
+        """Where it ran, in one line (`describe_where`); ``""`` when unknown."""
         return describe_where(self.where)
 
     @property
@@ -555,6 +553,24 @@ class RunOutcome:
         from tlviz.finetune.summary import confusion_cell
 
         return confusion_cell(self.metrics, true_index, predicted_index)
+
+
+def describe_where(where: dict | None) -> str:
+    """One line for a run's place: ``local · host · CPU`` or ``Ray · 10.0.0.2 · GPU (NVIDIA A100)``.
+
+    Args:
+        where: the ``where`` a run's ``status.json`` holds (None / empty: unknown).
+
+    Returns:
+        The line; ``""`` when nothing was recorded.
+    """
+    if not where:
+        return ""
+    ex = "Ray" if where.get("executor") == "ray" else "local"
+    device = str(where.get("device") or "?")
+    if device == "GPU" and where.get("device_name"):
+        device += f" ({where['device_name']})"
+    return " · ".join(p for p in (ex, str(where.get("node") or ""), device) if p)
 
 
 def pid_alive(pid) -> bool:
