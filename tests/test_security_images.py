@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import time
 import tracemalloc
 import unicodedata
 import zipfile
@@ -189,10 +188,9 @@ def test_zip_bomb_total_size_is_refused_before_decoding(monkeypatch, no_disk_wri
     assert len(bomb) < 200_000  # tiny archive, 64 MB declared
     decoded = []
     monkeypatch.setattr(imagesets, "decode_image", lambda *a, **k: decoded.append(a) or pytest.fail("decoded"))
-    t0 = time.perf_counter()
     with pytest.raises(ImageSetRefused, match=r"unpacks to 67 MB, over the limit of 32 MB \(possible zip bomb\)"):
         load_image_set(bomb, (8, 8), name="bomb.zip")
-    assert time.perf_counter() - t0 < 1.0 and decoded == []
+    assert decoded == []  # refused from the declared sizes: nothing was decoded (a timing claim is a benchmark's)
 
 
 def test_entry_over_per_image_limit_is_skipped_unread(monkeypatch):
@@ -248,10 +246,8 @@ def test_archive_with_100000_entries_is_refused_fast(monkeypatch, no_disk_writes
     real_zipfile = zipfile.ZipFile
     with monkeypatch.context() as m:  # the count comes from the end record: the entry list is never parsed
         m.setattr(imagesets.zipfile, "ZipFile", lambda *a, **k: pytest.fail("the entry list was parsed"))
-        t0 = time.perf_counter()
         with pytest.raises(ImageSetRefused, match="has 100,000 entries, over the limit of 50,000"):
             ImageSource.from_zip(data, "many.zip")
-        assert time.perf_counter() - t0 < 0.2
     assert imagesets.zipfile.ZipFile is real_zipfile
     # End records that understate the count are caught once the entry list is parsed.
     eocd = data.rfind(b"PK\x05\x06")
@@ -310,9 +306,7 @@ def test_pixel_bomb_is_skipped_without_decoding(tmp_path, monkeypatch, bomb_png)
     real_load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loaded_sizes.append(self.size) or real_load(self))
     monkeypatch.setenv("TLVIZ_MAX_IMAGE_PIXELS", "5000000")
-    t0 = time.perf_counter()
     s = load_image_set(tmp_path, (8, 8))
-    assert time.perf_counter() - t0 < 3.0
     reasons = _reasons(s)
     assert "possible decompression bomb" in reasons["dogs/bomb.png"] and "not decoded" in reasons["dogs/bomb.png"]
     assert reasons["cats/big.png"].startswith("3000x2000 pixels is over the limit of 5,000,000")
