@@ -725,11 +725,12 @@ def test_training_mode_checks_state_their_sample(loaded_base, base_images, clean
     f = finding(noisy, "training-mode-inference")
     assert f.evidence["n_images"] <= 128 < len(base_images)
     assert f.evidence["sample"] == f"{f.evidence['n_images']} of {len(base_images)} images, seeded and class-balanced"
-    from tlviz.diagnose import TRAINING_MODE_IMAGES, _balanced_sample
+    from tlviz.diagnose.base import balanced_sample
+    from tlviz.diagnose.context import TRAINING_MODE_IMAGES
 
-    s = _balanced_sample(np.asarray(base_images.labels), TRAINING_MODE_IMAGES)
+    s = balanced_sample(np.asarray(base_images.labels), TRAINING_MODE_IMAGES)
     assert len(s) <= TRAINING_MODE_IMAGES and len(np.unique(np.asarray(base_images.labels)[s])) == 5
-    np.testing.assert_array_equal(s, _balanced_sample(np.asarray(base_images.labels), TRAINING_MODE_IMAGES))  # seeded
+    np.testing.assert_array_equal(s, balanced_sample(np.asarray(base_images.labels), TRAINING_MODE_IMAGES))  # seeded
 
 
 def test_no_better_than_chance_chart_shows_presets_chance_and_probe(dead_head_report):

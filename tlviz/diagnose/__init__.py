@@ -62,7 +62,7 @@ Public API
 """
 
 from tlviz.diagnose.assignment import best_assignment
-from tlviz.diagnose.base import SEED, Check, Threshold, _balanced_sample
+from tlviz.diagnose.base import SEED, Check, Threshold
 from tlviz.diagnose.clones import clone_for_training_mode, fresh_clone
 from tlviz.diagnose.context import TRAINING_MODE_IMAGES, DiagnosisContext, PresetEvidence
 from tlviz.diagnose.forgetting import judge_run, judge_runs, runs_for, with_cli_runs, with_runs
@@ -81,5 +81,5 @@ __all__ = [
     "PresetEvidence", "SkippedCheck", "Threshold", "best_assignment", "clone_for_training_mode", "diagnose",
     "fresh_clone", "judge_run", "judge_runs", "runs_for", "with_runs", "with_cli_runs", "threshold",
 ]
-# Also importable from here, for the tests: _balanced_sample, _feature_tensor, _features,
+# Also importable from here, for the tests: _feature_tensor, _features,
 # _probe_sample.

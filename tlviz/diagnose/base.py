@@ -213,7 +213,7 @@ def _sample_note(sample: np.ndarray, n: int) -> str:
     return f"all {n} images" if len(sample) == n else f"{len(sample)} of {n} images, seeded and class-balanced"
 
 
-def _balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> np.ndarray:
+def balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> np.ndarray:
     """Sorted indices of a seeded, class-balanced sample of at most about `max_images` images (all when fewer)."""
     if len(labels) <= max_images:
         return np.arange(len(labels))
@@ -222,3 +222,6 @@ def _balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> n
     per_class = max(1, max_images // len(classes))
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
     return np.sort(np.concatenate(chosen))
+
+
+_balanced_sample = balanced_sample  # the old name, until tlviz.finetune's drift and retention import the new one

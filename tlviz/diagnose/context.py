@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlviz.diagnose.assignment import _confusion, best_assignment
-from tlviz.diagnose.base import SEED, _balanced_sample
+from tlviz.diagnose.base import SEED, balanced_sample
 from tlviz.diagnose.probe import Probe, _distinct, _feature_tensor, _probe_sample, run_probe
 from tlviz.errors import CheckSkipped, DiagnosisRefused
 from tlviz.findings import Finding
@@ -406,7 +406,7 @@ class DiagnosisContext:
     def training_sample(self) -> np.ndarray:
         """The images the training-mode checks run on: a seeded, class-balanced sample of at most
         `TRAINING_MODE_IMAGES` (a training-mode pass costs about twice an inference pass)."""
-        return _balanced_sample(np.asarray(self.images.labels), TRAINING_MODE_IMAGES)
+        return balanced_sample(np.asarray(self.images.labels), TRAINING_MODE_IMAGES)
 
     # pre-training probe --------------------------------------------------------
     @functools.cached_property

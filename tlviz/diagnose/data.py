@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 
-from tlviz.diagnose.base import SEED, Check, _balanced_sample
+from tlviz.diagnose.base import SEED, Check, balanced_sample
 from tlviz.diagnose.context import DiagnosisContext
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
@@ -335,7 +335,7 @@ def mislabel_sample(labels, n_classes: int) -> np.ndarray:
     if len(usable) < 2:
         return np.array([], dtype=np.int64)
     keep = np.flatnonzero(np.isin(all_labels, usable))
-    return keep[_balanced_sample(all_labels[keep], MISLABEL_MAX_IMAGES, SEED)]
+    return keep[balanced_sample(all_labels[keep], MISLABEL_MAX_IMAGES, SEED)]
 
 
 def _features_for(ctx: DiagnosisContext, preset: str, indices: np.ndarray) -> tuple[np.ndarray, str]:

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from tlviz.diagnose.base import SEED, Check, _balanced_sample
+from tlviz.diagnose.base import SEED, Check, balanced_sample
 from tlviz.diagnose.context import DiagnosisContext
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
@@ -66,7 +66,7 @@ def _feature_spread(ctx: DiagnosisContext, preset: str) -> tuple[float, int, str
         except CheckSkipped:
             return None
     if feats is None:
-        sample = _balanced_sample(np.asarray(ctx.images.labels), SPREAD_IMAGES, SEED)
+        sample = balanced_sample(np.asarray(ctx.images.labels), SPREAD_IMAGES, SEED)
         feats = _features(ctx.model, idx, ctx.images.images[sample], preset)
     feats = np.nan_to_num(np.asarray(feats, dtype=np.float64))
     if len(feats) < 2:
