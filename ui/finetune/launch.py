@@ -1,0 +1,104 @@
+"""Starting a job: runs, a sweep or the learning-rate range test, on this machine or a Ray cluster, and the offer
+to run on this machine when the cluster cannot be reached."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tlviz.errors import ClusterUnreachable, ConfigError, TlvizError
+from tlviz.finetune import RunConfig, RunRefused, default_executor, describe_executor, start_job, start_lr_finder
+from tlviz.presets import preset_resize
+from ui.finetune.original import current_original
+from ui.state import workspace
+
+
+def on_ray() -> bool:
+    """Whether new runs go to a Ray cluster (``TLVIZ_RAY_ADDRESS``; a nonsensical value counts as no)."""
+    try:
+        return default_executor() == "ray"
+    except ConfigError:
+        return False
+
+
+def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig] | None = None,
+          executor: str | None = None, asha: bool = False, controls: list[str] | tuple[str, ...] = ()) -> None:
+    """Start runs (`kind` ``"runs"``: `configs`, else `config`) or the range test (``"lrfind"``) and rerun.
+
+    A Ray cluster that cannot be reached leaves an offer to run on this machine (`offer_local`).
+
+    Args:
+        kind: ``"runs"`` or ``"lrfind"``.
+        loaded: the current `LoadedModel`.
+        images: the current `ImageSet`.
+        config: the configuration from `config_form`.
+        configs: several configurations (a sweep). Defaults to ``[config]``.
+        executor: ``"local"`` or ``"ray"``. Defaults to the configured one.
+        asha: stop poor runs of a sweep early (Ray Tune's ASHA). Defaults to `False`.
+        controls: controls to queue after each run (``"random-init"``, ``"head-only"``). Defaults to none.
+
+    Every run of the job reports the original task's retention when that image set is loaded (`original_task`).
+    """
+    if st.session_state.get("ft_job"):
+        return  # a second click (a double-click on Start) while this session follows a job: nothing runs twice
+    configs = configs or [config]
+    images = images_for_preset(loaded, images, config.preset)
+    try:
+        if kind == "lrfind":
+            job = start_lr_finder(loaded, images, config, owner=workspace(), executor=executor)
+        else:
+            job = start_job(loaded, images, configs, owner=workspace(), executor=executor, asha=asha,
+                            controls=list(controls), original=current_original(loaded))
+    except ClusterUnreachable as exc:
+        st.session_state["ft_offer_local"] = {"message": str(exc), "kind": kind,
+                                              "configs": [c.to_dict() for c in configs], "controls": list(controls)}
+        return
+    except TlvizError as exc:
+        st.error(str(exc), icon=":material/block:")
+        return
+    st.session_state.pop("ft_offer_local", None)
+    st.session_state["ft_job"] = job.job_id
+    st.session_state["ft_job_kind"] = kind
+    st.rerun()
+
+
+def images_for_preset(loaded, images, preset: str):
+    """`images`, or the same image source decoded again with the resize `preset` fixes (``teachable``: a centre
+    crop), so a run trains on what the model's own pipeline would show it."""
+    from ui.cache import decode_images
+
+    resize = preset_resize(preset, images.resize)
+    source = st.session_state.get("image_source")
+    if resize == images.resize or source is None:
+        return images
+    with st.spinner(f"Decoding the images with the `{preset}` preset's resize ({resize})…"):
+        return decode_images(st.session_state["image_source_key"], loaded, source, resize=resize)
+
+
+def offer_local(loaded, images) -> None:
+    """When the Ray cluster could not be reached: the reason, and a button that runs the same job on this machine."""
+    offer = st.session_state.get("ft_offer_local")
+    if not offer:
+        return
+    with st.container(border=True):
+        st.error(offer["message"], icon=":material/cloud_off:")
+        what = "the range test" if offer["kind"] == "lrfind" else (
+            f"the {len(offer['configs'])} runs" if len(offer["configs"]) > 1 else "the run")
+        c1, c2, _ = st.columns([2, 1, 2])
+        if c1.button(f"Run {what} on this machine instead", key="ft_run_local", icon=":material/computer:",
+                     type="primary"):
+            try:
+                configs = [RunConfig.from_dict(c) for c in offer["configs"]]
+            except RunRefused as exc:
+                st.session_state.pop("ft_offer_local", None)
+                st.error(str(exc), icon=":material/block:")
+                return
+            start(offer["kind"], loaded, images, configs[0], configs, executor="local",
+                  controls=offer.get("controls") or ())
+        if c2.button("Dismiss", key="ft_offer_dismiss"):
+            st.session_state.pop("ft_offer_local", None)
+            st.rerun()
+
+
+def where_runs_go() -> str:
+    """One line for the page: where a new run will run."""
+    return f"Runs go to: {describe_executor()}."

@@ -1,0 +1,74 @@
+"""All runs of this workspace: the table, overlaid curves, deleting runs, and the heatmap of a sweep."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tlviz import charts
+from tlviz.errors import TlvizError
+from tlviz.finetune import ACTIVE_STATES, delete_run, load_run, sweep_table
+from ui.finetune.common import keep_valid
+
+
+def runs_table(runs) -> None:
+    """The table of this workspace's runs (a `tlviz.finetune.list_runs` table)."""
+    view = runs[["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset",
+                 "new_head", "two_phase", "bn", "augment", "best_val_accuracy", "final_val_accuracy", "time_s",
+                 "ran_on", "stopped_at", "control", "control_of", "model", "images"]]
+    st.dataframe(view, hide_index=True, key="ft_runs_table", column_config={
+        "ran_on": st.column_config.TextColumn("ran on", help="local or Ray · node · CPU or GPU"),
+        "stopped_at": st.column_config.NumberColumn("stopped after epoch",
+                                                    help="Stopped early by ASHA (a sweep on Ray Tune)"),
+        "lr": st.column_config.NumberColumn("lr", format="%.0e"),
+        "best_val_accuracy": st.column_config.NumberColumn("best val acc", format="percent"),
+        "final_val_accuracy": st.column_config.NumberColumn("final val acc", format="percent"),
+        "time_s": st.column_config.NumberColumn("time (s)", format="%.1f"),
+        "control": st.column_config.TextColumn("control", help="random-init or head-only control of another run"),
+        "control_of": st.column_config.TextColumn("control of"),
+    })
+
+
+def compare_curves(runs, labels: dict[str, str], owner: str) -> None:
+    """Overlay the curves of chosen runs (the finished ones, and those of the last job, preselected)."""
+    ids = list(runs["run_id"])
+    finished = [r for r, s in zip(ids, runs["state"]) if s not in ACTIVE_STATES]
+    if "ft_compare" not in st.session_state:
+        st.session_state["ft_compare"] = finished[:2]
+    st.session_state["ft_compare"] = list(dict.fromkeys(st.session_state.pop("ft_compare_add", [])
+                                                        + list(st.session_state["ft_compare"])))
+    keep_valid("ft_compare", finished)
+    compare = st.multiselect("Overlay the curves of", ids, format_func=labels.get, key="ft_compare")
+    histories = {}
+    for rid in compare:
+        try:
+            histories[labels[rid]] = load_run(rid, owner=owner).history
+        except TlvizError:
+            continue
+    if histories:
+        st.altair_chart(charts.compare_chart(histories))
+
+
+def delete_runs(ids: list[str], labels: dict[str, str], owner: str) -> None:
+    """Pick runs and delete them (each refusal shown)."""
+    keep_valid("ft_delete_ids", ids)
+    doomed = st.multiselect("Runs to delete", ids, format_func=labels.get, key="ft_delete_ids")
+    if st.button("Delete", key="ft_delete", icon=":material/delete:", disabled=not doomed):
+        errors = []
+        for rid in doomed:
+            try:
+                delete_run(rid, owner=owner)
+            except TlvizError as exc:
+                errors.append(str(exc))
+        for e in errors:
+            st.error(e)
+        if not errors:
+            st.rerun()
+
+
+def sweeps(runs) -> None:
+    """The heatmap of a chosen sweep, when this workspace ran any."""
+    ids = [s for s in runs["sweep_id"].dropna().unique()]
+    if ids:
+        st.subheader("Sweeps")
+        sid = st.selectbox("Sweep", ids, key="ft_sweep_show")
+        st.altair_chart(charts.sweep_heatmap(sweep_table(runs, sid)))
