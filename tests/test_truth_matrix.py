@@ -1,4 +1,4 @@
-"""The planted-fault matrix (``bench/truth_matrix.py``): every case of the small CNN family.
+"""The planted-fault matrix (``bench/truth/``, ``python -m bench.truth``): every case of the small CNN family.
 
 The small CNN family is trained here (seeded, digits from scikit-learn, about 40 seconds on two cores)
 into a temporary folder; each case plants one fault (or is a clean control) and the full diagnosis must
@@ -14,24 +14,13 @@ best with), except where no preset is better than chance; one such pair is check
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import truth as tm
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("truth_matrix", ROOT / "bench" / "truth_matrix.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["truth_matrix"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-tm = _load_bench()
 
 FAMILY = "cnn"
 #: Cases of the family the engine gets wrong today: ``{case name: what was measured, and why}``. Each is an
@@ -122,7 +111,7 @@ def test_every_error_and_warning_check_has_a_planted_case():
     truth names registered checks only."""
     from tlviz.diagnose import CHECK_IDS
 
-    scored, _ = tm._checks()
+    scored, _ = tm.scored_checks()
     planted = set().union(*(c.planted for c in tm.cases([FAMILY])))
     assert {c.id for c in scored} <= planted
     for c in tm.cases():
@@ -161,7 +150,7 @@ def test_scoring_counts_allowed_consequences_as_neither():
 def test_an_info_check_raised_to_a_warning_is_scored():
     """A check the registry lists as info may raise a finding to a warning on a measured effect: on a clean
     control that is a false alarm, and the check gets a row of its own."""
-    _, info = tm._checks()
+    _, info = tm.scored_checks()
     check = info[0].id
     r = tm.Result(tm.Case("x", "clean", frozenset(), setup=None, clean=True), {check: ("warning", "t")}, {}, 0.0)
     assert r.false_alarms == {check}
