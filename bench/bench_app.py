@@ -502,7 +502,7 @@ class Probe(threading.Thread):
 
 def bench_load(args) -> bool:
     runs_dir = tempfile.mkdtemp(prefix="tlviz_bench_app_load_")
-    from tlviz.jobqueue import max_jobs
+    from tlviz.jobs.queue import max_jobs
 
     say(f"== 1. Many users at once: Overview visits idle vs with {N_NORMALIZATION} Normalization + "
         f"{N_DIAGNOSE} Diagnose sessions working ==")

@@ -36,7 +36,7 @@ TARGET = 1.2
 
 
 def _job(loaded, images, cfgs, root, executor, asha=False) -> tuple[float, object]:
-    from tlviz.finetune.worker import start_job, wait_job
+    from tlviz.jobs import start_job, wait_job
 
     t0 = time.perf_counter()
     job = start_job(loaded, images, cfgs, root=root, executor=executor, asha=asha)

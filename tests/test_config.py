@@ -45,7 +45,8 @@ def test_upload_labels_show_the_limit(monkeypatch):
 
 def _readers():
     """Every public function that reads a numeric ``TLVIZ_*`` setting, by variable."""
-    from tlviz import jobqueue, memory
+    from tlviz import memory
+    from tlviz.jobs import queue as jobqueue
     from tlviz.finetune import cache
     from tlviz.imagesets import limits
     from tlviz.models import max_model_bytes

@@ -8,7 +8,7 @@ import pytest
 
 from tlviz.findings import Finding
 from tlviz.finetune import JobStatus, RunConfig, RunOutcome, RunProgress, RunRecord, format_seconds
-from tlviz.jobqueue import waiting_text
+from tlviz.jobs.queue import waiting_text
 
 
 @pytest.mark.parametrize("seconds, text", [(None, "–"), (float("nan"), "–"), (0, "0 s"), (42.4, "42 s"),
@@ -124,9 +124,10 @@ def test_stored_finding_round_trips():
 _DEFAULT_PATH = r"""
 import os, sys
 os.environ.pop("TLVIZ_RAY_ADDRESS", None)
-import tlviz.finetune, tlviz.finetune.worker, tlviz.finetune.raydriver, tlviz.finetune.remote, tlviz.cli
+import tlviz.finetune, tlviz.jobs.worker, tlviz.jobs.ray_executor, tlviz.jobs.ray_tasks, tlviz.cli
 import ui.finetune, ui.sidebar
-from tlviz.finetune import RunConfig, executors, start_job, wait_job
+from tlviz.finetune import RunConfig
+from tlviz.jobs import executors, start_job, wait_job
 from tlviz.imagesets import load_image_set
 from tlviz.models import load_model
 from tlviz.samples import sample_path
@@ -164,7 +165,7 @@ def test_default_path_runs_locally_and_never_imports_ray(tmp_path):
     ("ray://head:10001", ("client", "head", 10001)), ("ray://head", ("client", "head", 10001)),
 ])
 def test_ray_addresses_are_parsed(text, parsed):
-    from tlviz.finetune.executors import parse_address
+    from tlviz.jobs.executors import parse_address
 
     assert parse_address(text) == parsed
 
@@ -172,7 +173,7 @@ def test_ray_addresses_are_parsed(text, parsed):
 @pytest.mark.parametrize("text", ["http://head:8265", "head:port", "ray://", "head:99999", "a b:1"])
 def test_a_nonsense_ray_address_is_refused_with_the_forms_that_work(text, monkeypatch):
     from tlviz.errors import ConfigError, RunRefused
-    from tlviz.finetune import executors
+    from tlviz.jobs import executors
 
     with pytest.raises(ConfigError, match="TLVIZ_RAY_ADDRESS.*`auto`.*ray://host:10001"):
         executors.parse_address(text)
@@ -184,7 +185,7 @@ def test_a_nonsense_ray_address_is_refused_with_the_forms_that_work(text, monkey
 
 def test_executor_choice(monkeypatch):
     from tlviz.errors import RunRefused
-    from tlviz.finetune import executors
+    from tlviz.jobs import executors
 
     monkeypatch.delenv("TLVIZ_RAY_ADDRESS", raising=False)
     assert executors.choose_executor(None) == "local" and executors.choose_executor("local") == "local"
@@ -199,7 +200,7 @@ def test_executor_choice(monkeypatch):
 
 def test_asha_without_ray_is_refused(monkeypatch, loaded_base, base_images):
     from tlviz.errors import RunRefused
-    from tlviz.finetune.worker import start_job
+    from tlviz.jobs import start_job
 
     monkeypatch.delenv("TLVIZ_RAY_ADDRESS", raising=False)
     with pytest.raises(RunRefused, match="ASHA.*Ray Tune.*TLVIZ_RAY_ADDRESS"):
@@ -231,7 +232,7 @@ def test_a_stopped_run_reads_its_stop_epoch(tmp_path):
 
 
 def test_job_status_counts_runs_running_at_once():
-    from tlviz.finetune.worker import JobStatus
+    from tlviz.jobs import JobStatus
 
     runs = [_record("a", "running", None), _record("b", "running", None), _record("c", "completed", 0.5),
             _record("d", "queued", None)]

@@ -98,7 +98,7 @@ def test_stored_run_has_every_file(loaded_base, images_5_9, root):
 
 
 def test_worker_process_runs_a_job_and_reports_progress(loaded_base, images_5_9, root):
-    from tlviz.finetune.worker import poll_job, start_job, wait_job
+    from tlviz.jobs import poll_job, start_job, wait_job
 
     job = start_job(loaded_base, images_5_9, [RunConfig(unfreeze=0, lr=1e-2, epochs=3, preset="tf")])
     first = poll_job(job.job_id)
@@ -114,7 +114,7 @@ def test_worker_process_runs_a_job_and_reports_progress(loaded_base, images_5_9,
 
 
 def test_worker_cancel_stops_after_current_batch_and_skips_queued_runs(loaded_base, images_5_9, root):
-    from tlviz.finetune.worker import cancel_job, poll_job, start_job, wait_job
+    from tlviz.jobs import cancel_job, poll_job, start_job, wait_job
 
     long = RunConfig(unfreeze=6, lr=1e-3, epochs=300, preset="tf")
     job = start_job(loaded_base, images_5_9, [long, long])
@@ -136,7 +136,7 @@ def test_worker_cancel_stops_after_current_batch_and_skips_queued_runs(loaded_ba
 
 
 def test_worker_records_refusal(root):
-    from tlviz.finetune.worker import start_job, wait_job
+    from tlviz.jobs import start_job, wait_job
     from tlviz.imagesets import load_image_set
     from tlviz.models import load_model
     from tlviz.samples import sample_path
@@ -199,14 +199,14 @@ def test_cli_text_output(base_model_path, digits_5_9, tmp_path, capsys):
 
 
 def test_images_npz_roundtrip_in_worker_inputs(loaded_base, images_5_9, root):
-    from tlviz.finetune.worker import _load_inputs, prepare_inputs
+    from tlviz.jobs.inputs import load_inputs, prepare_inputs
 
     inputs = prepare_inputs(loaded_base, images_5_9)
     again = prepare_inputs(loaded_base, images_5_9)
     assert inputs == again
     job = {**inputs, "model": {"filename": "digits_base.keras", "metadata": loaded_base.metadata},
            "images": {"source": images_5_9.source}}
-    loaded, imgs = _load_inputs(job)
+    loaded, imgs = load_inputs(job)
     np.testing.assert_array_equal(imgs.images, images_5_9.images)
     assert imgs.class_names == images_5_9.class_names and loaded.class_names == ["0", "1", "2", "3", "4"]
     # What the checks read besides the pixels survives too (e.g. input-resized needs the original sizes).
@@ -220,7 +220,7 @@ def test_images_npz_roundtrip_in_worker_inputs(loaded_base, images_5_9, root):
 def test_tidy_removes_old_inputs_and_jobs_but_never_runs(root):
     import os
 
-    from tlviz.finetune.worker import tidy
+    from tlviz.jobs import tidy
 
     old = 1_000_000_000  # 2001
     (root / ".inputs").mkdir(parents=True)

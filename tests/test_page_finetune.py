@@ -156,7 +156,7 @@ def test_half_written_run_folders_show_as_failed(runs):
 
 def test_after_a_reload_the_page_can_follow_a_run_in_progress(runs):
     from tlviz.finetune.config import RunConfig
-    from tlviz.finetune.worker import start_job
+    from tlviz.jobs import start_job
     from tlviz.imagesets import load_image_set
     from tlviz.models import load_model
     from tlviz.samples import sample_path

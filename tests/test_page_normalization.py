@@ -15,6 +15,7 @@ from apptest_helpers import open_page, settle, texts, upload_model
 from streamlit.testing.v1 import AppTest
 
 from tlviz import jobs
+from tlviz.jsonfiles import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = "pages/normalization.py"
@@ -29,7 +30,7 @@ def page(module_runs) -> AppTest:
 
 
 def _worker_pid(job_id: str) -> int:
-    return int(jobs.read_json(jobs.worker.job_dir(job_id) / "status.json", {})["pid"])
+    return int(read_json(jobs.job_dir(job_id) / "status.json", {})["pid"])
 
 
 def test_page_ranks_tf_first_and_sets_best_preset(page):

@@ -77,7 +77,7 @@ def _free_port() -> int:
 
 
 def _wait_all(job_ids, timeout=240, on_poll=None):
-    from tlviz.finetune.worker import poll_job
+    from tlviz.jobs import poll_job
 
     deadline = time.monotonic() + timeout
     out = {}
@@ -104,7 +104,7 @@ def _assert_same_history(ray_hist: pd.DataFrame, local_hist: pd.DataFrame, prefi
 
 
 def test_a_run_on_ray_streams_progress_and_stores_what_a_local_run_stores(on_ray, loaded_base, images):
-    from tlviz.finetune.worker import start_job
+    from tlviz.jobs import start_job
     from tlviz.models import load_model
 
     cfg = RunConfig(unfreeze=6, lr=3e-3, epochs=6, preset="tf")  # the whole base trains: no cached activations
@@ -156,7 +156,7 @@ def test_drift_a_linked_control_and_retention_come_back_from_ray_as_a_local_run_
     from tlviz.finetune.config import control_config
     from tlviz.finetune.controls import compare
     from tlviz.finetune.run import run_finetune
-    from tlviz.finetune.worker import start_job
+    from tlviz.jobs import start_job
 
     cfg = RunConfig(unfreeze=2, lr=3e-3, epochs=2, preset="tf")
     remote = start_job(loaded_base, images, [cfg], controls=["random-init"], original=base_images)
@@ -184,7 +184,7 @@ def test_a_sweep_through_ray_tune_with_asha_stops_the_hopeless_runs(on_ray, load
     from tlviz import charts
     from tlviz.finetune.store import list_runs
     from tlviz.finetune.sweep import sweep_configs, sweep_table
-    from tlviz.finetune.worker import start_job
+    from tlviz.jobs import start_job
 
     from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.run import run_finetune
@@ -232,7 +232,7 @@ def test_a_sweep_through_ray_tune_with_asha_stops_the_hopeless_runs(on_ray, load
 
 
 def test_cancel_stops_a_run_on_ray_and_the_range_test_runs_there(on_ray, loaded_base, images):
-    from tlviz.finetune.worker import cancel_job, poll_job, start_job, start_lr_finder, wait_job
+    from tlviz.jobs import cancel_job, poll_job, start_job, start_lr_finder, wait_job
 
     job = start_job(loaded_base, images, [RunConfig(unfreeze=6, lr=1e-3, epochs=300, preset="tf")])
     lrfind = start_lr_finder(loaded_base, images, RunConfig(unfreeze=0, preset="tf"), steps=40)  # alongside
@@ -260,7 +260,7 @@ def test_a_node_lost_mid_run_fails_its_run_with_the_reason_and_the_sweep_goes_on
                                                                                  images):
     from tlviz.finetune.store import load_run
     from tlviz.finetune.sweep import sweep_configs
-    from tlviz.finetune.worker import poll_job, start_job, wait_job
+    from tlviz.jobs import poll_job, start_job, wait_job
 
     doomed = ray_cluster.add_node(num_cpus=1)  # a third node for this test: 3 CPUs, one trial on each node
     ray_cluster.wait_for_nodes()
@@ -289,8 +289,7 @@ def test_a_node_lost_mid_run_fails_its_run_with_the_reason_and_the_sweep_goes_on
 
 
 def test_an_unreachable_cluster_is_refused_before_anything_is_created(tmp_path, monkeypatch, loaded_base, images):
-    from tlviz.finetune import executors
-    from tlviz.finetune.worker import start_job
+    from tlviz.jobs import executors, start_job
 
     monkeypatch.setenv("TLVIZ_RUNS_DIR", str(tmp_path / "runs"))
     port = _free_port()
@@ -309,8 +308,10 @@ def test_an_unreachable_cluster_is_refused_before_anything_is_created(tmp_path, 
 
 def test_the_driver_reports_a_cluster_lost_before_it_connects(tmp_path, monkeypatch, loaded_base, images):
     """The cluster went away between the check and the driver's connection: the job and its runs fail, flagged."""
-    from tlviz.finetune import raydriver
-    from tlviz.finetune.worker import new_job, poll_job, prepare_inputs, _model_info, _images_info
+    from tlviz.jobs import poll_job
+    from tlviz.jobs.folder import new_job
+    from tlviz.jobs.inputs import images_info, model_info, prepare_inputs
+    from tlviz.jobs.worker import worker_main
     from tlviz.finetune.store import RunWriter, load_run, new_run_id, runs_dir
 
     monkeypatch.setenv("TLVIZ_RUNS_DIR", str(tmp_path / "runs"))
@@ -319,10 +320,10 @@ def test_the_driver_reports_a_cluster_lost_before_it_connects(tmp_path, monkeypa
     w = RunWriter(runs_dir() / rid)
     w.write_config(RunConfig(epochs=1))
     w.status("queued")
-    job_id, jdir = new_job("runs", {"model": _model_info(loaded_base), "images": _images_info(images, "k"),
+    job_id, jdir = new_job("runs", {"model": model_info(loaded_base), "images": images_info(images, "k"),
                                     **inputs, "run_ids": [rid], "configs": [RunConfig(epochs=1).to_dict()],
                                     "executor": "ray", "ray_address": f"127.0.0.1:{_free_port()}"}, queued=False)
-    raydriver.driver_main(str(jdir))
+    worker_main(str(jdir))  # the one worker entry point, on the Ray executor
     st = poll_job(job_id)
     assert st.state == "failed" and st.unreachable and "cannot be reached" in st.message
     assert load_run(rid).state == "failed" and "cannot be reached" in load_run(rid).message
@@ -330,7 +331,7 @@ def test_the_driver_reports_a_cluster_lost_before_it_connects(tmp_path, monkeypa
 
 
 def test_trial_and_task_resources_follow_the_cluster():
-    from tlviz.finetune.raydriver import task_resources, trial_resources
+    from tlviz.jobs.ray_executor import task_resources, trial_resources
 
     assert trial_resources({"CPU": 2, "GPU": 0, "max_node_CPU": 2}, 4) == {"cpu": 1}
     assert trial_resources({"CPU": 16, "GPU": 0, "max_node_CPU": 16}, 4) == {"cpu": 4}
@@ -365,23 +366,23 @@ def test_the_finetune_command_runs_on_ray_and_prints_what_a_local_run_prints(clu
 def test_a_run_that_does_not_stop_by_itself_is_stopped_by_ray(cluster, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from tlviz.finetune import raydriver, remote
+    from tlviz.jobs import ray_executor, ray_tasks
     from tlviz.finetune.store import RunWriter, load_run
 
     w = RunWriter(tmp_path / "20240101-000000-000aaaa")
     w.write_config(RunConfig(epochs=1))
     w.status("running")
-    board = ray.remote(num_cpus=0)(remote.Board).remote()
-    store = raydriver._Store(ray, board, {"root": str(tmp_path), "run_ids": [w.run_id]}, Path(tmp_path))
-    monkeypatch.setattr(raydriver, "CANCEL_GRACE_S", 1.0)
+    board = ray.remote(num_cpus=0)(ray_tasks.Board).remote()
+    store = ray_executor.RunFolders(ray, board, {"root": str(tmp_path), "run_ids": [w.run_id]}, Path(tmp_path))
+    monkeypatch.setattr(ray_executor, "CANCEL_GRACE_S", 1.0)
 
     def stubborn():  # a task that never looks at the cancel flag (defined here: it travels by value)
         time.sleep(120)
 
     ref = ray.remote(stubborn).options(max_retries=0).remote()
     t0 = time.monotonic()
-    assert raydriver._follow(ray, [ref], store, lambda: True)  # the Cancel flag is up from the start
+    assert ray_executor.follow(ray, [ref], store, lambda: True)  # the Cancel flag is up from the start
     assert time.monotonic() - t0 < 30 and ray.get(board.cancelled.remote())
-    raydriver._outcome(ray, ref, store, w.run_id)
+    ray_executor.outcome(ray, ref, store, w.run_id)
     rec = load_run(w.run_id, tmp_path)
     assert rec.state == "cancelled" and "Ray stopped it" in rec.message, rec.message

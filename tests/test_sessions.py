@@ -11,7 +11,7 @@ import pytest
 from apptest_helpers import open_page, texts
 
 from tlviz.finetune.store import list_runs, load_run
-from tlviz.finetune.worker import death_reason
+from tlviz.jobs.spawn import death_reason
 
 PAGE = "pages/finetune.py"
 
@@ -149,8 +149,8 @@ def test_worker_output_cannot_block_on_an_undrained_pipe(tmp_path):
     script = (
         "import sys, os\n"
         "from pathlib import Path\n"
-        "from tlviz.finetune.worker import _own_output\n"
-        f"_own_output(Path({str(tmp_path / 'worker.log')!r}))\n"
+        "from tlviz.jobs.spawn import own_output\n"
+        f"own_output(Path({str(tmp_path / 'worker.log')!r}))\n"
         "chunk = 'x' * 1023 + '\\n'\n"
         "for _ in range(1024):\n"  # 1 MB on each stream: far more than a pipe buffer holds
         "    sys.stdout.write(chunk); sys.stderr.write(chunk)\n"

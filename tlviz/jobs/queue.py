@@ -1,8 +1,8 @@
 """One queue for every heavy job: at most `max_jobs()` run at once, first come first served.
 
-Fine-tuning runs, learning-rate range tests, normalization comparisons and
-diagnoses each run in a worker process (`tlviz.finetune.worker`,
-`tlviz.jobs`). Every worker process starts at once, but waits for its turn
+Every kind of job (`tlviz.jobs.registry`: fine-tuning runs, learning-rate range tests,
+normalization comparisons, diagnoses, repairs, Grad-CAM) runs in a worker process
+(`tlviz.jobs.worker`). Every worker process starts at once, but waits for its turn
 *before* it imports TensorFlow, so a waiting job costs a small Python process
 and no model memory. There is no scheduler thread; the queue lives in files
 under ``<runs dir>/.jobs/`` and works across processes (several servers on one
@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Callable
 
 from tlviz import config
-from tlviz.finetune.store import pid_alive, read_json, write_json
+from tlviz.jsonfiles import read_json, write_json
+from tlviz.processes import pid_alive
 
 ENV_MAX_JOBS = "TLVIZ_MAX_JOBS"
-#: What one worker needs besides its working-memory budget: the TensorFlow runtime, the model, the images.
 #: How often a waiting worker looks at the queue (seconds).
 POLL_S = 0.25
 #: A marker whose process id was never written is taken as dead after this many seconds

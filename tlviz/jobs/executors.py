@@ -1,9 +1,9 @@
-"""Where fine-tuning jobs run: this machine's worker processes, or a Ray cluster.
+"""Where fine-tuning jobs run: the two executors of the job system, this machine or a Ray cluster.
 
-Without configuration every run, sweep and learning-rate test runs in a local
-worker process (`tlviz.finetune.worker`), and ``ray`` is never imported. With
-``TLVIZ_RAY_ADDRESS`` set (``auto``, ``host:6379`` or ``ray://host:10001``)
-they are submitted to that Ray cluster instead (`tlviz.finetune.raydriver`).
+Without configuration every job runs in a local worker process (`tlviz.jobs.worker`), and
+``ray`` is never imported. With ``TLVIZ_RAY_ADDRESS`` set (``auto``, ``host:6379`` or
+``ray://host:10001``) the run kinds (fine-tuning runs, sweeps, learning-rate tests) are
+submitted to that Ray cluster instead (`tlviz.jobs.ray_executor`); analyses always run here.
 
 This module decides and describes; it never imports ``ray`` itself:
 

@@ -1,8 +1,9 @@
-"""The Ray driver: a local worker process that runs a job on a Ray cluster and fills the run store.
+"""The Ray executor of the job system: a run kind's job driven on a Ray cluster, filling the run folders.
 
-`tlviz.finetune.worker.start_job` starts it instead of a local worker when
-``TLVIZ_RAY_ADDRESS`` is set (`tlviz.finetune.executors`). It is light (no
-TensorFlow, no slot of the local queue of heavy jobs) and does, in order:
+A fine-tuning job (kinds ``runs`` and ``lrfind``) started with ``TLVIZ_RAY_ADDRESS`` set
+(`tlviz.jobs.executors`) gets the same worker process as every job (`tlviz.jobs.worker`),
+but that process is a light *driver* (no TensorFlow, no slot of the local queue of heavy
+jobs): after the common prologue the worker calls `drive`, which does, in order:
 
 1. connect (``ray.init``) with the ``tlviz`` package shipped to the cluster
    (``runtime_env`` ``py_modules``: the nodes need TensorFlow, Keras and Ray, not
@@ -11,18 +12,18 @@ TensorFlow, no slot of the local queue of heavy jobs) and does, in order:
    on this machine);
 2. put the model's bytes and the image arrays (and the original task's, when the
    job reports retention) into the object store (`put_inputs`);
-3. run the job: one run as a Ray task (`remote.run_task`), several runs (a
-   sweep) through Ray Tune (`remote.tune_trial`, the ASHA scheduler when the job
-   asks for it), the range test as a task (`remote.lrfind_task`);
-4. meanwhile collect the job's `remote.Board` every `POLL_S` and write what
+3. run the job: one run as a Ray task (`ray_tasks.run_task`), several runs (a
+   sweep) through Ray Tune (`ray_tasks.tune_trial`, the ASHA scheduler when the job
+   asks for it), the range test as a task (`ray_tasks.lrfind_task`);
+4. meanwhile collect the job's `ray_tasks.Board` every `POLL_S` and write what
    the runs post into their folders (status with ``where``, progress, history
    with the TensorBoard events), then the files each run sends back. The Cancel
    flag file raises the board's flag; runs that have not stopped `CANCEL_GRACE_S` later are stopped by Ray
    (``ray.cancel`` / Tune's stopper). A run whose worker or node was lost is
    marked failed with the reason; a sweep goes on with its other runs.
 
-This module imports ``ray`` inside its functions only, so the server can
-import it (to start the driver) without importing ``ray``.
+What runs on the cluster's workers is in `tlviz.jobs.ray_tasks`. This module imports ``ray``
+inside its functions only, so the server can import it without importing ``ray``.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ import traceback
 from pathlib import Path
 
 from tlviz.errors import ClusterUnreachable, RunRefused, TlvizError
-from tlviz.finetune import executors
-from tlviz.finetune.store import ACTIVE_STATES, RunWriter, now_iso, read_json, write_json
+from tlviz.finetune.store import ACTIVE_STATES, RunWriter
+from tlviz.jobs import executors
+from tlviz.jobs.kind import WorkerContext
+from tlviz.jsonfiles import now_iso, read_json, write_json
 
 #: Seconds between two collections of the board.
 POLL_S = 0.3
@@ -125,7 +128,7 @@ def put_inputs(ray, job: dict) -> dict:
     Returns:
         ``{"model": ref, "images": ref, "meta": {...}}``: what every task and trial gets.
     """
-    from tlviz.finetune.worker import read_images_file
+    from tlviz.jobs.inputs import read_images_file
 
     meta = {"model": job["model"], "images": job["images"], "model_key": job.get("model_key"),
             "image_key": job.get("image_key"), "set_key": Path(job["images_file"]).stem,
@@ -163,8 +166,9 @@ def connect(address: str, env: dict | None = None):
     return ray
 
 
-class _Store:
-    """Writes what the runs post on the board into their folders (the driver's side of `remote.Board`)."""
+class RunFolders:
+    """The run folders of a job on Ray: writes what its runs post on the board into them (the driver's side of
+    `tlviz.jobs.ray_tasks.Board`)."""
 
     def __init__(self, ray, board, job: dict, jdir: Path):
         self.ray, self.board, self.jdir = ray, board, jdir
@@ -174,7 +178,7 @@ class _Store:
         self.finished: set[str] = set()
         self.lrfind_where: dict = {}
 
-    def _writer(self, run_id: str):
+    def writer(self, run_id: str):
         w = self.writers.get(run_id)
         return w if w is not None and (w.dir / "config.json").exists() else None  # None: deleted meanwhile
 
@@ -184,7 +188,7 @@ class _Store:
             self.apply(run_id, kind, payload)
 
     def apply(self, run_id: str, kind: str, payload) -> None:
-        from tlviz.finetune.remote import LRFIND
+        from tlviz.jobs.ray_tasks import LRFIND
 
         if run_id == LRFIND:
             if kind == "progress":
@@ -192,7 +196,7 @@ class _Store:
             elif kind == "status":
                 self.lrfind_where = payload.get("where") or {}
             return
-        w = self._writer(run_id)
+        w = self.writer(run_id)
         if w is None or run_id in self.finished:
             return
         if kind == "status":
@@ -222,7 +226,7 @@ class _Store:
 
     def finish(self, run_id: str, out: dict) -> None:
         """A run's end: its files, then its final state (``completed`` needs ``metrics.json``, written first)."""
-        w = self._writer(run_id)
+        w = self.writer(run_id)
         self.finished.add(run_id)
         if w is None:
             return
@@ -241,7 +245,7 @@ class _Store:
 
     def end(self, run_id: str, state: str, message: str, **extra) -> None:
         """Mark a run that sent no results (failed, stopped, cancelled), keeping what it streamed."""
-        w = self._writer(run_id)
+        w = self.writer(run_id)
         self.finished.add(run_id)
         if w is None:
             return
@@ -251,88 +255,88 @@ class _Store:
         w.status(state, message, **extra, **({"where": where} if where else {}))
 
 
-def _follow(ray, refs: list, store: _Store, cancelled) -> bool:
+def follow(ray, refs: list, folders: RunFolders, cancelled) -> bool:
     """Collect the board until every ref is ready; cancel cooperatively, then by force. Returns: cancelled."""
     pending, cancel_at = list(refs), None
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
-        store.collect()
+        folders.collect()
         if cancel_at is None and cancelled():
-            store.board.cancel.remote()
+            folders.board.cancel.remote()
             cancel_at = time.monotonic()
         if cancel_at is not None and time.monotonic() - cancel_at > CANCEL_GRACE_S:
             for r in pending:
                 ray.cancel(r, force=True)
-    store.collect()
+    folders.collect()
     return cancel_at is not None
 
 
-def _outcome(ray, ref, store: _Store, run_id: str) -> None:
+def outcome(ray, ref, folders: RunFolders, run_id: str) -> None:
     """Write the end of a run task: its results, or why it has none."""
     try:
-        store.finish(run_id, ray.get(ref))
+        folders.finish(run_id, ray.get(ref))
     except ray.exceptions.TaskCancelledError:
-        store.end(run_id, "cancelled", "cancelled: the run did not stop by itself, so Ray stopped it; what it "
+        folders.end(run_id, "cancelled", "cancelled: the run did not stop by itself, so Ray stopped it; what it "
                                        "recorded up to its last epoch is kept")
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, RunRefused):
-            store.end(run_id, "refused", str(cause))
+            folders.end(run_id, "refused", str(cause))
         else:
-            store.end(run_id, "failed", lost_message(cause or exc, store.where.get(run_id)))
+            folders.end(run_id, "failed", lost_message(cause or exc, folders.where.get(run_id)))
     except Exception as exc:  # noqa: BLE001 - a lost worker or node, and anything else Ray raises
-        store.end(run_id, "failed", lost_message(exc, store.where.get(run_id)))
+        folders.end(run_id, "failed", lost_message(exc, folders.where.get(run_id)))
 
 
-def _drive_run(ray, job, inputs, store: _Store, cluster, cancelled) -> None:
-    from tlviz.finetune import remote
+def _drive_run(ray, job, inputs, folders: RunFolders, cluster, cancelled) -> None:
+    from tlviz.jobs import ray_tasks
 
     rid, cfg = job["run_ids"][0], job["configs"][0]
-    w = store._writer(rid)
+    w = folders.writer(rid)
     if w is not None:
         w.status("queued", "waiting for the Ray cluster's resources")
-    ref = ray.remote(remote.run_task).options(max_retries=0, **task_resources(cluster)).remote(
-        inputs, cfg, rid, store.board)
-    _follow(ray, [ref], store, cancelled)
-    _outcome(ray, ref, store, rid)
+    ref = ray.remote(ray_tasks.run_task).options(max_retries=0, **task_resources(cluster)).remote(
+        inputs, cfg, rid, folders.board)
+    follow(ray, [ref], folders, cancelled)
+    outcome(ray, ref, folders, rid)
 
 
-def _drive_lrfind(ray, job, jdir: Path, inputs, store: _Store, cluster, cancelled) -> dict:
-    from tlviz.finetune import remote
+def _drive_lrfind(ray, job, jdir: Path, inputs, folders: RunFolders, cluster, cancelled) -> dict:
+    from tlviz.jobs import ray_tasks
 
-    ref = ray.remote(remote.lrfind_task).options(max_retries=0, **task_resources(cluster)).remote(
-        inputs, job["configs"][0], int(job.get("steps", 100)), store.board)
-    _follow(ray, [ref], store, cancelled)
+    ref = ray.remote(ray_tasks.lrfind_task).options(max_retries=0, **task_resources(cluster)).remote(
+        inputs, job["configs"][0], int(job.get("steps", 100)), folders.board)
+    follow(ray, [ref], folders, cancelled)
     try:
         out = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, TlvizError):
             raise type(cause)(str(cause)) from None
-        raise TlvizError(lost_message(cause or exc, store.lrfind_where)) from None
+        raise TlvizError(lost_message(cause or exc, folders.lrfind_where)) from None
     except ray.exceptions.TaskCancelledError:
         return {}
     except Exception as exc:  # noqa: BLE001
-        raise TlvizError(lost_message(exc, store.lrfind_where)) from None
+        raise TlvizError(lost_message(exc, folders.lrfind_where)) from None
     if out.get("result") is not None:
         write_json(jdir / "result.json", out["result"])
     return out.get("where") or {}
 
 
-def _drive_tune(ray, job, inputs, store: _Store, cluster, cancelled, log) -> None:
+def _drive_tune(ray, job, inputs, folders: RunFolders, cluster, cancelled, log) -> None:
     """The runs of a job as Ray Tune trials (ASHA when ``job["asha"]``); fills their folders."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from tlviz.finetune import remote
+    from tlviz.jobs import ray_tasks
     from tlviz.finetune.config import RunConfig
 
     runs = list(zip(job["run_ids"], job["configs"]))
     resources = trial_resources(cluster, len(runs))
     threads = None if resources.get("gpu") else int(resources["cpu"])
-    trainable = tune.with_resources(tune.with_parameters(remote.tune_trial, inputs=inputs, board=store.board,
+    trainable = tune.with_resources(tune.with_parameters(ray_tasks.tune_trial, inputs=inputs, board=folders.board,
                                                          runs=runs, threads=threads), resources)
     scheduler = None
     if job.get("asha"):
@@ -340,11 +344,11 @@ def _drive_tune(ray, job, inputs, store: _Store, cluster, cancelled, log) -> Non
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=ASHA_GRACE_PERIOD,
                                   reduction_factor=ASHA_REDUCTION_FACTOR)
     for rid, _ in runs:
-        w = store._writer(rid)
+        w = folders.writer(rid)
         if w is not None:
             w.status("queued", "waiting for the Ray cluster's resources")
 
-    force_file = store.jdir / "cancel.force"  # Tune pickles its stopper: it looks at a file, not at this process
+    force_file = folders.jdir / "cancel.force"  # Tune pickles its stopper: it looks at a file, not at this process
 
     class _Stopper(tune.Stopper):
         def __init__(self, path: str):
@@ -377,38 +381,29 @@ def _drive_tune(ray, job, inputs, store: _Store, cluster, cancelled, log) -> Non
     try:
         while thread.is_alive():
             thread.join(POLL_S)
-            store.collect()
+            folders.collect()
             if cancel_at is None and cancelled():
-                store.board.cancel.remote()
+                folders.board.cancel.remote()
                 cancel_at = time.monotonic()
             if cancel_at is not None and time.monotonic() - cancel_at > CANCEL_GRACE_S:
                 force_file.write_text(now_iso())
-        store.collect()
+        folders.collect()
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     if "error" in box:
         raise box["error"]
     for result in box["grid"]:
         rid = runs[int(result.config["run_index"])][0]
-        if rid in store.finished:
+        if rid in folders.finished:
             continue
         if result.error is not None:
             log.error("trial of run %s failed: %s", rid, result.error)
-            store.end(rid, "failed", lost_message(result.error, store.where.get(rid)) + " The sweep went on with "
+            folders.end(rid, "failed", lost_message(result.error, folders.where.get(rid)) + " The sweep went on with "
                       "its other runs.")
         elif cancel_at is not None:
-            store.end(rid, "cancelled", "cancelled: Ray Tune stopped the trial; what it recorded is kept")
+            folders.end(rid, "cancelled", "cancelled: Ray Tune stopped the trial; what it recorded is kept")
         else:
-            store.stop(rid)
-
-
-def _fail(jdir: Path, job: dict, status: dict, message: str, unreachable: bool = False) -> None:
-    write_json(jdir / "status.json", {**status, "state": "failed", "message": message, "unreachable": unreachable,
-                                      "updated": now_iso()})
-    for rid in job.get("run_ids", []):
-        p = Path(job.get("root", "")) / rid
-        if (read_json(p / "status.json", {}) or {}).get("state") in ACTIVE_STATES:
-            RunWriter(p).status("failed", message)
+            folders.stop(rid)
 
 
 def _import_tune() -> None:
@@ -418,25 +413,30 @@ def _import_tune() -> None:
         pass
 
 
-def driver_main(job_dir: str) -> None:
-    """Entry point of the driver process: run the job of ``job.json`` on the Ray cluster it names."""
-    from tlviz.finetune.worker import begin_worker
+def drive(ctx: WorkerContext) -> dict:
+    """The Ray executor of a run kind: run the job of ``job.json`` on the Ray cluster it names.
 
-    jdir = Path(job_dir)
-    log = begin_worker(jdir)
-    job = read_json(jdir / "job.json", {}) or {}
+    Called by the one worker entry point (`tlviz.jobs.worker.worker_main`) in place of the
+    local executor, after the common prologue; its catch-all handler records a failure
+    (``unreachable`` when the cluster could not be reached) and fails the runs left active.
+
+    Args:
+        ctx: the `WorkerContext` of the job.
+
+    Returns:
+        How the job ended: ``{"state": "done" or "cancelled"}`` (a range test: and ``where``).
+
+    Raises:
+        ClusterUnreachable: the cluster could not be reached or connected to.
+    """
+    jdir, job, log, cancelled = ctx.jdir, ctx.job, ctx.log, ctx.cancelled
     address = job.get("ray_address") or ""
-    status = {"state": "running", "pid": os.getpid(), "executor": "ray",
-              "message": f"connecting to the Ray cluster at {address}", "updated": now_iso()}
-    write_json(jdir / "status.json", status)
-
-    def cancelled() -> bool:
-        return (jdir / "cancel").exists()
 
     def too_slow() -> None:
-        _fail(jdir, job, status, f"Could not connect to the Ray cluster at {address}: no answer within "
-                                 f"{CONNECT_TIMEOUT_S:.0f} s. Check that it runs and that TLVIZ_RAY_ADDRESS names "
-                                 "it, or run on this machine.", unreachable=True)
+        message = (f"Could not connect to the Ray cluster at {address}: no answer within {CONNECT_TIMEOUT_S:.0f} s. "
+                   "Check that it runs and that TLVIZ_RAY_ADDRESS names it, or run on this machine.")
+        ctx.write(state="failed", message=message, unreachable=True)
+        ctx.end_active_runs("failed", message)
         os._exit(3)
 
     timer = threading.Timer(CONNECT_TIMEOUT_S, too_slow)
@@ -446,47 +446,39 @@ def driver_main(job_dir: str) -> None:
         threading.Thread(target=_import_tune, daemon=True).start()
     try:
         ray = connect(address, job.get("env"))
-    except ClusterUnreachable as exc:
-        timer.cancel()
-        _fail(jdir, job, status, str(exc), unreachable=True)
-        return
+    except ClusterUnreachable:
+        raise
     except BaseException as exc:  # noqa: BLE001
-        timer.cancel()
         log.error("connecting failed:\n%s", traceback.format_exc())
-        _fail(jdir, job, status, f"Could not connect to the Ray cluster at {address}: {type(exc).__name__}: {exc}",
-              unreachable=True)
-        return
-    timer.cancel()
+        raise ClusterUnreachable(f"Could not connect to the Ray cluster at {address}: {type(exc).__name__}: "
+                                 f"{exc}") from None
+    finally:
+        timer.cancel()
     try:
         cluster = cluster_info(ray, address)
-        status.update(cluster=cluster, message="sending the model and the images to the cluster", updated=now_iso())
-        write_json(jdir / "status.json", status)
+        ctx.write(cluster=cluster, message="sending the model and the images to the cluster")
         write_json(jdir.parent / executors.CLUSTER_FILE, cluster)
         inputs = put_inputs(ray, job)
-        from tlviz.finetune import remote
+        from tlviz.jobs import ray_tasks
 
         # The board lives on the head node (the one node a cluster cannot lose without ending), not on a
         # worker node that may go away mid-job.
         head = {"node:__internal_head__": 0.001} if "node:__internal_head__" in ray.cluster_resources() else {}
-        board = ray.remote(num_cpus=0)(remote.Board).options(max_restarts=0, resources=head).remote()
-        store = _Store(ray, board, job, jdir)
-        status.update(message="waiting for the Ray cluster's resources", updated=now_iso())
-        write_json(jdir / "status.json", status)
+        board = ray.remote(num_cpus=0)(ray_tasks.Board).options(max_restarts=0, resources=head).remote()
+        folders = RunFolders(ray, board, job, jdir)
+        ctx.write(message="waiting for the Ray cluster's resources")
+        end: dict = {}
         if job.get("kind") == "lrfind":
-            status["where"] = _drive_lrfind(ray, job, jdir, inputs, store, cluster, cancelled)
+            end["where"] = _drive_lrfind(ray, job, jdir, inputs, folders, cluster, cancelled)
         elif len(job.get("run_ids", [])) == 1:
-            _drive_run(ray, job, inputs, store, cluster, cancelled)
+            _drive_run(ray, job, inputs, folders, cluster, cancelled)
         else:
-            _drive_tune(ray, job, inputs, store, cluster, cancelled, log)
+            _drive_tune(ray, job, inputs, folders, cluster, cancelled, log)
         for rid in job.get("run_ids", []):  # a run that neither ended nor was accounted for
-            store.end(rid, "cancelled" if cancelled() else "failed",
-                      "cancelled before it started" if cancelled() else "the run ended on the cluster without "
-                      "sending its results (see worker.log)")
-        write_json(jdir / "status.json", {**status, "state": "cancelled" if cancelled() else "done", "message": "",
-                                          "updated": now_iso()})
-    except BaseException as exc:  # the driver must always leave a readable state behind
-        log.error("job failed:\n%s", traceback.format_exc())
-        _fail(jdir, job, status, str(exc) if isinstance(exc, TlvizError) else f"{type(exc).__name__}: {exc}")
+            folders.end(rid, "cancelled" if cancelled() else "failed",
+                        "cancelled before it started" if cancelled() else "the run ended on the cluster without "
+                        "sending its results (see worker.log)")
+        return {**end, "state": "cancelled" if cancelled() else "done", "message": ""}
     finally:
         try:
             ray.shutdown()

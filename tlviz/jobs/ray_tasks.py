@@ -1,4 +1,5 @@
-"""What runs on a Ray worker: one fine-tuning run (a Ray task, or a Ray Tune trial) or a range test.
+"""What runs on a Ray worker (the Ray executor's tasks): one fine-tuning run (a Ray task, or a Ray Tune trial) or a
+range test.
 
 Nothing here reads a path of the server. The model's bytes and the image
 arrays come from the cluster's object store (the ``inputs`` dict holds their
@@ -159,7 +160,7 @@ def _inputs(inputs: dict):
     the object store (kept for the next run in this process)."""
     import ray
 
-    from tlviz.finetune.worker import image_set_from, load_original, loaded_from
+    from tlviz.jobs.inputs import image_set_from, load_original, loaded_from
 
     meta = inputs["meta"]
     key = (meta.get("model_key"), meta.get("set_key") or meta.get("image_key"))
@@ -251,7 +252,7 @@ def run_task(inputs: dict, config: dict, run_id: str, board) -> dict:
     """One fine-tuning run as a Ray task.
 
     Args:
-        inputs: ``{"model": ref, "images": ref, "meta": {...}}`` (`tlviz.finetune.raydriver`).
+        inputs: ``{"model": ref, "images": ref, "meta": {...}}`` (`tlviz.jobs.ray_executor`).
         config: the `RunConfig` as a dict.
         run_id: the run's id (its folder's name on the server).
         board: the job's `Board` actor.
