@@ -27,6 +27,7 @@ PAGES = [
     ("finetune.py", "Fine-tuning runs", ":material/model_training:", "Fine-tuning"),
     ("normalization.py", "Normalization", ":material/tune:", "Inference pipeline"),
     ("diagnose.py", "Diagnose", ":material/troubleshoot:", "Start"),
+    ("try.py", "Try it", ":material/photo_camera:", "Start"),
 ]
 
 
