@@ -44,7 +44,8 @@ def plain_fit(loaded, images, cfg) -> float:
     import numpy as np
 
     from tlviz.finetune.build import build_run_model, decide_head
-    from tlviz.finetune.run import _optimizer, stratified_split
+    from tlviz.finetune.split import stratified_split
+    from tlviz.finetune.training import make_optimizer
     from tlviz.unfreeze import apply_unfreeze
     from tlviz.presets import apply_preset
 
@@ -56,7 +57,7 @@ def plain_fit(loaded, images, cfg) -> float:
     head = decide_head(loaded.n_outputs, loaded.class_names, images.class_names, cfg.new_head)
     model = build_run_model(loaded, len(images.class_names), cfg, head).model
     apply_unfreeze(model, cfg.unfreeze, train_bn=cfg.train_bn)
-    model.compile(optimizer=_optimizer(cfg, cfg.lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=make_optimizer(cfg, cfg.lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[tr], y[tr], batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=(x[va], y[va]), verbose=0)
     return time.perf_counter() - t0
 
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
               "clone the model)")
 
     if args.memory_runs:
-        from tlviz.jobs import start_job, wait_job
+        from tlviz.finetune.worker import start_job, wait_job
 
         root = tempfile.mkdtemp(prefix="tlviz_bench_runs_")
         small = RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")

@@ -281,7 +281,7 @@ def test_default_preset(best, recorded, expected):
 
 
 def test_stratified_split_is_stratified_and_seeded():
-    from tlviz.finetune.run import stratified_split
+    from tlviz.finetune.split import stratified_split
 
     labels = np.repeat(np.arange(4), [50, 30, 10, 1])
     tr, va = stratified_split(labels, 0.2, seed=3)

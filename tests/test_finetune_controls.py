@@ -230,7 +230,7 @@ def _planted_copies(images):
 
 def test_a_planted_copy_never_lands_on_both_sides_of_the_split(images_5_9):
     from tlviz.duplicates import duplicate_group_ids
-    from tlviz.finetune.run import stratified_split
+    from tlviz.finetune.split import stratified_split
 
     planted, pairs = _planted_copies(images_5_9)
     ids = duplicate_group_ids(planted.images)
@@ -302,7 +302,7 @@ def test_a_worker_job_queues_the_linked_control_and_reports_drift_and_retention(
                                                                                  base_images):
     from tlviz.diagnose.forgetting import runs_for
     from tlviz.contentkeys import pixels_key
-    from tlviz.jobs import start_job, wait_job
+    from tlviz.finetune.worker import start_job, wait_job
 
     with pytest.raises(RunRefused, match="already trains only the head"):
         start_job(loaded_base, images_5_9, [CLEAN], controls=["head-only"], owner="ws")

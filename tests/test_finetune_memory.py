@@ -54,7 +54,7 @@ def _fit_bytes_of(loaded, images, config) -> int:
     """What `check_train_memory` estimates for `config` (built the way a run builds it)."""
     from tlviz.finetune.build import build_run_model
     from tlviz.finetune.cache import find_cut
-    from tlviz.finetune.run import check_run
+    from tlviz.finetune.preflight import check_run
     from tlviz.unfreeze import apply_unfreeze
     from tlviz.memory import fit_bytes
 
@@ -172,13 +172,13 @@ def test_dataset_shuffles_like_the_arrays_it_no_longer_copies():
     """Same seed, same order as shuffling ``x[idx]`` itself (what runs did before): histories stay the same."""
     import tensorflow as tf
 
-    from tlviz.finetune.run import _dataset
+    from tlviz.finetune.data import batch_dataset
 
     x = np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1) * 5
     y = np.arange(10, dtype=np.int64) % 3
     idx = np.array([0, 2, 3, 5, 6, 8, 9])
     tf.random.set_seed(0)
-    ours = [(a.numpy(), b.numpy()) for a, b in _dataset(x, y, idx, 3, seed=7)]
+    ours = [(a.numpy(), b.numpy()) for a, b in batch_dataset(x, y, idx, 3, seed=7)]
     tf.random.set_seed(0)
     ref = tf.data.Dataset.from_tensor_slices((x[idx], y[idx])).shuffle(len(idx), seed=7).batch(3)
     ref = [(a.numpy(), b.numpy()) for a, b in ref]

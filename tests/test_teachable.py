@@ -178,7 +178,7 @@ def test_teachable_export_fine_tunes_with_its_own_preset_augmented(keras2, tmp_p
 
 def test_a_teachable_run_needs_centre_cropped_images(keras2, tmp_path):
     from tlviz.finetune.config import RunConfig, RunRefused
-    from tlviz.finetune.run import check_run
+    from tlviz.finetune.preflight import check_run
     from tlviz.models import load_model
 
     loaded = load_model(teachable_zip(keras2, "0 a\n1 b\n2 c\n"), "converted_keras.zip")

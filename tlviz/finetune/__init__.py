@@ -5,13 +5,18 @@ Public API (TensorFlow is imported only when a run starts):
 - `RunConfig`, `RunRefused`, `default_preset` — what a run does (``config``).
 - `run_finetune(loaded, images, config, ...) -> RunResult` — one run, in this
   process (``run``); `linear_probe` — a fresh head on the frozen base;
-  `stratified_split`.
+  `stratified_split` (``split``). A run's rooms, in the order it uses them:
+  ``preflight`` (what refuses a run before it trains: `check_run`, `check_train_memory`),
+  ``split`` (the stratified split and its duplicate groups), ``build`` (the clone and its head),
+  ``phases`` (the phase plan, trainable flags, the cut into cached activations), ``training``
+  (each phase's ``fit``, with ``data``: the tf.data pipeline, ``callbacks``: `RunTracker`, and
+  ``state``: `RunState`), ``probes`` (drift and retention around the training), ``evaluate``
+  (predictions, validation scores, the saved model) and ``summary`` (weight change, the curves in words).
 - `start_job`, `start_lr_finder`, `poll_job`, `cancel_job`, `wait_job` — the
-  same in a worker process, as the app uses them: jobs of the one job system
-  (`tlviz.jobs`, re-exported here on first use); with ``TLVIZ_RAY_ADDRESS`` set, on that
-  Ray cluster (`tlviz.jobs.executors`, `tlviz.jobs.ray_executor`; sweeps through Ray Tune,
-  optionally with ASHA). `default_executor`, `describe_executor`, `last_cluster` and
-  `describe_where` say where runs go and ran.
+  same in a worker process (``worker``), as the app uses them; with
+  ``TLVIZ_RAY_ADDRESS`` set, on that Ray cluster (``executors``, ``raydriver``,
+  ``remote``; sweeps through Ray Tune, optionally with ASHA). `default_executor`,
+  `describe_executor`, `last_cluster` and `describe_where` say where runs go and ran.
   `JobStatus` has accessors for a progress bar (``fraction``, ``text``) and the
   range test's `LRFinderResult` (``lr_result``).
 - `list_runs`, `load_run`, `delete_run`, `runs_dir` — the runs on disk (``store``);
@@ -21,7 +26,7 @@ Public API (TensorFlow is imported only when a run starts):
 - What every run measures besides its curves: its representation drift (``drift``:
   linear CKA per block of the base, `tlviz.cka`), the original task's retention when
   that image set is given (``retention``), a split that keeps duplicates on one side
-  (`duplicate_groups`). Controls (``controls``): `control_config` makes a run's
+  (`split_groups`, ``split``). Controls (``controls``): `control_config` makes a run's
   random-init or head-only control, `compare` scores a run against one with the paired
   interval, `controls_of` finds them; ``tlviz.diagnose.forgetting`` judges them.
   `original_labels` checks an original-task image set against the model.
@@ -35,29 +40,16 @@ from tlviz.finetune.build import decide_head, depth_choices
 from tlviz.finetune.config import (CONTROL_LABELS, CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, control_config,
                                    default_preset)
 from tlviz.finetune.controls import ControlComparison, compare, controls_of
+from tlviz.finetune.executors import default_executor, describe_executor, last_cluster
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
 from tlviz.finetune.retention import original_labels
-from tlviz.finetune.run import RunResult, duplicate_groups, linear_probe, run_finetune, stratified_split
+from tlviz.finetune.run import RunResult, linear_probe, run_finetune
+from tlviz.finetune.split import split_groups, stratified_split
 from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,
                                   describe_where, list_runs, load_run, runs_dir)
 from tlviz.finetune.summary import largest_movers
 from tlviz.finetune.sweep import sweep_configs, sweep_table
-
-# The job system (`tlviz.jobs`) runs fine-tuning; it imports this package's modules, so its names are
-# looked up when first used (PEP 562), not imported here.
-_FROM_JOBS = {"Job": "tlviz.jobs", "JobStatus": "tlviz.jobs", "cancel_job": "tlviz.jobs", "poll_job": "tlviz.jobs",
-              "start_job": "tlviz.jobs", "start_lr_finder": "tlviz.jobs", "wait_job": "tlviz.jobs",
-              "default_executor": "tlviz.jobs.executors", "describe_executor": "tlviz.jobs.executors",
-              "last_cluster": "tlviz.jobs.executors"}
-
-
-def __getattr__(name: str):
-    if name in _FROM_JOBS:
-        import importlib
-
-        return getattr(importlib.import_module(_FROM_JOBS[name]), name)
-    raise AttributeError(f"module 'tlviz.finetune' has no attribute {name!r}")
-
+from tlviz.finetune.worker import Job, JobStatus, cancel_job, poll_job, start_job, start_lr_finder, wait_job
 
 __all__ = [
     "RunConfig", "RunRefused", "default_preset", "LRFinderResult", "lr_range_test", "RunResult", "linear_probe",
@@ -66,5 +58,5 @@ __all__ = [
     "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
     "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",
     "describe_where", "last_cluster", "CONTROLS", "CONTROL_LABELS", "original_labels", "control_config", "ControlComparison", "compare", "controls_of",
-    "duplicate_groups",
+    "split_groups",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tlviz.callargs import honour_recorded_training, recorded_training
+from tlviz.contentkeys import model_key
 from tlviz.errors import RunRefused
 from tlviz.kerasinternals import tensor_history
 from tlviz.finetune.config import RunConfig
@@ -205,6 +206,21 @@ def build_run_model(loaded, n_classes: int, config: RunConfig, head: HeadDecisio
     new = keras.Model(model.inputs, out, name=f"{model.name}_finetuned")
     honour_recorded_training(new)  # the layers are the clone's (already honoured): idempotent
     return BuiltModel(new, True, False, notes)
+
+
+def start_weights_key(loaded, config: RunConfig) -> str:
+    """A key of the weights a run starts from, for the activation cache: the model file's content key
+    (`tlviz.contentkeys.model_key`), with the seed of a random-init control's fresh weights.
+
+    Args:
+        loaded: the `LoadedModel`.
+        config: the run's configuration (``random_init``, ``seed``).
+
+    Returns:
+        The key.
+    """
+    key = model_key(loaded)
+    return f"{key}|random-init:{config.seed}" if config.random_init else key
 
 
 def trainable_params(model) -> int:

@@ -218,7 +218,7 @@ def default_preset(best_preset: str | None, recorded_preset: str | None) -> str:
     """The preset a new run starts with: the Normalization page's best, else the model's recorded one, else ``unit``.
 
     A named setting that also fixes the resize (``teachable``: a centre crop) stays itself: the run's images are
-    then decoded with that resize (`tlviz.presets.preset_resize`; `tlviz.finetune.run.check_run` refuses
+    then decoded with that resize (`tlviz.presets.preset_resize`; `tlviz.finetune.preflight.check_run` refuses
     images resized otherwise).
     """
     for p in (best_preset, recorded_preset):

@@ -234,8 +234,7 @@ class DriftProbe:
 
     def __init__(self, model, images: np.ndarray, labels: np.ndarray, preset: str, may_train: set[str], cache,
                  model_key: str, image_key: str, budget: int | None = None, defer: bool = False):
-        from tlviz.diagnose.base import _balanced_sample
-
+        from tlviz.diagnose.base import balanced_sample
         from tlviz.layers import iter_leaves
 
         t0 = time.monotonic()
@@ -245,7 +244,7 @@ class DriftProbe:
         self.trained = {b.name for b in self.blocks if set(b.paths) & set(may_train)}
         first = next((i for i, b in enumerate(self.blocks) if b.name in self.trained), len(self.blocks))
         self.watched = self.blocks[first:]  # may change; those below keep exactly the same function
-        self.sample = _balanced_sample(np.asarray(labels), DRIFT_IMAGES, seed=SAMPLE_SEED)
+        self.sample = balanced_sample(np.asarray(labels), DRIFT_IMAGES, seed=SAMPLE_SEED)
         self.images = images[self.sample]
         self.before: dict[str, np.ndarray] = {}
         self.extractor, kept = (None, [])
@@ -260,7 +259,7 @@ class DriftProbe:
         cached = {name: cache.get(key, count=False) for name, key in self._keys.items()}
         self.before = {name: f for name, f in cached.items() if f is not None}
         if not defer:
-            self._compute_before()
+            self.compute_before()
         self.seconds = time.monotonic() - t0
 
     @property
@@ -273,7 +272,7 @@ class DriftProbe:
             self._cache.put(self._keys[b.name], f)
             self.before[b.name] = f
 
-    def _compute_before(self) -> None:
+    def compute_before(self) -> None:
         """The features before the run from the pixels (a pass through the base up to the highest block)."""
         if not self.missing:
             return
@@ -294,7 +293,7 @@ class DriftProbe:
             upper, kept = _extractor(cut.upper, missing, self.layers)
             if upper is not None and len(kept) == len(missing):
                 self._keep(kept, _features(upper, np.asarray(activations[self.sample]), None, self.budget))
-        self._compute_before()
+        self.compute_before()
         self.seconds += time.monotonic() - t0
 
     def measure(self, weight_change, cut=None, activations: np.ndarray | None = None) -> list[dict]:

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tlviz.contentkeys import pixels_key
 from tlviz.errors import RunRefused
-from tlviz.finetune.build import build_run_model
-from tlviz.contentkeys import model_key as content_model_key, pixels_key
+from tlviz.finetune.build import build_run_model, start_weights_key
 from tlviz.finetune.cache import ActivationCache, compute_activations, find_cut
 from tlviz.finetune.config import RunConfig
-from tlviz.finetune.run import _budget, _optimizer, check_run, check_train_memory, stratified_split
+from tlviz.finetune.preflight import check_preset, check_run, check_train_memory, memory_budget
+from tlviz.finetune.split import split_groups, stratified_split
+from tlviz.finetune.training import make_optimizer
+from tlviz.jsonsafe import json_safe
 from tlviz.presets import apply_preset
 
 LR_COLUMNS = ["step", "lr", "loss", "smoothed"]
@@ -52,9 +55,7 @@ class LRFinderResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        from tlviz.finetune.store import clean_json
-
-        return clean_json({"curve": self.curve.to_dict(orient="list"), "suggestion": self.suggestion,
+        return json_safe({"curve": self.curve.to_dict(orient="list"), "suggestion": self.suggestion,
                            "min_loss_lr": self.min_loss_lr, "stopped_early": self.stopped_early,
                            "message": self.message, "cache_used": self.cache_used, "elapsed_s": self.elapsed_s,
                            "notes": self.notes})
@@ -127,7 +128,7 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
     Raises:
         RunRefused: the configuration cannot run, e.g. one step at the
             config's batch size would not fit in the memory budget
-            (``TLVIZ_MEMORY_MB``; see `tlviz.finetune.run.check_train_memory`).
+            (``TLVIZ_MEMORY_MB``; see `tlviz.finetune.preflight.check_train_memory`).
     """
     import keras
 
@@ -136,16 +137,11 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
     t0 = time.monotonic()
     head = check_run(loaded, images, config)
     cache = cache if cache is not None else ActivationCache()
-    try:
-        apply_preset(images.images[:1], config.preset)
-    except ValueError as exc:
-        raise RunRefused(str(exc)) from None
-    budget = _budget()
+    check_preset(images, config.preset)
+    budget = memory_budget()
     x = images.images
     y = np.asarray(images.labels, dtype=np.int64)
-    from tlviz.finetune.run import duplicate_groups
-
-    groups, _ = duplicate_groups(x, cache, image_key)
+    groups, _ = split_groups(x, cache, image_key)
     train_idx, _ = stratified_split(y, config.val_fraction, config.seed, groups)  # as a run splits
     keras.utils.set_random_seed(config.seed)
     built = build_run_model(loaded, len(images.class_names), config, head)
@@ -160,10 +156,7 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
         cut = None
     check_train_memory(cut.upper if cut is not None else model, config.batch_size, budget)
     if cut is not None:
-        model_key = content_model_key(loaded)
-        if config.random_init:
-            model_key = f"{model_key}|random-init:{config.seed}"
-        key = cache.key(model_key, image_key or pixels_key(images.images), config.preset, cut.name)
+        key = cache.key(start_weights_key(loaded, config), image_key or pixels_key(images.images), config.preset, cut.name)
         feats = cache.get(key)
         if feats is None:
             feats = compute_activations(cut.lower, x, preset=config.preset, budget=budget)
@@ -173,7 +166,7 @@ def lr_range_test(loaded, images, config: RunConfig, *, start: float = 1e-7, end
     else:
         fit_model = model
     weights = [w.copy() for w in model.get_weights()]
-    fit_model.compile(optimizer=_optimizer(config, start), loss=keras.losses.SparseCategoricalCrossentropy(
+    fit_model.compile(optimizer=make_optimizer(config, start), loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=built.from_logits))
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(train_idx)

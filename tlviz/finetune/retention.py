@@ -91,13 +91,13 @@ class RetentionProbe:
     """
 
     def __init__(self, loaded, original, preset: str, cache=None, budget: int | None = None, cut=None):
-        from tlviz.diagnose.base import _balanced_sample
+        from tlviz.diagnose.base import balanced_sample
         from tlviz.finetune.build import clone
         from tlviz.contentkeys import model_key, pixels_key
         from tlviz.layers import layer_table
 
         labels = original_labels(loaded, original)
-        self.sample = _balanced_sample(labels, RETENTION_MAX_IMAGES, seed=0)
+        self.sample = balanced_sample(labels, RETENTION_MAX_IMAGES, seed=0)
         self.images, self.labels = original.images[self.sample], labels[self.sample]
         self.preset, self.budget = preset, budget
         self.source = str(original.source or "")
