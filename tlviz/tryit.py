@@ -168,6 +168,7 @@ class Explainer:
             PhotoRefused: the photo is not a usable image.
         """
         from tlviz.gradcam import gradcam, overlay
+        from tlviz.memory import forward
         from tlviz.presets import apply_preset, preset_resize
 
         t0 = time.perf_counter()
@@ -185,7 +186,7 @@ class Explainer:
                 answers.append(PresetAnswer(role, preset, done[preset].top, done[preset].overlay,
                                             done[preset].explained))
                 continue
-            probs = _probabilities(self.loaded.model(apply_preset(photo[None], preset), training=False))
+            probs = _probabilities(forward(self.loaded.model)(apply_preset(photo[None], preset)))
             order = np.argsort(-probs)[:max(1, int(top))]
             ranked = [(names[i] if i < len(names) else f"class {i}", float(probs[i])) for i in order]
             picture, explained = None, ""
