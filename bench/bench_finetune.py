@@ -180,7 +180,7 @@ def main(argv=None) -> int:
               "clone the model)")
 
     if args.memory_runs:
-        from tlviz.finetune.worker import start_job, wait_job
+        from tlviz.jobs import start_job, wait_job
 
         root = tempfile.mkdtemp(prefix="tlviz_bench_runs_")
         small = RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")

@@ -302,7 +302,7 @@ def test_a_worker_job_queues_the_linked_control_and_reports_drift_and_retention(
                                                                                  base_images):
     from tlviz.diagnose.forgetting import runs_for
     from tlviz.contentkeys import pixels_key
-    from tlviz.finetune.worker import start_job, wait_job
+    from tlviz.jobs import start_job, wait_job
 
     with pytest.raises(RunRefused, match="already trains only the head"):
         start_job(loaded_base, images_5_9, [CLEAN], controls=["head-only"], owner="ws")

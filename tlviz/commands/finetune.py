@@ -167,7 +167,7 @@ def run(args) -> int:
     from tlviz.contentkeys import pixels_key
     from tlviz.finetune.cache import ActivationCache
     from tlviz.finetune.config import control_config
-    from tlviz.finetune.executors import choose_executor
+    from tlviz.jobs.executors import choose_executor
     from tlviz.finetune.preflight import check_run
     from tlviz.finetune.store import runs_dir
 
@@ -186,7 +186,7 @@ def run(args) -> int:
     if choose_executor(args.executor) == "ray":
         return _run_on_ray(args, loaded, images, config, reporter, original)
     from tlviz.finetune.device import setup_device
-    from tlviz.finetune.executors import local_where
+    from tlviz.jobs.executors import local_where
 
     where = local_where(setup_device())
     key = pixels_key(images.images)
@@ -282,7 +282,7 @@ def _run_on_ray(args, loaded, images, config, reporter, original=None) -> int:
 
     from tlviz.errors import RunRefused
     from tlviz.finetune.store import load_run
-    from tlviz.finetune.worker import poll_job, start_job
+    from tlviz.jobs import poll_job, start_job
 
     job = start_job(loaded, images, [config], root=args.out, executor="ray",
                     controls=[args.control] if args.control else [], original=original)

@@ -13,10 +13,11 @@ Public API (TensorFlow is imported only when a run starts):
   ``state``: `RunState`), ``probes`` (drift and retention around the training), ``evaluate``
   (predictions, validation scores, the saved model) and ``summary`` (weight change, the curves in words).
 - `start_job`, `start_lr_finder`, `poll_job`, `cancel_job`, `wait_job` — the
-  same in a worker process (``worker``), as the app uses them; with
-  ``TLVIZ_RAY_ADDRESS`` set, on that Ray cluster (``executors``, ``raydriver``,
-  ``remote``; sweeps through Ray Tune, optionally with ASHA). `default_executor`,
-  `describe_executor`, `last_cluster` and `describe_where` say where runs go and ran.
+  same in a worker process, as the app uses them: jobs of the one job system
+  (`tlviz.jobs`, re-exported here on first use); with ``TLVIZ_RAY_ADDRESS`` set, on that
+  Ray cluster (`tlviz.jobs.executors`, `tlviz.jobs.ray_executor`; sweeps through Ray Tune,
+  optionally with ASHA). `default_executor`, `describe_executor`, `last_cluster` and
+  `describe_where` say where runs go and ran.
   `JobStatus` has accessors for a progress bar (``fraction``, ``text``) and the
   range test's `LRFinderResult` (``lr_result``).
 - `list_runs`, `load_run`, `delete_run`, `runs_dir` — the runs on disk (``store``);
@@ -40,7 +41,6 @@ from tlviz.finetune.build import decide_head, depth_choices
 from tlviz.finetune.config import (CONTROL_LABELS, CONTROLS, OPTIMIZER_LABELS, OPTIMIZERS, RunConfig, control_config,
                                    default_preset)
 from tlviz.finetune.controls import ControlComparison, compare, controls_of
-from tlviz.finetune.executors import default_executor, describe_executor, last_cluster
 from tlviz.finetune.lrfinder import LRFinderResult, lr_range_test
 from tlviz.finetune.retention import original_labels
 from tlviz.finetune.run import RunResult, linear_probe, run_finetune
@@ -49,7 +49,22 @@ from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRec
                                   describe_where, list_runs, load_run, runs_dir)
 from tlviz.finetune.summary import largest_movers
 from tlviz.finetune.sweep import sweep_configs, sweep_table
-from tlviz.finetune.worker import Job, JobStatus, cancel_job, poll_job, start_job, start_lr_finder, wait_job
+
+# The job system (`tlviz.jobs`) runs fine-tuning; it imports this package's modules, so its names are
+# looked up when first used (PEP 562), not imported here.
+_FROM_JOBS = {"Job": "tlviz.jobs", "JobStatus": "tlviz.jobs", "cancel_job": "tlviz.jobs", "poll_job": "tlviz.jobs",
+              "start_job": "tlviz.jobs", "start_lr_finder": "tlviz.jobs", "wait_job": "tlviz.jobs",
+              "default_executor": "tlviz.jobs.executors", "describe_executor": "tlviz.jobs.executors",
+              "last_cluster": "tlviz.jobs.executors"}
+
+
+def __getattr__(name: str):
+    if name in _FROM_JOBS:
+        import importlib
+
+        return getattr(importlib.import_module(_FROM_JOBS[name]), name)
+    raise AttributeError(f"module 'tlviz.finetune' has no attribute {name!r}")
+
 
 __all__ = [
     "RunConfig", "RunRefused", "default_preset", "LRFinderResult", "lr_range_test", "RunResult", "linear_probe",
