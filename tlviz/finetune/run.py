@@ -1,7 +1,7 @@
 """One fine-tuning run: clone, (new head), unfreeze, train, measure.
 
 `run_finetune` is synchronous and self-contained: the CLI and tests call it
-directly; the app calls it in a worker process (see `tlviz.finetune.worker`).
+directly; the app calls it in a worker process (a ``runs`` job of `tlviz.jobs`).
 It reads as its three stages, each delegated: plan (`tlviz.finetune.preflight`,
 `split`, `build`, `phases`), train (`training`, with `callbacks` and `data`, the
 measurements around it in `probes`), evaluate (`evaluate`).

@@ -2,7 +2,7 @@
 
 On this machine a sweep runs as a queue in one worker process; on a Ray
 cluster (``TLVIZ_RAY_ADDRESS``) it runs through Ray Tune, optionally with the
-ASHA scheduler stopping poor configurations early (`tlviz.finetune.raydriver`):
+ASHA scheduler stopping poor configurations early (`tlviz.jobs.ray_executor`):
 those runs end in state ``stopped`` and the table says after which epoch.
 """
 

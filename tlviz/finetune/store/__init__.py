@@ -10,7 +10,7 @@ A run folder holds:
 - ``status.json`` — ``state`` (queued / running / completed / cancelled /
   diverged / stopped / failed / refused), a message, times, the worker's pid,
   and ``where`` it ran (``executor`` local / ray, ``node``, ``device`` CPU / GPU;
-  see `tlviz.finetune.executors`); a run that a sweep's early-stopping scheduler
+  see `tlviz.jobs.executors`); a run that a sweep's early-stopping scheduler
   (ASHA on Ray Tune) ``stopped`` records the epoch in ``stopped_at``;
 - ``progress.json`` — epoch, batch, elapsed and remaining time (while running);
 - ``history.json`` — per-epoch metrics, rewritten after every epoch;
