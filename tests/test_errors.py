@@ -20,7 +20,7 @@ def _exception_classes(path: Path) -> list[str]:
 
 
 def test_error_classes_are_defined_only_in_errors():
-    """Private signals raised and caught inside one module (``_SkipImage``) are not error classes."""
+    """Every exception class, the signals raised and caught inside a package included (``ImageSkipped``)."""
     elsewhere = {}
     for folder in ("tlviz", "ui", "pages"):
         for path in (ROOT / folder).rglob("*.py"):

@@ -13,6 +13,8 @@ Where each is raised:
   (the caller may offer to run on this machine instead).
 - `ConfigError` — `tlviz.config`: a ``TLVIZ_*`` environment variable with a value that makes no sense.
 - `CheckSkipped` — not an error for the user: a diagnosis check raises it to say why it could not decide.
+- `ImageSkipped` — not an error for the user: `tlviz.imagesets` raises it while reading or decoding one file and
+  catches it to skip that file (the message is the reason listed with the skipped files).
 """
 
 
@@ -58,3 +60,7 @@ class ConfigError(TlvizError, ValueError):
 
 class CheckSkipped(Exception):
     """Raised inside a diagnosis check: it cannot decide; the message is the sentence shown to the user."""
+
+
+class ImageSkipped(Exception):
+    """Raised while reading or decoding one file of an image set: it is skipped, and the message is the reason."""

@@ -1,10 +1,10 @@
 """Image sets in a `.zip`: the end record, entry names and paths, bounded reads. Nothing is extracted.
 
-- `_declared_entry_count(data)` — the entry count the end record declares, read before
+- `declared_entry_count(data)` — the entry count the end record declares, read before
   `zipfile` parses the entry list.
-- `_check_entry_paths(infos, name)` — refuses an archive with an absolute path, a ``..``
+- `check_entry_paths(infos, name)` — refuses an archive with an absolute path, a ``..``
   component or a symbolic-link entry.
-- `_list_zip(zf, infos, data, name)` — the class folders, images and ``labels.txt`` (a folder
+- `list_zip(zf, infos, data, name)` — the class folders, images and ``labels.txt`` (a folder
   wrapping all class folders is stripped; names are read as the archiver meant them).
 - `_read_zip_entry(...)` — one entry into memory, never more than its declared size; bzip2 and
   LZMA entries are decompressed here with that bound, since `zipfile` does not bound them.
@@ -24,22 +24,21 @@ import zlib
 from collections import Counter
 from pathlib import PurePosixPath
 
-from tlviz.errors import ImageSetRefused
+from tlviz.errors import ImageSetRefused, ImageSkipped
 from tlviz.imagesets.imageset import (
-    _IGNORED_NAMES,
-    _MAX_LABELS_BYTES,
+    IGNORED_NAMES,
+    MAX_LABELS_BYTES,
     REASON_NESTED_ARCHIVE,
-    _classify,
-    _empty_classes,
-    _Entry,
-    _Listing,
-    _read_labels,
-    _SkipImage,
+    classify_path,
+    find_empty_classes,
+    Entry,
+    Listing,
+    read_labels,
 )
-from tlviz.imagesets.limits import _oversize
+from tlviz.imagesets.limits import oversize
 
 
-def _declared_entry_count(data: bytes) -> int | None:
+def declared_entry_count(data: bytes) -> int | None:
     """The entry count a zip's end-of-central-directory record declares, or None.
 
     Read before `zipfile` parses the entry list, so an archive with millions of
@@ -64,7 +63,7 @@ def _declared_entry_count(data: bytes) -> int | None:
         return None
 
 
-def _check_entry_paths(infos: list[zipfile.ZipInfo], name: str) -> None:
+def check_entry_paths(infos: list[zipfile.ZipInfo], name: str) -> None:
     """Refuse the archive when an entry has an absolute path, a ``..`` component or is a symbolic link.
 
     Raises:
@@ -85,12 +84,12 @@ def _check_entry_paths(infos: list[zipfile.ZipInfo], name: str) -> None:
                                   "Zip real files only (e.g. `zip -r` without `--symlinks`).")
 
 
-def _list_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], data: bytes, name: str) -> _Listing:
+def list_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], data: bytes, name: str) -> Listing:
     """The images (by class folder), ``labels.txt`` and skipped entries of an opened archive.
 
     Args:
         zf: the opened archive.
-        infos: its entries (already checked by `_check_entry_paths`).
+        infos: its entries (already checked by `check_entry_paths`).
         data: the archive's bytes (bzip2 and LZMA entries are read from them).
         name: the archive's name, for messages.
 
@@ -113,18 +112,18 @@ def _list_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], data: bytes, na
         if full.endswith("/"):  # a folder entry (`info.is_dir()` misses Windows separators)
             files_per_class.setdefault(top, 0)
             continue
-        if "/" in rel and rel.rsplit("/", 1)[-1] not in _IGNORED_NAMES:
+        if "/" in rel and rel.rsplit("/", 1)[-1] not in IGNORED_NAMES:
             files_per_class[top] = files_per_class.get(top, 0) + 1
         if rel == "labels.txt":
-            labels_txt = _read_labels(
-                lambda i=info: _read_zip_entry(zf, i, _MAX_LABELS_BYTES, labels=True, archive=data), name)
+            labels_txt = read_labels(
+                lambda i=info: _read_zip_entry(zf, i, MAX_LABELS_BYTES, labels=True, archive=data), name)
             continue
-        c = _classify(rel, skipped, REASON_NESTED_ARCHIVE)
+        c = classify_path(rel, skipped, REASON_NESTED_ARCHIVE)
         if c is not None:
             images_per_class[c] += 1
-            entries.append(_Entry(rel, c, (lambda cap, i=info: _read_zip_entry(zf, i, cap, archive=data))))
+            entries.append(Entry(rel, c, (lambda cap, i=info: _read_zip_entry(zf, i, cap, archive=data))))
     entries.sort(key=lambda e: e.rel)
-    return _Listing(entries, labels_txt, skipped, _empty_classes(files_per_class, images_per_class))
+    return Listing(entries, labels_txt, skipped, find_empty_classes(files_per_class, images_per_class))
 
 
 def _hidden(name: str) -> bool:
@@ -172,29 +171,29 @@ def _read_zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, labels
     expand to GB), so those are decoded here from the archive's bytes, with it.
     """
     if info.file_size > cap:
-        raise _oversize(info.file_size, cap, labels)
+        raise oversize(info.file_size, cap, labels)
     if info.flag_bits & 0x1:
-        raise _SkipImage("encrypted entry: password-protected archives are not supported; zip it without a password")
+        raise ImageSkipped("encrypted entry: password-protected archives are not supported; zip it without a password")
     try:
         if info.compress_type in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
             if archive is None:
-                raise _SkipImage("compressed with bzip2 or LZMA: not read; zip it again with the default (deflate) "
+                raise ImageSkipped("compressed with bzip2 or LZMA: not read; zip it again with the default (deflate) "
                                  "compression")
             data = _read_bounded(archive, info)
         else:
             with zf.open(info) as f:
                 data = f.read(info.file_size + 1)
-    except _SkipImage:
+    except ImageSkipped:
         raise
     except NotImplementedError as exc:
-        raise _SkipImage(f"compressed with a method Python cannot read ({exc}); zip it again with the default "
+        raise ImageSkipped(f"compressed with a method Python cannot read ({exc}); zip it again with the default "
                          "(deflate) compression") from None
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, RuntimeError,
             struct.error) as exc:
-        raise _SkipImage("corrupt archive entry (its data does not match its header: "
+        raise ImageSkipped("corrupt archive entry (its data does not match its header: "
                          f"{str(exc)[:100]}); zip it again") from None
     if len(data) > info.file_size:  # cannot happen with zipfile; kept as a last bound
-        raise _SkipImage("corrupt archive entry (more data than its header declares); zip it again")
+        raise ImageSkipped("corrupt archive entry (more data than its header declares); zip it again")
     return data
 
 

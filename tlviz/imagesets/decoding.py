@@ -5,7 +5,7 @@
 applies it on request (``orientation="apply"``). Only the PNG, JPEG, BMP, GIF and WebP decoders run, whatever a file is
 named (Pillow's other plugins are never reached); the pixel count is checked from the header
 before any pixel is decoded; grayscale, alpha, palette, CMYK and 16-bit images are converted.
-Data that cannot be used raises `_SkipImage` with the reason, naming the format where the
+Data that cannot be used raises `ImageSkipped` with the reason, naming the format where the
 file's signature gives it away.
 """
 
@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps
 
-from tlviz.imagesets.imageset import _SkipImage
+from tlviz.errors import ImageSkipped
 from tlviz.imagesets.limits import max_image_pixels
 
 RESIZE_METHODS = ("bilinear", "nearest", "area", "crop")
@@ -42,8 +42,8 @@ ORIENTATION_NAMES = {
 }
 
 _PIL_FILTERS = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "area": Image.BOX, "crop": Image.BILINEAR}
-# The only Pillow decoders that run (the JPEG one also opens multi-picture camera JPEGs as MPO).
-_PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP")
+#: The only Pillow decoders that run (the JPEG one also opens multi-picture camera JPEGs as MPO).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP")
 # File signatures of formats that are not decoded, to name them in the skip reason.
 _OTHER_SIGNATURES = (
     (b"PK\x03\x04", "a zip archive", 0), (b"PK\x05\x06", "a zip archive", 0), (b"\x1f\x8b", "a gzip archive", 0),
@@ -102,7 +102,7 @@ def decode_image_details(data: bytes, size: tuple[int, int], channels: int = 3, 
     Only the PNG, JPEG, BMP, GIF and WebP decoders are tried. The pixel count is
     checked from the header before any pixel is decoded. Grayscale, RGBA
     (composited on white), palette (with transparency), CMYK and 16-bit images
-    are converted. Raises `_SkipImage` with a reason for unusable data.
+    are converted. Raises `ImageSkipped` with a reason for unusable data.
 
     Args:
         data: the file's bytes.
@@ -120,28 +120,28 @@ def decode_image_details(data: bytes, size: tuple[int, int], channels: int = 3, 
     if orientation not in ORIENTATIONS:
         raise ValueError(f"Unknown orientation {orientation!r}. Use one of: {', '.join(ORIENTATIONS)}.")
     if not data:
-        raise _SkipImage("empty file (0 bytes)")
+        raise ImageSkipped("empty file (0 bytes)")
     limit = max_image_pixels()
     try:
-        img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
         w0, h0 = img.size
         if w0 * h0 > limit:
-            raise _SkipImage(f"{w0}x{h0} pixels is over the limit of {limit:,} (possible decompression bomb): "
+            raise ImageSkipped(f"{w0}x{h0} pixels is over the limit of {limit:,} (possible decompression bomb): "
                              "not decoded (raise TLVIZ_MAX_IMAGE_PIXELS to allow it)")
         mode = img.mode
         turned = exif_orientation(img)
         img.load()
-    except _SkipImage:
+    except ImageSkipped:
         raise
     except Image.DecompressionBombError as exc:
-        raise _SkipImage(f"over Pillow's pixel limit (possible decompression bomb): not decoded ({exc})") from None
+        raise ImageSkipped(f"over Pillow's pixel limit (possible decompression bomb): not decoded ({exc})") from None
     except Image.UnidentifiedImageError:
-        raise _SkipImage(_what_is_it(data)) from None
+        raise ImageSkipped(_what_is_it(data)) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, MemoryError) as exc:
         text = str(exc)
         if "truncated" in text.lower() or isinstance(exc, EOFError):
-            raise _SkipImage("truncated image file (the data ends early): export or download it again") from None
-        raise _SkipImage(f"corrupt image ({text[:120]})") from None
+            raise ImageSkipped("truncated image file (the data ends early): export or download it again") from None
+        raise ImageSkipped(f"corrupt image ({text[:120]})") from None
     if orientation == "apply" and turned != 1:
         img = ImageOps.exif_transpose(img)
     img = _to_mode(img, channels)

@@ -1,6 +1,6 @@
 """Image sets in a folder: walking it without following links, bounded reads, server folders.
 
-- `_list_folder(root)` lists the class folders, images and ``labels.txt`` under a folder;
+- `list_folder(root)` lists the class folders, images and ``labels.txt`` under a folder;
   symbolic links and anything that is not a regular file (FIFOs, devices, sockets) are listed
   as skipped and never opened; hidden folders and ``__MACOSX`` are ignored.
 - `_read_file(path, cap)` reads one regular file, never more than `cap` bytes.
@@ -16,23 +16,22 @@ from collections import Counter
 from pathlib import Path
 
 from tlviz import config
-from tlviz.errors import ImageSetRefused
+from tlviz.errors import ImageSetRefused, ImageSkipped
 from tlviz.imagesets.imageset import (
-    _IGNORED_NAMES,
-    _MAX_LABELS_BYTES,
+    IGNORED_NAMES,
+    MAX_LABELS_BYTES,
     REASON_NESTED_ARCHIVE_FOLDER,
     Skipped,
-    _classify,
-    _empty_classes,
-    _Entry,
-    _Listing,
-    _read_labels,
-    _SkipImage,
+    classify_path,
+    find_empty_classes,
+    Entry,
+    Listing,
+    read_labels,
 )
-from tlviz.imagesets.limits import _oversize, max_archive_entries
+from tlviz.imagesets.limits import oversize, max_archive_entries
 
 
-def _list_folder(root: Path) -> _Listing:
+def list_folder(root: Path) -> Listing:
     """The images (by class folder), ``labels.txt`` and skipped files under `root`.
 
     Raises:
@@ -49,7 +48,7 @@ def _list_folder(root: Path) -> _Listing:
             if "/" not in rel:
                 files_per_class.setdefault(top, 0)
             continue
-        if "/" in rel and rel.rsplit("/", 1)[-1] not in _IGNORED_NAMES:
+        if "/" in rel and rel.rsplit("/", 1)[-1] not in IGNORED_NAMES:
             files_per_class[top] = files_per_class.get(top, 0) + 1
         if kind == "symlink":
             skipped.append(Skipped(rel, "symbolic link: not followed"))
@@ -61,13 +60,13 @@ def _list_folder(root: Path) -> _Listing:
             skipped.append(Skipped(rel, "folder could not be read (permissions?): its files were not loaded"))
             continue
         if rel == "labels.txt":
-            labels_txt = _read_labels(lambda p=path: _read_file(p, _MAX_LABELS_BYTES, labels=True), str(root))
+            labels_txt = read_labels(lambda p=path: _read_file(p, MAX_LABELS_BYTES, labels=True), str(root))
             continue
-        c = _classify(rel, skipped, REASON_NESTED_ARCHIVE_FOLDER)
+        c = classify_path(rel, skipped, REASON_NESTED_ARCHIVE_FOLDER)
         if c is not None:
             images_per_class[c] += 1
-            entries.append(_Entry(rel, c, (lambda cap, p=path: _read_file(p, cap))))
-    return _Listing(entries, labels_txt, skipped, _empty_classes(files_per_class, images_per_class))
+            entries.append(Entry(rel, c, (lambda cap, p=path: _read_file(p, cap))))
+    return Listing(entries, labels_txt, skipped, find_empty_classes(files_per_class, images_per_class))
 
 
 def _read_file(path: Path, cap: int, labels: bool = False) -> bytes:
@@ -77,21 +76,21 @@ def _read_file(path: Path, cap: int, labels: bool = False) -> bytes:
         fd = os.open(path, flags)
     except OSError as exc:
         if os.path.islink(path):
-            raise _SkipImage("symbolic link: not followed") from None
-        raise _SkipImage(f"could not be read ({exc.strerror or exc})") from None
+            raise ImageSkipped("symbolic link: not followed") from None
+        raise ImageSkipped(f"could not be read ({exc.strerror or exc})") from None
     with os.fdopen(fd, "rb") as f:
         st_ = os.fstat(f.fileno())
         if not stat.S_ISREG(st_.st_mode):
-            raise _SkipImage("not a regular file (FIFO, device or socket): not opened")
+            raise ImageSkipped("not a regular file (FIFO, device or socket): not opened")
         if st_.st_size > cap:
-            raise _oversize(st_.st_size, cap, labels)
+            raise oversize(st_.st_size, cap, labels)
         # Ask for the size fstat gave, not for `cap`: a read of n bytes allocates n up front.
         want = min(cap, st_.st_size) + 1
         data = f.read(want)
         if len(data) == want and want <= cap:  # it grew since fstat: read on, still bounded
             data += f.read(cap + 1 - len(data))
     if len(data) > cap:
-        raise _oversize(len(data), cap, labels)
+        raise oversize(len(data), cap, labels)
     return data
 
 

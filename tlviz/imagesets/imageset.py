@@ -5,10 +5,10 @@
   least two classes have images (`ImageSet.two_classes_present` for a set).
 - `Skipped` — a file that was not loaded, and why (the `REASON_*` sentences are shared with pages
   and tests).
-- The listing a source makes before anything is decoded (`_Entry`, `_Listing`), the exception a
-  reader raises to skip one file (`_SkipImage`), and the class rules: which class folder an image
-  path belongs to (`_classify`), class folders without images (`_empty_classes`), and the class
-  order, sorted folder names or ``labels.txt`` (`_class_order`).
+- The listing a source makes before anything is decoded (`Entry`, `Listing`), the exception a
+  reader raises to skip one file (`ImageSkipped`), and the class rules: which class folder an image
+  path belongs to (`classify_path`), class folders without images (`find_empty_classes`), and the class
+  order, sorted folder names or ``labels.txt`` (`class_order`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from tlviz.errors import ImageSetRefused
+from tlviz.errors import ImageSetRefused, ImageSkipped
 from tlviz.labels import parse_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -34,8 +34,10 @@ REASON_EMPTY_CLASS = "empty class folder: ignored"
 REASON_NO_IMAGES_IN_CLASS = "class folder holds no image files: ignored"
 REASON_LISTED_EMPTY = "listed in labels.txt but no images found (class kept, 0 images)"
 
-_IGNORED_NAMES = {"labels.txt", ".DS_Store", "Thumbs.db", "desktop.ini"}
-_MAX_LABELS_BYTES = 1024 * 1024
+#: Files in an image set that are never images (labels.txt is read for the class order).
+IGNORED_NAMES = {"labels.txt", ".DS_Store", "Thumbs.db", "desktop.ini"}
+#: The largest labels.txt read (one class name a line needs far less).
+MAX_LABELS_BYTES = 1024 * 1024
 
 
 def two_classes_present(labels) -> bool:
@@ -147,31 +149,29 @@ class ImageSet:
 
 
 @dataclass
-class _Entry:
+class Entry:
+    """One file of an image set while it is listed: where it is, its class, and how to read it."""
+
     rel: str  # path relative to the image-set root, posix style
     cls: str
-    read: Callable[[int], bytes]  # read(cap): the file's bytes, at most `cap`; raises _SkipImage with a reason
+    read: Callable[[int], bytes]  # read(cap): the file's bytes, at most `cap`; raises ImageSkipped with a reason
 
 
 @dataclass
-class _Listing:
+class Listing:
     """What a folder or an archive holds, listed before anything is decoded."""
 
-    entries: list[_Entry]
+    entries: list[Entry]
     labels_txt: str | None
     skipped: list[Skipped]
     empty_classes: dict[str, str]
 
 
-class _SkipImage(Exception):
-    """Raised while reading or decoding one file: it is skipped, and the message is the reason."""
-
-
-def _classify(rel: str, skipped: list[Skipped], archive_reason: str = REASON_NESTED_ARCHIVE) -> str | None:
+def classify_path(rel: str, skipped: list[Skipped], archive_reason: str = REASON_NESTED_ARCHIVE) -> str | None:
     """The class of an image path, or None (with a `Skipped` added when worth telling)."""
     parts = rel.split("/")
     name = parts[-1]
-    if name in _IGNORED_NAMES or name.startswith("."):
+    if name in IGNORED_NAMES or name.startswith("."):
         return None
     lower = name.lower()
     if lower.endswith(ARCHIVE_EXTENSIONS):
@@ -186,7 +186,7 @@ def _classify(rel: str, skipped: list[Skipped], archive_reason: str = REASON_NES
     return unicodedata.normalize("NFC", parts[0])
 
 
-def _empty_classes(files_per_class: dict[str, int], images_per_class: Counter) -> dict[str, str]:
+def find_empty_classes(files_per_class: dict[str, int], images_per_class: Counter) -> dict[str, str]:
     """Class folders to report: with no files at all, or with files but no image files."""
     out = {}
     for c, nfiles in files_per_class.items():
@@ -197,17 +197,17 @@ def _empty_classes(files_per_class: dict[str, int], images_per_class: Counter) -
     return out
 
 
-def _read_labels(read, name: str) -> str:
+def read_labels(read, name: str) -> str:
     """The text of labels.txt; a labels file that cannot be read refuses the set (the class order depends on it)."""
     try:
         data = read()
-    except _SkipImage as exc:
+    except ImageSkipped as exc:
         raise ImageSetRefused(f"labels.txt in {name} could not be read: {exc}. Fix labels.txt, or remove it to "
                               "use the sorted folder names.") from None
     return data.decode("utf-8-sig", errors="replace")
 
 
-def _class_order(entries: list[_Entry], labels_txt: str | None, empty_classes: dict[str, str],
+def class_order(entries: list[Entry], labels_txt: str | None, empty_classes: dict[str, str],
                  skipped: list[Skipped], name: str) -> tuple[list[str], bool, list[Skipped]]:
     """The class names in output order: ``labels.txt`` when there is one, else the sorted folder names.
 

@@ -10,8 +10,7 @@ number raises `ConfigError`.
 from __future__ import annotations
 
 from tlviz import config
-from tlviz.errors import ImageSetRefused
-from tlviz.imagesets.imageset import _SkipImage
+from tlviz.errors import ImageSetRefused, ImageSkipped
 
 
 def max_archive_entries() -> int:
@@ -39,15 +38,17 @@ def max_image_pixels() -> int:
     return config.count("TLVIZ_MAX_IMAGE_PIXELS")
 
 
-def _oversize(n: int, cap: int, labels: bool) -> Exception:
+def oversize(n: int, cap: int, labels: bool) -> Exception:
+    """The exception for a file of `n` bytes over its `cap`: `ImageSetRefused` for labels.txt, else `ImageSkipped`."""
     if labels:
         return ImageSetRefused(f"labels.txt is {n / 1e6:,.1f} MB; it should list one class name per line "
                                f"(at most {cap // 1024:,} KB). Fix labels.txt and load the set again.")
-    return _SkipImage(f"{n / 1024 / 1024:,.1f} MB is over the per-image limit of {cap / 2**20:,.4g} MB: "
+    return ImageSkipped(f"{n / 1024 / 1024:,.1f} MB is over the per-image limit of {cap / 2**20:,.4g} MB: "
                       "not read (shrink the image, or raise TLVIZ_MAX_IMAGE_MB)")
 
 
-def _too_many_entries(name: str, n: int) -> ImageSetRefused:
+def too_many_entries(name: str, n: int) -> ImageSetRefused:
+    """The refusal of a folder or archive `name` with `n` entries, over ``TLVIZ_MAX_ARCHIVE_ENTRIES``."""
     return ImageSetRefused(
         f"{name} has {n:,} entries, over the limit of {max_archive_entries():,}. "
         "Upload a smaller sample, or raise TLVIZ_MAX_ARCHIVE_ENTRIES."

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tlviz.errors import ImageSetRefused
-from tlviz.imagesets.archives import _check_entry_paths, _declared_entry_count, _list_zip
-from tlviz.imagesets.decoding import ORIENTATIONS, RESIZE_METHODS, _PIL_FORMATS, decode_image, exif_orientation
-from tlviz.imagesets.folders import _list_folder
-from tlviz.imagesets.imageset import IMAGE_EXTENSIONS, ImageSet, Skipped, _class_order, _Entry, _SkipImage
+from tlviz.errors import ImageSetRefused, ImageSkipped
+from tlviz.imagesets.archives import check_entry_paths, declared_entry_count, list_zip
+from tlviz.imagesets.decoding import ORIENTATIONS, RESIZE_METHODS, PIL_FORMATS, decode_image, exif_orientation
+from tlviz.imagesets.folders import list_folder
+from tlviz.imagesets.imageset import IMAGE_EXTENSIONS, ImageSet, Skipped, class_order, Entry
 from tlviz.imagesets.limits import (
-    _too_many_entries,
+    too_many_entries,
     max_archive_bytes,
     max_archive_entries,
     max_decoded_bytes,
@@ -46,7 +46,7 @@ class ImageSource:
             ``("zip", bytes)``, or None for a source built by hand.
     """
 
-    def __init__(self, name: str, entries: list[_Entry], labels_txt: str | None, skipped: list[Skipped],
+    def __init__(self, name: str, entries: list[Entry], labels_txt: str | None, skipped: list[Skipped],
                  empty_classes: dict[str, str] | None = None, origin: tuple | None = None):
         self.name = name
         self.origin = origin
@@ -75,7 +75,7 @@ class ImageSource:
         root = Path(folder)
         if not root.is_dir():
             raise ImageSetRefused(f"Image folder not found: {root}. Give a folder with one sub-folder per class.")
-        listing = _list_folder(root)
+        listing = list_folder(root)
         return cls(str(root), listing.entries, listing.labels_txt, listing.skipped, listing.empty_classes,
                    origin=("folder", str(root)))
 
@@ -94,16 +94,16 @@ class ImageSource:
             ImageSetRefused: not a zip; over the entry or size limits; an entry
                 with an absolute path, ``..`` or a symbolic link.
         """
-        declared = _declared_entry_count(data)
+        declared = declared_entry_count(data)
         if declared is not None and declared > max_archive_entries():
-            raise _too_many_entries(name, declared)
+            raise too_many_entries(name, declared)
         try:
             zf = zipfile.ZipFile(io.BytesIO(data))
             infos = zf.infolist()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise ImageSetRefused(f"{name} is not a readable zip archive ({exc}). Zip the class folders again.") from None
         if len(infos) > max_archive_entries():
-            raise _too_many_entries(name, len(infos))
+            raise too_many_entries(name, len(infos))
         total = sum(i.file_size for i in infos)
         if total > max_archive_bytes():
             raise ImageSetRefused(
@@ -111,8 +111,8 @@ class ImageSource:
                 f"{max_archive_bytes() / 1024 / 1024:,.0f} MB (possible zip bomb). Upload a smaller sample, or "
                 "raise TLVIZ_MAX_ARCHIVE_MB."
             )
-        _check_entry_paths(infos, name)
-        listing = _list_zip(zf, infos, data, name)
+        check_entry_paths(infos, name)
+        listing = list_zip(zf, infos, data, name)
         return cls(name, listing.entries, listing.labels_txt, listing.skipped, listing.empty_classes,
                    origin=("zip", data))
 
@@ -144,7 +144,7 @@ class ImageSource:
             raise ValueError(f"channels must be 1 or 3, not {channels}.")
         if orientation not in ORIENTATIONS:
             raise ValueError(f"Unknown orientation {orientation!r}. Use one of: {', '.join(ORIENTATIONS)}.")
-        class_names, order_from_file, skipped = _class_order(self._entries, self._labels_txt,
+        class_names, order_from_file, skipped = class_order(self._entries, self._labels_txt,
                                                              self._empty_classes, self._skipped, self.name)
         index = {c: i for i, c in enumerate(class_names)}
         h, w = size
@@ -171,7 +171,7 @@ class ImageSource:
             try:
                 return decode_image(entry.read(max_image_bytes()), size, channels, resize, orientation,
                                     with_orientation=True)
-            except _SkipImage as exc:
+            except ImageSkipped as exc:
                 return str(exc)
             except Exception as exc:  # noqa: BLE001 - one bad file must never stop the batch
                 return f"could not be read or decoded ({type(exc).__name__}: {str(exc)[:120]})"
@@ -237,7 +237,7 @@ class ImageSource:
             if wanted is not None and entry.rel not in wanted:
                 continue
             try:
-                with Image.open(io.BytesIO(entry.read(max_image_bytes())), formats=_PIL_FORMATS) as img:
+                with Image.open(io.BytesIO(entry.read(max_image_bytes())), formats=PIL_FORMATS) as img:
                     out[entry.rel] = exif_orientation(img)
             except Exception:  # noqa: BLE001 - an unreadable file is skipped when decoded; here it is "normal"
                 out[entry.rel] = 1
@@ -260,7 +260,7 @@ class ImageSource:
             if e.rel == rel:
                 try:
                     return e.read(max_image_bytes())
-                except _SkipImage as exc:
+                except ImageSkipped as exc:
                     raise ValueError(f"{rel}: {exc}") from None
         raise KeyError(rel)
 

@@ -1,6 +1,6 @@
 """Keras 2 `.h5` files: the stored architecture read, the translated model built, the weights copied.
 
-- `_read_h5_config(data, filename)` — the ``model_config`` and the ``keras_version`` that wrote it.
+- `read_h5_config(data, filename)` — the ``model_config`` and the ``keras_version`` that wrote it.
 - `load_h5(data, filename, config, version)` — the architecture translated (`tlviz.models.legacy`),
   checked again by `check_config`, built from Keras 3's built-in layers, and the weights copied
   layer by layer: by layer and variable name, else by order and shape as Keras 2 saved them.
@@ -18,7 +18,12 @@ from tlviz.models.messages import clean
 from tlviz.models.safety import check_config
 
 
-def _read_h5_config(data: bytes, filename: str) -> tuple[dict, str]:
+def read_h5_config(data: bytes, filename: str) -> tuple[dict, str]:
+    """The model architecture stored in a Keras 2 ``.h5`` file, and the Keras version that saved it.
+
+    Raises:
+        ModelRefused: the file is damaged, holds weights only, or its architecture is not valid JSON.
+    """
     import h5py
 
     try:

@@ -284,15 +284,16 @@ def _rewrite_model(layer: dict, cfg: dict, t: Translation) -> None:
     layers = cfg.get("layers")
     if not isinstance(layers, list):
         return
-    nested = {(_name(item)): _nested_skips_first_node(item) for item in layers if isinstance(item, dict)}
+    nested = {(item_name(item)): _nested_skips_first_node(item) for item in layers if isinstance(item, dict)}
     shifted = {name for name, skip in nested.items() if skip}
-    sequential_targets = {_name(item) for item in layers
-                          if isinstance(item, dict) and item.get("class_name") == "Sequential" and _name(item) in shifted}
+    sequential_targets = {item_name(item) for item in layers
+                          if isinstance(item, dict) and item.get("class_name") == "Sequential"
+                          and item_name(item) in shifted}
     if layer.get("class_name") == "Functional":
         for item in layers:
             if isinstance(item, dict):
                 item["inbound_nodes"] = [_shift_node(node, shifted) for node in item.get("inbound_nodes") or []]
-        renumbered = sum(1 for item in layers if isinstance(item, dict) and _name(item) in shifted)
+        renumbered = sum(1 for item in layers if isinstance(item, dict) and item_name(item) in shifted)
         if renumbered:
             t.notes["nested"] += renumbered
         for key in ("input_layers", "output_layers"):
@@ -335,7 +336,8 @@ def _shift_node(node, names: set):
     return node
 
 
-def _name(item: dict) -> str:
+def item_name(item: dict) -> str:
+    """The name of a layer in a saved model config (its ``name``, else its config's), or ``"?"``."""
     cfg = item.get("config")
     name = item.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None)
     return str(name) if name is not None else "?"
@@ -362,7 +364,7 @@ def _translate_tf_ops(cfg: dict, t: Translation) -> None:
             continue
         scale, offset = _ARITHMETIC[func](float(kwargs["y"]))
         item["class_name"] = "Rescaling"
-        item["config"] = {"name": inner.get("name") or _name(item), "trainable": bool(inner.get("trainable", True)),
+        item["config"] = {"name": inner.get("name") or item_name(item), "trainable": bool(inner.get("trainable", True)),
                           "dtype": inner.get("dtype") if isinstance(inner.get("dtype"), str) else "float32",
                           "scale": scale, "offset": offset}
         item["inbound_nodes"] = [[[entry[0], entry[1], entry[2], {}]]]
@@ -376,7 +378,7 @@ def _is_number(v) -> bool:
 def _tf_op_message(item: dict) -> str:
     inner = item.get("config") or {}
     func = inner.get("function") or item.get("class_name")
-    return (f"layer '{_name(item)}' is a TensorFlow operation (`tf.{func}`) that Keras 2 saved inside the model. "
+    return (f"layer '{item_name(item)}' is a TensorFlow operation (`tf.{func}`) that Keras 2 saved inside the model. "
             "Keras 3 cannot rebuild TensorFlow operations; tlviz translates only arithmetic with a constant "
             "(such as `x / 127.5 - 1`). Replace the operation with a built-in layer (for example `Rescaling`) in "
             "the code that builds the model, or move it into your input pipeline, and save the model again")

@@ -20,26 +20,26 @@ from pathlib import Path
 
 from tlviz.errors import ModelRefused
 from tlviz.models.compiled import SAVED_LOSS_KEY, saved_loss
-from tlviz.models.h5 import _read_h5_config, load_h5
+from tlviz.models.h5 import read_h5_config, load_h5
 from tlviz.models.legacy import needs_translation
 from tlviz.models.messages import (
-    _damaged_message,
-    _onnx_message,
-    _pickle_message,
-    _savedmodel_message,
-    _tflite_message,
-    _tfjs_message,
+    damaged_message,
+    onnx_message,
+    pickle_message,
+    savedmodel_message,
+    tflite_message,
+    tfjs_message,
     clean,
 )
 from tlviz.models.safety import (
     EMBEDDED_METADATA,
-    _check_archive_entries,
-    _too_big_message,
+    check_archive_entries,
+    too_big_message,
     check_config,
     max_model_bytes,
 )
 from tlviz.models.summary import LoadedModel, summarize
-from tlviz.models.teachable import _read_teachable_zip, is_teachable_machine
+from tlviz.models.teachable import read_teachable_zip, is_teachable_machine
 
 #: First bytes of a Python pickle, protocols 2 to 5 (``pickle``, ``joblib``, ``torch.save``).
 _PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
@@ -74,7 +74,7 @@ def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -
         shown = clean(filename, 120)
         if path.is_dir():
             if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
-                raise ModelRefused(_savedmodel_message(shown))
+                raise ModelRefused(savedmodel_message(shown))
             raise ModelRefused(f"{shown} is a folder, not a model file. Upload a `.keras` or `.h5` file.")
         if not path.exists():
             raise ModelRefused(f"Model file not found: {clean(path, 200)}. Check the path.")
@@ -83,13 +83,13 @@ def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -
                                "`.keras` or `.h5` file.")
         size = path.stat().st_size
         if size > max_model_bytes():
-            raise ModelRefused(_too_big_message(shown, size))
+            raise ModelRefused(too_big_message(shown, size))
         with open(path, "rb") as f:
             data = f.read(max_model_bytes() + 1)  # the file may have grown since stat()
         sidecar = path.with_suffix(".json")
 
     if len(data) > max_model_bytes():
-        raise ModelRefused(_too_big_message(shown, len(data)))
+        raise ModelRefused(too_big_message(shown, len(data)))
     if not data:
         raise ModelRefused(f"{shown} is empty (0 bytes). Upload the saved model file again.")
 
@@ -97,13 +97,13 @@ def load_model(source: str | os.PathLike | bytes, filename: str | None = None) -
     kind = _sniff(data, shown)
     metadata: dict = {}
     if kind == "teachable":
-        data, metadata = _read_teachable_zip(data, shown)
+        data, metadata = read_teachable_zip(data, shown)
         kind = "h5"
     version = ""
     if kind == "keras":
         config, metadata = _read_keras_archive(data, shown)
     else:
-        config, version = _read_h5_config(data, shown)
+        config, version = read_h5_config(data, shown)
     check_config(config, shown)
     if sidecar is not None and sidecar.exists() and not metadata:
         try:
@@ -176,22 +176,22 @@ def _sniff(data: bytes, filename: str) -> str:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
                 names = zf.namelist()
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise ModelRefused(_damaged_message(filename, exc)) from None
+            raise ModelRefused(damaged_message(filename, exc)) from None
         base = {n.replace("\\", "/").rsplit("/", 1)[-1] for n in names}
         if "config.json" in names:
             return "keras"
         if "keras_model.h5" in base:
             return "teachable"
         if "saved_model.pb" in base or "saved_model.pbtxt" in base:
-            raise ModelRefused(_savedmodel_message(filename))
+            raise ModelRefused(savedmodel_message(filename))
         if "model.json" in base and any(b.endswith(".bin") for b in base):
-            raise ModelRefused(_tfjs_message(filename))
+            raise ModelRefused(tfjs_message(filename))
         if any(b.endswith(".tflite") for b in base):
-            raise ModelRefused(_tflite_message(filename))
+            raise ModelRefused(tflite_message(filename))
         if "data.pkl" in base or any(n.endswith(".pkl") for n in names):
             what = ("a PyTorch checkpoint (`torch.save`)" if "data.pkl" in base or lower.endswith((".pt", ".pth"))
                     else "a zip of Python pickles")
-            raise ModelRefused(_pickle_message(filename, what))
+            raise ModelRefused(pickle_message(filename, what))
         raise ModelRefused(
             f"{filename} is a zip archive but not a Keras model (no config.json inside, and no keras_model.h5 "
             "as in a Teachable Machine export). If it is an image set, upload it under 'Image set' instead; a "
@@ -201,15 +201,15 @@ def _sniff(data: bytes, filename: str) -> str:
         return "h5"
     if data[:2] in _PICKLE_MAGIC:
         what = "a PyTorch checkpoint (`torch.save`)" if lower.endswith((".pt", ".pth")) else "a Python pickle"
-        raise ModelRefused(_pickle_message(filename, what))
+        raise ModelRefused(pickle_message(filename, what))
     if data[4:8] == b"TFL3":
-        raise ModelRefused(_tflite_message(filename))
+        raise ModelRefused(tflite_message(filename))
     if _looks_like_tfjs(data):
-        raise ModelRefused(_tfjs_message(filename))
+        raise ModelRefused(tfjs_message(filename))
     if lower.endswith(".onnx") or (data[:1] == b"\x08" and b"onnx" in data[:256].lower()):
-        raise ModelRefused(_onnx_message(filename))
+        raise ModelRefused(onnx_message(filename))
     if lower.endswith(("saved_model.pb", "saved_model.pbtxt")) or b"saved_model" in data[:200]:
-        raise ModelRefused(_savedmodel_message(filename))
+        raise ModelRefused(savedmodel_message(filename))
     if lower.endswith((".pb", ".pbtxt")):
         raise ModelRefused(
             f"{filename} is a TensorFlow graph (`.pb`): a frozen graph holds operations, not Keras layers, so it "
@@ -232,7 +232,7 @@ def _looks_like_tfjs(data: bytes) -> bool:
 def _read_keras_archive(data: bytes, filename: str) -> tuple[dict, dict]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            _check_archive_entries(zf, filename)
+            check_archive_entries(zf, filename)
             config = json.loads(zf.read("config.json"))
             metadata = {}
             if EMBEDDED_METADATA in zf.namelist():
@@ -243,7 +243,7 @@ def _read_keras_archive(data: bytes, filename: str) -> tuple[dict, dict]:
     except ModelRefused:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, RuntimeError) as exc:
-        raise ModelRefused(_damaged_message(filename, exc)) from None
+        raise ModelRefused(damaged_message(filename, exc)) from None
     return config, metadata if isinstance(metadata, dict) else {}
 
 

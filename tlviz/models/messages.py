@@ -37,7 +37,8 @@ def mb(n: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def _tfjs_message(filename: str) -> str:
+def tfjs_message(filename: str) -> str:
+    """The refusal of a TensorFlow.js model, with the command that converts it."""
     return (
         f"{filename} is a TensorFlow.js model (model.json + weights .bin files). Convert it to a Keras `.h5` "
         "with the tensorflowjs package: `pip install tensorflowjs`, then `tensorflowjs_converter "
@@ -47,7 +48,8 @@ def _tfjs_message(filename: str) -> str:
     )
 
 
-def _tflite_message(filename: str) -> str:
+def tflite_message(filename: str) -> str:
+    """The refusal of a TensorFlow Lite model (it cannot become a Keras model again)."""
     return (
         f"{filename} is a TensorFlow Lite model (`.tflite`): it holds a compiled graph without Keras layers, "
         "so it cannot be turned back into a Keras model. Upload the Keras model it was converted from "
@@ -55,7 +57,8 @@ def _tflite_message(filename: str) -> str:
     )
 
 
-def _onnx_message(filename: str) -> str:
+def onnx_message(filename: str) -> str:
+    """The refusal of an ONNX model."""
     return (
         f"{filename} is an ONNX model. tlviz reads Keras models; ONNX has no converter that gives back plain Keras "
         "layers reliably (`onnx2tf -i model.onnx -okv3` writes a `.keras` file, but usually with TensorFlow "
@@ -64,7 +67,8 @@ def _onnx_message(filename: str) -> str:
     )
 
 
-def _pickle_message(filename: str, what: str) -> str:
+def pickle_message(filename: str, what: str) -> str:
+    """The refusal of a pickle (`what` says which kind): tlviz never opens one."""
     return (
         f"{filename} is not a Keras model: it is {what}. Opening a pickle runs code stored in it, so "
         "tlviz never opens one. Save the Keras model itself with `model.save('model.keras')` and "
@@ -72,14 +76,16 @@ def _pickle_message(filename: str, what: str) -> str:
     )
 
 
-def _damaged_message(filename: str, exc: BaseException) -> str:
+def damaged_message(filename: str, exc: BaseException) -> str:
+    """The refusal of a `.keras` archive that is damaged or cut short (`exc`: what reading it raised)."""
     return (
         f"{filename} looks like a `.keras` archive but is damaged or cut short ({clean(exc, 120)}). "
         "Save the model again with `model.save('model.keras')` and upload the new file."
     )
 
 
-def _savedmodel_message(filename: str) -> str:
+def savedmodel_message(filename: str) -> str:
+    """The refusal of a TensorFlow SavedModel, with the lines that re-save it as `.keras`."""
     return (
         f"{filename} is a TensorFlow SavedModel, which Keras 3 cannot load as a model. "
         "Re-save it in the Keras format: in the environment that made it, run "

@@ -1,7 +1,7 @@
 """What a model file may hold before Keras sees it: its size, its archive entries, its architecture.
 
 - `max_model_bytes()` — the size limit (``TLVIZ_MAX_MODEL_MB``, default `DEFAULT_MAX_MODEL_MB`).
-- `_check_archive_entries(zf, filename)` — a `.keras` or Teachable Machine zip: no entry that
+- `check_archive_entries(zf, filename)` — a `.keras` or Teachable Machine zip: no entry that
   escapes a folder, no link, no config over `_MAX_CONFIG_BYTES`, nothing that unpacks far
   beyond the limit.
 - `check_config(config, filename)` — the gate every architecture passes (the file's own, and a
@@ -38,7 +38,8 @@ def max_model_bytes() -> int:
     return config.megabytes("TLVIZ_MAX_MODEL_MB")
 
 
-def _too_big_message(filename: str, size: int) -> str:
+def too_big_message(filename: str, size: int) -> str:
+    """The refusal of a model file over ``TLVIZ_MAX_MODEL_MB`` (`size` in bytes)."""
     return (
         f"{filename} is {mb(size)} MB, over the {mb(max_model_bytes())} MB limit. "
         "Use a smaller model, or raise the limit with the environment variable TLVIZ_MAX_MODEL_MB "
@@ -46,7 +47,7 @@ def _too_big_message(filename: str, size: int) -> str:
     )
 
 
-def _check_archive_entries(zf: zipfile.ZipFile, filename: str) -> None:
+def check_archive_entries(zf: zipfile.ZipFile, filename: str) -> None:
     """Refuse entries that could escape a folder, links, and archives that unpack far beyond the limit."""
     total = 0
     for info in zf.infolist():

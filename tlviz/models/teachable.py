@@ -1,6 +1,6 @@
 """Teachable Machine exports: the Keras export zip, and the shape of a Teachable Machine model.
 
-- `_read_teachable_zip(data, filename)` — the ``keras_model.h5`` and the class names of its
+- `read_teachable_zip(data, filename)` — the ``keras_model.h5`` and the class names of its
   ``labels.txt`` (either spelling, `tlviz.labels`), each bounded, from the export zip.
 - `is_teachable_machine(config)` — whether an architecture is shaped like a Teachable Machine
   image model (the overview says so, and the `teachable` preprocessing is compared).
@@ -13,19 +13,19 @@ import zipfile
 
 from tlviz.errors import ModelRefused
 from tlviz.labels import parse_labels
-from tlviz.models.legacy import _name
-from tlviz.models.messages import _damaged_message, mb
-from tlviz.models.safety import _check_archive_entries, _too_big_message, max_model_bytes
+from tlviz.models.legacy import item_name
+from tlviz.models.messages import damaged_message, mb
+from tlviz.models.safety import check_archive_entries, too_big_message, max_model_bytes
 
 #: Largest `labels.txt` read from a Teachable Machine zip (a real one is a few hundred bytes).
 _MAX_LABELS_BYTES = 1 * 2**20
 
 
-def _read_teachable_zip(data: bytes, filename: str) -> tuple[bytes, dict]:
+def read_teachable_zip(data: bytes, filename: str) -> tuple[bytes, dict]:
     """The `keras_model.h5` bytes and ``{"class_names": [...]}`` from a Teachable Machine export zip."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            _check_archive_entries(zf, filename)
+            check_archive_entries(zf, filename)
             by_base = {}
             for info in zf.infolist():
                 base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
@@ -36,7 +36,7 @@ def _read_teachable_zip(data: bytes, filename: str) -> tuple[bytes, dict]:
                     by_base[base] = info
             model_info = by_base["keras_model.h5"]
             if model_info.file_size > max_model_bytes():
-                raise ModelRefused(_too_big_message(f"{filename}: keras_model.h5", model_info.file_size))
+                raise ModelRefused(too_big_message(f"{filename}: keras_model.h5", model_info.file_size))
             h5 = zf.read(model_info)
             metadata = {"teachable_machine_zip": True}
             if "labels.txt" in by_base:
@@ -53,7 +53,7 @@ def _read_teachable_zip(data: bytes, filename: str) -> tuple[bytes, dict]:
     except ModelRefused:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, RuntimeError) as exc:
-        raise ModelRefused(_damaged_message(filename, exc)) from None
+        raise ModelRefused(damaged_message(filename, exc)) from None
     if h5[:8] != b"\x89HDF\r\n\x1a\n":
         raise ModelRefused(f"{filename}: its keras_model.h5 is not an HDF5 file (damaged export?). Export the model "
                            "from Teachable Machine again and upload the new zip.")
@@ -87,7 +87,7 @@ def is_teachable_machine(config: dict) -> bool:
     names = set()
     for item in features:
         if isinstance(item, dict) and item.get("class_name") in ("Functional", "Model"):
-            names |= {_name(sub) for sub in (item.get("config") or {}).get("layers") or [] if isinstance(sub, dict)}
+            names |= {item_name(sub) for sub in (item.get("config") or {}).get("layers") or [] if isinstance(sub, dict)}
     if not all(n in names for n in _MOBILENET_V2_NAMES):
         return False
     if not any(isinstance(i, dict) and i.get("class_name") == "GlobalAveragePooling2D" for i in features):
