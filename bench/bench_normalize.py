@@ -5,6 +5,7 @@ Run from the repository root::
     python bench/bench_normalize.py            # both cases, 1,000 JPEGs each
     python bench/bench_normalize.py --n 200    # a quick run
     python bench/bench_normalize.py --case digits
+    python bench/bench_normalize.py --smoke    # both cases, 40 JPEGs, one run: proves it still runs
 
 Two cases, each on the same JPEGs and model in the same process:
 
@@ -51,6 +52,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tlviz import normalize  # noqa: E402
+from tlviz.normalize import labelfree  # noqa: E402
 from tlviz.imagesets import open_source  # noqa: E402
 from tlviz.models import load_model, summarize  # noqa: E402
 from tlviz.presets import applicable_presets, apply_preset  # noqa: E402
@@ -105,8 +107,8 @@ def _pretend_trained_with(loaded, folder: Path, preset: str) -> None:
     import keras
 
     images = open_source(folder).load(loaded.image_size, loaded.channels).images
-    chain, bn, _ = normalize._first_bn(loaded.model)
-    act = keras.ops.convert_to_numpy(normalize._up_to(loaded.model, chain, bn)(apply_preset(images, preset)))
+    chain, bn, _ = labelfree.first_bn(loaded.model)
+    act = keras.ops.convert_to_numpy(labelfree.up_to(loaded.model, chain, bn)(apply_preset(images, preset)))
     act = act.reshape(-1, act.shape[-1])
     bn.moving_mean.assign(act.mean(axis=0))
     bn.moving_variance.assign(act.var(axis=0))
@@ -237,7 +239,12 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="JPEGs per case (default 1000)")
     parser.add_argument("--case", choices=["mobilenet", "digits", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="runs per path; the fastest counts (default 3)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="40 JPEGs per case, 40 to warm up, one run: proves the benchmark runs (ratios mean little)")
     args = parser.parse_args(argv)
+    warmup = WARMUP_IMAGES
+    if args.smoke:
+        args.n, args.repeat, warmup = 40, 1, 40
 
     import keras
 
@@ -248,13 +255,13 @@ def main(argv=None) -> int:
             net = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10)
             loaded = summarize(net)
             folder = _make_folder(root, "mobilenet", _photo_like(args.n, 128, 10))
-            warm = _make_folder(root, "mobilenet_warm", _photo_like(WARMUP_IMAGES, 128, 10, seed=1))
+            warm = _make_folder(root, "mobilenet_warm", _photo_like(warmup, 128, 10, seed=1))
             _pretend_trained_with(loaded, warm, "tf")
             run_case("case 1 (compute-bound)", loaded, folder, warm, {"bound": 1.1, "speedup": 1.0}, args.repeat)
         if args.case in ("digits", "both"):
             loaded = load_model(ROOT / "sample_models" / "digits_base.keras")
             folder = _make_folder(root, "digits", _digits_large(args.n, 256))
-            warm = _make_folder(root, "digits_warm", _digits_large(WARMUP_IMAGES, 256, seed=1))
+            warm = _make_folder(root, "digits_warm", _digits_large(warmup, 256, seed=1))
             run_case("case 2 (decode-bound)", loaded, folder, warm, {"bound": "-", "speedup": 2.0}, args.repeat)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -15,7 +15,9 @@ import pytest
 
 from tlviz import normalize as nz
 from tlviz.normalize import inference, labelfree
+from tlviz.normalize.ranking import agreement_note, ranked_table
 from tlviz import charts
+from tlviz.outputs import top_class
 from tlviz.presets import CustomPreset, applicable_presets
 
 PRESETS = applicable_presets(3)  # the presets compared by default
@@ -310,13 +312,13 @@ def test_label_match_by_count_and_by_recorded_names(loaded_base, base_images):
 
 def test_logits_and_binary_outputs_become_probabilities():
     probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32)
-    pred, conf = nz._top(probs)
+    pred, conf = top_class(probs)
     assert pred.tolist() == [1, 0] and conf == pytest.approx([0.7, 0.5])
-    pred, conf = nz._top(np.array([[2.0, 0.0, -1.0]], np.float32))
+    pred, conf = top_class(np.array([[2.0, 0.0, -1.0]], np.float32))
     assert pred.tolist() == [0] and conf[0] == pytest.approx(np.exp(2) / (np.exp(2) + 1 + np.exp(-1)), rel=1e-5)
-    pred, conf = nz._top(np.array([[0.9], [0.2]], np.float32))  # one sigmoid unit
+    pred, conf = top_class(np.array([[0.9], [0.2]], np.float32))  # one sigmoid unit
     assert pred.tolist() == [1, 0] and conf == pytest.approx([0.9, 0.8])
-    pred, conf = nz._top(np.array([[2.0], [-3.0]], np.float32))  # one logit unit
+    pred, conf = top_class(np.array([[2.0], [-3.0]], np.float32))  # one logit unit
     assert pred.tolist() == [1, 0] and conf[1] == pytest.approx(1 - 1 / (1 + np.exp(3)))
 
 
@@ -406,10 +408,10 @@ def test_accuracy_within_sampling_noise_goes_to_the_fingerprint(right_under_unit
     ranking = pd.DataFrame({"rank": [1, 2], "preset": ["tf", "unit"], "distance": [0.01, 0.8],
                             "mean_shift": [0.0, 0.0], "std_ratio": [1.0, 1.0], "is_best": [True, False]})
     fp = nz.Fingerprint(ranking, "bn")
-    table = nz._ranked_table([evaluation("unit", right_under_unit), evaluation("tf", 50)], fp, True)
+    table = ranked_table([evaluation("unit", right_under_unit), evaluation("tf", 50)], fp, True)
     assert table["preset"].iloc[0] == expected_top
     assert table["is_best"].iloc[0] and table["rank"].tolist() == [1, 2]
-    note = nz._agreement_note(expected_top, fp, None, table)
+    note = agreement_note(expected_top, fp, None, table)
     assert ("within sampling noise" in note) == (expected_top == "tf")
 
 

@@ -121,13 +121,8 @@ from tlviz.normalize.results import (
     NormalizationReport,
     Setting,
 )
-
-# Internals that tests and benchmarks reach for (the function the batches are normalized with,
-# the prediction and ranking rules, the first BatchNormalization layer and the model up to it).
+# The function the batches are normalized with, for the tests and benchmarks that wrap it.
 from tlviz.normalize.inference import apply_preset  # noqa: F401
-from tlviz.normalize.labelfree import _first_bn, _up_to  # noqa: F401
-from tlviz.normalize.ranking import _agreement_note, _ranked_table  # noqa: F401
-from tlviz.outputs import top_class as _top  # noqa: F401
 
 __all__ = [
     "CHANGE_COLUMNS", "CHANNEL_ORDERS", "DEFAULT_BATCH_SIZE", "DEFAULT_FINGERPRINT_IMAGES", "FINGERPRINT_COLUMNS",

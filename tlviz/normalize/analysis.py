@@ -16,15 +16,15 @@ from tlviz.errors import NormalizationRefused
 from tlviz.imagesets import RESIZE_METHODS, ImageSet
 from tlviz.normalize.findings import expects_raw_pixels
 from tlviz.normalize.inference import evaluate_setting
-from tlviz.normalize.inputs import _as_loaded, _check_shapes, _image_array, label_match
+from tlviz.normalize.inputs import as_loaded, check_shapes, image_array, label_match
 from tlviz.normalize.labelfree import fingerprint
 from tlviz.normalize.ranking import (
-    _agreement_note,
-    _best_preset,
-    _inconclusive_note,
-    _per_class,
-    _ranked_table,
-    _verdict,
+    agreement_note,
+    pick_best_preset,
+    inconclusive_note,
+    per_class_table,
+    ranked_table,
+    chance_verdict,
 )
 from tlviz.normalize.results import (
     DEFAULT_FINGERPRINT_IMAGES,
@@ -84,9 +84,9 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
             does not apply to them.
     """
     t_start = time.perf_counter()
-    loaded = _as_loaded(model)
-    arr = _image_array(images)
-    _check_shapes(loaded, arr)
+    loaded = as_loaded(model)
+    arr = image_array(images)
+    check_shapes(loaded, arr)
     channels = int(arr.shape[-1])
     names = (list(presets) if presets is not None
              else list(applicable_presets(channels, teachable=bool(getattr(loaded, "teachable_machine", False)))))
@@ -129,15 +129,15 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
                                   tap=feature_tap if setting.kind in ("preset", "custom") else None)
         evals.append(ev)
         if on_result is not None:
-            on_result(_ranked_table(evals, fp, accuracy_available))
+            on_result(ranked_table(evals, fp, accuracy_available))
 
     for k, s in enumerate(base):
         run(s, k)
     t_presets = time.perf_counter()
 
-    best_preset, best_by = _best_preset(_ranked_table(evals, fp, accuracy_available), fp, accuracy_available)
+    best_preset, best_by = pick_best_preset(ranked_table(evals, fp, accuracy_available), fp, accuracy_available)
     k = 2 if loaded.n_outputs == 1 else int(loaded.n_outputs)
-    inconclusive, chance = _verdict(evals, match, k, loaded.name)
+    inconclusive, chance = chance_verdict(evals, match, k, loaded.name)
     if inconclusive:  # the variants are compared against a best setting: there is none
         best_preset, best_by = None, None
     if variants and best_preset is not None:
@@ -153,8 +153,8 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
     say(1.0, "Done.")
     t_end = time.perf_counter()
 
-    table = _ranked_table(evals, fp, accuracy_available)
-    best_preset, best_by = _best_preset(table, fp, accuracy_available)  # the final table has the last word
+    table = ranked_table(evals, fp, accuracy_available)
+    best_preset, best_by = pick_best_preset(table, fp, accuracy_available)  # the final table has the last word
     if inconclusive:
         best_preset, best_by = None, None
         table["is_best"] = False
@@ -168,7 +168,7 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
         image_size=(int(arr.shape[1]), int(arr.shape[2])),
         n_images=int(len(arr)),
         results=table,
-        per_class=_per_class(evals, match) if accuracy_available else pd.DataFrame(columns=PER_CLASS_COLUMNS),
+        per_class=per_class_table(evals, match) if accuracy_available else pd.DataFrame(columns=PER_CLASS_COLUMNS),
         evaluations=by_label,
         accuracy_available=accuracy_available,
         accuracy_note=match.reason,
@@ -177,8 +177,8 @@ def analyze(model, images: ImageSet, *, source=None, custom: CustomPreset | None
         best_named_preset=named[0] if named and best_by else None,
         best_setting=best_setting if best_by else None,
         fingerprint=fp,
-        agreement_note=(_inconclusive_note(fp) if inconclusive else
-                        _agreement_note(best_preset if best_by == "accuracy" else None, fp, match.reason, table)),
+        agreement_note=(inconclusive_note(fp) if inconclusive else
+                        agreement_note(best_preset if best_by == "accuracy" else None, fp, match.reason, table)),
         builtin_preprocessing=builtin,
         expects_raw_pixels=expects_raw_pixels(builtin),
         output_names=match.output_names,

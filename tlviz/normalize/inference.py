@@ -19,7 +19,7 @@ import numpy as np
 
 from tlviz.errors import NormalizationRefused
 from tlviz.imagesets import ImageSet
-from tlviz.normalize.inputs import _as_loaded, _check_shapes, _image_array, label_match
+from tlviz.normalize.inputs import as_loaded, check_shapes, image_array, label_match
 from tlviz.normalize.results import DEFAULT_BATCH_SIZE, Evaluation, FeatureTap, LabelMatch, Setting
 from tlviz.outputs import first_output, top_class
 from tlviz.presets import CustomPreset, applicable_presets, apply_preset
@@ -31,7 +31,7 @@ def _prepare(images: np.ndarray, preset, channel_order: str) -> np.ndarray:
     return apply_preset(images, preset)
 
 
-def _planned(model, batch_size: int | None, n: int | None = None, mode: str = "inference") -> int:
+def planned_batch_size(model, batch_size: int | None, n: int | None = None, mode: str = "inference") -> int:
     """`batch_size` when given, else the batch that fits the memory budget (at most `DEFAULT_BATCH_SIZE`)."""
     from tlviz.memory import plan_batch
 
@@ -55,7 +55,7 @@ def _predict(keras_model, images: np.ndarray, preset, channel_order: str = "RGB"
     ``tap.indices`` are kept (returned third, else None).
     """
     n = len(images)
-    batch_size = _planned(keras_model, batch_size, n)
+    batch_size = planned_batch_size(keras_model, batch_size, n)
     preds = np.empty(n, dtype=np.int32)
     conf = np.empty(n, dtype=np.float32)
     feats = None
@@ -143,7 +143,7 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
         An `Evaluation`.
     """
     t0 = time.perf_counter()
-    loaded = _as_loaded(model)
+    loaded = as_loaded(model)
     if setting.resize != images.resize:
         if source is None:
             raise NormalizationRefused(
@@ -151,8 +151,8 @@ def evaluate_setting(model, images: ImageSet, setting: Setting, source=None,
                 "ImageSource the image set came from).")
         images = source.load(images.image_size, int(images.images.shape[-1]), resize=setting.resize)
         labels = None
-    arr = _image_array(images)
-    _check_shapes(loaded, arr)
+    arr = image_array(images)
+    check_shapes(loaded, arr)
     if (not isinstance(setting.preset, CustomPreset)
             and setting.preset not in applicable_presets(arr.shape[-1], teachable=True)):
         raise NormalizationRefused(

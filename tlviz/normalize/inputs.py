@@ -3,9 +3,9 @@
 - `label_match(model, images)` maps the image set's classes onto the model's outputs (by the
   class names recorded with the model, else by position) or says why accuracy is hidden.
 - `custom_preset(scale, mean, std)` builds a `CustomPreset` from typed text, with clear errors.
-- The private checks every entry point runs first: the model summarised (`_as_loaded`), the
-  images a ``uint8`` ``(N, H, W, C)`` array (`_image_array`) at the model's input size
-  (`_check_shapes`).
+- The private checks every entry point runs first: the model summarised (`as_loaded`), the
+  images a ``uint8`` ``(N, H, W, C)`` array (`image_array`) at the model's input size
+  (`check_shapes`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from tlviz.normalize.results import LabelMatch
 from tlviz.presets import CustomPreset
 
 
-def _as_loaded(model):
+def as_loaded(model):
+    """A `tlviz.models.LoadedModel` as it is; a bare Keras model summarized into one (`tlviz.models.summarize`)."""
     from tlviz.models import LoadedModel, summarize
 
     if isinstance(model, LoadedModel):
@@ -28,7 +29,12 @@ def _as_loaded(model):
     return summarize(model)
 
 
-def _image_array(images) -> np.ndarray:
+def image_array(images) -> np.ndarray:
+    """The uint8 ``(N, height, width, channels)`` pixels of an `ImageSet` or an array.
+
+    Raises:
+        NormalizationRefused: not uint8 images of rank 4, or none at all.
+    """
     arr = images.images if isinstance(images, ImageSet) else np.asarray(images)
     if arr.ndim != 4 or arr.dtype != np.uint8:
         raise NormalizationRefused(
@@ -39,7 +45,12 @@ def _image_array(images) -> np.ndarray:
     return arr
 
 
-def _check_shapes(loaded, arr: np.ndarray) -> None:
+def check_shapes(loaded, arr: np.ndarray) -> None:
+    """Refuse images whose size differs from the model's input (a `None` dimension takes any size).
+
+    Raises:
+        NormalizationRefused: the sizes differ; the message says how to decode them at the model's size.
+    """
     want = loaded.input_shape
     got = arr.shape[1:]
     for w, g in zip(want, got):
@@ -65,7 +76,7 @@ def label_match(model, images: ImageSet) -> LabelMatch:
         A `LabelMatch`; its ``reason`` says why accuracy is hidden when
         ``labels`` is None.
     """
-    loaded = _as_loaded(model)
+    loaded = as_loaded(model)
     k = 2 if loaded.n_outputs == 1 else loaded.n_outputs
     names = list(images.class_names)
     recorded = loaded.class_names if loaded.class_names and len(loaded.class_names) == k else None

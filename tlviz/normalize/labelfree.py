@@ -17,8 +17,8 @@ import pandas as pd
 
 from tlviz.errors import NormalizationRefused
 from tlviz.layers import BN_CLASSES, has_initial_statistics
-from tlviz.normalize.inference import _planned
-from tlviz.normalize.inputs import _as_loaded, _check_shapes, _image_array
+from tlviz.normalize.inference import planned_batch_size
+from tlviz.normalize.inputs import as_loaded, check_shapes, image_array
 from tlviz.normalize.results import DEFAULT_FINGERPRINT_IMAGES, FINGERPRINT_COLUMNS, Fingerprint
 from tlviz.presets import PIXEL_PRESET, CustomPreset, applicable_presets, apply_preset
 
@@ -27,7 +27,7 @@ class _NoFingerprint(Exception):
     pass
 
 
-def _first_bn(model):
+def first_bn(model):
     """(chain of containing models, BN layer, path) of the first BatchNormalization layer."""
     from tlviz.layers import iter_leaves
 
@@ -57,7 +57,7 @@ def _input_in(container, layer):
     raise _NoFingerprint(f"the input of layer '{layer.name}' could not be traced back to the model's input")
 
 
-def _up_to(model, chain, bn) -> Callable:
+def up_to(model, chain, bn) -> Callable:
     """A callable running `model` from its input up to `bn`'s input (nested models followed)."""
     import keras
 
@@ -113,9 +113,9 @@ def fingerprint(model, images, presets: tuple | list | None = None, custom: Cust
     import keras
 
     t0 = time.perf_counter()
-    loaded = _as_loaded(model)
-    arr = _image_array(images)
-    _check_shapes(loaded, arr)
+    loaded = as_loaded(model)
+    arr = image_array(images)
+    check_shapes(loaded, arr)
     chosen = list(presets) if presets is not None else list(applicable_presets(arr.shape[-1]))
     # A named setting with another preset's arithmetic (teachable = tf) has that preset's fingerprint.
     chosen = list(dict.fromkeys(PIXEL_PRESET.get(p, p) for p in chosen))
@@ -125,7 +125,7 @@ def fingerprint(model, images, presets: tuple | list | None = None, custom: Cust
                                        f"{', '.join(applicable_presets(arr.shape[-1]))}.")
     candidates: list = chosen + ([custom] if custom is not None else [])
 
-    found = _first_bn(loaded.model)
+    found = first_bn(loaded.model)
     if found is None:
         return Fingerprint(None, None, (
             f"{loaded.name} has no BatchNormalization layer, so there are no stored training statistics to "
@@ -140,14 +140,14 @@ def fingerprint(model, images, presets: tuple | list | None = None, custom: Cust
             "variance 1): it was never trained, so it says nothing about the preprocessing used in training."),
             0, time.perf_counter() - t0)
     try:
-        run = _up_to(loaded.model, chain, bn)
+        run = up_to(loaded.model, chain, bn)
     except _NoFingerprint as exc:
         return Fingerprint(None, path, f"No fingerprint: {exc}.", 0, time.perf_counter() - t0)
 
     axis = bn.axis[0] if isinstance(bn.axis, (list, tuple)) else bn.axis
     eps = float(getattr(bn, "epsilon", 1e-3))
     sample = arr[_sample_index(len(arr), max_images)]
-    batch_size = _planned(loaded.model, batch_size, len(sample))
+    batch_size = planned_batch_size(loaded.model, batch_size, len(sample))
     rows = []
     for preset in candidates:
         mean, var = _activation_moments(run, sample, preset, axis, batch_size, mm)

@@ -4,7 +4,7 @@ With labels: accuracy first; when the most accurate settings differ by less than
 standard errors (paired McNemar test), the fingerprint's favourite among them wins. Without
 labels: the fingerprint order. With labels but no setting whose accuracy is clearly above chance
 (its 95 % Wilson interval above the share of the most common class), no preset is best
-(`_verdict`). The sentences on whether fingerprint and accuracy agree are written here too.
+(`chance_verdict`). The sentences on whether fingerprint and accuracy agree are written here too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tlviz.stats import chance_level, clearly_above, format_interval, wilson_int
 TIE_Z = 2.0
 
 
-def _best_preset(table: pd.DataFrame, fp: Fingerprint, accuracy_available: bool):
+def pick_best_preset(table: pd.DataFrame, fp: Fingerprint, accuracy_available: bool):
     """The best preset: the top preset row of the ranked table when labels match, else the fingerprint's."""
     base = table[table["kind"].isin(["preset", "custom"])]
     if accuracy_available and len(base):
@@ -44,7 +44,7 @@ def _agree(ev: Evaluation, ref: Evaluation) -> float:
     return float(np.mean(ev.predictions[a] == ref.predictions[b]))
 
 
-def _ranked_table(evals: list[Evaluation], fp: Fingerprint, accuracy_available: bool) -> pd.DataFrame:
+def ranked_table(evals: list[Evaluation], fp: Fingerprint, accuracy_available: bool) -> pd.DataFrame:
     """Rows best first. With labels: accuracy (ties: fingerprint rank, then mean
     confidence), except that the top row is the fingerprint's favourite among the
     settings whose accuracy is within sampling noise of the best (`TIE_Z`). Without
@@ -98,7 +98,8 @@ def _interval_columns(e: Evaluation, accuracy_available: bool) -> dict:
     return {"accuracy_low": lo, "accuracy_high": hi}
 
 
-def _verdict(evals: list[Evaluation], match: LabelMatch, k: int, model_name: str) -> tuple[str | None, float | None]:
+def chance_verdict(evals: list[Evaluation], match: LabelMatch, k: int,
+                   model_name: str) -> tuple[str | None, float | None]:
     """``(inconclusive sentence or None, chance level)``: is any setting clearly above chance?
 
     Chance is the accuracy of always answering the most common class. A setting
@@ -143,7 +144,8 @@ def _settle_ties_by_fingerprint(df: pd.DataFrame, evals: list[Evaluation]) -> pd
     return pd.concat([df[df["_pos"] == winner], df[df["_pos"] != winner]])
 
 
-def _per_class(evals: list[Evaluation], match: LabelMatch) -> pd.DataFrame:
+def per_class_table(evals: list[Evaluation], match: LabelMatch) -> pd.DataFrame:
+    """Accuracy per class under each preset (and custom preset) evaluated with labels (`PER_CLASS_COLUMNS`)."""
     rows = []
     for e in evals:
         if e.setting.kind not in ("preset", "custom") or e.labels is None:
@@ -156,15 +158,28 @@ def _per_class(evals: list[Evaluation], match: LabelMatch) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)
 
 
-def _inconclusive_note(fp: Fingerprint) -> str:
+def inconclusive_note(fp: Fingerprint) -> str:
+    """The report's note when accuracy is at chance under every setting (what the fingerprint says, if anything)."""
     if fp.best is None:
         return "Accuracy is at chance under every setting, so the ranking shows no preferred preparation."
     return (f"The label-free fingerprint puts `{fp.best}` closest to the statistics the model was trained with, "
             "but with accuracy at chance under every setting that cannot be confirmed on these images.")
 
 
-def _agreement_note(best_by_accuracy: str | None, fp: Fingerprint, accuracy_note: str | None,
+def agreement_note(best_by_accuracy: str | None, fp: Fingerprint, accuracy_note: str | None,
                     table: pd.DataFrame | None = None) -> str:
+    """The report's note on how the accuracy ranking and the label-free fingerprint agree.
+
+    Args:
+        best_by_accuracy: the preset accuracy ranks first, or None when accuracy did not decide.
+        fp: the `Fingerprint`.
+        accuracy_note: why accuracy cannot be measured, when it cannot.
+        table: the ranked table (`ranked_table`), to say when the top row is within sampling noise of a
+            more accurate one. Defaults to `None`.
+
+    Returns:
+        One or two sentences.
+    """
     if best_by_accuracy is not None and fp.best is not None:
         if table is not None and len(table) and table["accuracy"].iloc[0] < table["accuracy"].max():
             top = table.loc[table["accuracy"].idxmax()]
