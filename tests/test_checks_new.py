@@ -19,7 +19,7 @@ from PIL import Image
 
 from tlviz.cli import main as cli_main
 from tlviz.diagnose import diagnose
-from tlviz.diagnose.data import out_of_fold
+from tlviz.diagnose.outoffold import out_of_fold
 from tlviz.diagnose.outputs import output_activation, read_loss
 from tlviz.duplicates import difference_hash, duplicate_group_ids, find_duplicates
 from tlviz.imagesets import load_image_set, open_source
@@ -373,8 +373,8 @@ def test_likely_mislabelled_reuses_the_features_the_preset_comparison_kept(loade
     moved = rng.choice(len(small), 15, replace=False)  # 5 % of the images filed under another class
     planted = subset(base_images, 60, {int(p): int((small.labels[p] + 1 + rng.integers(0, 4)) % 5) for p in moved})
     passes = []
-    own = probe._features
-    monkeypatch.setattr(probe, "_features", lambda *a, **k: passes.append(len(a[2])) or own(*a, **k))
+    own = probe.layer_features
+    monkeypatch.setattr(probe, "layer_features", lambda *a, **k: passes.append(len(a[2])) or own(*a, **k))
     shared = finding(diagnose(loaded_base, planted, "tf", checks=["likely-mislabelled"]), "likely-mislabelled")
     assert passes == []
     monkeypatch.setattr(context, "TAP_MB", 0)  # too big to keep: the probe's sample only, the rest computed
@@ -393,12 +393,12 @@ def test_likely_mislabelled_needs_a_probe_that_learnt_the_classes(loaded_base, b
 
 
 def test_out_of_fold_folds_keep_copies_together_and_classes_balanced():
-    from tlviz.diagnose.data import _folds
+    from tlviz.diagnose.outoffold import group_folds
 
     labels = np.repeat(np.arange(3), 30)
     groups = np.arange(90)
     groups[[1, 2, 40]] = 1  # three copies of one image (two under class 0, one under class 1)
-    fold = _folds(labels, groups, 5)
+    fold = group_folds(labels, groups, 5)
     assert len(set(fold[[1, 2, 40]])) == 1
     per = np.array([[np.sum((fold == f) & (labels == c)) for c in range(3)] for f in range(5)])
     assert per.min() >= 5 and per.max() <= 7  # stratified: about 6 of each class per fold

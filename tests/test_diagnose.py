@@ -470,12 +470,14 @@ def test_each_check_lives_in_its_area_and_writes_no_id_severity_or_area():
     import ast
     import inspect
 
-    from tlviz.diagnose import data, finetuning, inference, outputs, pretraining
+    from tlviz.diagnose import data, finetuning, inference, outputs, pretraining, trainingmode
 
-    # Checks by area; issue 14's checks live in modules by topic (the image set, the head's outputs, forgetting).
-    topical = {"tlviz.diagnose.data", "tlviz.diagnose.outputs", "tlviz.diagnose.forgetting"}
+    # Checks by area; issue 14's checks live in modules by topic (the image set, the head's outputs, forgetting), and
+    # the two that run the model in training mode in one module.
+    topical = {"tlviz.diagnose.data", "tlviz.diagnose.outputs", "tlviz.diagnose.runverdict",
+               "tlviz.diagnose.trainingmode"}
     words = set(SEVERITIES) | set(AREAS) | set(CHECK_IDS)
-    for module in (pretraining, finetuning, inference, data, outputs):
+    for module in (pretraining, finetuning, inference, data, outputs, trainingmode):
         tree = ast.parse(inspect.getsource(module))
         literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         assert not literals & words, (module.__name__, literals & words)
@@ -678,10 +680,10 @@ def test_probe_evidence_states_the_sample_and_the_signal(loaded_base, base_image
 
 
 def test_a_measured_normalization_is_reused_not_recomputed(loaded_base, base_images, clean, monkeypatch):
-    from tlviz import normalize
+    from tlviz.normalize import analysis
 
     measured = clean.normalization
-    monkeypatch.setattr(normalize, "analyze", lambda *a, **k: pytest.fail("the normalization was measured again"))
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: pytest.fail("the normalization was measured again"))
     report = diagnose(loaded_base, base_images, "tf", normalization=measured,
                       checks=["normalization-mismatch", "label-order-mismatch", "no-better-than-chance"])
     assert report.normalization is measured
@@ -697,8 +699,8 @@ def test_probe_reuses_the_features_of_the_preset_comparison(loaded_base, base_im
     from tlviz.diagnose import probe
 
     calls = []
-    real = dg._features
-    monkeypatch.setattr(probe, "_features", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    real = probe.layer_features
+    monkeypatch.setattr(probe, "layer_features", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
     report = diagnose(loaded_base, base_images, "tf", checks=["pretraining-no-better-than-random"])
     assert "pretraining-no-better-than-random" in report.checks_run
     ev = report.normalization._preset_evals()["tf"]
@@ -707,13 +709,13 @@ def test_probe_reuses_the_features_of_the_preset_comparison(loaded_base, base_im
     assert len(calls) == dg.PROBE_RANDOM_INITS  # only the fresh random copies are run again
     assert not any(m is loaded_base.model for m in calls)
     # the probe's sample is among the kept images, and so is likely-mislabelled's (it fits in TAP_MB)
-    sample = np.sort(dg._probe_sample(np.asarray(base_images.labels), np.random.default_rng(dg.SEED))[0])
+    sample = np.sort(probe.probe_sample(np.asarray(base_images.labels), np.random.default_rng(dg.SEED))[0])
     assert len(sample) <= dg.PROBE_MAX_IMAGES
-    from tlviz.diagnose.data import mislabel_sample
+    from tlviz.diagnose.outoffold import mislabel_sample
 
     assert set(sample) | set(mislabel_sample(base_images.labels, 5)) == set(at)
     # the kept features equal a separate pass over the same images
-    idx, _, _ = dg._feature_tensor(loaded_base.model)
+    idx, _, _ = probe.feature_tensor(loaded_base.model)
     direct = real(loaded_base.model, idx, base_images.images[sample], "tf")
     np.testing.assert_allclose(kept[np.searchsorted(at, sample)], direct, rtol=1e-4, atol=1e-5)
 
@@ -746,9 +748,9 @@ def test_no_better_than_chance_chart_shows_presets_chance_and_probe(dead_head_re
 
 def test_never_trained_batchnorm_is_certain_without_running_the_model(loaded_base, base_images, monkeypatch):
     """Every BN layer at mean 0 / variance 1: the file proves it, no training-mode pass is run."""
-    from tlviz.diagnose import inference
+    from tlviz.diagnose import trainingmode
 
-    monkeypatch.setattr(inference, "clone_for_training_mode",
+    monkeypatch.setattr(trainingmode, "clone_for_training_mode",
                         lambda *a, **k: pytest.fail("ran the model in training mode"))
     fresh = summarize(fresh_clone(loaded_base.model, seed=5), metadata=loaded_base.metadata)
     report = diagnose(fresh, base_images, "tf", checks=["bn-statistics-mismatch"])
@@ -823,19 +825,19 @@ def test_guide_recipe_gets_no_bn_warning_and_only_dropout_flips_in_training_mode
 
 def test_bn_statistics_mismatch_measures_a_pinned_base_and_names_it(images_96, monkeypatch):
     """The measurement puts every BN on batch statistics, a pinned base's too; the fix says the call pins them."""
-    from tlviz.diagnose import inference
+    from tlviz.diagnose import trainingmode
 
     model, base = guide_mobilenet()  # statistics that look trained (not the initial 0 / 1)
     calls = []
-    real = inference.clone_for_training_mode
-    monkeypatch.setattr(inference, "clone_for_training_mode", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = trainingmode.clone_for_training_mode
+    monkeypatch.setattr(trainingmode, "clone_for_training_mode", lambda *a, **k: calls.append(k) or real(*a, **k))
     report = diagnose(summarize(model), images_96, checks=["bn-statistics-mismatch"])
     assert "bn-statistics-mismatch" in report.checks_run
     assert calls and all(k["honour_training"] is False and k["force_bn_batch_statistics"] for k in calls)
     bn = [leaf for leaf in iter_leaves(model) if type(leaf.layer).__name__ == "BatchNormalization"]
-    pinned = inference._pinned_bn(model, bn)
+    pinned = trainingmode._pinned_bn(model, bn)
     assert list(pinned) == [base.name] and len(pinned[base.name]) == len(bn)
-    note = inference._pinned_recalibration_note(pinned)
+    note = trainingmode._pinned_recalibration_note(pinned)
     assert f"`{base.name}` with `training=False`" in note and "fine-tuning will not repair them" in note
 
 
@@ -927,10 +929,10 @@ def test_trained_sample_does_not_fire_even_with_duplicated_images(loaded_base, b
 
 
 def test_probe_sample_leaves_exact_duplicates_out(base_images):
-    from tlviz.diagnose.probe import _distinct
+    from tlviz.diagnose.probe import distinct_images
 
     dup = with_duplicates(base_images, 12)
-    distinct = _distinct(dup.images)
+    distinct = distinct_images(dup.images)
     assert int(np.sum(~distinct)) == 12 and distinct[:len(base_images)].all()
     sample, shots = dg_probe_sample(dup, distinct)
     assert len(np.unique(sample)) == len(sample) and np.all(sample < len(base_images))
@@ -938,9 +940,10 @@ def test_probe_sample_leaves_exact_duplicates_out(base_images):
 
 
 def dg_probe_sample(images, distinct):
-    from tlviz.diagnose import SEED, _probe_sample
+    from tlviz.diagnose import SEED
+    from tlviz.diagnose.probe import probe_sample
 
-    return _probe_sample(np.asarray(images.labels), np.random.default_rng(SEED), distinct)
+    return probe_sample(np.asarray(images.labels), np.random.default_rng(SEED), distinct)
 
 
 def test_too_few_images_skip_the_probe_and_chance_checks_with_a_sentence(loaded_base, base_images, dead_head_report):

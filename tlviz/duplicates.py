@@ -196,7 +196,7 @@ def _candidate_pairs(hashes: np.ndarray, max_bits: int) -> np.ndarray:
 
 def _defaults(max_bits, tolerance) -> tuple[int, float]:
     if max_bits is None or tolerance is None:
-        from tlviz.diagnose.registry import threshold  # the check's thresholds are the defaults
+        from tlviz.diagnose.thresholds import threshold  # the check's thresholds are the defaults
 
         max_bits = threshold("duplicate-images", "max_bits") if max_bits is None else max_bits
         tolerance = threshold("duplicate-images", "tolerance") if tolerance is None else tolerance

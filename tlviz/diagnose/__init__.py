@@ -24,15 +24,19 @@ set is unlabelled or its classes do not match the model's outputs.
 Modules
 -------
 
-- `registry`: `CHECKS`, one `Check` per check with its thresholds; renders the
-  README table (``python -m tlviz.diagnose``).
-- `base`: `Check` (a registry entry) and `Threshold`.
-- `context`: `DiagnosisContext` (the measurements several checks share) and
-  `PresetEvidence`; `probe`, `clones`, `assignment`: measurements it uses.
-- `pretraining`, `finetuning`, `inference`: the checks, by area; `outputs` (prediction-collapse,
-  output-loss-mismatch) and `data` (exif-orientation, duplicate-images, likely-mislabelled, with the
-  out-of-fold probe `data.out_of_fold`): issue 14's checks, by topic.
-- `report`: `DiagnosisReport` and its Markdown / JSON exports; `runner`: `diagnose`.
+From the bottom up (a module imports only modules of its own item or of the items above it):
+
+- `base`: `Check` (a registry entry), `Threshold`, `SkippedCheck` and the evidence helpers;
+  `thresholds`: every check's thresholds by check id (`THRESHOLDS`, `threshold`).
+- `assignment`, `clones`, `probe`, `outoffold`: measurements; `context`: `DiagnosisContext`
+  (the measurements several checks share) and `PresetEvidence`.
+- `pretraining`, `finetuning`, `inference`: the checks, by area; `trainingmode` (bn-statistics-mismatch,
+  training-mode-inference), `outputs` (prediction-collapse, output-loss-mismatch), `data` (exif-orientation,
+  duplicate-images, likely-mislabelled, with the out-of-fold probe `outoffold.out_of_fold`) and
+  `runverdict` (catastrophic-forgetting): checks by topic.
+- `registry`: `CHECKS`, one `Check` per check; renders the README table (``python -m tlviz.diagnose``).
+- `report`: `DiagnosisReport` and its Markdown / JSON exports; `runner`: `diagnose`; `forgetting`:
+  fine-tuning runs judged with the registry's entry into a report.
 
 Public API
 ----------
@@ -66,7 +70,7 @@ from tlviz.diagnose.base import SEED, Check, Threshold
 from tlviz.diagnose.clones import clone_for_training_mode, fresh_clone
 from tlviz.diagnose.context import TRAINING_MODE_IMAGES, DiagnosisContext, PresetEvidence
 from tlviz.diagnose.forgetting import judge_run, judge_runs, runs_for, with_cli_runs, with_runs
-from tlviz.diagnose.probe import PROBE_MAX_IMAGES, PROBE_RANDOM_INITS, _feature_tensor, _features, _probe_sample
+from tlviz.diagnose.probe import PROBE_MAX_IMAGES, PROBE_RANDOM_INITS
 from tlviz.diagnose.registry import AREA_TITLES, CHECK_IDS, CHECKS, SEVERITY_TITLES, check_list, threshold
 from tlviz.diagnose.report import DiagnosisReport, SkippedCheck
 from tlviz.diagnose.runner import diagnose
@@ -81,5 +85,3 @@ __all__ = [
     "PresetEvidence", "SkippedCheck", "Threshold", "best_assignment", "clone_for_training_mode", "diagnose",
     "fresh_clone", "judge_run", "judge_runs", "runs_for", "with_runs", "with_cli_runs", "threshold",
 ]
-# Also importable from here, for the tests: _feature_tensor, _features,
-# _probe_sample.

@@ -85,7 +85,17 @@ def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
     return perm
 
 
-def _confusion(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
+    """The ``(k, k)`` confusion counts: row = true class, column = predicted (values outside ``0..k-1`` ignored).
+
+    Args:
+        labels: true class per image.
+        preds: predicted class per image.
+        k: the number of classes.
+
+    Returns:
+        An int64 array; `best_assignment` takes it.
+    """
     c = np.zeros((k, k), dtype=np.int64)
     ok = (labels >= 0) & (labels < k) & (preds >= 0) & (preds < k)
     np.add.at(c, (labels[ok], preds[ok]), 1)

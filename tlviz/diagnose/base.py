@@ -18,8 +18,10 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from tlviz.findings import AREAS, SEVERITIES, Finding
+from tlviz.errors import CheckSkipped
+from tlviz.findings import AREAS, SEVERITIES, Finding, sort_findings
 from tlviz.jsonsafe import json_safe
+from tlviz.stats import decide, format_points, paired_difference
 
 #: Seeds every sample, shuffle and fresh copy, so that a diagnosis is reproducible.
 SEED = 0
@@ -147,7 +149,7 @@ class Check:
             The `Finding`.
         """
         return Finding(id=self.id, severity=self.severity, area=self.area, title=title,
-                       evidence=_jsonable(evidence), fix=fix)
+                       evidence=jsonable(evidence), fix=fix)
 
     def adopt(self, finding: Finding, **changes) -> Finding:
         """A finding measured elsewhere (`tlviz.layers`, `tlviz.normalize`) as this check reports it.
@@ -187,6 +189,31 @@ class Check:
         return _DetectsFormatter().format(self.detects, **{name: t.value for name, t in self.thresholds.items()})
 
 
+@dataclass
+class SkippedCheck:
+    """A check that did not run, and the sentence saying why (a `DiagnosisReport` lists them)."""
+
+    id: str
+    title: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "title": self.title, "reason": self.reason}
+
+
+def in_report_order(findings: list[Finding]) -> list[Finding]:
+    """Findings in a report's order: most severe first; within a severity, by area (pre-training, fine-tuning,
+    inference), and stable within an area.
+
+    Args:
+        findings: the findings.
+
+    Returns:
+        A new list.
+    """
+    return sort_findings(sorted(findings, key=lambda f: AREAS.index(f.area)))
+
+
 class _DetectsFormatter(string.Formatter):
     """`str.format` plus the spec ``pts``: a fraction as accuracy points (``0.05`` -> ``5 points``)."""
 
@@ -198,18 +225,43 @@ class _DetectsFormatter(string.Formatter):
 
 # -- evidence helpers ---------------------------------------------------------------
 
-def _jsonable(v):
-    """Evidence values as plain JSON types, floats rounded to 6 digits."""
+def jsonable(v):
+    """Evidence values as plain JSON types, floats rounded to 6 digits (`tlviz.jsonsafe.json_safe`).
+
+    Args:
+        v: a value, a dict or a list of them (NumPy scalars and arrays included).
+
+    Returns:
+        The same structure in JSON types.
+    """
     return json_safe(v, digits=6)
 
 
-def _names(items, limit: int = 6) -> str:
+def name_list(items, limit: int = 6) -> str:
+    """Items joined for a sentence: the first `limit`, then "and N more".
+
+    Args:
+        items: anything printable.
+        limit: how many to name. Defaults to 6.
+
+    Returns:
+        ``"a, b, c and 4 more"``.
+    """
     items = [str(i) for i in items]
     text = ", ".join(items[:limit])
     return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _sample_note(sample: np.ndarray, n: int) -> str:
+def sample_note(sample: np.ndarray, n: int) -> str:
+    """How a measurement's images were chosen, for its evidence: ``all n images`` or ``k of n images, seeded ...``.
+
+    Args:
+        sample: the indices measured.
+        n: the images in the set.
+
+    Returns:
+        The phrase.
+    """
     return f"all {n} images" if len(sample) == n else f"{len(sample)} of {n} images, seeded and class-balanced"
 
 
@@ -225,3 +277,28 @@ def balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> np
 
 
 _balanced_sample = balanced_sample  # the old name, until tlviz.finetune's drift and retention import the new one
+
+
+def clears(correct_a, correct_b, threshold: float, what: str):
+    """The paired difference of two accuracies on the same images when its 95 % interval clears `threshold`.
+
+    Args:
+        correct_a: per image, whether the first way is right (the one expected to score higher).
+        correct_b: per image, whether the second way is right, on the same images.
+        threshold: the gap, as a fraction, the whole interval must clear.
+        what: the numbers in words, opening the sentence when there are too few images.
+
+    Returns:
+        The `PairedDifference`, or None when the whole interval is below `threshold`.
+
+    Raises:
+        CheckSkipped: the interval straddles `threshold` (too few images to decide); `what` opens the numbers.
+    """
+    d = paired_difference(correct_a, correct_b)
+    verdict = decide(d.low, d.high, threshold)
+    if verdict is None:
+        raise CheckSkipped(
+            f"Too few images to decide: {what} on {d.n} images; the difference of {d.difference * 100:.1f} points has "
+            f"a 95 % interval of {format_points(d.low, d.high)}, which reaches below the {threshold * 100:.0f}-point "
+            "threshold. Add images to decide.")
+    return d if verdict else None

@@ -19,7 +19,16 @@ from tlviz.errors import CheckSkipped
 from tlviz.layers import BN_CLASSES, iter_leaves, random_in_training
 
 
-def _describe_layer(path: str, layer) -> str:
+def describe_layer(path: str, layer) -> str:
+    """A layer that acts differently in training, named for a finding: its path, class and rate or stddev.
+
+    Args:
+        path: the layer's path in the model (`tlviz.layers.iter_leaves`).
+        layer: the layer.
+
+    Returns:
+        For example ``"head/dropout (Dropout rate=0.5)"``.
+    """
     cls = type(layer).__name__
     for attr in ("rate", "stddev"):
         if getattr(layer, attr, None) is not None:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tlviz.diagnose.assignment import _confusion, best_assignment
+from tlviz.diagnose.assignment import confusion_matrix, best_assignment
 from tlviz.diagnose.base import SEED, balanced_sample
-from tlviz.diagnose.probe import Probe, _distinct, _feature_tensor, _probe_sample, run_probe
-from tlviz.errors import CheckSkipped, DiagnosisRefused
+from tlviz.diagnose.probe import Probe, distinct_images, feature_tensor, probe_sample, run_probe
+from tlviz.diagnose.thresholds import threshold
+from tlviz.errors import CheckSkipped, DiagnosisRefused, NormalizationRefused
 from tlviz.findings import Finding
 from tlviz.imagesets import ImageSet, two_classes_present
 from tlviz.layers import BN_CLASSES, has_initial_statistics, iter_leaves
@@ -38,13 +39,6 @@ TRAINING_BATCH = 64
 #: The preset comparison keeps the features of likely-mislabelled's images too (besides the
 #: pre-training probe's sample) when they take at most this many MB under every preset.
 TAP_MB = 256
-
-
-def _threshold(check_id: str, name: str) -> float:
-    """A threshold from the registry (imported here: the registry imports the checks, which import this module)."""
-    from tlviz.diagnose.registry import threshold
-
-    return threshold(check_id, name)
 
 
 @dataclass
@@ -137,8 +131,8 @@ class PresetEvidence:
         if top is None or dist is None or fp.best is None or fp.best == top or top not in dist:
             return out
         d_fp, d_top = dist[fp.best], dist[top]
-        if (d_top - d_fp >= _threshold("normalization-mismatch", "fingerprint_margin")
-                and d_top >= _threshold("normalization-mismatch", "fingerprint_ratio") * d_fp):
+        if (d_top - d_fp >= threshold("normalization-mismatch", "fingerprint_margin")
+                and d_top >= threshold("normalization-mismatch", "fingerprint_ratio") * d_fp):
             out.append(f"`{top}` scores {self.accuracy[top]:.1%} on these images, but the label-free fingerprint "
                        f"prefers `{fp.best}` (distance {d_fp:.3g} to the statistics the first BatchNormalization "
                        f"layer stored in training, against {d_top:.3g} for `{top}`)")
@@ -217,7 +211,7 @@ class DiagnosisContext:
 
     @functools.cached_property
     def match(self):
-        from tlviz.normalize import label_match
+        from tlviz.normalize.inputs import label_match
 
         return label_match(self.loaded, self.images)
 
@@ -241,7 +235,7 @@ class DiagnosisContext:
     # normalization ----------------------------------------------------------
     @functools.cached_property
     def normalization(self):
-        from tlviz import normalize
+        from tlviz.normalize.analysis import analyze
 
         def say(fraction, text):
             self.say(fraction, text)
@@ -250,18 +244,18 @@ class DiagnosisContext:
         try:
             teachable = bool(getattr(self.loaded, "teachable_machine", False)) or self.inference_preset == "teachable"
             presets = applicable_presets(self.images.images.shape[-1], teachable=teachable)
-            return normalize.analyze(self.loaded, self.images, source=self.source, progress=say, feature_tap=tap,
+            return analyze(self.loaded, self.images, source=self.source, progress=say, feature_tap=tap,
                                      presets=presets)
-        except normalize.NormalizationRefused as exc:
+        except NormalizationRefused as exc:
             raise DiagnosisRefused(str(exc)) from None
 
     @functools.cached_property
     def probe_setup(self) -> dict:
         """The probe's seeded, class-balanced sample of distinct images and the head's input (or `CheckSkipped`)."""
         rng = np.random.default_rng(SEED)
-        distinct = _distinct(self.images.images)
-        sample, shots = _probe_sample(np.asarray(self.images.labels), rng, distinct)
-        idx, tensor, name = _feature_tensor(self.model)
+        distinct = distinct_images(self.images.images)
+        sample, shots = probe_sample(np.asarray(self.images.labels), rng, distinct)
+        idx, tensor, name = feature_tensor(self.model)
         return {"rng": rng, "sample": sample, "shots": shots, "idx": idx, "tensor": tensor, "name": name,
                 "duplicates": int(np.sum(~distinct))}
 
@@ -274,8 +268,8 @@ class DiagnosisContext:
         """
         import keras
 
-        from tlviz.diagnose.data import mislabel_sample
-        from tlviz.normalize import FeatureTap
+        from tlviz.diagnose.outoffold import mislabel_sample
+        from tlviz.normalize.results import FeatureTap
 
         if self.unlabelled or not self.weights_finite:
             return None
@@ -305,15 +299,15 @@ class DiagnosisContext:
         best = None
         for p in order:
             preds = report.predictions[p]
-            c = _confusion(labels, preds.astype(np.int64), self.k)
+            c = confusion_matrix(labels, preds.astype(np.int64), self.k)
             perm = best_assignment(c)
             acc = float(np.trace(c) / max(c.sum(), 1))
             acc_m = float(c[np.arange(self.k), perm].sum() / max(c.sum(), 1))
             if best is None or acc_m > best.accuracy_with_mapping + 1e-9:
                 best = _LabelOrder(p, acc, acc_m, perm, c, False)
         identity = bool(np.all(best.assignment == np.arange(self.k)))
-        min_accuracy = _threshold("label-order-mismatch", "min_accuracy")
-        gain = _threshold("label-order-mismatch", "gain")
+        min_accuracy = threshold("label-order-mismatch", "min_accuracy")
+        gain = threshold("label-order-mismatch", "gain")
         preds = report.predictions[best.preset].astype(np.int64)
         # Same images with and without the re-ordering: the paired interval of the gain, and the
         # Wilson interval of the re-ordered accuracy, must clear their thresholds.
@@ -447,7 +441,7 @@ def _best_by_accuracy(accuracy: dict, fingerprint_order: list | None) -> tuple[s
     if not accuracy:
         return None, None
     top = max(accuracy.values())
-    tied = [p for p, a in accuracy.items() if a >= top - _threshold("normalization-mismatch", "tie")]
+    tied = [p for p, a in accuracy.items() if a >= top - threshold("normalization-mismatch", "tie")]
     for p in fingerprint_order or []:
         if p in tied:
             return p, "accuracy"
@@ -455,7 +449,17 @@ def _best_by_accuracy(accuracy: dict, fingerprint_order: list | None) -> tuple[s
     return exact[0], "accuracy"
 
 
-def _check_preset(preset: str, channels: int | None) -> None:
+def check_preset(preset: str, channels: int | None) -> None:
+    """Refuse an inference preset that does not exist or does not fit the images' channels.
+
+    Args:
+        preset: the inference preset's name.
+        channels: the images' channels (None: not known, only the name is checked).
+
+    Raises:
+        DiagnosisRefused: the preset is unknown, or needs RGB images and these are not; the message names
+            the presets that fit.
+    """
     if preset not in PRESETS:
         raise DiagnosisRefused(f"Unknown inference preset {preset!r}. Use one of: {', '.join(PRESETS)}.")
     if channels is not None and preset not in applicable_presets(channels, teachable=True):

@@ -9,7 +9,7 @@
   (`tlviz.duplicates`: a difference hash, confirmed on thumbnails) under two classes, or
   enough copies within classes that a random split leaks them into validation.
 - ``likely-mislabelled`` (`check_likely_mislabelled`): out-of-fold predictions of a linear
-  probe (`fit_probe`, multinomial logistic regression written here) on the frozen base's
+  probe (`tlviz.diagnose.outoffold`: multinomial logistic regression, out of fold) on the frozen base's
   features (the head's input, as `tlviz.diagnose.probe` takes them) confidently name another
   class than the image's folder. Copies of one image stay in one fold, so a copy cannot vouch
   for itself. The probe is trained on the folder labels, not on the model's head: it works
@@ -25,8 +25,9 @@ from collections import Counter
 
 import numpy as np
 
-from tlviz.diagnose.base import SEED, Check, balanced_sample
+from tlviz.diagnose.base import Check
 from tlviz.diagnose.context import DiagnosisContext
+from tlviz.diagnose.outoffold import FOLDS, mislabel_sample, out_of_fold
 from tlviz.errors import CheckSkipped
 from tlviz.findings import Finding
 from tlviz.stats import chance_level, format_interval, paired_difference, wilson_interval
@@ -35,23 +36,21 @@ from tlviz.stats import chance_level, format_interval, paired_difference, wilson
 PAIRS_SHOWN = 12
 #: Suspected mislabelled images shown in the evidence (a ranked gallery on the page).
 SUSPECTS_SHOWN = 16
-#: The probe scores at most this many images (a seeded, class-balanced sample of a larger set).
-MISLABEL_MAX_IMAGES = 3000
-#: Folds of the out-of-fold probe.
-FOLDS = 5
-#: The probe works on at most this many principal components of the features.
-PROBE_COMPONENTS = 128
-#: L2 penalty of the probe on standardised components (strong enough that its probabilities are not
-#: all 0 or 1 on a few hundred images).
-PROBE_L2 = 0.01
-#: Gradient steps of the probe's fit.
-PROBE_STEPS = 300
 
 
 # -- shared measurements -----------------------------------------------------------------
 
-def duplicate_groups(ctx: DiagnosisContext, check: Check | None = None):
-    """The image set's `tlviz.duplicates.DuplicateGroups`, found once per diagnosis."""
+def image_duplicates(ctx: DiagnosisContext, check: Check | None = None):
+    """The diagnosed image set's copies (`tlviz.duplicates.DuplicateGroups`), found once per diagnosis.
+
+    Args:
+        ctx: the `DiagnosisContext`; the groups are kept on it.
+        check: the ``duplicate-images`` entry, whose thresholds the search uses. Defaults to `None`
+            (`tlviz.duplicates.find_duplicates`'s defaults, which are the same thresholds).
+
+    Returns:
+        The `DuplicateGroups`.
+    """
     from tlviz.duplicates import find_duplicates
 
     cached = ctx.__dict__.get("_duplicate_groups")
@@ -162,7 +161,7 @@ def check_duplicate_images(ctx: DiagnosisContext, check: Check) -> list[Finding]
     if n < 2:
         raise CheckSkipped("A single image cannot have a duplicate.")
     ctx.say(0.1, f"Hashing {n} images…")
-    found = duplicate_groups(ctx, check)
+    found = image_duplicates(ctx, check)
     if not len(found):
         return []
     labels = np.asarray(images.labels)
@@ -218,144 +217,24 @@ def check_duplicate_images(ctx: DiagnosisContext, check: Check) -> list[Finding]
 
 # -- likely-mislabelled ---------------------------------------------------------------------
 
-def _folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
-    """A fold per image: stratified by label, every group (copies of one image) in one fold."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(labels), dtype=np.int64)
-    load = np.zeros((k, int(labels.max()) + 1), dtype=np.int64)
-    uniq = np.unique(groups)
-    order = rng.permutation(len(uniq))
-    for g in uniq[order]:
-        members = np.flatnonzero(groups == g)
-        c = int(labels[members[0]])
-        f = int(np.argmin(load[:, c] + rng.random(k) * 1e-3))
-        fold[members] = f
-        load[f, c] += len(members)
-    return fold
-
-
-def _components(feats: np.ndarray, limit: int = PROBE_COMPONENTS) -> np.ndarray:
-    """The features centred and projected on their first principal components (no labels involved)."""
-    x = feats - feats.mean(axis=0)
-    if x.shape[1] <= limit:
-        return x
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:limit].T
-
-
-def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = PROBE_L2,
-              steps: int = PROBE_STEPS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Multinomial logistic regression with an L2 penalty, fitted by gradient descent (Nesterov momentum).
-
-    Args:
-        x: ``(n, d)`` features; standardised here with their own mean and spread.
-        y: ``(n,)`` integer labels below `n_classes`.
-        n_classes: the number of classes.
-        l2: the penalty on the weights. Defaults to `PROBE_L2`.
-        steps: gradient steps. Defaults to `PROBE_STEPS`.
-
-    Returns:
-        ``(weights, bias, mean, scale)``: predict with `probe_probabilities`.
-    """
-    mean = x.mean(axis=0)
-    # One scale for every dimension (the root mean variance): per-dimension scaling would blow up directions
-    # that only hold float noise (a base whose features barely vary) into confident nonsense.
-    scale = float(np.sqrt(np.mean(x.var(axis=0)))) + 1e-12
-    z = (x - mean) / scale
-    n, d = z.shape
-    onehot = np.eye(n_classes)[y]
-    # Step size from the gradient's Lipschitz constant: |z|^2 / (2n) + l2 (power iteration on z^T z).
-    v = np.random.default_rng(SEED).normal(size=d)
-    for _ in range(20):
-        v = z.T @ (z @ v)
-        v /= np.linalg.norm(v) + 1e-12
-    lipschitz = float(np.linalg.norm(z @ v) ** 2) / (2 * n) + l2
-    step = 1.0 / lipschitz
-    w = np.zeros((d, n_classes))
-    b = np.zeros(n_classes)
-    w_prev, b_prev = w.copy(), b.copy()
-    for t in range(1, steps + 1):
-        mom = (t - 1) / (t + 2)
-        wl, bl = w + mom * (w - w_prev), b + mom * (b - b_prev)
-        p = _softmax(z @ wl + bl)
-        g = p - onehot
-        w_prev, b_prev = w, b
-        w = wl - step * (z.T @ g / n + l2 * wl)
-        b = bl - step * g.mean(axis=0)
-    return w, b, mean, scale
-
-
-def probe_probabilities(probe, x: np.ndarray) -> np.ndarray:
-    """Class probabilities of a `fit_probe` result for features `x`."""
-    w, b, mean, scale = probe
-    return _softmax(((x - mean) / scale) @ w + b)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def out_of_fold(feats: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_classes: int,
-                folds: int = FOLDS) -> np.ndarray:
-    """Every image's class probabilities from a probe that never saw it (nor a copy of it).
-
-    Args:
-        feats: ``(n, d)`` features.
-        labels: ``(n,)`` integer labels.
-        groups: ``(n,)`` group ids; images of one group are held out together.
-        n_classes: the number of classes.
-        folds: the number of folds. Defaults to `FOLDS`.
-
-    Returns:
-        ``(n, n_classes)`` probabilities.
-    """
-    x = _components(np.asarray(feats, dtype=np.float64))
-    fold = _folds(labels, groups, folds)
-    probs = np.zeros((len(labels), n_classes))
-    for f in range(folds):
-        test = fold == f
-        if not test.any() or test.all():
-            continue
-        probe = fit_probe(x[~test], labels[~test], n_classes)
-        probs[test] = probe_probabilities(probe, x[test])
-    return probs
-
-
-def mislabel_sample(labels, n_classes: int) -> np.ndarray:
-    """The images the likely-mislabelled probe uses (sorted indices; empty when it cannot run).
-
-    A seeded, class-balanced sample of at most `MISLABEL_MAX_IMAGES` images of the classes that have
-    `FOLDS` or more (one per fold); empty when fewer than two classes do. It depends on the labels
-    alone, so the preset comparison can keep these images' features on its way (`DiagnosisContext`).
-    """
-    all_labels = np.asarray(labels, dtype=np.int64)
-    usable = np.flatnonzero(np.bincount(all_labels, minlength=n_classes) >= FOLDS)
-    if len(usable) < 2:
-        return np.array([], dtype=np.int64)
-    keep = np.flatnonzero(np.isin(all_labels, usable))
-    return keep[balanced_sample(all_labels[keep], MISLABEL_MAX_IMAGES, SEED)]
-
-
 def _features_for(ctx: DiagnosisContext, preset: str, indices: np.ndarray) -> tuple[np.ndarray, str]:
     """Features at the head's input for `indices` (those the preset comparison kept are reused)."""
-    from tlviz.diagnose.probe import _features, _tapped_features
+    from tlviz.diagnose.probe import layer_features, tapped_features
 
     setup = ctx.probe_setup
     idx, layer = setup["idx"], setup["name"]
     out = np.zeros((len(indices), 0))
-    tapped = _tapped_features(ctx, preset, indices)
+    tapped = tapped_features(ctx, preset, indices)
     if tapped is not None:  # the preset comparison kept them all: no pass of its own
         return tapped, layer
     have = {}
-    tapped = _tapped_features(ctx, preset, setup["sample"])
+    tapped = tapped_features(ctx, preset, setup["sample"])
     if tapped is not None:
         have = {int(i): tapped[k] for k, i in enumerate(setup["sample"])}
     missing = [int(i) for i in indices if int(i) not in have]
     if missing:
         ctx.say(0.1, f"Features of the frozen base for {len(missing)} images…")
-        computed = _features(ctx.model, idx, ctx.images.images[np.array(missing)], preset)
+        computed = layer_features(ctx.model, idx, ctx.images.images[np.array(missing)], preset)
         have.update({i: computed[k] for k, i in enumerate(missing)})
     out = np.stack([have[int(i)] for i in indices]) if len(indices) else out
     return out, layer
@@ -377,7 +256,7 @@ def check_likely_mislabelled(ctx: DiagnosisContext, check: Check) -> list[Findin
         raise CheckSkipped("The base's features contain NaN or infinite values, so no probe can be trained on them.")
     remap = {int(c): k for k, c in enumerate(usable)}
     y = np.array([remap[int(c)] for c in all_labels[chosen]], dtype=np.int64)
-    groups = duplicate_groups(ctx).group_ids()[chosen]
+    groups = image_duplicates(ctx).group_ids()[chosen]
     ctx.say(0.6, f"Out-of-fold probe on {len(chosen)} images ({FOLDS} folds)…")
     probs = out_of_fold(feats, y, groups, len(usable))
     pred = probs.argmax(axis=1)

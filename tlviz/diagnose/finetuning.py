@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from tlviz.diagnose.base import Check, _jsonable, _names, _sample_note
+from tlviz.diagnose.base import Check, jsonable, name_list, sample_note
 from tlviz.diagnose.clones import bn_mean_shift, clone_for_training_mode
 from tlviz.diagnose.context import TRAINING_BATCH, DiagnosisContext
 from tlviz.errors import CheckSkipped
@@ -51,14 +51,14 @@ def check_bn_trainable_in_base(ctx: DiagnosisContext, check: Check) -> list[Find
     try:
         m = _batch_statistics_effect(ctx, check)
     except CheckSkipped as exc:
-        return [replace(advice, evidence=_jsonable({**advice.evidence, "not_measured": str(exc)}),
+        return [replace(advice, evidence=jsonable({**advice.evidence, "not_measured": str(exc)}),
                         fix=f"Not measured on your images: {exc} {advice.fix}")]
     lo, hi = m["drop_interval"]
     numbers = (f"{m['accuracy_inference_mode']:.1%} in inference mode, {m['accuracy_batch_statistics']:.1%} with the "
                f"BatchNormalization layers on batch statistics as `fit` runs them (batches of {m['batch_size']}), on "
                f"{m['n_images']} images: a drop of {m['drop'] * 100:.1f} points, 95 % interval "
                f"{format_points(lo, hi)}")
-    evidence = _jsonable({**advice.evidence, **m, "measured_on_images": True})
+    evidence = jsonable({**advice.evidence, **m, "measured_on_images": True})
     if m["verdict"] is True:
         return [check.measured(
             advice, evidence=evidence,
@@ -110,7 +110,7 @@ def _batch_statistics_effect(ctx: DiagnosisContext, check: Check) -> dict:
             "accuracy_batch_statistics": float(np.mean(right_batch)),
             "drop": d.difference, "drop_interval": [d.low, d.high], "threshold": check.threshold("drop"),
             "verdict": decide(d.low, d.high, check.threshold("drop")),
-            "n_images": int(len(sample)), "sample": _sample_note(sample, len(ev.labels)),
+            "n_images": int(len(sample)), "sample": sample_note(sample, len(ev.labels)),
             "batch_size": int(getattr(ctx, "training_batch", TRAINING_BATCH)), "preset": ctx.working_preset,
             "bn_mean_shift_after_one_pass": shift}
 
@@ -190,8 +190,8 @@ def check_class_count_mismatch(ctx: DiagnosisContext, check: Check) -> list[Find
             return []
         evidence.update({"model_class_names": recorded[:20], "classes_not_in_model": foreign[:20]})
         title = (f"{len(foreign)} of the image set's {len(names)} classes are not among the model's outputs")
-        why = (f"The model was trained on {_names(recorded)}; the image set has {_names(foreign)}, which it cannot "
-               "predict.")
+        why = (f"The model was trained on {name_list(recorded)}; the image set has {name_list(foreign)}, which it "
+               "cannot predict.")
     else:
         if len(names) == k:
             return []

@@ -48,7 +48,7 @@ def _feature_spread(ctx: DiagnosisContext, preset: str) -> tuple[float, int, str
     The spread is ``|F - mean(F)| / |F|`` (Frobenius norms) over a sample: 0 when every image gets the
     same feature vector (or all zeros), about 1 for features that vary as much as they are large.
     """
-    from tlviz.diagnose.probe import _features, _tapped_features
+    from tlviz.diagnose.probe import layer_features, tapped_features
 
     try:
         setup = ctx.probe_setup
@@ -56,18 +56,18 @@ def _feature_spread(ctx: DiagnosisContext, preset: str) -> tuple[float, int, str
         setup = None
     feats = None
     if setup is not None:
-        feats = _tapped_features(ctx, preset, setup["sample"])
+        feats = tapped_features(ctx, preset, setup["sample"])
         idx, layer = setup["idx"], setup["name"]
     else:
-        from tlviz.diagnose.probe import _feature_tensor
+        from tlviz.diagnose.probe import feature_tensor
 
         try:
-            idx, _, layer = _feature_tensor(ctx.model)
+            idx, _, layer = feature_tensor(ctx.model)
         except CheckSkipped:
             return None
     if feats is None:
         sample = balanced_sample(np.asarray(ctx.images.labels), SPREAD_IMAGES, SEED)
-        feats = _features(ctx.model, idx, ctx.images.images[sample], preset)
+        feats = layer_features(ctx.model, idx, ctx.images.images[sample], preset)
     feats = np.nan_to_num(np.asarray(feats, dtype=np.float64))
     if len(feats) < 2:
         return None

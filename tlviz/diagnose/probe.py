@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,9 +40,6 @@ PROBE_MAX_PER_CLASS = 40
 #: Fresh random copies of the architecture compared with the pre-trained weights. Random initialisations
 #: differ among themselves by several points, so the pre-trained features are compared with the best copy.
 PROBE_RANDOM_INITS = 3
-
-if TYPE_CHECKING:
-    from tlviz.diagnose.context import DiagnosisContext
 
 
 @dataclass
@@ -110,8 +106,19 @@ class Probe:
                 f"{self.chance:.1%} chance, on a seeded, class-balanced sample.")
 
 
-def _feature_tensor(model):
-    """(index of the first top-level head layer, its input tensor, its path) or CheckSkipped."""
+def feature_tensor(model):
+    """Where the probe reads the base's features: the head's input.
+
+    Args:
+        model: the Keras model.
+
+    Returns:
+        ``(index, tensor, name)``: the index of the first top-level head layer, its input tensor, and
+        the name of the layer below it.
+
+    Raises:
+        CheckSkipped: the model has no weighted base below a head, or its head's input cannot be found.
+    """
     from tlviz.layers import head_input, layer_table
 
     table = layer_table(model)
@@ -127,8 +134,18 @@ def _feature_tensor(model):
     return idx, tensor, below or f"input of {model.layers[idx].name}"
 
 
-def _features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:
-    """Features at the head's input, in batches planned from the memory budget (compiled passes)."""
+def layer_features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:
+    """Features at the head's input, in batches planned from the memory budget (compiled passes).
+
+    Args:
+        model: the Keras model.
+        idx: the first head layer's index (`feature_tensor`).
+        images: uint8 images.
+        preset: the preset they are prepared with.
+
+    Returns:
+        ``(n, channels)`` float64 features (spatial axes averaged).
+    """
     import keras
 
     from tlviz.memory import forward, plan_batch
@@ -148,8 +165,15 @@ def _features(model, idx: int, images: np.ndarray, preset: str) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _distinct(images: np.ndarray) -> np.ndarray:
-    """Whether each image is the first of its exact duplicates (same pixels), as a boolean mask."""
+def distinct_images(images: np.ndarray) -> np.ndarray:
+    """Whether each image is the first of its exact duplicates (same pixels).
+
+    Args:
+        images: the images.
+
+    Returns:
+        A boolean mask, True for the first copy of each distinct image.
+    """
     seen: set[bytes] = set()
     keep = np.zeros(len(images), dtype=bool)
     for i, image in enumerate(images):
@@ -159,14 +183,14 @@ def _distinct(images: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _probe_sample(labels: np.ndarray, rng, distinct: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def probe_sample(labels: np.ndarray, rng, distinct: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Seeded, stratified sample of image indices (classes with at least 4 distinct images).
 
     Args:
         labels: the image set's labels.
         rng: a seeded `numpy.random.Generator`.
         distinct: per image, whether it is the first of its exact duplicates
-            (`_distinct`); the others are left out. Defaults to keeping every image.
+            (`distinct_images`); the others are left out. Defaults to keeping every image.
 
     Returns:
         ``(indices, shots)``: the sample and the images per class its class means
@@ -207,8 +231,17 @@ def _loo_correct(feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.argmax(cosine, axis=1) == own
 
 
-def _tapped_features(ctx: DiagnosisContext, preset: str, sample: np.ndarray) -> np.ndarray | None:
-    """The probe's features under `preset`, kept by the preset comparison (None when it did not keep them)."""
+def tapped_features(ctx, preset: str, sample: np.ndarray) -> np.ndarray | None:
+    """The probe's features under `preset`, kept by the preset comparison.
+
+    Args:
+        ctx: the `DiagnosisContext` (its normalization report, when the comparison ran).
+        preset: the preset.
+        sample: sorted image indices.
+
+    Returns:
+        ``(len(sample), channels)`` float64 features, or None when the comparison did not keep them all.
+    """
     report = ctx.__dict__.get("normalization")
     ev = None if report is None else report._preset_evals().get(preset)
     kept = None if ev is None or ev.features is None else getattr(ev, "feature_indices", None)
@@ -221,7 +254,7 @@ def _tapped_features(ctx: DiagnosisContext, preset: str, sample: np.ndarray) -> 
     return ev.features[pos].astype(np.float64)
 
 
-def run_probe(ctx: DiagnosisContext, with_random: bool = True) -> Probe:
+def run_probe(ctx, with_random: bool = True) -> Probe:
     """Runs the probe on a context's seeded, class-balanced sample.
 
     Args:
@@ -243,10 +276,10 @@ def run_probe(ctx: DiagnosisContext, with_random: bool = True) -> Probe:
     images = ctx.images.images[sample]
     idx, name = setup["idx"], setup["name"]
     preset = ctx.working_preset
-    pre_feats = _tapped_features(ctx, preset, sample)
+    pre_feats = tapped_features(ctx, preset, sample)
     if pre_feats is None:
         ctx.say(0.1, "Probe: features of the pre-trained base…")
-        pre_feats = _features(ctx.model, idx, images, preset)
+        pre_feats = layer_features(ctx.model, idx, images, preset)
     if not np.all(np.isfinite(pre_feats)):
         raise CheckSkipped("The base's features contain NaN or infinite values, so no probe can be trained on them.")
     pre = _loo_correct(pre_feats, labels)
@@ -264,7 +297,7 @@ def run_probe(ctx: DiagnosisContext, with_random: bool = True) -> Probe:
         except Exception as exc:
             raise CheckSkipped(f"The architecture could not be re-created with fresh weights "
                                f"({type(exc).__name__}: {str(exc)[:120]}).") from None
-        feats = _features(fresh, idx, images, preset)
+        feats = layer_features(fresh, idx, images, preset)
         feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
         rand.append(_loo_correct(feats, labels))
         del fresh

@@ -14,32 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from tlviz.diagnose.base import _jsonable
-from tlviz.diagnose.context import PresetEvidence, _check_preset
+from tlviz.diagnose.base import SkippedCheck, jsonable, in_report_order
+from tlviz.diagnose.context import PresetEvidence, check_preset
 from tlviz.diagnose.registry import AREA_TITLES, CHECK_IDS, CHECKS, SEVERITY_TITLES
 from tlviz.errors import CheckSkipped
-from tlviz.findings import AREAS, SEVERITIES, Finding, sort_findings
-
-
-@dataclass
-class SkippedCheck:
-    """A check that did not run, and the sentence saying why."""
-
-    id: str
-    title: str
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "reason": self.reason}
-
-
-def _area_key(area: str) -> int:
-    return AREAS.index(area)
-
-
-def _sorted(findings: list[Finding]) -> list[Finding]:
-    """Most severe first; within a severity, by area (pre-training, fine-tuning, inference)."""
-    return sort_findings(sorted(findings, key=lambda f: _area_key(f.area)))
+from tlviz.findings import AREAS, SEVERITIES, Finding
 
 
 @dataclass
@@ -106,7 +85,7 @@ class DiagnosisReport:
             groups.setdefault(f.area, []).append(f)
         def worst(area):
             return min(SEVERITIES.index(f.severity) for f in groups[area])
-        return [(a, groups[a]) for a in sorted(groups, key=lambda a: (worst(a), _area_key(a)))]
+        return [(a, groups[a]) for a in sorted(groups, key=lambda a: (worst(a), AREAS.index(a)))]
 
     def for_preset(self, inference_preset: str) -> "DiagnosisReport":
         """The same diagnosis judged for another inference preset (no model run).
@@ -118,7 +97,7 @@ class DiagnosisReport:
             A new `DiagnosisReport`; only the preset-dependent checks (those with a ``judge``:
             ``normalization-mismatch``, ``inference-preset-fails``, ``double-normalization``) change.
         """
-        _check_preset(inference_preset, self.evidence.channels if self.evidence is not None else None)
+        check_preset(inference_preset, self.evidence.channels if self.evidence is not None else None)
         if inference_preset == self.inference_preset:
             return self
         dependent = [c for c in CHECKS if c.preset_dependent]
@@ -140,13 +119,13 @@ class DiagnosisReport:
         order = {c: i for i, c in enumerate(CHECK_IDS)}
         ran.sort(key=lambda c: order[c])
         skipped.sort(key=lambda s: order.get(s.id, 0))
-        findings = _sorted(sorted(findings, key=lambda f: order.get(f.id, len(order))))
+        findings = in_report_order(sorted(findings, key=lambda f: order.get(f.id, len(order))))
         return replace(self, findings=findings, skipped=skipped, checks_run=ran, inference_preset=inference_preset)
 
     # exports -----------------------------------------------------------------
     def to_json(self) -> dict:
         """The command line's JSON object: ``{"findings": [{id, severity, area, title, evidence, fix}, ...]}``."""
-        return {"findings": [_jsonable(f.to_dict()) for f in self.findings]}
+        return {"findings": [jsonable(f.to_dict()) for f in self.findings]}
 
     def to_dict(self) -> dict:
         """The whole report (the `to_json` object plus skipped checks and context), for downloads."""
@@ -205,7 +184,7 @@ class DiagnosisReport:
             lines += [f"- `{s.id}` ({s.title}): {s.reason}" for s in self.skipped]
             lines.append("")
         if repairs:
-            from tlviz.repair import repairs_markdown
+            from tlviz.repair.result import repairs_markdown
 
             lines += [repairs_markdown(list(repairs))]
         return "\n".join(lines)

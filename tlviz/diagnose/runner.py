@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from tlviz.diagnose.context import DiagnosisContext, _check_preset
+from tlviz.diagnose.base import SkippedCheck, in_report_order
+from tlviz.diagnose.context import DiagnosisContext, check_preset
 from tlviz.diagnose.registry import CHECK_IDS, CHECKS, CHECKS_BY_ID
-from tlviz.diagnose.report import DiagnosisReport, SkippedCheck, _sorted
+from tlviz.diagnose.report import DiagnosisReport
 from tlviz.errors import CheckSkipped, DiagnosisRefused
 from tlviz.findings import Finding
 from tlviz.imagesets import ImageSet
@@ -64,7 +65,7 @@ def diagnose(loaded_model, image_set: ImageSet, inference_preset: str = "unit",
                 f"The images are {'x'.join(map(str, got))} but {loaded.name} expects "
                 f"{'x'.join('?' if d is None else str(d) for d in loaded.input_shape)}. Decode them at the model's "
                 "input size (ImageSource.load(loaded.image_size, loaded.channels)).")
-    _check_preset(inference_preset, got[-1])
+    check_preset(inference_preset, got[-1])
     selected = list(CHECKS)
     if checks is not None:
         unknown = [c for c in checks if c not in CHECKS_BY_ID]
@@ -114,7 +115,7 @@ def diagnose(loaded_model, image_set: ImageSet, inference_preset: str = "unit",
         except DiagnosisRefused:
             evidence = None
     return DiagnosisReport(
-        findings=_sorted(findings),
+        findings=in_report_order(findings),
         skipped=skipped,
         checks_run=ran,
         model_name=loaded.name,

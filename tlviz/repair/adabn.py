@@ -126,7 +126,7 @@ def repair_bn_statistics(chain, check_only: bool = False) -> RepairStep | None:
     Raises:
         RepairRefused: the model has no BatchNormalization layer, or too few images.
     """
-    from tlviz.diagnose.registry import threshold
+    from tlviz.diagnose.thresholds import threshold
     from tlviz.repair.graph import copy_model, leaf
 
     paths = bn_paths(chain.model)

@@ -77,7 +77,7 @@ def repair_label_order(chain, output_names: list[str], check_only: bool = False)
     Raises:
         RepairRefused: no Dense output layer, too few images, or the order already matches.
     """
-    from tlviz.diagnose import best_assignment
+    from tlviz.diagnose.assignment import best_assignment
     from tlviz.repair.graph import copy_model, output_dense
 
     path, _ = output_dense(chain.model)

@@ -96,7 +96,7 @@ def choose_expected(chain, presets: list[str], with_mapping: bool, adabn: bool =
         ``(preset, {preset: accuracy on the estimation half})``; ties go to the user's preset, then
         to the earlier preset in `presets`.
     """
-    from tlviz.diagnose import best_assignment
+    from tlviz.diagnose.assignment import best_assignment
     from tlviz.repair.adabn import estimate_statistics
 
     labels = chain.labels[chain.fit]

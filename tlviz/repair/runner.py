@@ -70,7 +70,7 @@ def check_fixes(fixes) -> list[str]:
     ids = [str(f).strip() for f in fixes if str(f).strip()]
     if not ids:
         raise RepairRefused(f"No repair named. Give one or more of: {', '.join(ORDER)}.")
-    from tlviz.diagnose import CHECK_IDS
+    from tlviz.diagnose.registry import CHECK_IDS
 
     for i in ids:
         if i not in REPAIRS:
@@ -141,7 +141,7 @@ def repair(loaded, images, fixes, inference_preset: str = "unit", *, target: str
     Raises:
         RepairRefused: an unknown repair, or one that does not apply (the message says why).
     """
-    from tlviz.normalize import label_match
+    from tlviz.normalize.inputs import label_match
     from tlviz.presets import PRESET_RESIZE, applicable_presets
     from tlviz.repair.preprocessing import choose_expected, repair_normalization
 
