@@ -266,7 +266,18 @@ def sample_note(sample: np.ndarray, n: int) -> str:
 
 
 def balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> np.ndarray:
-    """Sorted indices of a seeded, class-balanced sample of at most about `max_images` images (all when fewer)."""
+    """Sorted indices of a seeded, class-balanced sample of at most about `max_images` images (all when fewer).
+
+    Shared with `tlviz.finetune` (the drift and retention probes draw their images with it).
+
+    Args:
+        labels: the class of each image.
+        max_images: the sample's size at most (each class gets ``max_images // classes``, at least 1).
+        seed: the seed. Defaults to `SEED`.
+
+    Returns:
+        Sorted int indices into `labels`.
+    """
     if len(labels) <= max_images:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
@@ -274,9 +285,6 @@ def balanced_sample(labels: np.ndarray, max_images: int, seed: int = SEED) -> np
     per_class = max(1, max_images // len(classes))
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
     return np.sort(np.concatenate(chosen))
-
-
-_balanced_sample = balanced_sample  # the old name, until tlviz.finetune's drift and retention import the new one
 
 
 def clears(correct_a, correct_b, threshold: float, what: str):
