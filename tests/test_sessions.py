@@ -11,6 +11,7 @@ import pytest
 from apptest_helpers import open_page, texts
 
 from tlviz.finetune.store import list_runs, load_run
+from tlviz.jobs import wait_job
 from tlviz.jobs.spawn import death_reason
 
 PAGE = "pages/finetune.py"
@@ -38,17 +39,18 @@ def start(at, lr=1e-2, epochs=2):
 
 
 def wait(*sessions, timeout=180):
-    deadline = time.monotonic() + timeout
-    pending = list(sessions)
-    while pending:
-        assert time.monotonic() < deadline, "a job did not finish"
-        time.sleep(0.5)
-        for at in list(pending):
+    """Wait for each session's job to end (on the job's own status), then let its page see the end."""
+    for at in sessions:
+        job_id = at.session_state["ft_job"]
+        if job_id is not None:
+            assert not wait_job(job_id, timeout=timeout).active, "a job did not finish"
+        for _ in range(5):  # the page notices the end on its next run, and clears its job
             at.run()
             assert not at.exception, at.exception
             if at.session_state["ft_job"] is None:
-                at.run()
-                pending.remove(at)
+                break
+        assert at.session_state["ft_job"] is None, "the page did not notice its job's end"
+        at.run()
 
 
 def test_two_sessions_fine_tune_side_by_side_without_seeing_each_other(runs):
