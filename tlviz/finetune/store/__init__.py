@@ -34,7 +34,7 @@ The package's modules: ``paths`` (where runs live, run ids), ``schema`` (states,
 ``writer`` (`RunWriter`, `TensorBoardWriter`), ``records`` (`RunRecord`, `load_run`, `list_runs`,
 `delete_run`), ``presentation`` (`RunProgress`, `RunOutcome`, `format_seconds`, `describe_where`).
 Every public name is importable from ``tlviz.finetune.store``. JSON files are read and written
-through `tlviz.jsonfiles`.
+through `tlviz.jsonfiles`; whether a worker still runs is `tlviz.processes.pid_alive`.
 """
 
 from tlviz.finetune.store.paths import ENV_RUNS_DIR, RUN_ID, check_run_id, new_run_id, run_path, runs_dir
@@ -42,14 +42,9 @@ from tlviz.finetune.store.presentation import RunOutcome, RunProgress, describe_
 from tlviz.finetune.store.records import RunRecord, delete_run, list_runs, load_run
 from tlviz.finetune.store.schema import ACTIVE_STATES, FINAL_STATES, HISTORY_COLUMNS, RUN_COLUMNS, STATES
 from tlviz.finetune.store.writer import RunWriter, TensorBoardWriter
-# Until the job files import them from their leaf modules (tlviz.jsonfiles, tlviz.jsonsafe, tlviz.processes):
-from tlviz.jsonfiles import now_iso, read_json, write_json
-from tlviz.jsonsafe import json_safe as clean_json
-from tlviz.processes import pid_alive
 
 __all__ = [
     "ENV_RUNS_DIR", "RUN_ID", "check_run_id", "new_run_id", "run_path", "runs_dir", "RunOutcome", "RunProgress",
     "describe_where", "format_seconds", "RunRecord", "delete_run", "list_runs", "load_run", "ACTIVE_STATES",
     "FINAL_STATES", "HISTORY_COLUMNS", "RUN_COLUMNS", "STATES", "RunWriter", "TensorBoardWriter",
-    "now_iso", "read_json", "write_json", "clean_json", "pid_alive",
 ]
