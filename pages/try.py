@@ -16,7 +16,7 @@ from PIL import Image
 import ui
 from tlviz.charts.tryit import top_classes_chart
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
-from tlviz.tryit import PhotoRefused
+from tlviz.errors import PhotoRefused
 from ui.tryit import explainer
 
 PHOTO_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]

@@ -54,6 +54,10 @@ class ClusterUnreachable(TlvizError):
     """The Ray cluster named by ``TLVIZ_RAY_ADDRESS`` cannot be reached (the message says what was tried)."""
 
 
+class PhotoRefused(TlvizError):
+    """A photo given to the Try page cannot be used (not an image, too large, corrupt)."""
+
+
 class ConfigError(TlvizError, ValueError):
     """A ``TLVIZ_*`` environment variable is set to something tlviz cannot use (the message names it)."""
 

@@ -7,7 +7,7 @@ passes: light enough to answer in the page (measured in ``bench/bench_try.py``).
 
 Public API:
 
-- `PhotoRefused`: the bytes are not a usable image (the message says why and what to do);
+- `tlviz.errors.PhotoRefused` (raised): the bytes are not a usable image (the message says why and what to do);
 - `decode_photo(data, loaded, preset)`: the photo at the model's input size, resized as `preset` needs;
 - `output_names(loaded, class_names)`: a name for every output of the model;
 - `Explainer(loaded)`: keeps what one model needs between photos (its Grad-CAM feature map);
@@ -20,14 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tlviz.errors import TlvizError
+from tlviz.errors import ImageSkipped, PhotoRefused
 
 #: How many classes each answer lists.
 TOP = 3
-
-
-class PhotoRefused(TlvizError):
-    """The photo could not be used (not an image, too large, corrupt)."""
 
 
 @dataclass
@@ -91,7 +87,7 @@ def decode_photo(data: bytes, loaded, preset: str = "raw") -> np.ndarray:
         raise PhotoRefused("The photo is empty. Take the photo again or choose another file.")
     try:
         arr, _, _ = decode_image(bytes(data), loaded.image_size, loaded.channels, preset_resize(preset))
-    except Exception as exc:  # noqa: BLE001 - the decoder's skip reason is the message
+    except ImageSkipped as exc:  # the decoder's skip reason is the message
         raise PhotoRefused(f"The photo cannot be used: {exc}. Choose a PNG, JPEG, BMP, GIF or WebP "
                            "image.") from None
     return arr
