@@ -288,3 +288,20 @@ def test_queue_order_positions_and_dead_markers(tmp_path, monkeypatch):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_one_status_type_and_one_set_of_states_for_every_kind():
+    """An analysis and a fine-tuning job are read with the same `JobStatus` and the same state words."""
+    from tlviz.jobs import ACTIVE_STATES, STATES, JobStatus
+    from tlviz.jobs.queue import waiting_text
+
+    assert STATES == ("queued", "running", "done", "failed", "cancelled") and ACTIVE_STATES == ("queued", "running")
+    queued = JobStatus("j", "normalize", "queued", queue_position=3)
+    assert queued.active and queued.jobs_ahead == 2 and queued.text == waiting_text(3) and queued.fraction == 0.0
+    running = JobStatus("j", "diagnose", "running", progress={"fraction": 0.4, "text": "Check 2 of 9: …"})
+    assert running.active and running.fraction == 0.4 and running.text.startswith("Check 2")
+    assert not running.has_runs and JobStatus("j", "runs", "queued").has_runs
+    done = JobStatus("j", "gradcam", "done", progress={"fraction": 0.9, "text": "Done."})
+    assert not done.active and done.fraction == 1.0
+    assert JobStatus("j", "runs", "queued", queue_position=2).text == waiting_text(2)
+    assert all(not JobStatus("j", k, s).active for k in ("normalize", "runs") for s in ("done", "failed", "cancelled"))

@@ -54,13 +54,11 @@ from tlviz.jobs.status import ACTIVE_STATES, STATES, Job, JobStatus
 poll_analysis = poll_job = poll
 wait_analysis = wait_job = wait
 cancel_analysis = cancel_job = cancel
-#: The status type's name for an analysis (the same class).
-AnalysisStatus = JobStatus
 
 __all__ = [
     "start_analysis", "start_job", "start_lr_finder", "poll", "cancel", "wait", "load_result", "latest_job",
     "analysis_key", "normalize_params", "stored_result", "has_result", "can_reopen", "Job", "JobStatus",
     "STATES", "ACTIVE_STATES", "KINDS", "ANALYSIS_KINDS", "RUN_KINDS", "get_kind", "JobKind", "tidy", "job_dir",
     "jobs_dir", "AnalysisRefused", "MEMORY_HINT", "NO_SOURCE_NOTE", "poll_analysis", "wait_analysis",
-    "cancel_analysis", "poll_job", "wait_job", "cancel_job", "AnalysisStatus",
+    "cancel_analysis", "poll_job", "wait_job", "cancel_job",
 ]
