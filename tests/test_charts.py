@@ -196,3 +196,28 @@ def test_drift_chart_outlines_blocks_it_could_not_measure():
     rows = spec["datasets"][outline[0]["data"]["name"]]
     assert [r["block"] for r in rows] == ["Conv_1"] and rows[0]["top"] == 1.0 and rows[0]["value"] == "not measured"
     assert spec["autosize"] == {"type": "fit-x", "contains": "padding"}
+
+
+def test_evidence_reads_as_people_write_numbers():
+    """The evidence table writes shares as percentages, intervals as ranges, differences in points, counts with
+    separators and files by name (issue 24: it showed ``interval 0.2686, 0.405`` beside "26.9–40.5 %")."""
+    from tlviz.charts import evidence_table
+    from tlviz.evidence import evidence_text
+    from tlviz.stats import PairedDifference
+
+    ev = {"interval": [0.2686, 0.405], "margin": 0.1, "probe_interval": [0.9174, 0.987], "drop": 0.192,
+          "drop_interval": [0.1662, 0.2178], "non_trainable_params": 24245, "n_images": 901,
+          "accuracy_by_preset": {"tf": 0.394, "unit": 0.2}, "fingerprint_distance": 0.0423, "file": "cats/sub/a.png",
+          "seconds": 12345.6, "at_chance": True, "preset": "tf", "missing": None,
+          "example_files": ["x.png"], "confusion_matrix": [[1, 0], [0, 1]]}
+    table = dict(zip(*evidence_table(ev).to_dict("list").values()))
+    assert table == {
+        "interval": "26.9–40.5 %", "margin": "+10.0 points", "probe interval": "91.7–98.7 %",
+        "drop": "+19.2 points", "drop interval": "+16.6 to +21.8 points", "non trainable params": "24,245",
+        "n images": "901", "accuracy by preset": "tf: 39.4%, unit: 20.0%", "fingerprint distance": "0.0423",
+        "file": "a.png", "seconds": "12,346", "at chance": "yes", "preset": "tf", "missing": "—"}
+    d = PairedDifference(difference=0.12, low=0.05, high=0.2, n=100, only_a=15, only_b=3, accuracy_a=0.6,
+                         accuracy_b=0.48)
+    assert evidence_text("excess", d) == "+12.0 points (+5.0 to +20.0 points)"
+    assert evidence_text("files", [f"f{i}.png" for i in range(12)]).endswith("… (12 in all)")
+    assert evidence_text("accuracy", 1) == "1"  # a count-like integer stays a count, never "100.0%"

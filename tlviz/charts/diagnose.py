@@ -22,38 +22,16 @@ from tlviz.charts import palette
 from tlviz.charts.confusion import confusion_chart
 from tlviz.charts.overview import class_counts
 from tlviz.findings import Finding
+from tlviz.evidence import evidence_text
 
 # Evidence keys shown as charts or image strips rather than in the table.
 _NOT_IN_TABLE = ("confusion_matrix", "example_files", "classes", "pairs", "ranked_suspects", "cells")
 
 
-_PERCENT_WORDS = ("accuracy", "share", "chance")
-
-
-def _text(v, percent: bool = False) -> str:
-    """A value as short text; with `percent`, fractions in [0, 1] read as percentages."""
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int, float)) and percent and 0.0 <= v <= 1.0:
-        return f"{float(v):.1%}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, dict):
-        items = list(v.items())
-        return ", ".join(f"{k}: {_text(x, percent)}" for k, x in items[:10]) + (" …" if len(items) > 10 else "")
-    if isinstance(v, list):
-        return ", ".join(_text(x, percent) for x in v[:10]) + (f" … ({len(v)} in all)" if len(v) > 10 else "")
-    return str(v)
-
-
 def evidence_table(evidence: dict) -> pd.DataFrame:
-    """The evidence as rows of (what, value) strings; matrices and file lists left out.
-
-    Values whose name mentions accuracy, share or chance read as percentages.
-    """
-    rows = [{"evidence": k.replace("_", " "), "value": _text(v, any(w in k for w in _PERCENT_WORDS))}
+    """The evidence as rows of (what, value) strings for people (`evidence_text`); matrices and file lists left
+    out (they are drawn as charts and images). The raw numbers stay in the report's JSON."""
+    rows = [{"evidence": k.replace("_", " "), "value": evidence_text(k, v)}
             for k, v in evidence.items() if k not in _NOT_IN_TABLE]
     return pd.DataFrame(rows, columns=["evidence", "value"])
 

@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
+from tlviz.evidence import evidence_text
 from tlviz.diagnose.base import SkippedCheck, jsonable, in_report_order
 from tlviz.diagnose.context import PresetEvidence, check_preset
 from tlviz.diagnose.registry import AREA_TITLES, CHECK_IDS, CHECKS, SEVERITY_TITLES
@@ -190,20 +190,6 @@ class DiagnosisReport:
         return "\n".join(lines)
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}: {_fmt(x)}" for k, x in list(v.items())[:12]) + (" …" if len(v) > 12 else "")
-    if isinstance(v, list):
-        if v and isinstance(v[0], list):
-            return json.dumps(v)
-        return ", ".join(_fmt(x) for x in v[:12]) + (" …" if len(v) > 12 else "")
-    return str(v)
-
-
 def _evidence_markdown(evidence: dict) -> list[str]:
     rows = ["| evidence | value |", "|---|---|"]
     matrix = None
@@ -213,7 +199,7 @@ def _evidence_markdown(evidence: dict) -> list[str]:
             continue
         if k == "cells":  # each cell's files: in the JSON export and the page's cell gallery, not this table
             continue
-        rows.append(f"| {k.replace('_', ' ')} | {_fmt(v).replace('|', '/')} |")
+        rows.append(f"| {k.replace('_', ' ')} | {evidence_text(k, v).replace('|', '/')} |")
     if matrix is not None:
         names = [str(n) for n in evidence.get("classes", range(len(matrix)))]
         rows += ["", "Confusion matrix (rows: image-set class, columns: model output):", "",
