@@ -14,7 +14,8 @@ import streamlit as st
 
 import ui
 from tlviz.errors import TlvizError
-from tlviz.finetune import RunRefused, depth_choices, list_runs, load_run, runs_dir, sweep_configs
+from tlviz.finetune import (RunRefused, depth_choices, list_runs, load_run, runs_dir, runs_of_model_first,
+                            sweep_configs)
 from ui import finetune as panels
 
 ui.page_start()
@@ -70,7 +71,7 @@ with st.expander("Sweep: several depths × learning rates"):
 panels.follow_job()
 panels.lr_result_panel()
 
-runs = list_runs(owner=ws)
+runs = runs_of_model_first(list_runs(owner=ws), loaded.sha256)  # this model's runs first, the others marked
 panels.runs_in_progress(runs, ws)
 st.divider()
 st.subheader("Results")
@@ -80,14 +81,22 @@ if runs.empty:
 
 labels = panels.run_labels(runs)
 ids = list(runs["run_id"])
-if st.session_state.get("ft_show_run") not in ids:
-    st.session_state["ft_show_run"] = ids[0]
-show = st.selectbox("Run", ids, format_func=labels.get, key="ft_show_run")
-try:
-    controls_of_shown = [load_run(r, owner=ws) for r in runs.loc[runs["control_of"] == show, "run_id"]]
-    panels.show_run(load_run(show, owner=ws), images, current_key, loaded, controls_of_shown)
-except TlvizError as exc:
-    st.warning(str(exc))
+mine = [r for r, this in zip(ids, runs["this_model"]) if this]
+shown_now = st.session_state.get("ft_show_run")
+# Another model's run opens only when picked for this model; after a model change the page opens this model's.
+if shown_now not in ids or (shown_now not in mine and st.session_state.get("ft_show_for") != loaded.sha256):
+    st.session_state["ft_show_run"] = mine[0] if mine else None
+if not mine:
+    st.info(f"No runs of **{loaded.name}** yet. The runs below fine-tuned other models: pick one to look at it.",
+            icon=":material/info:")
+show = st.selectbox("Run", ids, format_func=labels.get, key="ft_show_run", placeholder="A run of another model",
+                    on_change=panels.remember_pick, args=(loaded.sha256,))
+if show is not None:
+    try:
+        controls_of_shown = [load_run(r, owner=ws) for r in runs.loc[runs["control_of"] == show, "run_id"]]
+        panels.show_run(load_run(show, owner=ws), images, current_key, loaded, controls_of_shown)
+    except TlvizError as exc:
+        st.warning(str(exc))
 
 st.divider()
 st.subheader("All runs")

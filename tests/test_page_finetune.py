@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from apptest_helpers import open_page, texts
+
+from tlviz.jobs import wait
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -15,13 +16,17 @@ PAGE = "pages/finetune.py"
 
 
 def _wait(at, timeout=120):
-    """Rerun the page (as the polling fragment would) until the session's job is done."""
-    deadline = time.monotonic() + timeout
-    while at.session_state["ft_job"] is not None:
-        assert time.monotonic() < deadline, "the job did not finish"
-        time.sleep(0.5)
+    """Wait for the session's job on its own status (`tlviz.jobs.wait`), then rerun the page (as the polling
+    fragment would) until it sees the end."""
+    job_id = at.session_state["ft_job"]
+    if job_id is not None:
+        assert not wait(job_id, timeout=timeout).active, "the job did not finish"
+    for _ in range(5):
+        if at.session_state["ft_job"] is None:
+            break
         at.run()
         assert not at.exception, at.exception
+    assert at.session_state["ft_job"] is None, "the page did not notice its job's end"
     at.run()
     assert not at.exception, at.exception
 
@@ -151,6 +156,9 @@ def test_half_written_run_folders_show_as_failed(runs):
     assert not at.exception
     states = list(at.dataframe[-1].value["state"])
     assert states == ["failed", "failed"]
+    # they record no model, so none opens as the loaded model's run; picked, one shows why it failed
+    assert at.session_state["ft_show_run"] is None
+    at.selectbox(key="ft_show_run").set_value("20240101-000000-000aaaa").run()
     assert "incomplete run folder" in texts(at)
 
 
@@ -288,3 +296,35 @@ def test_drift_controls_forgetting_and_the_original_task_show_with_a_run(runs):
     table = at.dataframe[-1].value
     assert sorted(table["control"].fillna("-")) == ["-", "head-only", "random-init"]
     assert set(table["control_of"].dropna()) == {shown}
+
+
+def test_runs_of_the_loaded_model_come_first_and_another_models_run_says_so(runs):
+    """Issue 24: after loading another model, Results never opens the previous model's run as this one's."""
+    from tlviz.finetune.config import RunConfig
+    from tlviz.finetune.store import RunWriter
+
+    at = open_page(PAGE)
+    ws, sample = at.session_state["workspace"], at.session_state["model"]
+    for rid, sha, name in (("20240101-000000-000aaaa", sample.sha256, sample.filename),
+                           ("20240101-000001-000bbbb", "f" * 64, "someone_elses.keras")):
+        w = RunWriter(runs / rid)
+        w.write_config(RunConfig(epochs=1, lr=1e-3), {"sha256": sha, "filename": name}, owner=ws)
+        w.status("completed")
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[-1].value
+    assert list(table["run_id"]) == ["20240101-000000-000aaaa", "20240101-000001-000bbbb"]  # this model's first
+    assert list(table["this_model"]) == [True, False]
+    assert at.session_state["ft_show_run"] == "20240101-000000-000aaaa"
+    picker = at.selectbox(key="ft_show_run")
+    assert "another model: someone_elses.keras" in picker.format_func("20240101-000001-000bbbb")
+    assert "another model" not in picker.format_func("20240101-000000-000aaaa")
+    assert not any("not the loaded model" in w.value for w in at.warning)
+    picker.set_value("20240101-000001-000bbbb").run()  # picked on purpose: shown, and said whose it is
+    assert any("This run fine-tuned **someone_elses.keras**, not the loaded model" in w.value for w in at.warning)
+    # another model loaded: neither run is its own, so none opens until one is picked
+    at.selectbox(key="model_choice").set_value("digits_frozen.keras").run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    assert at.session_state["ft_show_run"] is None
+    assert "No runs of **digits_frozen** yet" in texts(at)

@@ -46,7 +46,8 @@ from tlviz.finetune.retention import original_labels
 from tlviz.finetune.run import RunResult, linear_probe, run_finetune
 from tlviz.finetune.split import split_groups, stratified_split
 from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRecord, delete_run, format_seconds,
-                                  describe_where, list_runs, load_run, runs_dir)
+                                  describe_where, list_runs, load_run, runs_dir,
+                                  runs_of_model_first)
 from tlviz.finetune.summary import largest_movers
 from tlviz.finetune.sweep import sweep_configs, sweep_table
 
@@ -68,7 +69,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "RunConfig", "RunRefused", "default_preset", "LRFinderResult", "lr_range_test", "RunResult", "linear_probe",
-    "run_finetune", "stratified_split", "delete_run", "list_runs", "load_run", "runs_dir", "sweep_configs",
+    "run_finetune", "stratified_split", "delete_run", "list_runs", "load_run", "runs_of_model_first", "runs_dir", "sweep_configs",
     "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
     "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
     "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",

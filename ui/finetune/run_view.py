@@ -16,10 +16,20 @@ from ui.widgets import GalleryEntry, finding_cards, gallery
 
 
 def run_labels(runs) -> dict[str, str]:
-    """One line per run of a `tlviz.finetune.list_runs` table, for select boxes: id, state, depth, rate, best."""
+    """One line per run of a `tlviz.finetune.list_runs` table, for select boxes: id, state, depth, rate, best; a run
+    of another model than the loaded one (``this_model`` false, `tlviz.finetune.runs_of_model_first`) says whose."""
+    def other(r) -> str:
+        return "" if getattr(r, "this_model", True) else f" · another model: {r.model or '?'}"
+
     return {r.run_id: f"{r.run_id} · {r.state} · depth {value_text(r.unfreeze)} · lr {value_text(r.lr, '.0e')} · "
-                      f"best {percent_text(r.best_val_accuracy)}" + (f" · {r.label}" if r.label else "")
+                      f"best {percent_text(r.best_val_accuracy)}" + (f" · {r.label}" if r.label else "") + other(r)
             for r in runs.itertuples()}
+
+
+def remember_pick(model_sha256: str | None) -> None:
+    """The run picker's callback: the run shown was picked while this model was loaded (another model's run stays
+    open only then)."""
+    st.session_state["ft_show_for"] = model_sha256
 
 
 
@@ -35,6 +45,10 @@ def show_run(rec: RunRecord, images, current_images_key: str, loaded=None, recor
         records: this workspace's `RunRecord`s (to find the run's controls). Defaults to none.
     """
     st.markdown(f"#### {STATE_ICONS.get(rec.state, '')} Run `{rec.run_id}` — {rec.state}")
+    if loaded is not None and rec.model_sha256 and rec.model_sha256 != loaded.sha256:
+        st.warning(f"This run fine-tuned **{rec.model.get('filename') or rec.model.get('name') or 'another model'}**, "
+                   f"not the loaded model **{loaded.name}**: everything below is that model's.",
+                   icon=":material/swap_horiz:")
     described = rec.describe()
     if described:
         st.caption(described)

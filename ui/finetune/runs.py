@@ -12,10 +12,12 @@ from ui.finetune.common import keep_valid
 
 def runs_table(runs) -> None:
     """The table of this workspace's runs (a `tlviz.finetune.list_runs` table)."""
-    view = runs[["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset",
+    view = runs[(["this_model"] if "this_model" in runs else []) + ["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset",
                  "new_head", "two_phase", "bn", "augment", "best_val_accuracy", "final_val_accuracy", "time_s",
                  "ran_on", "stopped_at", "control", "control_of", "model", "images"]]
     st.dataframe(view, hide_index=True, key="ft_runs_table", column_config={
+        "this_model": st.column_config.CheckboxColumn("this model", help="A run of the loaded model (listed first); "
+                                                      "the others fine-tuned the model named in `model`"),
         "ran_on": st.column_config.TextColumn("ran on", help="local or Ray · node · CPU or GPU"),
         "stopped_at": st.column_config.NumberColumn("stopped after epoch",
                                                     help="Stopped early by ASHA (a sweep on Ray Tune)"),

@@ -39,12 +39,12 @@ through `tlviz.jsonfiles`; whether a worker still runs is `tlviz.processes.pid_a
 
 from tlviz.finetune.store.paths import ENV_RUNS_DIR, RUN_ID, check_run_id, new_run_id, run_path, runs_dir
 from tlviz.finetune.store.presentation import RunOutcome, RunProgress, describe_where, format_seconds
-from tlviz.finetune.store.records import RunRecord, delete_run, list_runs, load_run
+from tlviz.finetune.store.records import RunRecord, delete_run, list_runs, load_run, runs_of_model_first
 from tlviz.finetune.store.schema import ACTIVE_STATES, FINAL_STATES, HISTORY_COLUMNS, RUN_COLUMNS, STATES
 from tlviz.finetune.store.writer import RunWriter, TensorBoardWriter
 
 __all__ = [
     "ENV_RUNS_DIR", "RUN_ID", "check_run_id", "new_run_id", "run_path", "runs_dir", "RunOutcome", "RunProgress",
-    "describe_where", "format_seconds", "RunRecord", "delete_run", "list_runs", "load_run", "ACTIVE_STATES",
+    "describe_where", "format_seconds", "RunRecord", "delete_run", "list_runs", "load_run", "runs_of_model_first", "ACTIVE_STATES",
     "FINAL_STATES", "HISTORY_COLUMNS", "RUN_COLUMNS", "STATES", "RunWriter", "TensorBoardWriter",
 ]

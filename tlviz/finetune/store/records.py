@@ -249,11 +249,29 @@ def list_runs(root: str | os.PathLike | None = None, owner: str | None = None) -
             "sweep_id": c.get("sweep_id"), "best_val_accuracy": r.best_val_accuracy,
             "final_val_accuracy": final.get("val_accuracy"), "final_val_loss": final.get("val_loss"),
             "time_s": r.metrics.get("elapsed_s", r.history["elapsed_s"].max() if len(r.history) else None),
-            "model": r.model.get("filename", ""), "images": r.images.get("source", ""),
+            "model": r.model.get("filename", "") or r.model.get("name", ""), "model_sha256": r.model_sha256,
+            "images": r.images.get("source", ""),
             "cache_used": r.metrics.get("cache_used"), "owner": r.owner, "ran_on": r.ran_on,
             "stopped_at": r.stopped_at, "control": c.get("control"), "control_of": c.get("control_of"),
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def runs_of_model_first(runs: pd.DataFrame, model_sha256: str | None) -> pd.DataFrame:
+    """A `list_runs` table with the runs of one model first (newest first), then every other model's runs.
+
+    Args:
+        runs: the table.
+        model_sha256: the model file's hash (`LoadedModel.sha256`); None or ``""`` marks no run as this model's.
+
+    Returns:
+        A copy with a boolean ``this_model`` column, in that order (the order within each group kept).
+    """
+    out = runs.copy()
+    shas = out["model_sha256"] if "model_sha256" in out else [None] * len(out)
+    out["this_model"] = pd.Series([bool(model_sha256) and s == model_sha256 for s in shas], index=out.index,
+                                  dtype=bool)
+    return pd.concat([out[out["this_model"]], out[~out["this_model"]]]).reset_index(drop=True) if len(out) else out
 
 
 def delete_run(run_id: str, root: str | os.PathLike | None = None, force: bool = False,

@@ -17,6 +17,6 @@ HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accura
 RUN_COLUMNS = [
     "run_id", "created", "state", "message", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer",
     "preset", "new_head", "two_phase", "bn", "augment", "head_dropout", "weight_decay", "sweep_id",
-    "best_val_accuracy", "final_val_accuracy", "final_val_loss", "time_s", "model", "images", "cache_used",
+    "best_val_accuracy", "final_val_accuracy", "final_val_loss", "time_s", "model", "model_sha256", "images", "cache_used",
     "owner", "ran_on", "stopped_at", "control", "control_of",
 ]
