@@ -7,7 +7,8 @@ the raw numbers stay in the JSON export.
 
 Public API:
 
-- `diagnosis_html(report, images=None, loaded=None, gradcam=None) -> str`;
+- `diagnosis_html(report, images=None, loaded=None, gradcam=None) -> str`, and `example_items(report, images)`:
+  the (image, preset) pairs whose Grad-CAM it draws (`tlviz.gradcam.explain` computes them);
 - `run_html(record, loaded=None) -> str`;
 - `chart_svg(chart, width)`, `image_tag(array, width, caption)`, `markdown_html(text)`: the pieces.
 """
@@ -154,10 +155,8 @@ def _model_rows(loaded) -> list[tuple[str, str]]:
 _SEVERITY = {"error": "Error", "warning": "Warning", "info": "Info"}
 
 
-def _examples(finding, images, gradcam) -> str:
-    """A finding's example images (and, given a Grad-CAM report, where the model looks in each)."""
-    if images is None:
-        return ""
+def _example_files(finding, images) -> list[tuple[int, str]]:
+    """``(index in the image set, file)`` of a finding's example images, at most `MAX_EXAMPLES`."""
     e = finding.evidence
     files: list[str] = list(e.get("example_files") or [])
     for r in e.get("ranked_suspects") or []:
@@ -167,12 +166,44 @@ def _examples(finding, images, gradcam) -> str:
     for p in e.get("pairs") or []:
         files.extend([p.get("a"), p.get("b")])
     where = {f: i for i, f in enumerate(images.files)}
-    picked = [f for f in dict.fromkeys(files) if f in where][:MAX_EXAMPLES]
+    return [(where[f], f) for f in dict.fromkeys(files) if f in where][:MAX_EXAMPLES]
+
+
+def _presets_of(finding) -> tuple:
+    """The presets a finding's images are shown under: the expected and the user's, when the evidence names them."""
+    e = finding.evidence
+    both = tuple(dict.fromkeys(p for p in (e.get("expected_preset"), e.get("inference_preset")) if p))
+    return both if both else ((e["preset"],) if e.get("preset") else ())
+
+
+def example_items(report, images, default_preset: str | None = None) -> list[tuple[int, str]]:
+    """The ``(image index, preset)`` pairs whose Grad-CAM the HTML report draws beside the example images (at most
+    `tlviz.gradcam.GRADCAM_MAX_ITEMS`): pass them to `tlviz.gradcam.explain` or a ``gradcam`` job.
+
+    Args:
+        report: the `DiagnosisReport`.
+        images: its `ImageSet`.
+        default_preset: for findings whose evidence names no preset. Defaults to the report's inference preset.
+    """
+    from tlviz.gradcam import GRADCAM_MAX_ITEMS
+
+    items: list[tuple[int, str]] = []
+    for f in report.findings:
+        presets = _presets_of(f) or (default_preset or report.inference_preset,)
+        for i, _ in _example_files(f, images):
+            items.extend((i, p) for p in presets)
+    return list(dict.fromkeys(items))[:GRADCAM_MAX_ITEMS]
+
+
+def _examples(finding, images, gradcam) -> str:
+    """A finding's example images (and, given a Grad-CAM report, where the model looks in each)."""
+    if images is None:
+        return ""
+    picked = _example_files(finding, images)
     if not picked:
         return ""
     figs = []
-    for f in picked:
-        i = where[f]
+    for i, f in picked:
         figs.append(image_tag(images.images[i], caption=Path(f).name))
         if gradcam is not None:
             from tlviz.gradcam import overlay
@@ -256,8 +287,8 @@ def run_html(record, loaded=None) -> str:
         rows.append(("message", record.message))
     body.append("<h2>Outcome</h2>" + _table(rows))
     body.append("<h2>Model</h2>" + _table(_model_rows(loaded) + [
-        ("settings", ", ".join(f"{k} {v}" for k, v in sorted(record.config.items())
-                               if not isinstance(v, (dict, list))))]))
+        ("settings", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(record.config.items())
+                               if v not in (None, "") and not isinstance(v, (dict, list))))]))
     if out.findings:
         body.append("<h2>Findings</h2>" + "".join(
             f'<div class="card"><span class="sev {f.severity}">{_SEVERITY.get(f.severity, f.severity)}</span> '

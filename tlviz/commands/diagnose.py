@@ -1,4 +1,4 @@
-"""``python -m tlviz diagnose MODEL IMAGES [--preset P] [--json]``: every check, ranked findings.
+"""``python -m tlviz diagnose MODEL IMAGES [--preset P] [--json] [--html PATH]``: every check, ranked findings.
 
 Exit status: 0 when no finding is an error, 1 when at least one is (so a CI
 pipeline can gate on it), 2 for invalid input.
@@ -27,6 +27,9 @@ def add_arguments(parser) -> None:
                              "catastrophic-forgetting check judges (default: $TLVIZ_RUNS_DIR, else ~/.tlviz/runs)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object: {"findings": [{id, severity, area, title, evidence, fix}]}')
+    parser.add_argument("--html", default=None, metavar="PATH",
+                        help="also write the report as one self-contained HTML file (charts, example images and "
+                             "where the model looks; opens offline)")
 
 
 def run(args) -> int:
@@ -36,6 +39,8 @@ def run(args) -> int:
     from tlviz.diagnose.forgetting import with_cli_runs
 
     report = with_cli_runs(report, loaded, images, args.runs)  # catastrophic-forgetting judges fine-tuning runs
+    if args.html:
+        write_html(args.html, report, images, loaded, progress)
     progress.close()
     if args.json:
         for s in report.skipped:
@@ -44,3 +49,16 @@ def run(args) -> int:
     else:
         print(report.to_markdown())
     return report.exit_code
+
+
+def write_html(path: str, report, images, loaded, progress=None) -> None:
+    """Write `report` as the self-contained HTML file at `path`, Grad-CAM of its example images included."""
+    from pathlib import Path
+
+    from tlviz.gradcam import explain
+    from tlviz.htmlreport import diagnosis_html, example_items
+
+    items = example_items(report, images)
+    gradcam = explain(loaded, images, items) if items else None
+    Path(path).write_text(diagnosis_html(report, images, loaded, gradcam), encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)

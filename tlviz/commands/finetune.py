@@ -113,6 +113,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object: {"state", "config", "executor", "history", "final", '
                              '"weight_change", "representation_drift", "findings", ...}')
+    parser.add_argument("--html", default=None, metavar="PATH",
+                        help="also write the run as one self-contained HTML file (its curves, confusion, weight "
+                             "changes and drift; opens offline)")
 
 
 def check_flags(args) -> None:
@@ -238,7 +241,7 @@ def run(args) -> int:
                          f"-- {args.control} control of run {run_id} --")
     reporter(1.0, "Done.")
     reporter.close()
-    return _report(args, root, run_id, model, control)
+    return _report(args, root, run_id, model, control, loaded)
 
 
 def _original(args, loaded, reporter):
@@ -309,7 +312,7 @@ def _run_on_ray(args, loaded, images, config, reporter, original=None) -> int:
     if rec.state == "refused":  # the worker refused the configuration: refused input, as a local run
         raise RunRefused(rec.message or st.message)
     control = job.run_ids[1] if len(job.run_ids) > 1 else None
-    return _report(args, job.root, rec.run_id, None, control)
+    return _report(args, job.root, rec.run_id, None, control, loaded)
 
 
 def _verdicts(rec, root, control_id: str | None) -> tuple[dict | None, object]:
@@ -405,12 +408,19 @@ def _failed(rec) -> Finding:
              f"folder {rec.path} holds what was recorded, and a run that fails again is worth reporting with it."))
 
 
-def _report(args, root, run_id: str, model, control_id: str | None) -> int:
+def _report(args, root, run_id: str, model, control_id: str | None, loaded=None) -> int:
     """Print the run as it is stored in its folder (the same for a local and a Ray run); return the exit status."""
     from tlviz.finetune.store import load_run
 
     rec = load_run(run_id, root)
     where = executor_json(rec.where)
+    if getattr(args, "html", None):
+        from pathlib import Path
+
+        from tlviz.htmlreport import run_html
+
+        Path(args.html).write_text(run_html(rec, loaded), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
     if rec.state not in _MEASURED or not rec.metrics:
         findings = [_failed(rec)]
         if args.json:
