@@ -6,7 +6,7 @@ import streamlit as st
 
 from tlviz import jobs
 from tlviz.errors import TlvizError
-from tlviz.jobs.queue import waiting_text
+from tlviz.jobs import waiting_text
 from ui import cache
 from ui.state import image_set_key, current, image_source, workspace
 

@@ -7,7 +7,7 @@ import hashlib
 import streamlit as st
 
 from tlviz.errors import ImageSetRefused, ModelRefused, TlvizError
-from tlviz.jobs.executors import default_executor, describe_executor, last_cluster
+from tlviz.jobs import default_executor, describe_executor, last_cluster
 from tlviz.imagesets import ImageSource, check_server_folder, open_source, server_folder_roots
 from tlviz.models import max_model_bytes
 from tlviz.samples import SAMPLE_IMAGE_SETS, SAMPLE_MODELS, sample_path

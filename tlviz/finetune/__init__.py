@@ -55,8 +55,7 @@ from tlviz.finetune.sweep import sweep_configs, sweep_table
 # looked up when first used (PEP 562), not imported here.
 _FROM_JOBS = {"Job": "tlviz.jobs", "JobStatus": "tlviz.jobs", "cancel_job": "tlviz.jobs", "poll_job": "tlviz.jobs",
               "start_job": "tlviz.jobs", "start_lr_finder": "tlviz.jobs", "wait_job": "tlviz.jobs",
-              "default_executor": "tlviz.jobs.executors", "describe_executor": "tlviz.jobs.executors",
-              "last_cluster": "tlviz.jobs.executors"}
+              "default_executor": "tlviz.jobs", "describe_executor": "tlviz.jobs", "last_cluster": "tlviz.jobs"}
 
 
 def __getattr__(name: str):

@@ -15,7 +15,9 @@ One API starts, follows and cancels any job:
 - follow: `poll(job_id) -> JobStatus` (one status type; states ``queued``, ``running``,
   ``done``, ``failed``, ``cancelled``), `wait(job_id)`; `load_result(job_id)` for an
   analysis's result; `latest_job` finds a page's job again after a reload;
-- cancel: `cancel(job_id)`.
+- cancel: `cancel(job_id)`;
+- where and how many: `default_executor`, `describe_executor`, `last_cluster` (local or Ray),
+  `max_jobs` and `waiting_text` (the queue).
 
 The names pages and scripts used before the job system was one (``poll_analysis``,
 ``wait_analysis``, ``cancel_analysis``, ``poll_job``, ``wait_job``, ``cancel_job``) are the
@@ -40,6 +42,7 @@ Modules:
 from tlviz.errors import AnalysisRefused
 from tlviz.jobs.analysis import analysis_key, latest_job, start_analysis
 from tlviz.jobs.control import cancel, poll, wait
+from tlviz.jobs.executors import default_executor, describe_executor, last_cluster
 from tlviz.jobs.folder import job_dir, jobs_dir, tidy
 from tlviz.jobs.kind import MEMORY_HINT, JobKind
 from tlviz.jobs.kinds.lrfind import start_lr_finder
@@ -48,6 +51,7 @@ from tlviz.jobs.kinds.runs import start_job
 from tlviz.jobs.registry import ANALYSIS_KINDS, KINDS, RUN_KINDS, get_kind
 from tlviz.jobs.results import has_result, load_result, stored_result
 from tlviz.jobs.sources import NO_SOURCE_NOTE, can_reopen
+from tlviz.jobs.queue import max_jobs, waiting_text
 from tlviz.jobs.status import ACTIVE_STATES, STATES, Job, JobStatus
 
 # The names of the analyses' and the fine-tuning jobs' calls before there was one job system: the same functions.
@@ -60,5 +64,6 @@ __all__ = [
     "analysis_key", "normalize_params", "stored_result", "has_result", "can_reopen", "Job", "JobStatus",
     "STATES", "ACTIVE_STATES", "KINDS", "ANALYSIS_KINDS", "RUN_KINDS", "get_kind", "JobKind", "tidy", "job_dir",
     "jobs_dir", "AnalysisRefused", "MEMORY_HINT", "NO_SOURCE_NOTE", "poll_analysis", "wait_analysis",
-    "cancel_analysis", "poll_job", "wait_job", "cancel_job",
+    "cancel_analysis", "poll_job", "wait_job", "cancel_job", "waiting_text", "max_jobs", "default_executor",
+    "describe_executor", "last_cluster",
 ]
