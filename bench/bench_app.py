@@ -62,7 +62,11 @@ Options: ``--repeats 5`` (visits per condition), ``--switches 4``, ``--quick``
 target is missed, ``--env KEY=VALUE`` (server environment, e.g.
 ``TLVIZ_MAX_JOBS=2`` or ``STREAMLIT_RUNNER_POST_SCRIPT_GC=false``) and
 ``--py-spy PATH`` (samples the server's threads during the load and prints
-where its CPU went). Every server, worker and browser process started here is
+where its CPU went). ``--smoke``: a proof that both measurements still run, in
+a few minutes: 1 Normalization + 1 Diagnose session, 1 visit per condition, the
+ResNet50 built at 64x64 (the same 176 layers and ~90 MB) in a temporary folder,
+1 page switch, no zip; exit status 0 unless a step fails (the verdicts mean
+little at that size). Every server, worker and browser process started here is
 ended before the script exits. The machine should be otherwise idle: the
 ``other`` CPU column shows when it was not.
 """
@@ -666,12 +670,13 @@ def _cleanup(watch: ProcWatch, part: str) -> None:
 
 # -- target 2: a ~100 MB model ----------------------------------------------------------------
 
-def real_inputs(data: Path) -> tuple[Path, Path]:
-    model, images = data / "resnet50.keras", data / "images_180"
+def real_inputs(data: Path, size: int = 224, n_images: int = 180) -> tuple[Path, Path]:
+    model = data / ("resnet50.keras" if size == 224 else f"resnet50_{size}.keras")
+    images = data / f"images_{n_images}"
     if not model.exists() or not (images / ".complete").exists():
         say(f"building {model} and {images} (once)…")
         code = ("import sys; from realsize import build_model, make_images; "
-                f"build_model('ResNet50', {str(model)!r}); make_images({str(images)!r}, 180)")
+                f"build_model('ResNet50', {str(model)!r}, size={size}); make_images({str(images)!r}, {n_images})")
         subprocess.run([sys.executable, "-c", code], cwd=BENCH, check=True,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     return model, images
@@ -687,7 +692,7 @@ def zip_folder(folder: Path, out: Path) -> Path:
 def bench_model(args) -> bool:
     from tlviz.models import max_model_bytes
 
-    model_path, images_path = real_inputs(Path(args.data))
+    model_path, images_path = real_inputs(Path(args.data), args.size, 12 if args.smoke else 180)
     size_mb = model_path.stat().st_size / 2**20
     upload_mb = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
     model_mb = max_model_bytes() / 2**20
@@ -719,7 +724,7 @@ def bench_model(args) -> bool:
         t_upload = time.perf_counter() - t0
         note = cpu_note(c0, watch.totals(), t_upload)
         say(f"upload until the sidebar names resnet50_tl: {t_upload:.2f} s (the sample images re-decoded at "
-            f"224x224 included)   cpu: {note}; server RSS {rss0:.0f} -> {rss_mb(url.pid):.0f} MB")
+            f"{args.size}x{args.size} included)   cpu: {note}; server RSS {rss0:.0f} -> {rss_mb(url.pid):.0f} MB")
         no_exception(page, "after the upload")
 
         c0, t0 = watch.totals(), time.perf_counter()
@@ -856,7 +861,16 @@ def main() -> int:
                              "STREAMLIT_RUNNER_POST_SCRIPT_GC=false); repeatable")
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy binary: profile the server during the loaded visits")
     parser.add_argument("--timeout", type=float, default=120, help="seconds for one step (default 120)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 Normalization + 1 Diagnose session, 1 visit each, ResNet50 at 64x64 in a temporary "
+                             "folder, 1 switch, no zip; exit status 0 unless a step fails")
     args = parser.parse_args()
+    args.size = 224
+    if args.smoke:
+        global N_NORMALIZATION, N_DIAGNOSE
+        N_NORMALIZATION, N_DIAGNOSE = 1, 1
+        args.repeats, args.switches, args.no_zip, args.size = 1, 1, True, 64
+        args.data = tempfile.mkdtemp(prefix="tlviz_bench_app_smoke_")
     if args.quick:
         args.repeats, args.switches, args.no_zip = min(args.repeats, 3), min(args.switches, 2), True
     if args.repeats < 1 or args.switches < 1:
@@ -882,6 +896,11 @@ def main() -> int:
         say(f"\nFAILED: the browser step did not complete: {str(exc)[:2000]}")
         return 2
     say("\n" + "\n".join(f"{name}: {'PASS' if ok else 'FAIL'}" for name, ok in results.items()))
+    if args.smoke:
+        import shutil
+
+        shutil.rmtree(args.data, ignore_errors=True)
+        return 0
     return 0 if all(results.values()) else 1
 
 

@@ -1,6 +1,7 @@
 """How much does a full diagnosis cost on top of the normalization comparison it contains?
 
-Run: ``python bench/bench_diagnose.py`` (sample model + digits_0_4). Prints, measured in this
+Run: ``python bench/bench_diagnose.py [--repeat 3]`` (sample model + digits_0_4; ``--smoke``: one
+repeat, no separate warm-up, a few seconds' proof that it still runs). Prints, measured in this
 process: the baseline (``normalize.analyze`` with resize variants), a full ``diagnose``, the
 ratio between them, the cost of each check, and how much cheaper re-judging another inference
 preset (``DiagnosisReport.for_preset``, what the page does when the select box changes) is than
@@ -9,6 +10,7 @@ running the diagnosis again.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -33,17 +35,24 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts (default 3)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one repeat and no warm-up: proves the benchmark runs (its ratios mean little)")
+    args = parser.parse_args(argv)
+    repeat = 1 if args.smoke else max(args.repeat, 1)
     loaded = load_model(sample_path("digits_base.keras"))
     source = open_source(sample_path("digits_0_4"))
     images = source.load(loaded.image_size, loaded.channels)
-    diagnose(loaded, images, "tf", source=source)  # warm-up (traces the predict functions)
+    if not args.smoke:
+        diagnose(loaded, images, "tf", source=source)  # warm-up (traces the predict functions)
 
-    t_norm = best_of(lambda: normalize.analyze(loaded, images, source=source))
+    t_norm = best_of(lambda: normalize.analyze(loaded, images, source=source), repeat)
     reports = []
-    t_diag = best_of(lambda: reports.append(diagnose(loaded, images, "tf", source=source)))
+    t_diag = best_of(lambda: reports.append(diagnose(loaded, images, "tf", source=source)), repeat)
     report = reports[-1]
-    t_rejudge = best_of(lambda: report.for_preset("unit"), repeat=20)
+    t_rejudge = best_of(lambda: report.for_preset("unit"), repeat=2 if args.smoke else 20)
 
     print(f"images: {len(images)}  model: {loaded.name}  CPU threads: {os.cpu_count()}")
     print(f"baseline normalize.analyze:          {t_norm:7.3f} s")
@@ -54,7 +63,8 @@ def main() -> None:
     for cid, sec in sorted(report.seconds.items(), key=lambda kv: -kv[1]):
         if cid != "total" and sec >= 0.005:
             print(f"  {cid:36s} {sec:6.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

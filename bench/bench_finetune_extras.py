@@ -1,7 +1,8 @@
 """What do issue 14's fine-tuning additions cost at real size, against a plain run in the same process?
 
 Run: ``python bench/bench_finetune_extras.py [--images 200] [--original 120] [--epochs 2] [--repeat 2]
-[--out /tmp/tlviz_real]``.
+[--out /tmp/tlviz_real]``; ``--smoke``: the head-only configuration at 96x96 with 30 + 12 JPEGs in a
+temporary folder, one epoch, one repeat, no empty-cache runs: a proof that it still runs (its ratios mean little).
 
 A MobileNetV2 at 224x224 (``weights=None``, `bench/realsize.py`) fine-tuned on generated JPEGs, at two
 depths: the head only (activations cached) and the top block (``block_16``, cached below it). Each
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,7 +69,20 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each kind per configuration (default 2)")
     parser.add_argument("--out", default="/tmp/tlviz_real", help="cache folder for the model and images")
+    parser.add_argument("--size", type=int, default=224, help="the model's input size (default 224)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="head only at 96x96, 30 + 12 JPEGs in a temporary folder, 1 epoch, 1 repeat, "
+                             "no empty-cache runs: proves it still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="tlviz_bench_smoke_") as tmp:
+            args.images, args.original, args.epochs, args.repeat, args.size, args.out = 30, 12, 1, 1, 96, tmp
+            return run(args, smoke=True)
+    return run(args)
+
+
+def run(args, smoke: bool = False) -> int:
+    """Build (once) the model and images under ``args.out``, then time and print as the module says."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -81,7 +96,8 @@ def main(argv=None) -> int:
     from tlviz.models import load_model
 
     out = Path(args.out)
-    loaded = load_model(build_model("MobileNetV2", out / "mobilenetv2.keras"))
+    name = "mobilenetv2.keras" if args.size == 224 else f"mobilenetv2_{args.size}.keras"
+    loaded = load_model(build_model("MobileNetV2", out / name, size=args.size))
     images = open_source(make_images(out / f"images_{args.images}", args.images)).load(loaded.image_size,
                                                                                           loaded.channels)
     original = open_source(make_images(out / f"original_{args.original}", args.original, seed=1)).load(
@@ -89,9 +105,11 @@ def main(argv=None) -> int:
     top = next(d for d, label in depth_choices(layer_table(loaded.model)) if "block_16" in label)
     configs = {"head only": RunConfig(unfreeze=0, lr=1e-3, epochs=args.epochs, preset="tf"),
                f"top block (depth {top})": RunConfig(unfreeze=top, lr=1e-4, epochs=args.epochs, preset="tf")}
+    if smoke:
+        configs = dict(list(configs.items())[:1])
     key = pixels_key(images.images)
-    print(f"model: {loaded.name} 224x224, {len(images)} images to fine-tune on, {len(original)} of the original "
-          f"task, {args.epochs} epochs, {args.repeat} repeats per kind; CPU threads: {os.cpu_count()}")
+    print(f"model: {loaded.name} {args.size}x{args.size}, {len(images)} images to fine-tune on, {len(original)} "
+          f"of the original task, {args.epochs} epochs, {args.repeat} repeats per kind; CPU threads: {os.cpu_count()}")
     patched: list = []
     for name, cfg in configs.items():
         cache = ActivationCache()
@@ -128,6 +146,8 @@ def main(argv=None) -> int:
         control = time.perf_counter() - t0
         print(f"  random-init control: {control:.1f} s, {control / full:.2f} of the (warm) run with the additions "
               "(its random base has no cached activations yet)")
+        if smoke:
+            continue
         # A first run on a fresh cache: every measurement computes what it keeps for later runs.
         cold = {}
         for kind in ("plain", "all"):

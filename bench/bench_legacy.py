@@ -1,6 +1,7 @@
 """Keras 2 `.h5` files at real size: does translation cost more than Keras loading its own format?
 
     python bench/bench_legacy.py [--repeats 3] [--models resnet50,mobilenetv2,efficientnetb0]
+    python bench/bench_legacy.py --smoke    # the small README MobileNet (alpha 0.25, 128x128), one repeat
 
 For each real-size architecture (224x224, ``weights=None``, every weight seeded noise), the
 Keras 2 file is written once by ``tf_keras`` in its own process (tools/keras2_models.py, cached in
@@ -11,7 +12,8 @@ Keras 2 file is written once by ``tf_keras`` in its own process (tools/keras2_mo
 
 It prints the spread over repeats (min / median / max seconds), the ratio tlviz / baseline on
 medians, and the largest difference between tlviz's predictions and tf_keras's own.
-Target: ratio <= 2.0 on every model, predictions within 1e-5.
+Target: ratio <= 2.0 on every model, predictions within 1e-5 (the exit status is 1 when missed, except with
+``--smoke``, which proves the benchmark runs and only prints the verdict).
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", default="resnet50,mobilenetv2,efficientnetb0")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the small README MobileNet only, one repeat; exit status 0 whatever the verdict")
     args = ap.parse_args()
+    if args.smoke:
+        args.models, args.repeats = "mobilenet", 1
     names = [n for n in args.models.split(",") if n]
     _generate(names)
 
@@ -81,7 +87,7 @@ def main() -> int:
         ok &= ratio <= TARGET and diff <= 1e-5
     print(f"(seconds as min/median/max over {args.repeats} repeats; target: ratio <= {TARGET}, |diff| <= 1e-5) "
           + ("PASS" if ok else "FAIL"))
-    return 0 if ok else 1
+    return 0 if ok or args.smoke else 1
 
 
 if __name__ == "__main__":

@@ -12,12 +12,16 @@ Run: ``python bench/bench_new_checks.py [OUT_DIR] [N_IMAGES] [REPEATS]`` (defaul
 
 Prints the fastest and the spread of each over `REPEATS` runs, their ratio, the seconds of each new
 check in the fastest full run, and Grad-CAM's cost for a gallery page (12 images).
+
+``--smoke``: the same steps on a MobileNetV2 at 96x96 with 24 JPEGs in a temporary folder, one repeat: a
+few seconds' proof that the benchmark still runs (its ratios mean little).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,16 +40,27 @@ from tlviz.models import load_model  # noqa: E402
 NEW = ("prediction-collapse", "output-loss-mismatch", "exif-orientation", "duplicate-images", "likely-mislabelled")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="diagnose with and without issue 14's checks, at real size")
     parser.add_argument("out", nargs="?", default="/tmp/tlviz_real", help="where the model and images are built")
     parser.add_argument("n_images", nargs="?", type=int, default=180, help="generated JPEGs (default 180)")
     parser.add_argument("repeats", nargs="?", type=int, default=2, help="runs of each (default 2)")
+    parser.add_argument("--size", type=int, default=224, help="the model's input size (default 224)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="96x96, 24 JPEGs in a temporary folder, one repeat: proves the benchmark runs")
     args = parser.parse_args(argv)
-    out, n, repeats = Path(args.out), args.n_images, args.repeats
-    model_path = realsize.build_model("MobileNetV2", out / "mobilenetv2.keras")
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="tlviz_bench_smoke_") as tmp:
+            return run(Path(tmp), 24, 1, 96)
+    return run(Path(args.out), args.n_images, args.repeats, args.size)
+
+
+def run(out: Path, n: int, repeats: int, size: int) -> int:
+    """Build (once) the model and `n` JPEGs under `out`, then time and print as the module says."""
+    name = "mobilenetv2.keras" if size == 224 else f"mobilenetv2_{size}.keras"
+    model_path = realsize.build_model("MobileNetV2", out / name, size=size)
     folder = realsize.make_images(out / f"images_{n}", n)
     loaded = load_model(model_path)
     source = open_source(folder)
@@ -83,7 +98,8 @@ def main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     g = gradcam.explain(loaded, images, [(i, "tf") for i in range(12)])
     print(f"  Grad-CAM, 12 images at '{g.layer}' {g.shape}: {time.perf_counter() - t0:.2f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

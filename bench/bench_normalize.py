@@ -240,7 +240,8 @@ def main(argv=None) -> int:
     parser.add_argument("--case", choices=["mobilenet", "digits", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="runs per path; the fastest counts (default 3)")
     parser.add_argument("--smoke", action="store_true",
-                        help="40 JPEGs per case, 40 to warm up, one run: proves the benchmark runs (ratios mean little)")
+                        help="40 JPEGs per case, 40 to warm up, one run: proves the benchmark runs (its ratios "
+                             "mean little)")
     args = parser.parse_args(argv)
     warmup = WARMUP_IMAGES
     if args.smoke:

@@ -1,6 +1,8 @@
 """Real-size models through every command: wall time and peak memory, each in its own child process.
 
-Run: ``python bench/bench_real.py`` (about half an hour on 2 CPU cores; ``--quick`` for MobileNetV2 only).
+Run: ``python bench/bench_real.py`` (about half an hour on 2 CPU cores; ``--quick`` for MobileNetV2 only;
+``--smoke``: every command on a MobileNetV2 at 96x96 with 24 and 48 JPEGs in a temporary folder, no sample
+comparison, exit status 0 whatever the verdicts: a proof that the benchmark still runs).
 
 Builds ``keras.applications`` ResNet50, EfficientNetB0 (built-in rescaling) and MobileNetV2 at 224x224
 (``weights=None``, every base layer frozen, a new ``GlobalAveragePooling2D`` + ``Dense(3)`` head) and
@@ -44,7 +46,6 @@ from realsize import ARCHS, build_model, make_images  # noqa: E402
 DEFAULT_BASELINE = "e3f43bb"
 GB = 2**30
 NOISE_MB = 64
-DECODED_PER_IMAGE = 224 * 224 * 3
 
 
 _WRAPPER = """
@@ -100,31 +101,33 @@ def _fmt(r: dict) -> str:
     return f"{r['wall']:8.1f} s  {peak}  {status}"
 
 
-def real_size(data: Path, archs, report: list) -> list[str]:
+def real_size(data: Path, archs, report: list, size: int = 224, counts: tuple[int, int] = (180, 900)) -> list[str]:
     verdicts = []
-    imgs = {n: make_images(data / f"images_{n}", n) for n in (180, 900)}
+    small, large = counts
+    imgs = {n: make_images(data / f"images_{n}", n) for n in counts}
     for arch in archs:
-        model = build_model(arch, data / f"{arch.lower()}.keras")
-        print(f"\n{arch} ({model.stat().st_size / 2**20:.0f} MB), 180 images:", flush=True)
+        name = f"{arch.lower()}.keras" if size == 224 else f"{arch.lower()}_{size}.keras"
+        model = build_model(arch, data / name, size=size)
+        print(f"\n{arch} at {size}x{size} ({model.stat().st_size / 2**20:.0f} MB), {small} images:", flush=True)
         res = {}
-        for name, args in ops_for(model, imgs[180]).items():
+        for name, args in ops_for(model, imgs[small]).items():
             res[name] = r = measure(args, ROOT)
             print(f"  {name:16s} {_fmt(r)}", flush=True)
             if r["rc"] not in (0, 1):
                 print("    " + "\n    ".join(r["stderr"].strip().splitlines()[-5:]))
-        big = measure(ops_for(model, imgs[900])["diagnose"], ROOT)
-        res["diagnose 900"] = big
-        print(f"  {'diagnose, 900':16s} {_fmt(big)}", flush=True)
+        big = measure(ops_for(model, imgs[large])["diagnose"], ROOT)
+        res[f"diagnose {large}"] = big
+        print(f"  {f'diagnose, {large}':16s} {_fmt(big)}", flush=True)
         report.append({"arch": arch, **{k: {"wall": v["wall"], "peak": v["peak"], "rc": v["rc"]}
                                           for k, v in res.items()}})
         d, n = res["diagnose"], res["normalize"]
         if d["peak"] is not None:
             verdicts.append(_verdict(f"{arch}: diagnose peak {d['peak'] / GB:.2f} GB <= 4 GB", d["peak"] <= 4 * GB))
         if d["peak"] is not None and big["peak"] is not None:
-            allowed = d["peak"] + 720 * DECODED_PER_IMAGE + NOISE_MB * 2**20
+            allowed = d["peak"] + (large - small) * size * size * 3 + NOISE_MB * 2**20
             verdicts.append(_verdict(
-                f"{arch}: diagnose peak with 900 images {big['peak'] / GB:.2f} GB <= 180-image peak + extra decoded "
-                f"images + {NOISE_MB} MB = {allowed / GB:.2f} GB", big["peak"] <= allowed))
+                f"{arch}: diagnose peak with {large} images {big['peak'] / GB:.2f} GB <= {small}-image peak + extra "
+                f"decoded images + {NOISE_MB} MB = {allowed / GB:.2f} GB", big["peak"] <= allowed))
         verdicts.append(_verdict(f"{arch}: diagnose {d['wall']:.0f} s <= 1.5 x normalize {n['wall']:.0f} s "
                                  f"(ratio {d['wall'] / n['wall']:.2f})", d["wall"] <= 1.5 * n["wall"]))
         verdicts.append(_verdict(f"{arch}: no command killed or failed",
@@ -184,12 +187,22 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per sample command (default 3)")
     p.add_argument("--no-sample", action="store_true", help="skip the digits-sample comparison")
     p.add_argument("--json", default=None, help="also write the measurements to this file")
+    p.add_argument("--smoke", action="store_true",
+                   help="MobileNetV2 at 96x96, 24 and 48 JPEGs in a temporary folder, no sample comparison; exit "
+                        "status 0 whatever the verdicts")
     a = p.parse_args(argv)
+    if a.smoke:
+        with tempfile.TemporaryDirectory(prefix="tlviz_bench_smoke_") as tmp:
+            report: list = []
+            verdicts = real_size(Path(tmp), ["MobileNetV2"], report, size=96, counts=(24, 48))
+            print("\nTargets (smoke: sizes too small to judge):")
+            print("\n".join("  " + v for v in verdicts))
+        return 0
     archs = ["MobileNetV2"] if a.quick else (a.archs or list(ARCHS))
     data = Path(a.data)
     data.mkdir(parents=True, exist_ok=True)
     print(f"CPU cores: {os.cpu_count()}   TLVIZ_MEMORY_MB: {os.environ.get('TLVIZ_MEMORY_MB', 'default')}")
-    report: list = []
+    report = []
     verdicts = real_size(data, archs, report)
     if not a.no_sample:
         verdicts += sample_vs_baseline(a.baseline, a.repeats)

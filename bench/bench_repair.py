@@ -14,6 +14,9 @@ baseline measured in the same process: one inference pass (``tf``) over all the 
 - ``bn-statistics-mismatch``: every BatchNormalization layer back to its initial statistics (mean 0,
   variance 1: what ``weights=None`` leaves); AdaBN;
 - ``bn-statistics-mismatch`` + ``normalization-mismatch`` together (fed ``unit``).
+
+``--smoke``: each repair once (not the pair) at 96x96 with 40 JPEGs (AdaBN needs 16 per half) in a temporary
+folder, a proof that it still runs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +37,7 @@ import numpy as np  # noqa: E402
 from realsize import make_images  # noqa: E402
 
 
-def _trained_model(folder: Path, images):
+def _trained_model(folder: Path, images, size: int = 224):
     """MobileNetV2 (weights=None) with statistics estimated on the images and a least-squares head (cached)."""
     import keras
 
@@ -42,12 +46,12 @@ def _trained_model(folder: Path, images):
     from tlviz.repair.adabn import estimate_statistics
     from tlviz.repair.graph import leaf
 
-    path = folder / "mobilenetv2_trained_head.keras"
+    path = folder / ("mobilenetv2_trained_head.keras" if size == 224 else f"mobilenetv2_{size}_trained_head.keras")
     if path.exists():
         return load_model(path)
     keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(224, 224, 3))
-    inputs = keras.Input((224, 224, 3))
+    base = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(size, size, 3))
+    inputs = keras.Input((size, size, 3))
     x = keras.layers.GlobalAveragePooling2D(name="pool")(base(inputs, training=False))
     outputs = keras.layers.Dense(3, activation="softmax", name="head")(x)
     model = keras.Model(inputs, outputs, name="mobilenetv2_tl")
@@ -88,12 +92,24 @@ def _plant(loaded, kind: str):
     return summarize(model, filename=f"planted_{kind}.keras")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", default="/tmp/tlviz_real")
-    args = parser.parse_args()
+    parser.add_argument("--size", type=int, default=224, help="the model's input size (default 224)")
+    parser.add_argument("--smoke", action="store_true", help="96x96, 40 JPEGs in a temporary folder")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="tlviz_bench_smoke_") as tmp:
+            args.images, args.repeat, args.size, args.out = 40, 1, 96, tmp
+            return run(args)
+    args.smoke = False
+    return run(args)
+
+
+def run(args) -> int:
+    """Build (once) the model and images under ``args.out``, then time and print as the module says."""
 
     from tlviz.imagesets import load_image_set
     from tlviz.memory import plan_batch, predict_batches
@@ -102,9 +118,9 @@ def main() -> None:
 
     out = Path(args.out)
     folder = make_images(out / f"images_{args.images}", args.images)
-    images = load_image_set(folder, (224, 224), 3)
+    images = load_image_set(folder, (args.size, args.size), 3)
     t0 = time.perf_counter()
-    loaded = _trained_model(out, images)
+    loaded = _trained_model(out, images, args.size)
     print(f"model ready in {time.perf_counter() - t0:.1f} s (cached in {out})")
     plan = plan_batch(loaded.model, "inference", n=len(images))
     predict_batches(loaded.model, images.images[:plan.batch_size], lambda x: apply_preset(x, "tf"), plan)  # warm-up
@@ -122,6 +138,8 @@ def main() -> None:
           f"{base:.2f} s (fastest of {len(passes)}, spread {max(passes) - base:.2f} s)")
     cases = [("normalization-mismatch", None, "unit"), ("label-order-mismatch", "labels", "tf"),
              ("bn-statistics-mismatch", "bn", "tf"), ("bn-statistics-mismatch,normalization-mismatch", "bn", "unit")]
+    if args.smoke:
+        cases = cases[:3]  # one of each repair; the pair takes as long as two
     print(f"{'repair':48s} {'before':>7s} {'after':>7s} {'n_fit':>5s} {'n_eval':>6s} {'seconds':>8s} {'x pass':>7s}")
     for fixes, plant, preset in cases:
         model = loaded if plant is None else _plant(loaded, plant)
@@ -133,7 +151,8 @@ def main() -> None:
         o, s = result.overall, result.steps[-1]
         print(f"{fixes:48s} {o['before']:7.1%} {o['after']:7.1%} {s.n_fit:5d} {s.n_eval:6d} {min(times):8.1f} "
               f"{min(times) / base:7.1f}" + (f"  (spread {max(times) - min(times):.1f} s)" if len(times) > 1 else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,11 +6,16 @@
 writes `n` 256x256 JPEGs in three class folders: each class a different
 seeded mix of colour and stripe direction, so a probe can tell them apart.
 Nothing is downloaded.
+
+Run: ``python bench/realsize.py [OUT]`` (default ``/tmp/tlviz_real``) builds every architecture and the
+180- and 900-JPEG sets; ``--smoke`` builds them at 64x64 with 12 JPEGs in a temporary folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +68,27 @@ def make_images(folder: str | Path, n: int, size: int = 256, seed: int = 0) -> P
     return folder
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/tlviz_real")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="/tmp/tlviz_real", help="where to build (default /tmp/tlviz_real)")
+    parser.add_argument("--smoke", action="store_true", help="64x64 models and 12 JPEGs in a temporary folder")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="tlviz_realsize_smoke_") as tmp:
+            out = Path(tmp)
+            for a in ARCHS:
+                path = build_model(a, out / f"{a.lower()}.keras", size=64)
+                print(f"built {a} at 64x64: {path.stat().st_size / 2**20:.1f} MB")
+            n = sum(1 for _ in make_images(out / "images_12", 12).rglob("*.jpg"))
+            print(f"wrote {n} JPEGs")
+        return 0
+    out = Path(args.out)
     for a in ARCHS:
         print(build_model(a, out / f"{a.lower()}.keras"))
     print(make_images(out / "images_180", 180))
     print(make_images(out / "images_900", 900))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
