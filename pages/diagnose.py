@@ -91,7 +91,7 @@ if report.skipped:
     st.markdown("\n".join(f"- **{s.title}** (`{s.id}`): {s.reason}" for s in report.skipped))
 
 st.subheader("Download the report", divider="gray")
-d1, d2 = st.columns(2)
+d1, d2, d3 = st.columns(3)
 stem = f"tlviz-diagnosis-{loaded.name}"
 d1.download_button("Markdown", report.to_markdown(repairs=repairs.repairs_made()), file_name=f"{stem}.md",
                    mime="text/markdown",
@@ -99,5 +99,6 @@ d1.download_button("Markdown", report.to_markdown(repairs=repairs.repairs_made()
 d2.download_button("JSON", json.dumps(report.to_dict(), indent=2), file_name=f"{stem}.json",
                    mime="application/json", icon=":material/data_object:", key="diag_download_json",
                    width="stretch")
+ui.html_report_download(d3, report, loaded, images, stem)
 st.caption(f"Checks took {report.seconds.get('total', 0):.1f} s. The same report from the command line: "
            f"`python -m tlviz diagnose MODEL IMAGES --preset {preset} --json`.")

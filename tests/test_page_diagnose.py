@@ -71,6 +71,20 @@ def test_markdown_and_json_downloads_carry_the_report(page, downloads):
     assert len(page.get("download_button")) == 2
 
 
+def test_the_html_report_is_prepared_in_a_worker_and_downloads_as_one_file(page, downloads):
+    """Issue 24: the HTML file's Grad-CAM overlays are measured in a worker job, then the file downloads."""
+    at = page
+    at.button(key="diag_html_prepare").click().run()
+    assert not at.exception, at.exception
+    settle(at, "diag_html_job")
+    assert not at.exception, at.exception
+    html = {d["mime"]: d for d in downloads}["text/html"]
+    assert html["file_name"] == "tlviz-diagnosis-digits_base.html"
+    text = html["data"]
+    assert "<script" not in text.lower() and "normalization-mismatch" in text and "<svg" in text
+    assert "explains &#x27;" in text  # where the model looks, beside the example images
+
+
 def test_preset_select_box_is_bound_and_rejudges_instantly(page):
     at = page
     at.selectbox(key="diag_inference_widget").set_value("tf").run()

@@ -18,6 +18,7 @@ Pages ``import ui`` and use the names below, so that they only lay out.
 from ui import finetune
 from ui.analysis import analysis
 from ui.cache import remembered_key
+from ui.reports import html_report_download
 from ui.shell import freeze_startup_objects, mark_shell_drawn, page_start
 from ui.sidebar import MODEL_UPLOAD_TYPES, sidebar
 from ui.state import (DEFAULT_IMAGES, DEFAULT_MODEL, current, current_layer_table, image_source,
@@ -26,7 +27,7 @@ from ui.state import (DEFAULT_IMAGES, DEFAULT_MODEL, current, current_layer_tabl
 from ui.widgets import ALERTS, SEVERITY_ICONS, alert, finding_card, finding_cards
 
 __all__ = [
-    "finetune", "analysis", "remembered_key", "freeze_startup_objects", "mark_shell_drawn", "page_start",
+    "finetune", "analysis", "html_report_download", "remembered_key", "freeze_startup_objects", "mark_shell_drawn", "page_start",
     "MODEL_UPLOAD_TYPES", "sidebar", "DEFAULT_IMAGES", "DEFAULT_MODEL", "current",
     "current_layer_table", "image_source", "image_set_key", "init_state", "is_sample", "pixels_key", "require_images",
     "require_model", "set_image_source", "set_model", "workspace", "ALERTS", "SEVERITY_ICONS", "alert",
