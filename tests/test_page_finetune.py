@@ -70,7 +70,8 @@ def test_head_only_run_learns_and_results_show(runs):
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["Val accuracy"].rstrip("%")) > 40  # chance is 20 %
     assert "frozen layers show exactly zero change" in text
-    assert at.get("download_button") and at.get("download_button")[0].label.startswith("Download")
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Download the fine-tuned model (.keras)", "Download this run as HTML"]
     # A confusion-matrix cell shows its images.
     at.selectbox(key="ft_cell_true").set_value(0)
     at.selectbox(key="ft_cell_pred").set_value(0)

@@ -81,10 +81,22 @@ def show_run(rec: RunRecord, images, current_images_key: str, loaded=None, recor
     _weight_changes(rec, out)
     _retention(out)
     run_controls(rec, out, loaded, images, current_images_key, records or [])
+    d1, d2 = st.columns(2)
     if rec.model_path is not None:
-        st.download_button("Download the fine-tuned model (.keras)", data=rec.model_path.read_bytes(),
+        d1.download_button("Download the fine-tuned model (.keras)", data=rec.model_path.read_bytes(),
                            file_name=f"finetuned_{rec.run_id}.keras", mime="application/octet-stream",
                            key="ft_download", icon=":material/download:", on_click="ignore")
+    d2.download_button("Download this run as HTML", data=_run_html(rec.run_id, rec.state, rec, loaded),
+                       file_name=f"tlviz-run-{rec.run_id}.html", mime="text/html", key="ft_download_html",
+                       icon=":material/html:", on_click="ignore",
+                       help="One self-contained file: settings, outcome, curves, confusion, weight changes, drift.")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _run_html(run_id: str, state: str, _rec, _loaded) -> str:
+    from tlviz.htmlreport import run_html
+
+    return run_html(_rec, _loaded)
 
 
 def _confusion(rec: RunRecord, out, images, current_images_key: str) -> None:
