@@ -185,7 +185,7 @@ def main(argv=None) -> int:
               "clone the model)")
 
     if args.memory_runs:
-        from tlviz.jobs import start_job, wait_job
+        from tlviz.jobs import start_job, wait
 
         root = tempfile.mkdtemp(prefix="tlviz_bench_runs_")
         small = RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         for i in range(args.memory_runs):
             job = start_job(loaded, images, [small], root=root)
-            st = wait_job(job.job_id, root=root, timeout=300, interval=0.2)
+            st = wait(job.job_id, root=root, timeout=300, interval=0.2)
             if st.state != "done":
                 print(f"run {i + 1}: job {st.state}: {st.message}")
             if i == 0:

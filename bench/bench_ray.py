@@ -38,11 +38,11 @@ TARGET = 1.2
 
 
 def _job(loaded, images, cfgs, root, executor, asha=False) -> tuple[float, object]:
-    from tlviz.jobs import start_job, wait_job
+    from tlviz.jobs import start_job, wait
 
     t0 = time.perf_counter()
     job = start_job(loaded, images, cfgs, root=root, executor=executor, asha=asha)
-    st = wait_job(job.job_id, root=root, timeout=3600, interval=0.1)
+    st = wait(job.job_id, root=root, timeout=3600, interval=0.1)
     dt = time.perf_counter() - t0
     if st.state != "done" or any(r.state not in ("completed", "stopped") for r in st.runs):
         print(f"  {executor}: job {st.state} {st.message}; runs: {[(r.state, r.message) for r in st.runs]}")

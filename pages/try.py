@@ -14,7 +14,7 @@ import streamlit as st
 from PIL import Image
 
 import ui
-from tlviz.charts.tryit import top_classes_chart
+from tlviz.charts import top_classes_chart
 from tlviz.presets import PRESET_DESCRIPTIONS, applicable_presets
 from tlviz.errors import PhotoRefused
 from ui.tryit import explainer

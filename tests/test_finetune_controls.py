@@ -302,7 +302,7 @@ def test_a_worker_job_queues_the_linked_control_and_reports_drift_and_retention(
                                                                                  base_images):
     from tlviz.diagnose.forgetting import runs_for
     from tlviz.contentkeys import pixels_key
-    from tlviz.jobs import start_job, wait_job
+    from tlviz.jobs import start_job, wait
 
     with pytest.raises(RunRefused, match="already trains only the head"):
         start_job(loaded_base, images_5_9, [CLEAN], controls=["head-only"], owner="ws")
@@ -311,7 +311,7 @@ def test_a_worker_job_queues_the_linked_control_and_reports_drift_and_retention(
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # nothing created
     cfg = RunConfig(unfreeze=2, lr=1e-3, epochs=1, preset="tf")
     job = start_job(loaded_base, images_5_9, [cfg], controls=["head-only"], original=base_images, owner="ws")
-    st = wait_job(job.job_id, timeout=300)
+    st = wait(job.job_id, timeout=300)
     assert st.state == "done", st.message
     run, control = st.runs
     assert (control.control, control.control_of, control.config["unfreeze"]) == ("head-only", run.run_id, 0)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from tlviz.findings import Finding
-from tlviz.finetune import JobStatus, RunConfig, RunOutcome, RunProgress, RunRecord, format_seconds
+from tlviz.finetune import RunConfig, RunOutcome, RunProgress, RunRecord, format_seconds
+from tlviz.jobs import JobStatus
 from tlviz.jobs.queue import waiting_text
 
 
@@ -127,7 +128,7 @@ os.environ.pop("TLVIZ_RAY_ADDRESS", None)
 import tlviz.finetune, tlviz.jobs.worker, tlviz.jobs.ray_executor, tlviz.jobs.ray_tasks, tlviz.cli
 import ui.finetune, ui.sidebar
 from tlviz.finetune import RunConfig
-from tlviz.jobs import executors, start_job, wait_job
+from tlviz.jobs import executors, start_job, wait
 from tlviz.imagesets import load_image_set
 from tlviz.models import load_model
 from tlviz.samples import sample_path
@@ -135,7 +136,7 @@ from tlviz.samples import sample_path
 assert executors.default_executor() == "local" and executors.describe_executor().startswith("this machine")
 loaded = load_model(sample_path("digits_base.keras"))
 images = load_image_set(sample_path("digits_5_9"), loaded.image_size, loaded.channels)
-st = wait_job(start_job(loaded, images, [RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")]).job_id, timeout=180)
+st = wait(start_job(loaded, images, [RunConfig(unfreeze=0, lr=1e-2, epochs=1, preset="tf")]).job_id, timeout=180)
 assert st.state == "done" and st.executor == "local", st.message
 rec = st.runs[0]
 assert rec.state == "completed" and rec.where["executor"] == "local" and rec.where["device"] in ("CPU", "GPU")

@@ -98,12 +98,12 @@ def test_stored_run_has_every_file(loaded_base, images_5_9, root):
 
 
 def test_worker_process_runs_a_job_and_reports_progress(loaded_base, images_5_9, root):
-    from tlviz.jobs import poll_job, start_job, wait_job
+    from tlviz.jobs import poll, start_job, wait
 
     job = start_job(loaded_base, images_5_9, [RunConfig(unfreeze=0, lr=1e-2, epochs=3, preset="tf")])
-    first = poll_job(job.job_id)
+    first = poll(job.job_id)
     assert first.active and first.runs[0].state in ("queued", "running")
-    st = wait_job(job.job_id, timeout=180)
+    st = wait(job.job_id, timeout=180)
     assert st.state == "done", st.message
     rec = st.runs[0]
     assert rec.state == "completed" and len(rec.history) == 3
@@ -114,20 +114,20 @@ def test_worker_process_runs_a_job_and_reports_progress(loaded_base, images_5_9,
 
 
 def test_worker_cancel_stops_after_current_batch_and_skips_queued_runs(loaded_base, images_5_9, root):
-    from tlviz.jobs import cancel_job, poll_job, start_job, wait_job
+    from tlviz.jobs import cancel, poll, start_job, wait
 
     long = RunConfig(unfreeze=6, lr=1e-3, epochs=300, preset="tf")
     job = start_job(loaded_base, images_5_9, [long, long])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        st = poll_job(job.job_id)
+        st = poll(job.job_id)
         if st.current is not None and len(st.current.history) >= 1:
             break
         time.sleep(0.3)
     else:
         pytest.fail("the worker never started training")
-    cancel_job(job.job_id)
-    st = wait_job(job.job_id, timeout=60)
+    cancel(job.job_id)
+    st = wait(job.job_id, timeout=60)
     assert st.state == "cancelled"
     first, second = st.runs
     assert first.state == "cancelled" and 1 <= len(first.history) < 300
@@ -136,7 +136,7 @@ def test_worker_cancel_stops_after_current_batch_and_skips_queued_runs(loaded_ba
 
 
 def test_worker_records_refusal(root):
-    from tlviz.jobs import start_job, wait_job
+    from tlviz.jobs import start_job, wait
     from tlviz.imagesets import load_image_set
     from tlviz.models import load_model
     from tlviz.samples import sample_path
@@ -144,7 +144,7 @@ def test_worker_records_refusal(root):
     frozen = load_model(sample_path("digits_frozen.keras"))
     imgs = load_image_set(sample_path("digits_5_9"), frozen.image_size, frozen.channels)
     job = start_job(frozen, imgs, [RunConfig(epochs=1, preset="tf")])
-    st = wait_job(job.job_id, timeout=120)
+    st = wait(job.job_id, timeout=120)
     assert st.runs[0].state == "refused" and "No trainable weights" in st.runs[0].message
 
 

@@ -131,7 +131,7 @@ def test_job_params_are_checked():
 def test_the_gradcam_job_runs_in_a_worker_and_is_stored(loaded_base, base_images, runs):
     params = {"items": [[0, "tf"], [7, "unit"]]}
     job = jobs.start_analysis("gradcam", loaded_base, base_images, params, root=runs)
-    status = jobs.wait_analysis(job, runs, timeout=300)
+    status = jobs.wait(job, runs, timeout=300)
     assert status.state == "done", status.message
     assert status.notes == []  # no note about resize methods
     report = jobs.load_result(job, runs)
@@ -140,6 +140,6 @@ def test_the_gradcam_job_runs_in_a_worker_and_is_stored(loaded_base, base_images
         assert report.maps[key].class_index == m.class_index
         assert np.allclose(report.maps[key].heatmap, m.heatmap, atol=1e-4)
     again = jobs.start_analysis("gradcam", loaded_base, base_images, params, root=runs)
-    assert jobs.poll_analysis(again, runs).from_store  # computed once
+    assert jobs.poll(again, runs).from_store  # computed once
     with pytest.raises(jobs.AnalysisRefused, match="Unknown preset"):
         jobs.start_analysis("gradcam", loaded_base, base_images, {"items": [[0, "nope"]]}, root=runs)

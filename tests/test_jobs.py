@@ -81,7 +81,7 @@ def test_normalize_job_gives_the_engines_result_and_is_then_served_from_disk(loa
     from tlviz import normalize
 
     job = jobs.start_analysis("normalize", loaded_base, images, source=zip_source, root=runs, owner="w1")
-    st = jobs.wait_analysis(job, runs, timeout=300)
+    st = jobs.wait(job, runs, timeout=300)
     assert st.state == "done", st.message
     assert st.fraction == 1.0 and not st.from_store and not st.notes
     report = jobs.load_result(job, runs)
@@ -92,7 +92,7 @@ def test_normalize_job_gives_the_engines_result_and_is_then_served_from_disk(loa
 
     # Compute once: the same request (any session) is served from disk, without a worker.
     again = jobs.start_analysis("normalize", loaded_base, images, source=zip_source, root=runs, owner="w2")
-    st2 = jobs.poll_analysis(again, runs)
+    st2 = jobs.poll(again, runs)
     assert st2.state == "done" and st2.from_store
     assert "pid" not in _status(again, runs) and not (jobs.job_dir(again, runs) / "worker.log").exists()
     _same_normalization(jobs.load_result(again, runs), direct)
@@ -110,11 +110,11 @@ def test_diagnose_job_matches_the_engine_and_reuses_the_stored_normalization(loa
     from tlviz import diagnose
 
     norm_job = jobs.start_analysis("normalize", loaded_base, images, source=source, root=runs)
-    assert jobs.wait_analysis(norm_job, runs, timeout=300).state == "done"
+    assert jobs.wait(norm_job, runs, timeout=300).state == "done"
     stored = jobs.load_result(norm_job, runs)
 
     job = jobs.start_analysis("diagnose", loaded_base, images, source=source, root=runs)
-    st = jobs.wait_analysis(job, runs, timeout=300)
+    st = jobs.wait(job, runs, timeout=300)
     assert st.state == "done", st.message
     report = jobs.load_result(job, runs)
     # The normalization was not measured again: no fingerprint, no preset evaluated in this job.
@@ -131,10 +131,10 @@ def test_diagnose_job_matches_the_engine_and_reuses_the_stored_normalization(loa
 
 def test_a_diagnosis_stores_its_normalization_for_the_normalization_page(loaded_base, images, source, runs):
     job = jobs.start_analysis("diagnose", loaded_base, images, source=source, root=runs)
-    assert jobs.wait_analysis(job, runs, timeout=300).state == "done"
+    assert jobs.wait(job, runs, timeout=300).state == "done"
     assert "Evaluating tf" in _log(job, runs)  # measured here, nothing was stored before
     norm = jobs.start_analysis("normalize", loaded_base, images, source=source, root=runs)
-    st = jobs.poll_analysis(norm, runs)
+    st = jobs.poll(norm, runs)
     assert st.state == "done" and st.from_store
     assert jobs.load_result(norm, runs).seconds == jobs.load_result(job, runs).normalization.seconds
 
@@ -146,18 +146,18 @@ def test_queue_runs_jobs_one_after_another_and_reports_the_place_in_line(loaded_
     second = jobs.start_analysis("normalize", loaded_base, images, {"variants": False}, source=source, root=runs)
     waiting = _wait_for(second, runs, lambda s: s.queue_position, what="the second job to report its place")
     assert waiting.state == "queued" and waiting.queue_position == 2 and waiting.jobs_ahead == 1
-    assert jobs.poll_analysis(first, runs).state in ("queued", "running")
-    a = jobs.wait_analysis(first, runs, timeout=300)
-    b = jobs.wait_analysis(second, runs, timeout=300)
+    assert jobs.poll(first, runs).state in ("queued", "running")
+    a = jobs.wait(first, runs, timeout=300)
+    b = jobs.wait(second, runs, timeout=300)
     assert a.state == b.state == "done", (a.message, b.message)
-    assert jobs.poll_analysis(second, runs).queue_position is None
+    assert jobs.poll(second, runs).queue_position is None
     sa, sb = _status(first, runs), _status(second, runs)
     assert sb["started_at"] >= sa["ended_at"], "the second job started before the first let go of the slot"
 
 
 def test_fine_tuning_jobs_wait_in_the_same_queue(loaded_base, images, source, runs, monkeypatch):
     from tlviz.finetune.config import RunConfig
-    from tlviz.jobs import cancel_job, poll_job, start_job, wait_job
+    from tlviz.jobs import cancel, poll, start_job, wait
 
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "1")
     diag = jobs.start_analysis("diagnose", loaded_base, images, source=source, root=runs)
@@ -166,13 +166,13 @@ def test_fine_tuning_jobs_wait_in_the_same_queue(loaded_base, images, source, ru
     _wait_for(dropped, runs, lambda s: s.queue_position == 3, what="the third job's place")
     # each worker records its place once it has started (at the lowest priority: it may start late)
     _wait_for(run, runs, lambda s: s.queue_position == 2, what="the second job's place")
-    assert poll_job(run.job_id, runs).state == "queued"  # one vocabulary: a waiting fine-tuning job is queued
-    assert poll_job(run.job_id, runs).runs[0].state == "queued"
-    cancel_job(dropped.job_id, runs)  # a queued fine-tuning job is dropped before it loads anything
-    st = wait_job(dropped.job_id, runs, timeout=60)
+    assert poll(run.job_id, runs).state == "queued"  # one vocabulary: a waiting fine-tuning job is queued
+    assert poll(run.job_id, runs).runs[0].state == "queued"
+    cancel(dropped.job_id, runs)  # a queued fine-tuning job is dropped before it loads anything
+    st = wait(dropped.job_id, runs, timeout=60)
     assert st.state == "cancelled" and st.runs[0].state == "cancelled" and "before it started" in st.runs[0].message
-    assert jobs.wait_analysis(diag, runs, timeout=300).state == "done"
-    st = wait_job(run.job_id, runs, timeout=300)
+    assert jobs.wait(diag, runs, timeout=300).state == "done"
+    st = wait(run.job_id, runs, timeout=300)
     assert st.state == "done" and st.runs[0].state == "completed", st.message
     assert _status(run.job_id, runs).get("waiting") is None
 
@@ -182,19 +182,19 @@ def test_cancel_drops_a_queued_job_and_stops_a_running_one(loaded_base, images, 
     running = jobs.start_analysis("diagnose", loaded_base, images, source=source, root=runs)
     queued = jobs.start_analysis("normalize", loaded_base, images, source=source, root=runs)
     _wait_for(running, runs, lambda s: s.state == "running", what="the first job to run")
-    assert jobs.poll_analysis(queued, runs).state == "queued"
-    jobs.cancel_analysis(queued, runs)
-    assert jobs.poll_analysis(queued, runs).state == "cancelled"
+    assert jobs.poll(queued, runs).state == "queued"
+    jobs.cancel(queued, runs)
+    assert jobs.poll(queued, runs).state == "cancelled"
     pid = _status(running, runs)["pid"]
-    jobs.cancel_analysis(running, runs)
-    st = jobs.poll_analysis(running, runs)
+    jobs.cancel(running, runs)
+    st = jobs.poll(running, runs)
     assert st.state == "cancelled" and not st.message
     assert not worker_alive(running, pid)
     assert not jobs.has_result("diagnose", st.key, runs)  # nothing partial is kept
     # Nothing is left holding the one slot or the queue: the next job runs.
     assert not list((runs / ".jobs" / ".queue").glob("*.json"))
     nxt = jobs.start_analysis("normalize", loaded_base, images, {"variants": False}, root=runs)
-    assert jobs.wait_analysis(nxt, runs, timeout=300).state == "done"
+    assert jobs.wait(nxt, runs, timeout=300).state == "done"
 
 
 def test_a_worker_killed_mid_diagnosis_fails_with_the_reason_and_the_next_job_works(loaded_base, images, source,
@@ -204,7 +204,7 @@ def test_a_worker_killed_mid_diagnosis_fails_with_the_reason_and_the_next_job_wo
     pid = _status(job, runs)["pid"]
     assert pid != os.getpid()
     os.kill(pid, signal.SIGKILL)  # what the out-of-memory killer does
-    st = jobs.wait_analysis(job, runs, timeout=60)
+    st = jobs.wait(job, runs, timeout=60)
     assert st.state == "failed"
     assert "killed (SIGKILL)" in st.message and "ran out of memory" in st.message
     assert "TLVIZ_MEMORY_MB" in st.message and "fewer images" in st.message
@@ -212,7 +212,7 @@ def test_a_worker_killed_mid_diagnosis_fails_with_the_reason_and_the_next_job_wo
     # The same request again starts a fresh job, which completes.
     again = jobs.start_analysis("diagnose", loaded_base, images, source=source, root=runs)
     assert again != job
-    assert jobs.wait_analysis(again, runs, timeout=300).state == "done"
+    assert jobs.wait(again, runs, timeout=300).state == "done"
 
 
 def test_sources_are_reopened_in_the_worker_or_the_report_says_why_not(loaded_base, images, source, zip_source,

@@ -77,15 +77,15 @@ def _free_port() -> int:
 
 
 def _wait_all(job_ids, timeout=240, on_poll=None):
-    from tlviz.jobs import poll_job
+    from tlviz.jobs import poll
 
     deadline = time.monotonic() + timeout
     out = {}
     while len(out) < len(job_ids):
-        assert time.monotonic() < deadline, f"jobs did not finish: {[poll_job(j).text for j in job_ids]}"
+        assert time.monotonic() < deadline, f"jobs did not finish: {[poll(j).text for j in job_ids]}"
         for j in job_ids:
             if j not in out:
-                st = poll_job(j)
+                st = poll(j)
                 if on_poll is not None:
                     on_poll(j, st)
                 if not st.active:
@@ -232,25 +232,25 @@ def test_a_sweep_through_ray_tune_with_asha_stops_the_hopeless_runs(on_ray, load
 
 
 def test_cancel_stops_a_run_on_ray_and_the_range_test_runs_there(on_ray, loaded_base, images):
-    from tlviz.jobs import cancel_job, poll_job, start_job, start_lr_finder, wait_job
+    from tlviz.jobs import cancel, poll, start_job, start_lr_finder, wait
 
     job = start_job(loaded_base, images, [RunConfig(unfreeze=6, lr=1e-3, epochs=300, preset="tf")])
     lrfind = start_lr_finder(loaded_base, images, RunConfig(unfreeze=0, preset="tf"), steps=40)  # alongside
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        st = poll_job(job.job_id)
+        st = poll(job.job_id)
         if st.current is not None and len(st.current.history) >= 1:
             break
         time.sleep(0.2)
     else:
-        pytest.fail(f"the run never started training on Ray: {poll_job(job.job_id).message}")
-    cancel_job(job.job_id)
-    st = wait_job(job.job_id, timeout=90)
+        pytest.fail(f"the run never started training on Ray: {poll(job.job_id).message}")
+    cancel(job.job_id)
+    st = wait(job.job_id, timeout=90)
     assert st.state == "cancelled", st.message
     rec = st.runs[0]
     assert rec.state == "cancelled" and 1 <= len(rec.history) < 300
     assert rec.model_path is not None and rec.metrics  # what was trained came back
-    lr = wait_job(lrfind.job_id, timeout=120)
+    lr = wait(lrfind.job_id, timeout=120)
     assert lr.state == "done" and lr.executor == "ray", lr.message
     res = lr.lr_result
     assert res is not None and len(res.curve) >= 5 and res.message
@@ -260,7 +260,7 @@ def test_a_node_lost_mid_run_fails_its_run_with_the_reason_and_the_sweep_goes_on
                                                                                  images):
     from tlviz.finetune.store import load_run
     from tlviz.finetune.sweep import sweep_configs
-    from tlviz.jobs import poll_job, start_job, wait_job
+    from tlviz.jobs import poll, start_job, wait
 
     doomed = ray_cluster.add_node(num_cpus=1)  # a third node for this test: 3 CPUs, one trial on each node
     ray_cluster.wait_for_nodes()
@@ -275,9 +275,9 @@ def test_a_node_lost_mid_run_fails_its_run_with_the_reason_and_the_sweep_goes_on
                 victim = rec
                 break
         time.sleep(0.1)
-    assert victim is not None, poll_job(job.job_id).text
+    assert victim is not None, poll(job.job_id).text
     ray_cluster.remove_node(doomed, allow_graceful=False)  # the node goes away, with the worker running the run
-    st = wait_job(job.job_id, timeout=180)
+    st = wait(job.job_id, timeout=180)
     assert st.state == "done", st.message
     lost = next(r for r in st.runs if r.run_id == victim.run_id)
     assert lost.state == "failed" and "was lost" in lost.message and "sweep went on" in lost.message
@@ -308,7 +308,7 @@ def test_an_unreachable_cluster_is_refused_before_anything_is_created(tmp_path, 
 
 def test_the_driver_reports_a_cluster_lost_before_it_connects(tmp_path, monkeypatch, loaded_base, images):
     """The cluster went away between the check and the driver's connection: the job and its runs fail, flagged."""
-    from tlviz.jobs import poll_job
+    from tlviz.jobs import poll
     from tlviz.jobs.folder import new_job
     from tlviz.jobs.inputs import images_info, model_info, prepare_inputs
     from tlviz.jobs.worker import worker_main
@@ -324,7 +324,7 @@ def test_the_driver_reports_a_cluster_lost_before_it_connects(tmp_path, monkeypa
                                     **inputs, "run_ids": [rid], "configs": [RunConfig(epochs=1).to_dict()],
                                     "executor": "ray", "ray_address": f"127.0.0.1:{_free_port()}"}, queued=False)
     worker_main(str(jdir))  # the one worker entry point, on the Ray executor
-    st = poll_job(job_id)
+    st = poll(job_id)
     assert st.state == "failed" and st.unreachable and "cannot be reached" in st.message
     assert load_run(rid).state == "failed" and "cannot be reached" in load_run(rid).message
     assert st.configs and st.configs[0]["epochs"] == 1  # what the page needs to offer a local run

@@ -510,10 +510,10 @@ def test_repair_job_runs_in_a_worker_and_is_stored(digits, runs):
     loaded, images = digits
     params = {"fixes": ["normalization-mismatch"], "inference_preset": "unit"}
     job = jobs.start_analysis("repair", loaded, images, params)
-    status = jobs.wait_analysis(job, timeout=240)
+    status = jobs.wait(job, timeout=240)
     assert status.state == "done", status.message
     result = jobs.load_result(job)
     assert result.steps[0].after >= 0.97 and result.model_bytes[:2] == b"PK"
-    assert jobs.poll_analysis(jobs.start_analysis("repair", loaded, images, params)).from_store
+    assert jobs.poll(jobs.start_analysis("repair", loaded, images, params)).from_store
     with pytest.raises(Exception, match="Unknown repair"):
         jobs.start_analysis("repair", loaded, images, {"fixes": ["nope"]})

@@ -11,7 +11,7 @@ import pytest
 from apptest_helpers import open_page, texts
 
 from tlviz.finetune.store import list_runs, load_run
-from tlviz.jobs import wait_job
+from tlviz import jobs
 from tlviz.jobs.spawn import death_reason
 
 PAGE = "pages/finetune.py"
@@ -43,7 +43,7 @@ def wait(*sessions, timeout=180):
     for at in sessions:
         job_id = at.session_state["ft_job"]
         if job_id is not None:
-            assert not wait_job(job_id, timeout=timeout).active, "a job did not finish"
+            assert not jobs.wait(job_id, timeout=timeout).active, "a job did not finish"
         for _ in range(5):  # the page notices the end on its next run, and clears its job
             at.run()
             assert not at.exception, at.exception

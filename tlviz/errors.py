@@ -9,7 +9,7 @@ Where each is raised:
 - `RunRefused` — `tlviz.finetune`: a fine-tuning configuration or run that cannot go ahead.
 - `AnalysisRefused` — `tlviz.jobs`: a background job that cannot be started.
 - `RepairRefused` — `tlviz.repair`: an unknown repair, or one that does not apply to this model and these images.
-- `ClusterUnreachable` — `tlviz.finetune.executors`: the Ray cluster of ``TLVIZ_RAY_ADDRESS`` cannot be reached
+- `ClusterUnreachable` — `tlviz.jobs.executors`: the Ray cluster of ``TLVIZ_RAY_ADDRESS`` cannot be reached
   (the caller may offer to run on this machine instead).
 - `ConfigError` — `tlviz.config`: a ``TLVIZ_*`` environment variable with a value that makes no sense.
 - `CheckSkipped` — not an error for the user: a diagnosis check raises it to say why it could not decide.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: Charts that fill the width are drawn this wide (px) in the file.
+#: Charts that fill the width are drawn this wide (px) in the file (`tlviz.charts.export.FILE_WIDTH`).
 CHART_WIDTH = 640
 #: Example images and overlays are drawn this wide (px).
 THUMB_WIDTH = 128
@@ -56,16 +56,9 @@ def chart_svg(chart, width: int = CHART_WIDTH) -> str:
     """
     if chart is None:
         return ""
-    import altair as alt
-    import vl_convert as vlc
+    from tlviz.charts import to_svg
 
-    concat = isinstance(chart, (alt.HConcatChart, alt.VConcatChart, alt.ConcatChart))
-    if not concat and not isinstance(getattr(chart, "width", alt.Undefined), (int, float)):
-        chart = chart.properties(width=width)
-    if not concat:
-        chart = chart.properties(autosize=alt.AutoSizeParams(type="pad", contains="padding"))
-    svg = vlc.vegalite_to_svg(chart.to_json())
-    return f'<div class="chart">{svg}</div>'
+    return f'<div class="chart">{to_svg(chart, width)}</div>'
 
 
 def image_tag(array, width: int = THUMB_WIDTH, caption: str = "") -> str:

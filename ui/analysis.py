@@ -17,13 +17,13 @@ QUEUED_POLL_S = 4.0
 
 def _cancel(job_id: str) -> None:
     try:
-        jobs.cancel_analysis(job_id)
+        jobs.cancel(job_id)
     except TlvizError:
         pass
 
 
 def _job_panel(job_id: str, prefix: str, drawn_state: str = "running") -> None:
-    status = jobs.poll_analysis(job_id)
+    status = jobs.poll(job_id)
     if not status.active or status.state != drawn_state:
         st.rerun()  # the whole page: the result (or the failure), or a panel polling at the new state's pace
     with st.container(border=True):
@@ -67,10 +67,10 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
         key = jobs.analysis_key(kind, loaded, images, params, source=source, image_key=ikey)
         report = cache.stored_report(kind, key)
         job_id = None if report is not None else jobs.latest_job(kind, key, owner)
-        status = jobs.poll_analysis(job_id) if job_id else None
+        status = jobs.poll(job_id) if job_id else None
         if report is None and (start or (auto and status is None)) and (status is None or not status.active):
             job_id = jobs.start_analysis(kind, loaded, images, params, source=source, owner=owner, image_key=ikey)
-            status = jobs.poll_analysis(job_id)
+            status = jobs.poll(job_id)
             report = cache.stored_report(kind, key)
     except TlvizError as exc:
         st.error(str(exc), icon=":material/block:")

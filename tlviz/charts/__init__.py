@@ -4,6 +4,8 @@ One module per page that draws charts, one shared heatmap, one palette; pages im
 the builders from here:
 
 - ``overview`` — `class_counts` (images per class; a class-count finding draws it too).
+- ``tryit`` — `top_classes_chart` (the Try page's top classes of one photo).
+- ``export`` — `to_svg` (a chart as static SVG, rendered offline by vl-convert, for the HTML report).
 - ``layers`` — `params_by_depth` (parameters per layer, trainable / frozen).
 - ``normalization`` — `ranking_chart`, `per_class_heatmap`, `fingerprint_chart`.
 - ``finetune`` — `curves_chart`, `compare_chart`, `weight_change_chart`, `drift_chart`,
@@ -26,10 +28,13 @@ from tlviz.charts.finetune import (compare_chart, control_chart, curves_chart, d
                                    lr_finder_chart, sweep_heatmap, weight_change_chart)
 from tlviz.charts.layers import params_by_depth
 from tlviz.charts.normalization import fingerprint_chart, per_class_heatmap, ranking_chart
+from tlviz.charts.export import to_svg
 from tlviz.charts.overview import class_counts
+from tlviz.charts.tryit import top_classes_chart
 
 __all__ = [
     "palette", "class_counts", "params_by_depth", "ranking_chart", "per_class_heatmap", "fingerprint_chart",
     "history_long", "curves_chart", "compare_chart", "confusion_frame", "confusion_chart", "weight_change_chart",
     "sweep_heatmap", "lr_finder_chart", "drift_chart", "control_chart", "evidence_table", "comparison_frame", "comparison_chart", "finding_chart",
+    "top_classes_chart", "to_svg",
 ]

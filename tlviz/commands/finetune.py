@@ -1,7 +1,7 @@
 """``python -m tlviz finetune MODEL IMAGES --unfreeze N --lr LR --epochs E ...``: one run, headless.
 
 The run trains in this process, or on the Ray cluster of ``TLVIZ_RAY_ADDRESS`` when it is set (or with
-``--executor ray``): then it goes through the same driver as the app's runs (`tlviz.finetune.start_job`)
+``--executor ray``): then it goes through the same driver as the app's runs (`tlviz.jobs.start_job`)
 and lands in the same runs folder; the output is the same, since both are read back from the run's folder.
 
 The Fine-tuning page's run options are flags (`config_from_args` maps them onto `RunConfig`):
@@ -285,13 +285,13 @@ def _run_on_ray(args, loaded, images, config, reporter, original=None) -> int:
 
     from tlviz.errors import RunRefused
     from tlviz.finetune.store import load_run
-    from tlviz.jobs import poll_job, start_job
+    from tlviz.jobs import poll, start_job
 
     job = start_job(loaded, images, [config], root=args.out, executor="ray",
                     controls=[args.control] if args.control else [], original=original)
     seen, shown_where = 0, False
     while True:
-        st = poll_job(job.job_id, args.out)
+        st = poll(job.job_id, args.out)
         rec = st.runs[0] if st.runs else None
         if rec is not None:
             if not shown_where and rec.where.get("device", "?") != "?":

@@ -12,12 +12,10 @@ Public API (TensorFlow is imported only when a run starts):
   (each phase's ``fit``, with ``data``: the tf.data pipeline, ``callbacks``: `RunTracker`, and
   ``state``: `RunState`), ``probes`` (drift and retention around the training), ``evaluate``
   (predictions, validation scores, the saved model) and ``summary`` (weight change, the curves in words).
-- `start_job`, `start_lr_finder`, `poll_job`, `cancel_job`, `wait_job` — the
-  same in a worker process, as the app uses them: jobs of the one job system
-  (`tlviz.jobs`, re-exported here on first use); with ``TLVIZ_RAY_ADDRESS`` set, on that
-  Ray cluster (`tlviz.jobs.executors`, `tlviz.jobs.ray_executor`; sweeps through Ray Tune,
-  optionally with ASHA). `default_executor`, `describe_executor`, `last_cluster` and
-  `describe_where` say where runs go and ran.
+- Runs in a worker process, as the app starts them, are jobs of the one job system: `tlviz.jobs`
+  (`start_job`, `start_lr_finder`, then `poll` / `cancel` / `wait` as for every job); with
+  ``TLVIZ_RAY_ADDRESS`` set, on that Ray cluster (`tlviz.jobs.executors`, `tlviz.jobs.ray_executor`;
+  sweeps through Ray Tune, optionally with ASHA). `describe_where` says where a run ran.
   `JobStatus` has accessors for a progress bar (``fraction``, ``text``) and the
   range test's `LRFinderResult` (``lr_result``).
 - `list_runs`, `load_run`, `delete_run`, `runs_dir` — the runs on disk (``store``);
@@ -51,27 +49,13 @@ from tlviz.finetune.store import (ACTIVE_STATES, RunOutcome, RunProgress, RunRec
 from tlviz.finetune.summary import largest_movers
 from tlviz.finetune.sweep import sweep_configs, sweep_table
 
-# The job system (`tlviz.jobs`) runs fine-tuning; it imports this package's modules, so its names are
-# looked up when first used (PEP 562), not imported here.
-_FROM_JOBS = {"Job": "tlviz.jobs", "JobStatus": "tlviz.jobs", "cancel_job": "tlviz.jobs", "poll_job": "tlviz.jobs",
-              "start_job": "tlviz.jobs", "start_lr_finder": "tlviz.jobs", "wait_job": "tlviz.jobs",
-              "default_executor": "tlviz.jobs", "describe_executor": "tlviz.jobs", "last_cluster": "tlviz.jobs"}
-
-
-def __getattr__(name: str):
-    if name in _FROM_JOBS:
-        import importlib
-
-        return getattr(importlib.import_module(_FROM_JOBS[name]), name)
-    raise AttributeError(f"module 'tlviz.finetune' has no attribute {name!r}")
-
 
 __all__ = [
     "RunConfig", "RunRefused", "default_preset", "LRFinderResult", "lr_range_test", "RunResult", "linear_probe",
     "run_finetune", "stratified_split", "delete_run", "list_runs", "load_run", "runs_of_model_first", "runs_dir", "sweep_configs",
-    "sweep_table", "Job", "JobStatus", "cancel_job", "poll_job", "start_job", "start_lr_finder", "wait_job",
+    "sweep_table",
     "ACTIVE_STATES", "RunRecord", "RunProgress", "RunOutcome", "format_seconds", "decide_head", "depth_choices",
-    "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers", "default_executor", "describe_executor",
-    "describe_where", "last_cluster", "CONTROLS", "CONTROL_LABELS", "original_labels", "control_config", "ControlComparison", "compare", "controls_of",
+    "OPTIMIZERS", "OPTIMIZER_LABELS", "largest_movers",
+    "describe_where", "CONTROLS", "CONTROL_LABELS", "original_labels", "control_config", "ControlComparison", "compare", "controls_of",
     "split_groups",
 ]

@@ -19,10 +19,6 @@ One API starts, follows and cancels any job:
 - where and how many: `default_executor`, `describe_executor`, `last_cluster` (local or Ray),
   `max_jobs` and `waiting_text` (the queue).
 
-The names pages and scripts used before the job system was one (``poll_analysis``,
-``wait_analysis``, ``cancel_analysis``, ``poll_job``, ``wait_job``, ``cancel_job``) are the
-same functions.
-
 Modules:
 
 - `folder` — the job folder (ids, ``job.json`` / ``status.json``, progress, `tidy`);
@@ -54,16 +50,10 @@ from tlviz.jobs.sources import NO_SOURCE_NOTE, can_reopen
 from tlviz.jobs.queue import max_jobs, waiting_text
 from tlviz.jobs.status import ACTIVE_STATES, STATES, Job, JobStatus
 
-# The names of the analyses' and the fine-tuning jobs' calls before there was one job system: the same functions.
-poll_analysis = poll_job = poll
-wait_analysis = wait_job = wait
-cancel_analysis = cancel_job = cancel
-
 __all__ = [
     "start_analysis", "start_job", "start_lr_finder", "poll", "cancel", "wait", "load_result", "latest_job",
     "analysis_key", "normalize_params", "stored_result", "has_result", "can_reopen", "Job", "JobStatus",
     "STATES", "ACTIVE_STATES", "KINDS", "ANALYSIS_KINDS", "RUN_KINDS", "get_kind", "JobKind", "tidy", "job_dir",
-    "jobs_dir", "AnalysisRefused", "MEMORY_HINT", "NO_SOURCE_NOTE", "poll_analysis", "wait_analysis",
-    "cancel_analysis", "poll_job", "wait_job", "cancel_job", "waiting_text", "max_jobs", "default_executor",
+    "jobs_dir", "AnalysisRefused", "MEMORY_HINT", "NO_SOURCE_NOTE", "waiting_text", "max_jobs", "default_executor",
     "describe_executor", "last_cluster",
 ]

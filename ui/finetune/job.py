@@ -6,7 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from tlviz import charts
-from tlviz.finetune import ACTIVE_STATES, LRFinderResult, cancel_job, list_runs, load_run, poll_job, sweep_table
+from tlviz.finetune import ACTIVE_STATES, LRFinderResult, list_runs, load_run, sweep_table
+from tlviz.jobs import cancel, poll
 from ui.finetune.common import POLL_S
 from ui.state import workspace
 
@@ -21,7 +22,7 @@ def _job_panel() -> None:
     job_id = st.session_state.get("ft_job")
     if not job_id:
         return
-    status = poll_job(job_id)
+    status = poll(job_id)
     with st.container(border=True):
         st.progress(status.fraction, text=status.text)  # every heavy job goes through one queue
         if status.executor == "ray":
@@ -34,7 +35,7 @@ def _job_panel() -> None:
                 table = sweep_table(list_runs(owner=workspace()), status.sweep_id)
                 if len(table):
                     st.altair_chart(charts.sweep_heatmap(table))
-        st.button("Cancel", key="ft_cancel", icon=":material/stop:", on_click=cancel_job, args=(job_id,),
+        st.button("Cancel", key="ft_cancel", icon=":material/stop:", on_click=cancel, args=(job_id,),
                   help="Stops after the current batch; what was measured is kept.")
     if not status.active:
         st.session_state["ft_job"] = None

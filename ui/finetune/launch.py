@@ -6,7 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from tlviz.errors import ClusterUnreachable, ConfigError, TlvizError
-from tlviz.finetune import RunConfig, RunRefused, default_executor, describe_executor, start_job, start_lr_finder
+from tlviz.finetune import RunConfig, RunRefused
+from tlviz.jobs import default_executor, describe_executor, start_job, start_lr_finder
 from tlviz.presets import preset_resize
 from ui.finetune.original import current_original
 from ui.state import workspace
