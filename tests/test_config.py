@@ -1,5 +1,5 @@
 """Configuration: the shipped Streamlit settings (what a shared demo server needs) and the ``TLVIZ_*``
-settings (`tlviz.config`: one table, one parser, the README's tables generated from it)."""
+settings (`tlviz.config`: one table, one parser, docs/configuration.md's tables generated from it)."""
 
 import ast
 import re
@@ -137,22 +137,23 @@ def test_unknown_names_are_refused():
 
 
 def test_readme_tables_are_generated_from_the_settings():
-    """The README's "Configuration" and "Limits" tables are `config.table(section)`, and list every setting."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """docs/configuration.md's "Settings" and "Limits" tables are `config.table(section)`, and list every setting."""
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     listed = set()
     for section in config.SECTIONS:
         start, end = config.readme_markers(section)
-        assert readme.count(start) == 1 and readme.count(end) == 1, section
-        block = readme.split(start, 1)[1].split(end, 1)[0].strip()
+        assert page.count(start) == 1 and page.count(end) == 1, section
+        block = page.split(start, 1)[1].split(end, 1)[0].strip()
         assert block == config.table(section), (
-            f"The README's table of {section} differs from tlviz.config.SETTINGS: run "
-            "`python -m tlviz.config --update README.md`.")
+            f"docs/configuration.md's table of {section} differs from tlviz.config.SETTINGS: run "
+            "`python -m tlviz.config --update docs/configuration.md`.")
         listed |= set(re.findall(r"^\| `(TLVIZ_[A-Z_]+)`", block, flags=re.M))
     assert listed == set(config.SETTINGS)
-    assert config.update_readme(readme) == readme
-    # Every variable the README mentions is a setting (or a benchmark's own).
-    mentioned = set(re.findall(r"\bTLVIZ_[A-Z_]*[A-Z]\b", readme))
-    assert {m for m in mentioned if not m.startswith("TLVIZ_BENCH")} <= set(config.SETTINGS)
+    assert config.update_readme(page) == page
+    # Every variable the README and the docs mention is a setting (or a benchmark's own).
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        mentioned = set(re.findall(r"\bTLVIZ_[A-Z_]*[A-Z]\b", path.read_text(encoding="utf-8")))
+        assert {m for m in mentioned if not m.startswith("TLVIZ_BENCH")} <= set(config.SETTINGS), path.name
 
 
 def _source_files():

@@ -1,8 +1,8 @@
-"""The README's generated tables: the diagnose checks (`tlviz.diagnose.registry`) and the ``TLVIZ_*``
-settings (`tlviz.config`).
+"""The documentation's generated tables: the diagnose checks (`tlviz.diagnose.registry`, in ``docs/diagnose.md``)
+and the ``TLVIZ_*`` settings (`tlviz.config`, in ``docs/configuration.md``).
 
-Each table sits between two comment lines in the README; `replace_block` rewrites what is between them,
-and `update_command` is the ``python -m ... [--update README.md]`` command each generator offers.
+Each table sits between two comment lines in its page; `replace_block` rewrites what is between them,
+and `update_command` is the ``python -m ... [--update FILE]`` command each generator offers.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def update_command(prog: str, what: str, blocks: Sequence[Block], argv: list[str
     Returns:
         The exit status.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=f"Print the README's {what}, or rewrite it in a file.")
+    parser = argparse.ArgumentParser(prog=prog, description=f"Print the {what}, or rewrite it in a file.")
     parser.add_argument("--update", metavar="FILE", help=f"rewrite the {what} between the markers in FILE")
     args = parser.parse_args(argv)
     if args.update is None:
