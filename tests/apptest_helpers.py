@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -67,12 +66,19 @@ def upload_zip(at: AppTest, name: str, data: bytes) -> AppTest:
     return at.run()
 
 
-def settle(at: AppTest, job_key: str, timeout: float = 240) -> AppTest:
-    """Rerun the page (as its polling fragment would) until the analysis job in ``session_state[job_key]`` ends."""
-    deadline = time.monotonic() + timeout
-    while at.session_state[job_key] if job_key in at.session_state else False:
-        assert time.monotonic() < deadline, f"the {job_key} job did not finish"
-        time.sleep(0.5)
+def settle(at: AppTest, job_key: str, timeout: float = 600) -> AppTest:
+    """Wait for the analysis job in ``session_state[job_key]`` on its own status (`tlviz.jobs.wait`), then rerun
+    the page (as its polling fragment would) until the page has seen it end.
+
+    The timeout only stops a test that would otherwise hang: a slow, shared machine makes a job slower, not wrong.
+    """
+    from tlviz.jobs import wait
+
+    for _ in range(10):
+        job_id = at.session_state[job_key] if job_key in at.session_state else None
+        if not job_id:
+            return at
+        assert not wait(job_id, timeout=timeout).active, f"the {job_key} job did not finish in {timeout:.0f} s"
         at.run()
         assert not at.exception, at.exception
-    return at
+    raise AssertionError(f"the page kept following a {job_key} job after it ended")
