@@ -483,8 +483,7 @@ def test_repair_reports_an_unproven_copy_as_a_warning_and_a_worse_one_as_an_erro
 def test_readme_command_line_section_names_every_finetune_flag_and_exit_status():
     from tlviz.cli import build_parser
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "command-line.md").read_text(encoding="utf-8")
     parser, _ = build_parser()
     finetune = parser._subparsers._group_actions[0].choices["finetune"]
     flags = {s for a in finetune._actions for s in a.option_strings if s.startswith("--")} - {"--help", "--quiet"}
