@@ -22,7 +22,7 @@ Targets (issue 10), judged in the same run and printed as PASS / FAIL:
   this checkout, ``--repeats`` times each, alternating; the ratio of the fastest runs is printed with the
   spread.
 
-Nothing here is a test; the figures go to README's "What to expect on a laptop CPU" table.
+Nothing here is a test; the figures go to the "What to expect on a laptop CPU" table of docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Every import in ``tlviz/`` counts, module-level and function-level alike. Run::
     python tools/house.py            # a report; exit status 1 when a rule is broken
     python tools/house.py --json     # the same as data
 
-Rules checked (the README's Layout section states them):
+Rules checked (docs/layout.md states them):
 
 * no import circle among ``tlviz/`` modules;
 * no ``_private`` name imported from another package (inside one package a shared helper is public);

@@ -34,7 +34,7 @@ From the bottom up (a module imports only modules of its own item or of the item
   training-mode-inference), `outputs` (prediction-collapse, output-loss-mismatch), `data` (exif-orientation,
   duplicate-images, likely-mislabelled, with the out-of-fold probe `outoffold.out_of_fold`) and
   `runverdict` (catastrophic-forgetting): checks by topic.
-- `registry`: `CHECKS`, one `Check` per check; renders the README table (``python -m tlviz.diagnose``).
+- `registry`: `CHECKS`, one `Check` per check; renders the table of docs/diagnose.md (``python -m tlviz.diagnose``).
 - `report`: `DiagnosisReport` and its Markdown / JSON exports; `runner`: `diagnose`; `forgetting`:
   fine-tuning runs judged with the registry's entry into a report.
 

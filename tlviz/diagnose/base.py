@@ -58,7 +58,7 @@ class Check:
         severity: of that finding (one of `tlviz.findings.SEVERITIES`).
         area: of that finding (one of `tlviz.findings.AREAS`).
         title: what it looks for, in a few words (shown while it runs and when skipped).
-        detects: when it fires, in one line for the README table and the package
+        detects: when it fires, in one line for the table of docs/diagnose.md and the package
             docstring; ``{name}`` stands for the value of threshold `name`, with an
             optional format spec (``{ratio:g}``, ``{min_accuracy:.0%}``, or ``{drop:pts}``
             for an accuracy gap in points: ``5 points``).
