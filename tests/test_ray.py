@@ -294,10 +294,10 @@ def test_an_unreachable_cluster_is_refused_before_anything_is_created(tmp_path, 
     monkeypatch.setenv("TLVIZ_RUNS_DIR", str(tmp_path / "runs"))
     port = _free_port()
     monkeypatch.setenv("TLVIZ_RAY_ADDRESS", f"ray://127.0.0.1:{port}")
-    t0 = time.monotonic()
+    # refused by the quick probe, before any connection (ray.init would wait for its own, much longer, timeout)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("tried to connect to an unreachable cluster"))
     with pytest.raises(ClusterUnreachable, match=f"127.0.0.1:{port}.*run on this machine"):
         start_job(loaded_base, images, [RunConfig(epochs=1)])
-    assert time.monotonic() - t0 < 10
     assert not [p for p in (tmp_path / "runs").glob("*") if not p.name.startswith(".")]  # no run folder
     monkeypatch.setenv("TLVIZ_RAY_ADDRESS", "auto")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -380,9 +380,10 @@ def test_a_run_that_does_not_stop_by_itself_is_stopped_by_ray(cluster, tmp_path,
         time.sleep(120)
 
     ref = ray.remote(stubborn).options(max_retries=0).remote()
-    t0 = time.monotonic()
     assert ray_executor.follow(ray, [ref], store, lambda: True)  # the Cancel flag is up from the start
-    assert time.monotonic() - t0 < 30 and ray.get(board.cancelled.remote())
+    assert ray.get(board.cancelled.remote())
+    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)):
+        ray.get(ref, timeout=100)  # Ray stopped it (left alone it would sleep 120 s and return)
     ray_executor.outcome(ray, ref, store, w.run_id)
     rec = load_run(w.run_id, tmp_path)
     assert rec.state == "cancelled" and "Ray stopped it" in rec.message, rec.message
