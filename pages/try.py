@@ -107,7 +107,8 @@ else:
                         f"({left.top[0][1]:.0%}), the model's own (`{expected}`) gives **{right.top[0][0]}** "
                         f"({right.top[0][1]:.0%}).")
 cols = st.columns([1, 2, 2])
-cols[0].image(result.photo, width=PICTURE_WIDTH, caption=f"the photo at {loaded.image_size[1]}×{loaded.image_size[0]}",
+# The photo's column is a fifth of the page: the photo fills it (at PICTURE_WIDTH it spilled over the answers).
+cols[0].image(result.photo, width="stretch", caption=f"the photo at {loaded.image_size[1]}×{loaded.image_size[0]}",
               clamp=True)
 for col, answer in zip(cols[1:], result.answers):
     with col:

@@ -95,14 +95,26 @@ def save_screenshot(page, name: str) -> Path:
     return path
 
 
+#: Chromium's stand-in camera (a moving test pattern), with the permission prompt answered "allow":
+#: ``browser_page(extra_args=FAKE_CAMERA_ARGS, permissions=["camera"])``.
+FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
 @contextlib.contextmanager
-def browser_page(width: int = 1400, height: int = 1000):
+def browser_page(width: int = 1400, height: int = 1000, extra_args=(), permissions=None):
+    """A headless Chromium page of `width` x `height`.
+
+    Args:
+        extra_args: Chromium flags added to `CHROMIUM_ARGS` (e.g. `FAKE_CAMERA_ARGS`). Defaults to none.
+        permissions: permissions granted to the page's context (e.g. ``["camera"]``). Defaults to `None` (none).
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + list(extra_args))
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
+            page = browser.new_page(viewport={"width": width, "height": height},
+                                    **({"permissions": list(permissions)} if permissions else {}))
             page.set_default_timeout(90_000)
             yield page
         finally:
