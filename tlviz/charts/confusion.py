@@ -70,4 +70,4 @@ def confusion_chart(confusion, class_names: Sequence, mapping: dict | None = Non
         layers.append(base.transform_filter("datum.matched").mark_rect(
             fillOpacity=0, stroke=palette.FLAG_COLOR, strokeWidth=2.5))
     side = max(180, 28 * len(order))
-    return alt.layer(*layers).properties(width=side, height=side, title=title)
+    return alt.layer(*layers).properties(width=side + palette.DECORATIONS, height=side, title=title)

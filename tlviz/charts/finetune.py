@@ -51,7 +51,7 @@ def _metric_chart(long: pd.DataFrame, metric: str, color: str, dash: str | None,
     y_scale = alt.Scale(domain=[0, 1]) if metric == "accuracy" else alt.Scale(zero=False, type="symlog")
     c_scale = palette.scale(palette.SPLIT_COLORS) if color == "split" else alt.Scale(range=palette.CATEGORY_COLORS)
     enc = {
-        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),  # "1", not "1.000000"
         "y": alt.Y("value:Q", title=metric, scale=y_scale),
         "color": alt.Color(f"{color}:N", title=color, scale=c_scale),
         "tooltip": [f"{c}:{t}" for c, t in (("run", "N"), ("split", "N"), ("epoch", "Q"), ("value", "Q"),
@@ -132,7 +132,7 @@ def sweep_heatmap(table: pd.DataFrame) -> alt.LayerChart:
     title = "sweep: best validation accuracy"
     if df["stopped"].any():
         title += " (faded, dashed: stopped early by ASHA)"
-    return (rect + text).properties(title=title, width=max(200, 70 * len(rates)),
+    return (rect + text).properties(title=title, width=max(200, 70 * len(rates)) + palette.DECORATIONS,
                                     height=max(120, 40 * df["unfreeze"].nunique()))
 
 
@@ -161,7 +161,7 @@ def lr_finder_chart(curve: pd.DataFrame, suggestion: float | None = None) -> alt
         layers.append(alt.Chart(sug).mark_rule(color=palette.REFERENCE_COLOR, strokeDash=palette.REFERENCE_DASH,
                                                size=2).encode(x="lr:Q", tooltip=["label"]))
         title += f" (dashed line: suggested rate {suggestion:.1e})"
-    return alt.layer(*layers).properties(title=title, height=260, width=520)
+    return alt.layer(*layers).properties(title=title, height=260, width=520 + palette.DECORATIONS)
 
 
 @palette.legible
@@ -186,7 +186,7 @@ def drift_chart(drift: pd.DataFrame, threshold: float | None = None) -> alt.Laye
     bars = alt.Chart(df).mark_bar().encode(
         x=alt.X("block:N", sort=order, title="block of the base (input → output)",
                 axis=alt.Axis(labelAngle=-45, labelLimit=160)),
-        y=alt.Y("shown:Q", title="linear CKA, before vs after", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("shown:Q", title="linear CKA, before vs after (1 = same)", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("status:N", title="block", scale=palette.scale(DRIFT_COLORS)),
         tooltip=["block", "status", alt.Tooltip("value:N", title="CKA"), "layers"],
     )
@@ -196,12 +196,13 @@ def drift_chart(drift: pd.DataFrame, threshold: float | None = None) -> alt.Laye
         layers.append(alt.Chart(unmeasured).mark_bar(fillOpacity=0, stroke=palette.INK, strokeDash=[3, 3]).encode(
             x=alt.X("block:N", sort=order), y="top:Q",
             tooltip=["block", "status", alt.Tooltip("value:N", title="CKA"), "layers"]))
-    title = "how far each block's features moved (1.0 = unchanged)"
+    # Drawn in half the page's width: a title longer than about 50 characters is cut short there ("…").
+    title = "how far each block's features moved"
     if threshold is not None:
         rule = pd.DataFrame({"cka": [float(threshold)], "label": [f"forgetting threshold {threshold:g}"]})
         layers.append(alt.Chart(rule).mark_rule(color=palette.REFERENCE_COLOR, strokeDash=palette.REFERENCE_DASH,
                                                 size=2).encode(y="cka:Q", tooltip=["label"]))
-        title += f" · dashed: threshold {threshold:g}"
+        title += f" · threshold {threshold:g}"
     return alt.layer(*layers).properties(height=240, title=title)
 
 
@@ -223,5 +224,5 @@ def control_chart(rows: pd.DataFrame) -> alt.LayerChart:
            alt.Tooltip("high:Q", format=".1%"), "n"]
     rule = alt.Chart(df).mark_rule(size=2, color=palette.INK).encode(x="low:Q", x2="high:Q", y=y, tooltip=tip)
     point = alt.Chart(df).mark_point(filled=True, size=80, color=palette.INK).encode(x=x, y=y, tooltip=tip)
-    return alt.layer(rule, point).properties(height=40 * max(len(df), 1) + 40, width=420,
+    return alt.layer(rule, point).properties(height=40 * max(len(df), 1) + 40, width=420 + palette.DECORATIONS,
                                              title="the run and its controls, on the same validation images")

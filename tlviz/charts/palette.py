@@ -131,8 +131,18 @@ def cell_text(dark: str) -> dict:
 #: whole chart, labels included, into that height (``fit``), so long axis labels squeeze the plot to a strip and
 #: titles are clipped.
 FILL_WIDTH = {"type": "fit-x", "contains": "padding"}
-#: How a chart of its own width (panels side by side, a square heatmap) is sized: as drawn, decorations added.
+#: How a concatenation (panels side by side) is sized: as drawn, decorations added. A single chart with a width of
+#: its own is sized `FILL_WIDTH` too, its width then being the whole chart's: Streamlit draws every chart that is not
+#: a concatenation at the width of its container (``st.altair_chart``'s default ``width="stretch"``), replacing the
+#: spec's width, so with ``pad`` the axes, legend and title were added outside the container and cut off.
 NATURAL_SIZE = {"type": "pad", "contains": "padding"}
+#: Space (px) between a chart's drawing and the edge of its SVG. Streamlit's theme draws charts with none, so a
+#: title at the top-left corner reached past the SVG's edge (its text box began 2.5 px above it, where the SVG
+#: clips tall glyphs such as parentheses and accents).
+PADDING = {"top": 6, "left": 4, "right": 4, "bottom": 4}
+#: Room (px) a chart with a width of its own leaves for its axis labels and titles and its legend beside the plot
+#: (its width is the whole chart's, see `NATURAL_SIZE`).
+DECORATIONS = 180
 
 
 def sized(chart):
@@ -142,14 +152,15 @@ def sized(chart):
         chart: an Altair chart (anything else, e.g. None, is returned as it is).
 
     Returns:
-        The chart with ``autosize`` set: `NATURAL_SIZE` for a concatenation or a chart with a width of its own,
-        else `FILL_WIDTH`.
+        The chart with ``autosize`` set: `NATURAL_SIZE` for a concatenation, else `FILL_WIDTH` (a width of its
+        own is the whole chart's, axes and legend included); and `PADDING` unless it has a padding of its own.
     """
     if not isinstance(chart, alt.TopLevelMixin):
         return chart
     concat = isinstance(chart, (alt.HConcatChart, alt.VConcatChart, alt.ConcatChart))
-    own_width = isinstance(getattr(chart, "width", alt.Undefined), (int, float))
-    return chart.properties(autosize=alt.AutoSizeParams(**(NATURAL_SIZE if concat or own_width else FILL_WIDTH)))
+    extra = {} if getattr(chart, "padding", alt.Undefined) is not alt.Undefined else {"padding": PADDING}
+    return chart.properties(autosize=alt.AutoSizeParams(**(NATURAL_SIZE if concat else FILL_WIDTH)),
+                            **extra)
 
 
 def legible(builder):
