@@ -117,7 +117,12 @@ def test_camera_photo_then_uploads(server, tmp_path):
             assert expects.locator("text").filter(has_text=re.compile(r"^3$")).count() == 1, \
                 "the top classes under `tf` do not list '3'"
             main(page).get_by_text("where it sees '3'").first.wait_for()
-            main(page).get_by_text("Photo", exact=True).evaluate("(e) => e.scrollIntoView({block: 'start'})")
+            main(page).get_by_text("Your pipeline feeds the model").evaluate("""(e) => {  // its labels in view too
+                e.scrollIntoView({block: 'start'});
+                let s = e.parentElement;
+                while (s && s.scrollHeight <= s.clientHeight) s = s.parentElement;
+                if (s) s.scrollTop -= 16;
+            }""")
             page.mouse.move(1, 1)
             save_screenshot(page, "try.png")
 
