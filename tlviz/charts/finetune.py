@@ -74,7 +74,9 @@ def compare_chart(histories: dict[str, pd.DataFrame]) -> alt.HConcatChart:
     """Overlaid curves of several runs: colour = run, dash = train / validation."""
     frames = [history_long(h, run=name) for name, h in histories.items()]
     long = pd.concat(frames, ignore_index=True) if frames else history_long(pd.DataFrame(), run="")
-    return alt.hconcat(_metric_chart(long, "loss", "run", "split"), _metric_chart(long, "accuracy", "run", "split"))
+    # The legends go under the panels: beside them, the runs' long labels pushed the chart past the page's column.
+    return alt.hconcat(_metric_chart(long, "loss", "run", "split"), _metric_chart(long, "accuracy", "run", "split")
+                       ).configure_legend(orient="bottom", labelLimit=320)
 
 
 @palette.legible
