@@ -1,5 +1,6 @@
 """Every chart legible as drawn (issue 24 item 1): in a real browser, on every page, in the states that draw the
-most charts, each Altair chart draws its plot at least as high as its spec asks, and its title and SVG are not cut.
+most charts, each Altair chart draws its plot at least as high as its spec asks, its title and SVG are not cut, and
+it stays inside the page's main column.
 
 One served app, one browser session walking the pages on the sample: Model & images, Freezing status,
 Normalization (after its analysis), Try it (an image of the image set), Fine-tuning runs (two finished one-epoch
