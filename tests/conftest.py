@@ -151,3 +151,18 @@ def guide_model(pin: bool = True, softmax: bool = True):
     model = keras.Model(inputs, outputs, name="guide")
     base.trainable = True
     return model, base
+
+
+#: The end-to-end tier: whole journeys in a real browser, a real Ray cluster, every benchmark's smoke run, the
+#: planted-fault matrix, every pair of run options and a real `pip install`. `python -m pytest` leaves them out
+#: (pytest.ini); `python -m pytest -m e2e` runs them; CI (.ci/run) runs both.
+E2E_FILES = ("test_journeys.py", "test_browser.py", "test_chart_legibility.py", "test_browser_try.py",
+             "test_bench_smoke.py", "test_ray.py", "test_truth_matrix.py", "test_finetune_combos.py",
+             "test_packaging.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in E2E_FILES:
+            item.add_marker(pytest.mark.e2e)
