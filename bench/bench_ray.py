@@ -85,7 +85,7 @@ def main(argv=None) -> int:
           f"{sorted({c.unfreeze for c in cfgs})} x rates [1e-3, 3e-3], "
           f"{args.epochs} epochs each", flush=True)
 
-    ctx = ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ctx = ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     os.environ["TLVIZ_RAY_ADDRESS"] = ctx.address_info["gcs_address"]
     root = tempfile.mkdtemp(prefix="tlviz_bench_ray_")
     local, remote, ratios = [], [], []

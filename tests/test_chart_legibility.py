@@ -260,16 +260,20 @@ def rerun_and_collect(page, log: SpecLog) -> None:
 def check_charts(page, log: SpecLog, name: str, at_least: int) -> tuple[list[str], list[str]]:
     """Measure every chart of the page against its spec; return the lines saying what was measured, and the
     problems found."""
-    open_expanders(page)
-    charts = _charts(page)
-    page.wait_for_function("""() => Array.from(document.querySelectorAll(
-        '[data-testid="stMain"] [data-testid="stVegaLiteChart"]')).every(
-        (c) => c.querySelector('svg g.mark-group.role-frame.root'))""", timeout=30_000)
-    page.wait_for_timeout(800)  # a chart fitted to its width draws twice
-    n = charts.count()
-    assert n >= at_least, f"{name}: {n} charts drawn, expected at least {at_least}"
-    drawn = charts.evaluate_all(_MEASURE)
-    specs = log.snapshot()
+    for attempt in range(3):  # a fragment's own run can end before the whole page's messages have all arrived
+        open_expanders(page)
+        charts = _charts(page)
+        page.wait_for_function("""() => Array.from(document.querySelectorAll(
+            '[data-testid="stMain"] [data-testid="stVegaLiteChart"]')).every(
+            (c) => c.querySelector('svg g.mark-group.role-frame.root'))""", timeout=30_000)
+        page.wait_for_timeout(800)  # a chart fitted to its width draws twice
+        n = charts.count()
+        assert n >= at_least, f"{name}: {n} charts drawn, expected at least {at_least}"
+        drawn = charts.evaluate_all(_MEASURE)
+        specs = log.snapshot()
+        if len(specs) >= n:
+            break
+        rerun_and_collect(page, log)
     assert len(specs) >= n, f"{name}: {n} charts drawn but {len(specs)} specs received"
     # Match: same titles (in order among charts with the same titles); untitled ones in order.
     pool: dict[tuple, list[dict]] = {}
