@@ -28,6 +28,7 @@ import threading
 import zipfile
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from browser import CHROMIUM, ROOT, browser_page, save_screenshot, streamlit_server
 
@@ -409,9 +410,17 @@ def test_every_chart_is_legible_as_drawn(server, tmp_path):
                 page.get_by_role("button", name="Start run").click()
                 page.get_by_text(re.compile(r"· completed")).nth(n - 1).wait_for(state="attached", timeout=240_000)
                 page.get_by_role("button", name="Start run").and_(page.locator(":enabled")).wait_for(timeout=60_000)
-            page.get_by_role("button", name="Find a learning rate").click()
-            page.locator('[data-testid="stVegaLiteChart"]', has_text="learning-rate range test").wait_for(
-                timeout=240_000)
+            find_lr = page.get_by_role("button", name="Find a learning rate")
+            lr_chart = page.locator('[data-testid="stVegaLiteChart"]', has_text="learning-rate range test")
+            for attempt in range(4):  # a click that lands while the page reruns is lost: click again if so
+                if find_lr.is_enabled():  # disabled while the range test runs: then only wait
+                    find_lr.click()
+                try:
+                    lr_chart.wait_for(timeout=90_000)
+                    break
+                except PlaywrightTimeout:
+                    if attempt == 3:
+                        raise
             compare = page.get_by_role("combobox", name="Overlay the curves of")
             compare.wait_for()
             chosen = page.locator('[data-testid="stMultiSelect"]', has_text="Overlay the curves of") \
