@@ -166,3 +166,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in E2E_FILES:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One served app per test module (real-browser tests), with its own runs folder; yields its URL."""
+    from browser import streamlit_server
+
+    with streamlit_server(env={"TLVIZ_RUNS_DIR": str(tmp_path_factory.mktemp("served_runs"))}) as url:
+        yield url

@@ -35,13 +35,6 @@ PAGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    with streamlit_server(env={"TLVIZ_RUNS_DIR": str(runs)}) as url:
-        yield url
-
-
 def no_exception(page):
     shown = page.locator('[data-testid="stException"]')
     assert shown.count() == 0, shown.first.inner_text()

@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from browser import CHROMIUM, FAKE_CAMERA_ARGS, ROOT, browser_page, save_screenshot, streamlit_server
+from browser import CHROMIUM, FAKE_CAMERA_ARGS, ROOT, browser_page, save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,13 +26,6 @@ if not os.path.exists(CHROMIUM):  # CI installs it; say loudly why it did not ru
 
 #: The warm photo's answer must come within this many seconds (as the page reports it).
 WARM_ANSWER_S = 2.0
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("try_runs")
-    with streamlit_server(env={"TLVIZ_RUNS_DIR": str(runs)}) as url:
-        yield url
 
 
 def main(page):

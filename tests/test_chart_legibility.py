@@ -30,7 +30,7 @@ import zipfile
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from browser import CHROMIUM, ROOT, browser_page, save_screenshot, streamlit_server
+from browser import CHROMIUM, ROOT, browser_page, save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -359,13 +359,6 @@ def permuted_zip(path):
                 zf.writestr(f"digits_permuted/{folder}/{f.name}", f.read_bytes())
     path.write_bytes(buf.getvalue())
     return path
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("legibility_runs")
-    with streamlit_server(env={"TLVIZ_RUNS_DIR": str(runs)}) as url:
-        yield url
 
 
 def test_every_chart_is_legible_as_drawn(server, tmp_path):
