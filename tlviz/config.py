@@ -49,7 +49,7 @@ class Setting:
 
     Args:
         name: the variable's name.
-        kind: ``"mb"``, ``"count"``, ``"path"``, ``"paths"`` or ``"text"``.
+        kind: ``"mb"``, ``"gb"``, ``"count"``, ``"path"``, ``"paths"`` or ``"text"``.
         default: the value when unset: a number, or a function computing it on this machine, or
             None (no default: the caller decides).
         default_text: the default as the documentation says it. Defaults to the number
@@ -103,11 +103,23 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("TLVIZ_MAX_JOBS", "count", _jobs_default,
             "half the CPUs this process may use (affinity and cgroup quota), at most machine memory ÷ (`TLVIZ_MEMORY_MB` + 1.5 GB), at least 1",
             "heavy jobs (fine-tuning runs, learning-rate tests, normalization comparisons, diagnoses) running at "
-            "once; the others wait in one first-come-first-served queue", "2"),
+            "once; the others wait in one queue that serves people in turn (round-robin between owners, first come "
+            "first served within one owner)", "2"),
+    Setting("TLVIZ_MAX_JOBS_PER_USER", "count", None, "unset (no cap beyond `TLVIZ_MAX_JOBS`)",
+            "heavy jobs of one person (one signed-in identity, or one browser workspace without sign-in) running at "
+            "once; their further jobs wait while other people's jobs may run", "1"),
+    Setting("TLVIZ_RUNS_MAX_GB", "gb", None, "unset (no cap)",
+            "disk space for the runs folder (runs, stored results, job folders, caches): when a new job would pass "
+            "it, the oldest finished runs and results are removed first, never a running job or a run marked "
+            "\"keep\"", "20"),
     Setting("TLVIZ_RAY_ADDRESS", "text", None, "unset (runs on this machine)",
             "a Ray cluster that runs fine-tuning runs, sweeps (Ray Tune) and learning-rate tests instead of this "
             "machine's worker processes: `auto` (the cluster `ray start --head` started on this machine), "
             "`host:6379` or `ray://host:10001`; needs `pip install -r requirements-ray.txt`", "ray://head:10001"),
+    Setting("TLVIZ_ALLOWED_USERS", "text", None, "unset (everyone who signs in)",
+            "with sign-in on (an `[auth]` section in `.streamlit/secrets.toml`), who may use this server: e-mail "
+            "addresses and `@domain` entries, separated by commas or spaces; anyone else is told they are not on "
+            "the list", "alice@example.com, @example.org"),
     Setting("TLVIZ_MAX_MODEL_MB", "mb", 500, "", "largest model file", "500", section="limits"),
     Setting("TLVIZ_MAX_ARCHIVE_ENTRIES", "count", 50_000, "",
             "entries in a `.zip`, or files under a server folder", "50000", section="limits"),
@@ -178,7 +190,8 @@ def number(name: str) -> float:
         value = float("nan")
     whole = s.kind == "count"
     if not math.isfinite(value) or value <= 0 or (whole and not value.is_integer()):
-        what = "a positive whole number" if whole else "a positive number of megabytes"
+        what = ("a positive whole number" if whole else
+                "a positive number of gigabytes" if s.kind == "gb" else "a positive number of megabytes")
         raise ConfigError(f"{name}={text!r} is not {what}. Set it to e.g. {s.example}, or unset it for the default "
                           f"({_default_now(s)}).")
     return value
@@ -197,6 +210,26 @@ def megabytes(name: str) -> int:
         ConfigError: the value is not a positive number.
     """
     return int(number(name) * 2**20)
+
+
+def optional_count(name: str) -> int | None:
+    """A ``"count"`` setting without a default: None when unset.
+
+    Raises:
+        ConfigError: the value is set but is not a positive whole number.
+    """
+    return None if raw(name) is None and default(name) is None else count(name)
+
+
+def gigabytes(name: str) -> int | None:
+    """A ``"gb"`` setting in bytes, or None when unset (no cap).
+
+    Raises:
+        ConfigError: the value is set but is not a positive number.
+    """
+    if raw(name) is None and default(name) is None:
+        return None
+    return int(number(name) * 2**30)
 
 
 def count(name: str) -> int:
