@@ -11,6 +11,7 @@ from pathlib import Path  # noqa: E402
 import streamlit as st  # noqa: E402
 
 import ui  # noqa: E402
+from ui import signin  # noqa: E402
 from tlviz.errors import ConfigError  # noqa: E402
 
 # Page scripts live in pages/. Until some session of a freshly started server
@@ -42,10 +43,15 @@ def navigation():
 
 def main() -> None:
     st.set_page_config(page_title="tlviz", page_icon=":material/troubleshoot:", layout="wide")
+    gate = signin.gate()  # sign-in first: a visitor not let in sees only that page, and nothing is loaded
+    if gate.page is not None:
+        st.navigation([st.Page(gate.page, title="Sign in", icon=":material/login:")], position="hidden").run()
+        return
     try:
         ui.init_state()
         ui.freeze_startup_objects()  # after the sample model is loaded: Keras's per-run collection skips them
         page = navigation()
+        signin.signed_in_box()
         ui.sidebar()
         ui.mark_shell_drawn()
         page.run()

@@ -30,7 +30,7 @@ from tlviz.errors import ImageSetRefused
 from tlviz.imagesets import ImageSet, ImageSource, open_source
 from tlviz.models import LoadedModel
 from tlviz.samples import SAMPLE_MODELS, sample_path
-from ui import cache
+from ui import cache, signin
 
 DEFAULT_MODEL = "digits_base.keras"
 DEFAULT_IMAGES = "digits_0_4"
@@ -218,12 +218,19 @@ _WORKSPACE = re.compile(r"^[0-9a-f]{24}$")
 
 
 def workspace() -> str:
-    """This session's workspace token: the owner of the fine-tuning runs it starts.
+    """This session's workspace token: the owner of the runs, jobs and results it starts.
 
-    Every browser session gets a random token, so people sharing a server never
-    see each other's runs. It is kept in the page's address (``?ws=…``) so a
-    reload or a bookmarked link finds its runs again.
+    Signed in (`ui.signin`), it is the person's own owner token (`tlviz.signin.owner_of`): the same
+    space from any browser, and no address can lead into another person's. Without sign-in every
+    browser session gets a random token, so people sharing a server never see each other's runs; it
+    is kept in the page's address (``?ws=…``) so a reload or a bookmarked link finds its runs again.
     """
+    owner = st.session_state.get(signin.OWNER_KEY)
+    if owner:
+        st.session_state["workspace"] = owner
+        if "ws" in st.query_params:  # a workspace link means nothing once signed in
+            del st.query_params["ws"]
+        return owner
     ws = st.session_state.get("workspace")
     if ws is None:
         asked = st.query_params.get("ws", "")
