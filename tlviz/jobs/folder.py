@@ -24,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+from tlviz import diskcap
 from tlviz.finetune.store import check_run_id, new_run_id, runs_dir
 from tlviz.jobs import queue
 from tlviz.jsonfiles import now_iso, read_json, write_json
@@ -56,9 +57,16 @@ def new_job(kind: str, spec: dict, root=None, state: str = "queued", queued: boo
         queued: give the job a place in the queue of heavy jobs (`tlviz.jobs.queue.enqueue`).
             Defaults to `True`; False for a job that needs no slot (served from the store, or run on Ray).
 
+    Before the folder is made, room is made under ``TLVIZ_RUNS_MAX_GB`` (`tlviz.diskcap.make_room`); what that
+    removed is listed in ``job.json`` under ``evicted`` (`tlviz.diskcap.evicted_of_job`).
+
     Returns:
         ``(job_id, job folder)``.
+
+    Raises:
+        ConfigError: ``TLVIZ_RUNS_MAX_GB`` is set to something that is not a positive number.
     """
+    spec = {**spec, "evicted": [r.to_dict() for r in diskcap.make_room(root)]}
     job_id = new_run_id()
     while job_dir(job_id, root).exists():
         job_id = new_run_id()

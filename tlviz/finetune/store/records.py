@@ -3,8 +3,11 @@
 A folder that is missing files it should have (a crash, a half-written copy) reads as ``failed``
 with the reason, never as an error; so does a queued or running run whose worker process is gone.
 
+A run marked *keep* holds a `KEEP_FILE` in its folder: it is never removed to free disk space
+(`tlviz.diskcap`, which writes and removes the mark).
+
 Public API: `RunRecord`, `load_run(run_id, root, owner)`, `list_runs(root, owner)`,
-`delete_run(run_id, root, force, owner)`.
+`delete_run(run_id, root, force, owner)`, `KEEP_FILE`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from tlviz.finetune.store.presentation import RunOutcome, RunProgress, describe_
 from tlviz.finetune.store.schema import ACTIVE_STATES, HISTORY_COLUMNS, RUN_COLUMNS, STATES
 from tlviz.jsonfiles import read_json
 from tlviz.processes import pid_alive
+
+#: The file that marks a run *keep* (`tlviz.diskcap.set_keep`): never removed to free disk space.
+KEEP_FILE = "keep"
 
 
 @dataclass
@@ -72,6 +78,11 @@ class RunRecord:
             return None
         v = pd.to_numeric(self.history["val_accuracy"], errors="coerce")
         return None if v.isna().all() else float(v.max())
+
+    @property
+    def kept(self) -> bool:
+        """Whether it is marked keep (`tlviz.diskcap.set_keep`): never removed to free disk space."""
+        return self.path is not None and (Path(self.path) / KEEP_FILE).exists()
 
     @property
     def active(self) -> bool:
@@ -223,7 +234,7 @@ def _read(path: Path) -> RunRecord:
 
 
 def list_runs(root: str | os.PathLike | None = None, owner: str | None = None) -> pd.DataFrame:
-    """Runs, newest first, one row each (`RUN_COLUMNS`); damaged folders read as failed.
+    """Runs, newest first, one row each (`RUN_COLUMNS`, then ``kept``: marked keep); damaged folders read as failed.
 
     Args:
         root: the runs folder. Defaults to `runs_dir()`.
@@ -253,8 +264,9 @@ def list_runs(root: str | os.PathLike | None = None, owner: str | None = None) -
             "images": r.images.get("source", ""),
             "cache_used": r.metrics.get("cache_used"), "owner": r.owner, "ran_on": r.ran_on,
             "stopped_at": r.stopped_at, "control": c.get("control"), "control_of": c.get("control_of"),
+            "kept": r.kept,
         })
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "kept"])
 
 
 def runs_of_model_first(runs: pd.DataFrame, model_sha256: str | None) -> pd.DataFrame:
