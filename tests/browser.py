@@ -39,15 +39,15 @@ class ServerURL(str):
 
 
 @contextlib.contextmanager
-def streamlit_server(env: dict | None = None, timeout: float = 90):
+def streamlit_server(env: dict | None = None, timeout: float = 90, args=()):
     """Start `streamlit run app.py` on a free port; yield its base URL.
 
-    Only the port and address are given on the command line: every other
-    setting comes from the project's ``.streamlit/config.toml``, as in use.
+    Only the port and address (and `args`, e.g. ``["--secrets.files", path]``) are given on the command
+    line: every other setting comes from the project's ``.streamlit/config.toml``, as in use.
     """
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-           "--server.port", str(port), "--server.address", "127.0.0.1"]
+           "--server.port", str(port), "--server.address", "127.0.0.1", *args]
     # The server's output goes to a file: a pipe nobody reads would fill up and block it.
     log = tempfile.NamedTemporaryFile(prefix="tlviz_server_", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
