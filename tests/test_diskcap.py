@@ -18,6 +18,7 @@ from tlviz import config, diskcap
 from tlviz.errors import ConfigError, TlvizError
 from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import RunWriter, list_runs, load_run
+from tlviz.jsonfiles import now_iso
 
 OWNER, OTHER = "a" * 24, "b" * 24
 KB = 1024
@@ -258,3 +259,41 @@ def test_the_sentences():
     assert "1 finished run of other people, 1 stored analysis result, 1 cached activation file" in text
     assert diskcap.job_removed_text([], OWNER, None) == ""
     assert diskcap.Removed.from_dict(runs[0].to_dict()) == runs[0] and diskcap.Removed.from_dict({"kind": "x"}) is None
+
+
+def test_page_sidebar_shows_the_space_used_and_the_keep_toggle_marks_the_run(capped, monkeypatch):
+    """AppTest: the sidebar says how full the runs folder is; on the Fine-tuning page the run view's toggle sets
+    the keep mark, and the runs list tells this workspace which of its runs were removed (and no one else's)."""
+    from apptest_helpers import open_page
+
+    monkeypatch.setenv("TLVIZ_RUNS_MAX_GB", "20")
+    ws = "c" * 24
+    at = open_page("pages/finetune.py", query={"ws": ws})
+    assert at.session_state["workspace"] == ws
+    captions = [c.value for c in at.sidebar.caption]
+    assert any(c.startswith("Runs folder: ") and c.endswith(" of 20 GB") for c in captions), captions
+    sha = at.session_state["model"].sha256
+    rid = "20240105-000000-000aaaa"
+    w = RunWriter(capped / rid)
+    w.write_config(RunConfig(epochs=1, label="mine"), {"filename": "digits_base.keras", "sha256": sha}, {}, owner=ws)
+    w.status("completed")
+    w.finish({"final": {"val_accuracy": 0.5}, "elapsed_s": 1.0})
+    log = [diskcap.Removed("run", "old one (2024-01-01 10:00)", 1, ws, "20240101-000000-000aaaa", now_iso()),
+           diskcap.Removed("run", "theirs (2024-01-01 11:00)", 1, OTHER, "20240101-000000-000bbbb", now_iso())]
+    (capped / diskcap.LOG_NAME).write_text(json.dumps([r.to_dict() for r in log]))
+    at.run()
+    assert not at.exception, at.exception
+    toggle = at.toggle(key=f"ft_keep_{rid}")
+    assert toggle.label == "Keep this run (never removed to free disk space)" and not toggle.value
+    toggle.set_value(True).run()
+    assert not at.exception, at.exception
+    assert diskcap.is_kept(rid) and at.toggle(key=f"ft_keep_{rid}").value
+    info = " ".join(i.value for i in at.info)
+    assert ("To stay under the 20 GB cap (TLVIZ_RUNS_MAX_GB), tlviz removed 1 of your finished runs: "
+            "old one (2024-01-01 10:00)") in info and "theirs" not in info
+    at.toggle(key=f"ft_keep_{rid}").set_value(False).run()
+    assert not diskcap.is_kept(rid)
+    monkeypatch.setenv("TLVIZ_RUNS_MAX_GB", "lots")  # misconfigured: the sidebar says what is wrong
+    at.run()
+    assert not at.exception, at.exception
+    assert any("TLVIZ_RUNS_MAX_GB='lots' is not a positive number" in c.value for c in at.sidebar.caption)

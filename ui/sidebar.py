@@ -1,4 +1,4 @@
-"""The sidebar: model and image-set pickers plus a one-line summary of what is loaded."""
+"""The sidebar: model and image-set pickers, a one-line summary of what is loaded, and the runs folder's disk use."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import hashlib
 
 import streamlit as st
 
-from tlviz.errors import ImageSetRefused, ModelRefused, TlvizError
+from tlviz import diskcap
+from tlviz.errors import ConfigError, ImageSetRefused, ModelRefused, TlvizError
+from tlviz.finetune import runs_dir
 from tlviz.jobs import default_executor, describe_executor, last_cluster
 from tlviz.imagesets import ImageSource, check_server_folder, open_source, server_folder_roots
 from tlviz.models import max_model_bytes
@@ -47,13 +49,14 @@ def _upload_limit_note() -> None:
 
 
 def sidebar() -> None:
-    """Model and image-set pickers plus a one-line summary of what is loaded."""
+    """Model and image-set pickers, a one-line summary of what is loaded, and the runs folder's disk use."""
     with st.sidebar:
         _model_picker()
         _images_picker()
         ensure_images()  # an image set whose decoding a rerun interrupted is decoded now
         st.divider()
         _summary()
+        _runs_folder()
 
 
 def _model_picker() -> None:
@@ -161,6 +164,25 @@ def _where_runs_run() -> None:
     st.caption(line)
     if st.session_state.get("ft_last_ran_on"):
         st.caption(f"Last run: {st.session_state['ft_last_ran_on']}")
+
+
+@st.cache_data(ttl=30, show_spinner=False, max_entries=16)
+def _space_used(folder: str) -> int:
+    """The runs folder's size (a walk of every file), at most once per 30 s per folder for the whole server."""
+    return diskcap.space_used(folder)
+
+
+def _runs_folder() -> None:
+    """How much disk the runs folder takes, against its cap (``TLVIZ_RUNS_MAX_GB``)."""
+    try:
+        folder = str(runs_dir())
+        used = _space_used(folder)
+    except TlvizError:  # no writable runs folder: the pages that need one say so
+        return
+    try:
+        st.caption(diskcap.space_text(used, diskcap.max_bytes()))
+    except ConfigError as exc:  # a bad TLVIZ_RUNS_MAX_GB: starting a job will refuse with the same message
+        st.caption(f"Runs folder: {diskcap.format_bytes(used)}. :orange[{exc}]")
 
 
 def _shape(shape) -> str:

@@ -1,10 +1,11 @@
-"""Starting a job: runs, a sweep or the learning-rate range test, on this machine or a Ray cluster, and the offer
-to run on this machine when the cluster cannot be reached."""
+"""Starting a job: runs, a sweep or the learning-rate range test, on this machine or a Ray cluster, the offer
+to run on this machine when the cluster cannot be reached, and what starting it removed to free disk space."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from tlviz import diskcap
 from tlviz.errors import ClusterUnreachable, ConfigError, TlvizError
 from tlviz.finetune import RunConfig, RunRefused
 from tlviz.jobs import default_executor, describe_executor, start_job, start_lr_finder
@@ -59,7 +60,28 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
     st.session_state.pop("ft_offer_local", None)
     st.session_state["ft_job"] = job.job_id
     st.session_state["ft_job_kind"] = kind
+    _remember_evicted(job.job_id)
     st.rerun()
+
+
+def _remember_evicted(job_id: str) -> None:
+    """Keep the sentence on what creating `job_id` removed to stay under the disk cap (shown by `offer_local`)."""
+    st.session_state.pop("ft_evicted", None)
+    try:
+        removed = diskcap.evicted_of_job(job_id)
+        text = diskcap.job_removed_text(removed, workspace(), diskcap.max_bytes()) if removed else ""
+    except TlvizError:  # the job folder or the setting went away since: nothing to tell
+        return
+    if text:
+        st.session_state["ft_evicted"] = {"job": job_id, "text": text}
+
+
+def evicted_by_job() -> None:
+    """While this session follows the job it started, what starting it removed to stay under the disk cap
+    (``TLVIZ_RUNS_MAX_GB``): this person's runs by name, other people's runs, results and caches as counts."""
+    note = st.session_state.get("ft_evicted")
+    if note and note["job"] == st.session_state.get("ft_job"):
+        st.info(note["text"], icon=":material/auto_delete:")
 
 
 def images_for_preset(loaded, images, preset: str):
@@ -76,7 +98,9 @@ def images_for_preset(loaded, images, preset: str):
 
 
 def offer_local(loaded, images) -> None:
-    """When the Ray cluster could not be reached: the reason, and a button that runs the same job on this machine."""
+    """When the Ray cluster could not be reached: the reason, and a button that runs the same job on this machine.
+    Drawn under the Start buttons, so it first says what starting the current job removed (`evicted_by_job`)."""
+    evicted_by_job()
     offer = st.session_state.get("ft_offer_local")
     if not offer:
         return

@@ -1,17 +1,18 @@
-"""One run's results: state, metrics, findings, curves, per-class accuracy and confusion (with the cell's
+"""One run's results: state, its keep mark, metrics, findings, curves, per-class accuracy and confusion (with the cell's
 images), weight changes and representation drift, the original task's retention, then its controls."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from tlviz import charts
+from tlviz import charts, diskcap
 from tlviz.errors import TlvizError
 from tlviz.finetune import RunRecord, format_seconds, largest_movers
 from tlviz.stats import format_points
 from ui.cache import load_model_bytes
 from ui.finetune.common import GALLERY, STATE_ICONS, percent_text, value_text
 from ui.finetune.controls import run_controls
+from ui.state import workspace
 from ui.widgets import GalleryEntry, finding_cards, gallery
 
 
@@ -52,6 +53,7 @@ def show_run(rec: RunRecord, images, current_images_key: str, loaded=None, recor
     described = rec.describe()
     if described:
         st.caption(described)
+    keep_toggle(rec)
     if rec.active:
         st.info("In progress: follow it above.", icon=":material/hourglass_top:")
         return
@@ -90,6 +92,25 @@ def show_run(rec: RunRecord, images, current_images_key: str, loaded=None, recor
                        file_name=f"tlviz-run-{rec.run_id}.html", mime="text/html", key="ft_download_html",
                        icon=":material/html:", on_click="ignore",
                        help="One self-contained file: settings, outcome, curves, confusion, weight changes, drift.")
+
+
+def keep_toggle(rec: RunRecord) -> None:
+    """The run's keep mark: a kept run is never removed to free disk space (``TLVIZ_RUNS_MAX_GB``)."""
+    key = f"ft_keep_{rec.run_id}"
+    st.session_state[key] = rec.kept  # the mark on disk, whatever this session last saw
+    st.toggle("Keep this run (never removed to free disk space)", key=key, on_change=_set_keep,
+              args=(rec.run_id, key),
+              help="With a disk cap (TLVIZ_RUNS_MAX_GB), starting a job removes the oldest finished runs first; "
+                   "a kept run stays until you delete it.")
+    if st.session_state.get("ft_keep_error"):
+        st.error(st.session_state.pop("ft_keep_error"), icon=":material/block:")
+
+
+def _set_keep(run_id: str, key: str) -> None:
+    try:
+        diskcap.set_keep(run_id, bool(st.session_state[key]), owner=workspace())
+    except TlvizError as exc:
+        st.session_state["ft_keep_error"] = str(exc)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -1,21 +1,47 @@
-"""All runs of this workspace: the table, overlaid curves, deleting runs, and the heatmap of a sweep."""
+"""All runs of this workspace: the table (and which of its runs were removed to free disk space), overlaid curves,
+deleting runs, and the heatmap of a sweep."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import streamlit as st
 
-from tlviz import charts
-from tlviz.errors import TlvizError
+from tlviz import charts, diskcap
+from tlviz.errors import ConfigError, TlvizError
 from tlviz.finetune import ACTIVE_STATES, delete_run, load_run, sweep_table
 from ui.finetune.common import keep_valid
+from ui.state import workspace
+
+#: Runs removed to free disk space are told about for this many days.
+EVICTED_DAYS = 7
+
+
+def evicted_note(owner: str) -> None:
+    """An info line naming this workspace's finished runs that were removed lately to stay under the disk cap."""
+    try:
+        removed = diskcap.evicted_for(owner, since=dt.datetime.now() - dt.timedelta(days=EVICTED_DAYS))
+    except TlvizError:  # no runs folder: nothing was removed from it
+        return
+    if not removed:
+        return
+    try:
+        cap = diskcap.max_bytes()
+    except ConfigError:  # unset or changed since: the sentence names the setting without a size
+        cap = None
+    st.info(diskcap.runs_removed_text(removed, cap), icon=":material/auto_delete:")
 
 
 def runs_table(runs) -> None:
-    """The table of this workspace's runs (a `tlviz.finetune.list_runs` table)."""
+    """The table of this workspace's runs (a `tlviz.finetune.list_runs` table), after the note on its runs
+    removed to free disk space (`evicted_note`)."""
+    evicted_note(workspace())
     view = runs[(["this_model"] if "this_model" in runs else []) + ["run_id", "state", "label", "unfreeze", "lr", "epochs", "batch_size", "optimizer", "preset",
                  "new_head", "two_phase", "bn", "augment", "best_val_accuracy", "final_val_accuracy", "time_s",
-                 "ran_on", "stopped_at", "control", "control_of", "model", "images"]]
+                 "ran_on", "stopped_at", "control", "control_of", "model", "images"] + (["kept"] if "kept" in runs else [])]
     st.dataframe(view, hide_index=True, key="ft_runs_table", column_config={
+        "kept": st.column_config.CheckboxColumn("keep", help="Never removed to free disk space (mark it in the "
+                                                "run's view above)"),
         "this_model": st.column_config.CheckboxColumn("this model", help="A run of the loaded model (listed first); "
                                                       "the others fine-tuned the model named in `model`"),
         "ran_on": st.column_config.TextColumn("ran on", help="local or Ray · node · CPU or GPU"),
