@@ -297,3 +297,6 @@ def test_page_sidebar_shows_the_space_used_and_the_keep_toggle_marks_the_run(cap
     at.run()
     assert not at.exception, at.exception
     assert any("TLVIZ_RUNS_MAX_GB='lots' is not a positive number" in c.value for c in at.sidebar.caption)
+    at.button(key="ft_start").click().run()  # ... and Start refuses before writing any run folder
+    assert any("TLVIZ_RUNS_MAX_GB='lots' is not a positive number" in e.value for e in at.error)
+    assert list(list_runs(owner=ws)["run_id"]) == [rid] and at.session_state["ft_job"] is None

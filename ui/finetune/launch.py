@@ -43,6 +43,11 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
     if st.session_state.get("ft_job"):
         return  # a second click (a double-click on Start) while this session follows a job: nothing runs twice
     configs = configs or [config]
+    try:
+        diskcap.max_bytes()  # a bad TLVIZ_RUNS_MAX_GB stops here, before any run folder is written
+    except ConfigError as exc:
+        st.error(str(exc), icon=":material/block:")
+        return
     images = images_for_preset(loaded, images, config.preset)
     try:
         if kind == "lrfind":
