@@ -78,6 +78,14 @@ SMOKES = {
     "app": (["bench/bench_app.py"], [
         rf"^RESULT 1: loaded/idle median ratio {NUMBER}x", rf"ratio of medians {NUMBER}x",
         r"^RESULT 2: (PASS|FAIL)", r"^1\. many users at once: (PASS|FAIL)"], browser),
+    "team": (["bench/bench_team.py"], [
+        rf"^idle page switch \(\d+ sessions open\): median\s+{NUMBER} s",
+        rf"^loaded page switch \(\d+ runs queued or running\): median\s+{NUMBER} s",
+        rf"^RESULT: loaded/idle median ratio {NUMBER}x .*: (PASS|FAIL)",
+        rf"^memory: server RSS {NUMBER} MB before any session, .* \({NUMBER} MB per session over all",
+        rf"^memory: largest worker process \(one job\) {NUMBER} MB", rf"^cpu: server {NUMBER} s per page switch",
+        rf"^sizing: server {NUMBER} MB \+ {NUMBER} MB per open session; each running job: {NUMBER} MB; "
+        r"TLVIZ_MAX_JOBS=\d+"], browser),
 }
 
 #: Longest a smoke may take here before it counts as broken (the app's takes about 3 minutes on 2 busy cores).
