@@ -44,8 +44,9 @@ def navigation():
 def main() -> None:
     st.set_page_config(page_title="tlviz", page_icon=":material/troubleshoot:", layout="wide")
     gate = signin.gate()  # sign-in first: a visitor not let in sees only that page, and nothing is loaded
-    if gate.page is not None:
-        st.navigation([st.Page(gate.page, title="Sign in", icon=":material/login:")], position="hidden").run()
+    if gate.page is not None:  # every page's address shows it (a bookmarked page, a shared link)
+        stand_ins = [st.Page(gate.page, title=title, url_path=Path(file).stem) for file, title, *_ in PAGES[1:]]
+        st.navigation([st.Page(gate.page, title="Sign in", default=True), *stand_ins], position="hidden").run()
         return
     try:
         ui.init_state()
