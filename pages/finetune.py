@@ -76,6 +76,7 @@ panels.runs_in_progress(runs, ws)
 st.divider()
 st.subheader("Results")
 if runs.empty:
+    panels.evicted_note(ws)  # all of them may have been removed to stay under the disk cap: say so
     st.info("No runs yet. Configure one above and press **Start run**.", icon=":material/info:")
     st.stop()
 

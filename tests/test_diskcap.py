@@ -272,15 +272,19 @@ def test_page_sidebar_shows_the_space_used_and_the_keep_toggle_marks_the_run(cap
     assert at.session_state["workspace"] == ws
     captions = [c.value for c in at.sidebar.caption]
     assert any(c.startswith("Runs folder: ") and c.endswith(" of 20 GB") for c in captions), captions
+    log = [diskcap.Removed("run", "old one (2024-01-01 10:00)", 1, ws, "20240101-000000-000aaaa", now_iso()),
+           diskcap.Removed("run", "theirs (2024-01-01 11:00)", 1, OTHER, "20240101-000000-000bbbb", now_iso())]
+    (capped / diskcap.LOG_NAME).write_text(json.dumps([r.to_dict() for r in log]))
+    at.run()  # every run of this workspace was removed: "No runs yet" still says why
+    info = " ".join(i.value for i in at.info)
+    assert "tlviz removed 1 of your finished runs: old one (2024-01-01 10:00)" in info and "No runs yet" in info
+    assert "theirs" not in info
     sha = at.session_state["model"].sha256
     rid = "20240105-000000-000aaaa"
     w = RunWriter(capped / rid)
     w.write_config(RunConfig(epochs=1, label="mine"), {"filename": "digits_base.keras", "sha256": sha}, {}, owner=ws)
     w.status("completed")
     w.finish({"final": {"val_accuracy": 0.5}, "elapsed_s": 1.0})
-    log = [diskcap.Removed("run", "old one (2024-01-01 10:00)", 1, ws, "20240101-000000-000aaaa", now_iso()),
-           diskcap.Removed("run", "theirs (2024-01-01 11:00)", 1, OTHER, "20240101-000000-000bbbb", now_iso())]
-    (capped / diskcap.LOG_NAME).write_text(json.dumps([r.to_dict() for r in log]))
     at.run()
     assert not at.exception, at.exception
     toggle = at.toggle(key=f"ft_keep_{rid}")

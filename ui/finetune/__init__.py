@@ -20,10 +20,11 @@ from ui.finetune.job import follow_job, lr_result_panel, runs_in_progress
 from ui.finetune.launch import offer_local, on_ray, start, where_runs_go
 from ui.finetune.original import original_task
 from ui.finetune.run_view import remember_pick, run_labels, show_run
-from ui.finetune.runs import compare_curves, delete_runs, runs_table, sweeps
+from ui.finetune.runs import compare_curves, delete_runs, evicted_note, runs_table, sweeps
 
 __all__ = [
     "RATES", "SESSION", "keep_valid", "judged_with_runs", "asha_option", "config_form", "controls_choice",
     "follow_job", "lr_result_panel", "runs_in_progress", "offer_local", "on_ray", "start", "where_runs_go",
-    "original_task", "remember_pick", "run_labels", "show_run", "compare_curves", "delete_runs", "runs_table", "sweeps",
+    "original_task", "remember_pick", "run_labels", "show_run", "compare_curves", "delete_runs", "evicted_note",
+    "runs_table", "sweeps",
 ]
