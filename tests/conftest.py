@@ -158,7 +158,7 @@ def guide_model(pin: bool = True, softmax: bool = True):
 #: (pytest.ini); `python -m pytest -m e2e` runs them; CI (.ci/run) runs both.
 E2E_FILES = ("test_journeys.py", "test_browser.py", "test_chart_legibility.py", "test_browser_try.py",
              "test_bench_smoke.py", "test_ray.py", "test_truth_matrix.py", "test_finetune_combos.py",
-             "test_packaging.py", "test_signin_browser.py")
+             "test_packaging.py", "test_signin_browser.py", "test_diskcap_jobs.py")
 
 
 @pytest.hookimpl(tryfirst=True)
