@@ -28,7 +28,7 @@ def _job_panel(job_id: str, prefix: str, drawn_state: str = "running") -> None:
         st.rerun()  # the whole page: the result (or the failure), or a panel polling at the new state's pace
     with st.container(border=True):
         if status.state == "queued":
-            st.progress(0.0, text=waiting_text(status.queue_position))
+            st.progress(0.0, text=waiting_text(status.queue_position, status.next_is_yours))
         else:
             st.progress(status.fraction, text=status.text or "Starting the worker…")
         st.button("Cancel", key=f"{prefix}_cancel", icon=":material/stop:", on_click=_cancel, args=(job_id,),

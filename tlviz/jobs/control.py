@@ -71,11 +71,10 @@ def poll(job_id: str, root=None) -> JobStatus:
             write_json(jdir / "status.json", status)
             end_active_runs(job, state, message or "cancelled")
             queue.leave(jdir.parent, job_id, job.get("queue_seq"))
-    position = None
-    if state == "queued":
-        position = queue.queue_position(jobs_dir(root), job_id, job.get("queue_seq"))
+    place = queue.queue_place(jobs_dir(root), job_id, job.get("queue_seq")) if state == "queued" else None
     message = str(status.get("message") or "")
-    common = dict(queue_position=position, executor=job.get("executor", "local"),
+    common = dict(queue_position=place and place.position, next_is_yours=place and place.next_is_yours,
+                  executor=job.get("executor", "local"),
                   unreachable=bool(status.get("unreachable")))
     if kind.is_analysis:
         progress = read_json(jdir / "progress.json", {}) or {}

@@ -54,8 +54,9 @@ def new_job(kind: str, spec: dict, root=None, state: str = "queued", queued: boo
         spec: what the worker needs; stored in ``job.json``.
         root: the runs folder. Defaults to `runs_dir()`.
         state: the first state written to ``status.json``. Defaults to `"queued"`.
-        queued: give the job a place in the queue of heavy jobs (`tlviz.jobs.queue.enqueue`).
-            Defaults to `True`; False for a job that needs no slot (served from the store, or run on Ray).
+        queued: give the job a place in the queue of heavy jobs (`tlviz.jobs.queue.enqueue`, under the
+            spec's ``owner`` for the fair order). Defaults to `True`; False for a job that needs no slot
+            (served from the store, or run on Ray).
 
     Before the folder is made, room is made under ``TLVIZ_RUNS_MAX_GB`` (`tlviz.diskcap.make_room`); what that
     removed is listed in ``job.json`` under ``evicted`` (`tlviz.diskcap.evicted_of_job`).
@@ -72,7 +73,7 @@ def new_job(kind: str, spec: dict, root=None, state: str = "queued", queued: boo
         job_id = new_run_id()
     jdir = job_dir(job_id, root)
     jdir.mkdir(parents=True)
-    seq = queue.enqueue(jobs_dir(root), job_id) if queued else None
+    seq = queue.enqueue(jobs_dir(root), job_id, spec.get("owner")) if queued else None
     write_json(jdir / "job.json", {**spec, "job_id": job_id, "kind": kind, "root": str(runs_dir(root)),
                                    "created": now_iso(), "queue_seq": seq})
     write_json(jdir / "status.json", {"state": state, "message": "starting the worker", "updated": now_iso()})

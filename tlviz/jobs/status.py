@@ -69,7 +69,10 @@ class JobStatus:
             ``fraction`` and ``text``).
         result: for a range test, the `LRFinderResult` dict once done.
         queue_position: while the job waits for a free worker, its place in the
-            line (`tlviz.jobs.queue.queue_position`); None otherwise.
+            line (`tlviz.jobs.queue.queue_place`: 1 + the jobs running + the jobs served before it in the fair
+            order); None otherwise.
+        next_is_yours: while it waits, whether the next job served is its owner's own (True) or another
+            person's (False); None otherwise. Never who that person is.
         executor: ``"local"`` or ``"ray"``.
         unreachable: the Ray cluster could not be reached (the page offers to run here).
         configs: a fine-tuning job's run configurations (dicts).
@@ -87,6 +90,7 @@ class JobStatus:
     progress: dict = field(default_factory=dict)
     result: dict | None = None
     queue_position: int | None = None
+    next_is_yours: bool | None = None
     executor: str = "local"
     unreachable: bool = False
     configs: list[dict] = field(default_factory=list)
@@ -130,8 +134,10 @@ class JobStatus:
             if self.state == "done":
                 return 1.0
             return min(max(float(self.progress.get("fraction") or 0.0), 0.0), 1.0)
-        if self.queue_position:
+        if self.queue_position and not self.done_runs:
             return 0.0
+        if self.queue_position:  # a sweep that gave way between runs: what it did so far
+            return min(self.done_runs / max(len(self.runs), 1), 1.0)
         if self.kind == "lrfind":
             return self.progress_info.fraction
         if len(self.runs) == 1 and self.current is not None:
@@ -143,7 +149,10 @@ class JobStatus:
     def text(self) -> str:
         """One line for a progress bar: the place in the queue, or the job's current step."""
         if self.queue_position:
-            return waiting_text(self.queue_position)
+            waiting = waiting_text(self.queue_position, self.next_is_yours)
+            if self.has_runs and self.done_runs:  # a sweep that gave way between runs
+                return f"{self.done_runs} of {len(self.runs)} runs done · {waiting}"
+            return waiting
         if not self.has_runs:
             return str(self.progress.get("text") or "")
         if self.kind == "lrfind":

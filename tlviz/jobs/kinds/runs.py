@@ -5,7 +5,8 @@
 
 - ``local`` (the default): the worker process waits for a slot of the queue of heavy jobs,
   then runs the runs one after another (`run_local`), each writing its run folder; the
-  Cancel flag is looked at after every batch;
+  Cancel flag is looked at after every batch; between two runs it lets another person's
+  waiting job go first when that is its turn (`tlviz.jobs.worker.give_way`);
 - ``ray`` (``TLVIZ_RAY_ADDRESS`` set, `tlviz.jobs.executors`): the worker process is a light
   driver that takes no local slot and runs the job on the cluster (`tlviz.jobs.ray_executor`:
   one run as a Ray task, a sweep through Ray Tune, optionally with ASHA), writing what comes
@@ -170,19 +171,30 @@ def prepare_local(ctx: WorkerContext):
 
 
 def run_local(ctx: WorkerContext) -> None:
-    """The runs of the job, one after another, in this worker process (each fills its run folder)."""
+    """The runs of the job, one after another, in this worker process (each fills its run folder).
+
+    Before each run after the first, the job gives way to another person's waiting job when it is that
+    job's turn (`tlviz.jobs.worker.give_way`: a new place in the queue, status ``queued`` while it waits,
+    the next run ``queued`` too); this process and its loaded model wait with it. A Cancel while it
+    waits ends the runs not started ``cancelled``.
+    """
     from tlviz.finetune.run import run_finetune
+    from tlviz.jobs.worker import give_way
 
     where, loaded, images, cache = prepare_local(ctx)
     job, log = ctx.job, ctx.log
     original = load_original(job)
+    started = 0
     for rid, cfg_dict in zip(job["run_ids"], job["configs"]):
         writer = RunWriter(Path(ctx.root) / rid)
         if not writer.dir.exists() or not (writer.dir / "config.json").exists():
             continue  # deleted while queued
+        if started and not ctx.cancelled():
+            give_way(ctx)  # False only when cancelled while it waited: this run is cancelled just below
         if ctx.cancelled():
             writer.status("cancelled", "cancelled before it started", pid=os.getpid())
             continue
+        started += 1
         writer.status("running", "", pid=os.getpid(), where=where or {})
         try:
             cfg = RunConfig.from_dict(cfg_dict)
