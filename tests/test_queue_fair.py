@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+import time
 
 import pytest
 
@@ -22,19 +23,35 @@ from tlviz.jsonfiles import read_json
 A, B, C = "user-aaaa1111", "user-bbbb2222", "ws-cccc3333"  # owner tokens: never shown to anyone
 
 
+@pytest.fixture()
+def stop():
+    """Set at the end of a test: every waiting thread it started gives up (a failed assertion never hangs)."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def _deadline(seconds: float = 30.0):
+    """A `should_stop` that gives up after `seconds`: a broken queue fails the test instead of hanging it."""
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() > end
+
+
 def _queued(d, owner, name):
     seq = jobqueue.enqueue(d, name, owner)
     jobqueue.claim(d, name, seq, os.getpid())
     return seq
 
 
-def _serve(d, names_seqs):
+def _serve(d, names_seqs, stop):
     """Each job waits for its turn in a thread of its own; the order in which they took the slot."""
     order, lock, errors = [], threading.Lock(), []
 
     def worker(name, seq):
         try:
-            slot = jobqueue.wait_turn(d, name, seq, should_stop=lambda: False, poll_s=0.005)
+            slot = jobqueue.wait_turn(d, name, seq, should_stop=stop.is_set, poll_s=0.005)
+            if slot is None:
+                return
             with lock:
                 order.append(name)
             slot.release()
@@ -42,7 +59,7 @@ def _serve(d, names_seqs):
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=ns) for ns in names_seqs]
+    threads = [threading.Thread(target=worker, args=ns, daemon=True) for ns in names_seqs]
     for t in threads:
         t.start()
     for t in threads:
@@ -51,29 +68,29 @@ def _serve(d, names_seqs):
     return order
 
 
-def test_owners_are_served_in_turn_and_first_come_within_one_owner(tmp_path, monkeypatch):
+def test_owners_are_served_in_turn_and_first_come_within_one_owner(tmp_path, monkeypatch, stop):
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "1")
     monkeypatch.delenv(jobqueue.ENV_MAX_JOBS_PER_USER, raising=False)
     d = tmp_path / ".jobs"
     queued = [(n, _queued(d, A, n)) for n in ("A1", "A2", "A3", "A4")]
     queued += [("B1", _queued(d, B, "B1")), ("C1", _queued(d, C, "C1")), ("N1", _queued(d, None, "N1"))]
-    assert _serve(d, queued) == ["A1", "B1", "C1", "N1", "A2", "A3", "A4"]
+    assert _serve(d, queued, stop) == ["A1", "B1", "C1", "N1", "A2", "A3", "A4"]
     assert not list((d / ".queue").glob("*.json"))
 
 
-def test_a_later_owner_goes_before_the_rest_of_a_batch_while_it_runs(tmp_path, monkeypatch):
+def test_a_later_owner_goes_before_the_rest_of_a_batch_while_it_runs(tmp_path, monkeypatch, stop):
     """The rank counts the owner's running jobs: B's job queued while A1 runs is next, then A2, A3."""
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "1")
     d = tmp_path / ".jobs"
     a = [(n, _queued(d, A, n)) for n in ("A1", "A2", "A3")]
-    slot = jobqueue.wait_turn(d, "A1", a[0][1], should_stop=lambda: False, poll_s=0.005)
+    slot = jobqueue.wait_turn(d, "A1", a[0][1], should_stop=_deadline(), poll_s=0.005)
     b1 = _queued(d, B, "B1")
     assert jobqueue.queue_place(d, "B1", b1) == jobqueue.QueuePlace(2, True)  # 1 running ahead; its turn next
     assert jobqueue.queue_place(d, "A2", a[1][1]) == jobqueue.QueuePlace(3, False)
     assert jobqueue.queue_position(d, "A3", a[2][1]) == 4
     slot.release()
     jobqueue.leave(d, "A1", a[0][1])
-    assert _serve(d, [a[1], a[2], ("B1", b1)]) == ["B1", "A2", "A3"]
+    assert _serve(d, [a[1], a[2], ("B1", b1)], stop) == ["B1", "A2", "A3"]
 
 
 def test_the_per_person_cap_holds_a_job_back_without_blocking_the_others(tmp_path, monkeypatch):
@@ -81,17 +98,17 @@ def test_the_per_person_cap_holds_a_job_back_without_blocking_the_others(tmp_pat
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS_PER_USER, "1")
     d = tmp_path / ".jobs"
     a1, a2, b1 = _queued(d, A, "A1"), _queued(d, A, "A2"), _queued(d, B, "B1")
-    first = jobqueue.wait_turn(d, "A1", a1, should_stop=lambda: False, poll_s=0.005)
+    first = jobqueue.wait_turn(d, "A1", a1, should_stop=_deadline(), poll_s=0.005)
     ticks = iter(range(6))
     # A slot is free, but A already runs its one job: A2 waits (six looks at the queue, no slot) ...
     assert jobqueue.wait_turn(d, "A2", a2, should_stop=lambda: next(ticks) >= 5, poll_s=0.005) is None
     # ... and does not block B's job behind it.
-    second = jobqueue.wait_turn(d, "B1", b1, should_stop=lambda: False, poll_s=0.005)
+    second = jobqueue.wait_turn(d, "B1", b1, should_stop=_deadline(), poll_s=0.005)
     assert second is not None and {first.index, second.index} == {0, 1}
     assert jobqueue.queue_place(d, "A2", a2) == jobqueue.QueuePlace(3, True)
     first.release()
     jobqueue.leave(d, "A1", a1)
-    third = jobqueue.wait_turn(d, "A2", a2, should_stop=lambda: False, poll_s=0.005)
+    third = jobqueue.wait_turn(d, "A2", a2, should_stop=_deadline(), poll_s=0.005)
     assert third is not None
     for s in (second, third):
         s.release()
@@ -113,31 +130,32 @@ def test_a_bad_max_jobs_per_user_is_refused_naming_the_variable(bad, monkeypatch
         jobqueue.max_jobs_per_user()
 
 
-def test_a_sweep_yields_its_slot_only_to_another_persons_turn(tmp_path, monkeypatch):
+def test_a_sweep_yields_its_slot_only_to_another_persons_turn(tmp_path, monkeypatch, stop):
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "1")
     d = tmp_path / ".jobs"
     sweep = _queued(d, A, "sweep")
-    slot = jobqueue.wait_turn(d, "sweep", sweep, should_stop=lambda: False, poll_s=0.005)
+    slot = jobqueue.wait_turn(d, "sweep", sweep, should_stop=_deadline(), poll_s=0.005)
     own = _queued(d, A, "A2")  # the owner's own next job: the sweep keeps its slot
     assert not jobqueue.should_yield(d, "sweep", sweep)
-    assert jobqueue.yield_turn(d, "sweep", sweep, slot, should_stop=lambda: False) is slot and slot.held
+    assert jobqueue.yield_turn(d, "sweep", sweep, slot, should_stop=_deadline()) is slot and slot.held
     b1 = _queued(d, B, "B1")
     assert jobqueue.should_yield(d, "sweep", sweep)
     renumbered, got = [], []
 
     def sweep_between_runs():
-        got.append(jobqueue.yield_turn(d, "sweep", sweep, slot, should_stop=lambda: False,
+        got.append(jobqueue.yield_turn(d, "sweep", sweep, slot, should_stop=stop.is_set,
                                        on_requeue=renumbered.append, poll_s=0.005))
 
-    t = threading.Thread(target=sweep_between_runs)
+    t = threading.Thread(target=sweep_between_runs, daemon=True)
     t.start()
-    b_slot = jobqueue.wait_turn(d, "B1", b1, should_stop=lambda: False, poll_s=0.005)  # B's turn comes
+    # B's turn comes next, not A2's: the sweep keeps the turn it had (A2 was queued while it ran)
+    b_slot = jobqueue.wait_turn(d, "B1", b1, should_stop=_deadline(), poll_s=0.005)
     assert renumbered and renumbered[0] > b1 and not slot.held
     place = jobqueue.queue_place(d, "sweep", renumbered[0])
-    assert place is not None and place.position == 3  # B runs, A2 (queued before the sweep came back) first
+    assert place is not None and place.position == 3  # B runs, then A2 (queued before the sweep came back)
     b_slot.release()
     jobqueue.leave(d, "B1", b1)
-    a2_slot = jobqueue.wait_turn(d, "A2", own, should_stop=lambda: False, poll_s=0.005)
+    a2_slot = jobqueue.wait_turn(d, "A2", own, should_stop=_deadline(), poll_s=0.005)
     a2_slot.release()
     jobqueue.leave(d, "A2", own)
     t.join(timeout=30)
@@ -152,7 +170,7 @@ def test_the_waiting_text_says_jobs_ahead_and_whose_turn_without_naming_anyone(t
     monkeypatch.setenv(jobqueue.ENV_MAX_JOBS, "1")
     d = tmp_path / ".jobs"
     a1, a2, b1 = _queued(d, A, "A1"), _queued(d, A, "A2"), _queued(d, B, "B1")
-    slot = jobqueue.wait_turn(d, "A1", a1, should_stop=lambda: False, poll_s=0.005)
+    slot = jobqueue.wait_turn(d, "A1", a1, should_stop=_deadline(), poll_s=0.005)
     mine, theirs = jobqueue.queue_place(d, "B1", b1), jobqueue.queue_place(d, "A2", a2)
     texts = [jobqueue.waiting_text(p.position, p.next_is_yours) for p in (mine, theirs)]
     assert texts == ["Waiting for a free worker: 1 job ahead; next turn: yours",

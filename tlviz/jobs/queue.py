@@ -14,9 +14,10 @@ runs folder share it):
   runs: its owner (a workspace or signed-in identity token; None for the command
   line, which counts as one owner) and the worker's process id (written by the
   server once the process is started); a ``.running`` file beside it once it holds a slot;
-- ``.slots/turns`` — the turns taken lately: one line per job that took a slot (its queue
-  number, its owner, and the last queue number given out when it started), written by
-  `wait_turn` under ``.slots/turns.lock``; lines older than every job still in the queue are dropped;
+- ``.slots/turns`` — the turns taken lately: one line per time a job took a slot (its queue
+  number, its owner, the last queue number given out when it started, its job id), written by
+  `wait_turn` under ``.slots/turns.lock``; a line is dropped once it is older than every job still
+  in the queue and its job has left the queue;
 - ``.slots/slot-K.lock`` (K < `max_jobs()`) — a running job holds an exclusive
   `fcntl.flock` on one of them. The kernel releases the lock when the process
   ends, however it ends (finished, crashed, killed by the out-of-memory killer).
@@ -24,8 +25,9 @@ runs folder share it):
 **The fair order** (round-robin between owners, first come first served within one owner).
 Every waiting worker computes the same order from those files, with no scheduler: a waiting
 job ``j`` of owner ``o`` has the *rank* ``turns(o) + (o's waiting jobs with a smaller queue
-number)``, where ``turns(o)`` counts o's jobs running now and o's jobs that took a slot since
-the oldest job still waiting was queued. Waiting jobs are served in the order (rank, queue
+number)``, where ``turns(o)`` counts o's jobs running now, o's jobs that took a slot since
+the oldest job still waiting was queued, and the earlier turns of o's jobs still in the queue
+(a sweep that gave way keeps the turns it had). Waiting jobs are served in the order (rank, queue
 number): with one slot, A's batch A1 A2 A3 queued before B1 and C1 runs A1, B1, C1, A2, A3.
 A job is *eligible* unless its owner already runs ``TLVIZ_MAX_JOBS_PER_USER`` jobs
 (`max_jobs_per_user`); a waiting worker takes a free slot only when it is eligible and no
@@ -194,8 +196,8 @@ def _entries(jobs_dir: Path) -> list[_Entry]:
     return out
 
 
-def _turns(jobs_dir: Path) -> list[tuple[int, str | None, int]]:
-    """The turns taken lately: ``(queue number, owner, last number given out when it started)``."""
+def _turns(jobs_dir: Path) -> list[tuple[int, str | None, int, str]]:
+    """The turns taken lately: ``(queue number, owner, last number given out when it started, job id)``."""
     try:
         text = (_slots_dir(jobs_dir) / "turns").read_text()
     except OSError:
@@ -203,22 +205,24 @@ def _turns(jobs_dir: Path) -> list[tuple[int, str | None, int]]:
     out = []
     for line in text.splitlines():
         try:
-            seq, owner, at = json.loads(line)
-            out.append((int(seq), owner, int(at)))
+            seq, owner, at, job_id = json.loads(line)
+            out.append((int(seq), owner, int(at), str(job_id)))
         except (ValueError, TypeError):
             continue
     return out
 
 
-def _record_turn(jobs_dir: Path, seq: int, owner: str | None) -> None:
+def _record_turn(jobs_dir: Path, seq: int, owner: str | None, job_id: str) -> None:
     """Add a turn to ``.slots/turns`` (dropping the turns no job still in the queue can see)."""
     slots = _slots_dir(jobs_dir)
     fd = os.open(slots / "turns.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        oldest = min((e.seq for e in _entries(jobs_dir)), default=seq)
-        kept = [t for t in _turns(jobs_dir) if t[2] >= oldest and t[0] != seq]
-        kept.append((int(seq), owner, _last_number(jobs_dir)))
+        entries = _entries(jobs_dir)
+        oldest = min((e.seq for e in entries), default=seq)
+        alive = {e.job_id for e in entries}
+        kept = [t for t in _turns(jobs_dir) if (t[2] >= oldest or t[3] in alive) and t[0] != seq]
+        kept.append((int(seq), owner, _last_number(jobs_dir), job_id))
         tmp = slots / f"turns.{os.getpid()}.tmp"
         tmp.write_text("".join(json.dumps(list(t)) + "\n" for t in kept))
         os.replace(tmp, slots / "turns")  # readers see the old file or the new one, never half of one
@@ -233,7 +237,8 @@ class _Place:
     eligible: bool
 
 
-def _fair_order(entries: list[_Entry], turns: list[tuple[int, str | None, int]], cap: int | None) -> list[_Place]:
+def _fair_order(entries: list[_Entry], turns: list[tuple[int, str | None, int, str]],
+                cap: int | None) -> list[_Place]:
     """The waiting jobs in the order they are served (see the module docstring)."""
     waiting = sorted((e for e in entries if not e.running), key=lambda e: e.seq)
     running = Counter(e.owner for e in entries if e.running)
@@ -242,8 +247,11 @@ def _fair_order(entries: list[_Entry], turns: list[tuple[int, str | None, int]],
     for e in entries:
         if e.running:
             taken.setdefault(e.owner, set()).add(e.seq)
-    for seq, owner, at in turns:
-        if at >= oldest:  # started after the oldest waiting job was queued: that job saw this turn
+    alive = {e.job_id for e in entries}
+    for seq, owner, at, job_id in turns:
+        # started after the oldest waiting job was queued (that job saw this turn), or a turn of a job
+        # still in the queue (a sweep that gave way between runs keeps the turns it had)
+        if at >= oldest or job_id in alive:
             taken.setdefault(owner, set()).add(seq)
     ahead: Counter = Counter()
     places = []
@@ -412,7 +420,7 @@ def wait_turn(jobs_dir: str | os.PathLike, job_id: str, seq: int, should_stop: C
             slot = _try_slot(jobs_dir)
             if slot is not None:
                 mine = next(p for p in places if p.entry.seq == seq)
-                _record_turn(jobs_dir, seq, mine.entry.owner)
+                _record_turn(jobs_dir, seq, mine.entry.owner, job_id)
                 marker.with_suffix(".running").write_text(str(os.getpid()))
                 return slot
         key = (place.position, place.next_is_yours)

@@ -28,6 +28,21 @@ ACTIVE_STATES = ("queued", "running")
 RUN_KINDS = ("runs", "lrfind")
 
 
+def waiting_fields(position: int, next_is_yours: bool) -> dict:
+    """What a worker writes into ``status.json`` while it waits for a slot (`tlviz.jobs.queue.wait_turn`'s
+    ``on_wait``).
+
+    Args:
+        position: its place in line (`tlviz.jobs.queue.QueuePlace.position`).
+        next_is_yours: whether the next job served is its owner's own.
+
+    Returns:
+        ``state`` (``queued``), ``queue_position``, ``next_is_yours`` and ``message``.
+    """
+    return {"state": "queued", "queue_position": int(position), "next_is_yours": bool(next_is_yours),
+            "message": "waiting for a free worker"}
+
+
 class Job(str):
     """A started job: its id (this string), and for a fine-tuning job the run folders it fills.
 

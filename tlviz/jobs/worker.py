@@ -16,7 +16,7 @@ is the same for every kind (`tlviz.jobs.registry`):
    catch-all handler, ``failed`` with the reason (out of memory said as such, with what to
    change) and the job's runs still active failed with it; ``ended_at``, the slot released
    and the job out of the queue (under its last queue number: a sweep that gave way between runs,
-   `give_way`, has a new one), however it ended.
+   `tlviz.jobs.kinds.runs.give_way`, has a new one), however it ended.
 
 A worker that dies without reaching step 5 (killed by the out-of-memory killer) is found by
 `tlviz.jobs.poll`, which records the death reason (`tlviz.jobs.spawn.death_reason`).
@@ -36,16 +36,8 @@ from tlviz.jobs.folder import read_job
 from tlviz.jobs.kind import WorkerContext
 from tlviz.jobs.registry import get_kind
 from tlviz.jobs.spawn import begin_worker
+from tlviz.jobs.status import waiting_fields
 from tlviz.jsonfiles import read_json, write_json
-
-
-def _waiting(ctx: WorkerContext):
-    """The `on_wait` of the queue: the place in line and whose turn is next, in ``status.json``."""
-    def waiting(position: int, next_is_yours: bool) -> None:
-        ctx.write(state="queued", queue_position=position, next_is_yours=next_is_yours,
-                  message="waiting for a free worker")
-
-    return waiting
 
 
 def await_turn(ctx: WorkerContext) -> queue.Slot | None:
@@ -62,42 +54,8 @@ def await_turn(ctx: WorkerContext) -> queue.Slot | None:
     seq = ctx.job.get("queue_seq")
     if seq is None:
         return queue.Slot(-1, None)  # not queued (a Ray driver, or a job created by hand)
-    return queue.wait_turn(ctx.jdir.parent, ctx.job["job_id"], seq, ctx.cancelled, on_wait=_waiting(ctx),
+    return queue.wait_turn(ctx.jdir.parent, ctx.job["job_id"], seq, ctx.cancelled, on_wait=lambda position, yours: ctx.write(**waiting_fields(position, yours)),
                            owner=ctx.job.get("owner"))
-
-
-def give_way(ctx: WorkerContext) -> bool:
-    """Between two runs of a fine-tuning job: let another person's waiting job go first when it is its turn.
-
-    `tlviz.jobs.queue.yield_turn` with the slot this worker holds (``ctx.slot``, set by `worker_main`). When
-    it yields, the job's new queue number goes into ``job.json`` (``queue_seq``) and `ctx.job`, ``status.json``
-    says ``queued`` with the place in line while it waits, then ``running`` again. The process, and the model
-    it loaded, stay while it waits.
-
-    Args:
-        ctx: the job's `WorkerContext`.
-
-    Returns:
-        True to go on with the next run; False when the job was cancelled while it waited (its slot is given
-        back).
-    """
-    slot = getattr(ctx, "slot", None)
-    seq = ctx.job.get("queue_seq")
-    if slot is None or not slot.held or seq is None:
-        return True  # takes no slot here (Ray, or not queued)
-
-    def requeued(new_seq: int) -> None:
-        ctx.job["queue_seq"] = new_seq
-        write_json(ctx.jdir / "job.json", {**(read_job(ctx.jdir) or ctx.job), "queue_seq": new_seq})
-        ctx.write(state="queued", message="waiting for a free worker (another person's job goes first)")
-
-    kept = queue.yield_turn(ctx.jdir.parent, ctx.job["job_id"], seq, slot, ctx.cancelled, on_requeue=requeued,
-                            on_wait=_waiting(ctx))
-    if kept is None:
-        return False
-    if ctx.job.get("queue_seq") != seq:
-        ctx.write(state="running", queue_position=None, next_is_yours=None, message="")
-    return True
 
 
 def failure_message(exc: BaseException, tail: str) -> str:
@@ -132,7 +90,7 @@ def worker_main(job_dir: str) -> None:
         kind = get_kind(job.get("kind"))
         tail = kind.death_tail
         slot = await_turn(ctx)
-        ctx.slot = slot  # a run kind may give it back between runs and take another (`give_way`)
+        ctx.slot = slot  # a run kind may give it back between runs and take another (`runs.give_way`)
         if slot is None:
             ctx.end_active_runs("cancelled", "cancelled before it started")
             ctx.write(state="cancelled", message="", queue_position=None, next_is_yours=None)
@@ -158,4 +116,5 @@ def worker_main(job_dir: str) -> None:
         write_json(jdir / "status.json", {**status, "ended_at": time.time()})
         if slot is not None:
             slot.release()
-        queue.leave(jdir.parent, job.get("job_id", jdir.name), ctx.job.get("queue_seq"))  # `give_way` may renumber
+        # under its last number: a sweep that gave way between runs (`runs.give_way`) has a new one
+        queue.leave(jdir.parent, job.get("job_id", jdir.name), ctx.job.get("queue_seq"))

@@ -6,7 +6,7 @@
 - ``local`` (the default): the worker process waits for a slot of the queue of heavy jobs,
   then runs the runs one after another (`run_local`), each writing its run folder; the
   Cancel flag is looked at after every batch; between two runs it lets another person's
-  waiting job go first when that is its turn (`tlviz.jobs.worker.give_way`);
+  waiting job go first when that is its turn (`give_way`);
 - ``ray`` (``TLVIZ_RAY_ADDRESS`` set, `tlviz.jobs.executors`): the worker process is a light
   driver that takes no local slot and runs the job on the cluster (`tlviz.jobs.ray_executor`:
   one run as a Ray task, a sweep through Ray Tune, optionally with ASHA), writing what comes
@@ -25,11 +25,13 @@ from tlviz.errors import RunRefused
 from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import RunWriter, new_run_id, runs_dir
 from tlviz.jobs import executors, ray_executor
-from tlviz.jobs.folder import new_job, tidy
+from tlviz.jobs import queue as jobqueue
+from tlviz.jobs.folder import new_job, read_job, tidy
 from tlviz.jobs.inputs import images_info, load_inputs, load_original, model_info, prepare_inputs, prepare_original
 from tlviz.jobs.kind import JobKind, WorkerContext
 from tlviz.jobs.spawn import RUNS_TAIL, spawn
-from tlviz.jobs.status import Job
+from tlviz.jobs.status import Job, waiting_fields
+from tlviz.jsonfiles import write_json
 
 
 def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str | None = None,
@@ -170,16 +172,49 @@ def prepare_local(ctx: WorkerContext):
     return where, loaded, images, cache
 
 
+def give_way(ctx: WorkerContext) -> bool:
+    """Between two runs: let another person's waiting job go first when it is its turn (`tlviz.jobs.queue.yield_turn`).
+
+    Uses the slot the worker holds (``ctx.slot``, set by `tlviz.jobs.worker.worker_main`). When it yields, the
+    job's new queue number goes into ``job.json`` (``queue_seq``) and ``ctx.job``, so `tlviz.jobs.poll` and the
+    worker's end find it; ``status.json`` says ``queued`` with the place in line while it waits, then
+    ``running`` again. The process, and the model it loaded, stay while it waits.
+
+    Args:
+        ctx: the job's `WorkerContext`.
+
+    Returns:
+        True to go on with the next run; False when the job was cancelled while it waited (its slot given back).
+    """
+    slot = getattr(ctx, "slot", None)
+    seq = ctx.job.get("queue_seq")
+    if slot is None or not slot.held or seq is None:
+        return True  # holds no slot here (not queued)
+
+    def requeued(new_seq: int) -> None:
+        ctx.job["queue_seq"] = new_seq
+        write_json(ctx.jdir / "job.json", {**(read_job(ctx.jdir) or ctx.job), "queue_seq": new_seq})
+        ctx.write(state="queued", message="waiting for a free worker (another person's job goes first)")
+
+    kept = jobqueue.yield_turn(ctx.jdir.parent, ctx.job["job_id"], seq, slot, ctx.cancelled, on_requeue=requeued,
+                            on_wait=lambda position, yours: ctx.write(**waiting_fields(position, yours)))
+    if kept is None:
+        return False
+    if ctx.job.get("queue_seq") != seq:
+        ctx.write(state="running", queue_position=None, next_is_yours=None, message="")
+        ctx.log.info("took its turn again under queue number %s", ctx.job["queue_seq"])
+    return True
+
+
 def run_local(ctx: WorkerContext) -> None:
     """The runs of the job, one after another, in this worker process (each fills its run folder).
 
     Before each run after the first, the job gives way to another person's waiting job when it is that
-    job's turn (`tlviz.jobs.worker.give_way`: a new place in the queue, status ``queued`` while it waits,
+    job's turn (`give_way`: a new place in the queue, status ``queued`` while it waits,
     the next run ``queued`` too); this process and its loaded model wait with it. A Cancel while it
     waits ends the runs not started ``cancelled``.
     """
     from tlviz.finetune.run import run_finetune
-    from tlviz.jobs.worker import give_way
 
     where, loaded, images, cache = prepare_local(ctx)
     job, log = ctx.job, ctx.log
