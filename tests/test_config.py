@@ -45,7 +45,7 @@ def test_upload_labels_show_the_limit(monkeypatch):
 
 def _readers():
     """Every public function that reads a numeric ``TLVIZ_*`` setting, by variable."""
-    from tlviz import memory
+    from tlviz import diskcap, memory
     from tlviz.jobs import queue as jobqueue
     from tlviz.finetune import cache
     from tlviz.imagesets import limits
@@ -55,6 +55,8 @@ def _readers():
         "TLVIZ_MEMORY_MB": memory.memory_budget_bytes,
         "TLVIZ_ACTIVATION_CACHE_MB": cache.cache_budget_bytes,
         "TLVIZ_MAX_JOBS": jobqueue.max_jobs,
+        "TLVIZ_MAX_JOBS_PER_USER": jobqueue.max_jobs_per_user,
+        "TLVIZ_RUNS_MAX_GB": diskcap.max_bytes,
         "TLVIZ_MAX_MODEL_MB": max_model_bytes,
         "TLVIZ_MAX_ARCHIVE_ENTRIES": limits.max_archive_entries,
         "TLVIZ_MAX_ARCHIVE_MB": limits.max_archive_bytes,
@@ -65,23 +67,24 @@ def _readers():
 
 
 def test_every_numeric_setting_has_a_reader():
-    numeric = {name for name, s in config.SETTINGS.items() if s.kind in ("mb", "count")}
+    numeric = {name for name, s in config.SETTINGS.items() if s.kind in ("mb", "gb", "count")}
     assert set(_readers()) == numeric
 
 
 @pytest.mark.parametrize("name", sorted(_readers()))
 def test_unset_gives_the_default_and_a_value_is_read(name, monkeypatch):
     read, s = _readers()[name], config.SETTINGS[name]
-    unit = 2**20 if s.kind == "mb" else 1
+    unit = {"mb": 2**20, "gb": 2**30}.get(s.kind, 1)
+    unset = None if config.default(name) is None else int(config.default(name) * unit)  # no default: no cap
     monkeypatch.delenv(name, raising=False)
-    assert read() == int(config.default(name) * unit)
+    assert read() == unset
     monkeypatch.setenv(name, "  ")  # empty means unset
-    assert read() == int(config.default(name) * unit)
+    assert read() == unset
     monkeypatch.setenv(name, "3")
     assert read() == 3 * unit
-    if s.kind == "mb":
-        monkeypatch.setenv(name, "1.5")  # fractions of a megabyte are allowed
-        assert read() == int(1.5 * 2**20)
+    if s.kind in ("mb", "gb"):
+        monkeypatch.setenv(name, "1.5")  # fractions of a megabyte (a gigabyte) are allowed
+        assert read() == int(1.5 * unit)
 
 
 @pytest.mark.parametrize("name", sorted(_readers()))
