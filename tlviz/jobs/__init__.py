@@ -23,7 +23,7 @@ Modules:
 
 - `folder` — the job folder (ids, ``job.json`` / ``status.json``, progress, `tidy`);
 - `spawn` — worker processes (start, alive, stop, death reasons, the prologue's first lines);
-- `queue` — the queue of heavy jobs (files and locks: at most ``TLVIZ_MAX_JOBS`` at once, FIFO);
+- `queue` — the queue of heavy jobs (files and locks: at most ``TLVIZ_MAX_JOBS`` at once, people served in turn);
 - `status` — the state words, `Job`, `JobStatus`;
 - `kind` / `registry` / `kinds` — what a kind is, the kinds by name, one module per kind;
 - `worker` — the one worker entry point (`worker.worker_main`), for every kind and executor;
