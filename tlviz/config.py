@@ -192,8 +192,9 @@ def number(name: str) -> float:
     if not math.isfinite(value) or value <= 0 or (whole and not value.is_integer()):
         what = ("a positive whole number" if whole else
                 "a positive number of gigabytes" if s.kind == "gb" else "a positive number of megabytes")
-        raise ConfigError(f"{name}={text!r} is not {what}. Set it to e.g. {s.example}, or unset it for the default "
-                          f"({_default_now(s)}).")
+        unset = (f"unset it ({s.default_text[len('unset ('):-1]})" if s.default is None
+                 and s.default_text.startswith("unset (") else f"unset it for the default ({_default_now(s)})")
+        raise ConfigError(f"{name}={text!r} is not {what}. Set it to e.g. {s.example}, or {unset}.")
     return value
 
 

@@ -87,6 +87,9 @@ class WorkerContext:
         self.job = job
         self.log = log
         self.status: dict = {}
+        #: The queue slot the worker holds while the job runs (a `tlviz.jobs.queue.Slot`; None before its
+        #: turn). A sweep may give it back between runs and take another (`tlviz.jobs.kinds.runs.give_way`).
+        self.slot = None
 
     @property
     def root(self) -> str:

@@ -66,9 +66,12 @@ def start_job(loaded, images, configs: list[RunConfig], *, root=None, owner: str
             does not apply, an original-task image set that does not match the model.
         ClusterUnreachable: the Ray cluster cannot be reached (nothing was created;
             the caller may offer ``executor="local"``).
+        ConfigError: ``TLVIZ_RUNS_MAX_GB`` is set to something that is not a size (nothing was created).
     """
+    from tlviz import diskcap
     from tlviz.finetune.config import control_config
 
+    diskcap.max_bytes()  # a bad disk cap is told before any run folder is written (new_job makes room later)
     if not configs:
         raise RunRefused("No run to start: give at least one configuration.")
     for c in configs:
@@ -186,7 +189,7 @@ def give_way(ctx: WorkerContext) -> bool:
     Returns:
         True to go on with the next run; False when the job was cancelled while it waited (its slot given back).
     """
-    slot = getattr(ctx, "slot", None)
+    slot = ctx.slot
     seq = ctx.job.get("queue_seq")
     if slot is None or not slot.held or seq is None:
         return True  # holds no slot here (not queued)
