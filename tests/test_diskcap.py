@@ -18,6 +18,7 @@ from tlviz import config, diskcap
 from tlviz.errors import ConfigError, TlvizError
 from tlviz.finetune.config import RunConfig
 from tlviz.finetune.store import RunWriter, list_runs, load_run
+from tlviz.jobs import cancel
 from tlviz.jsonfiles import now_iso
 
 OWNER, OTHER = "a" * 24, "b" * 24
@@ -304,3 +305,19 @@ def test_page_sidebar_shows_the_space_used_and_the_keep_toggle_marks_the_run(cap
     at.button(key="ft_start").click().run()  # ... and Start refuses before writing any run folder
     assert any("TLVIZ_RUNS_MAX_GB='lots' is not a positive number" in e.value for e in at.error)
     assert list(list_runs(owner=ws)["run_id"]) == [rid] and at.session_state["ft_job"] is None
+
+
+def test_an_analysis_page_says_what_starting_its_job_removed(capped, monkeypatch):
+    """AppTest: the Normalization page starts the sample's comparison; making room for it removed another
+    person's old run, which the page counts without naming."""
+    from apptest_helpers import open_page
+
+    theirs = _run(capped, "20240101-000000-000dddd", days=30, owner=OTHER, size=600 * KB, label="their secret run")
+    at = open_page("pages/normalization.py", query={"ws": "d" * 24})
+    assert not at.exception, at.exception
+    info = " ".join(i.value for i in at.info)
+    assert "starting this job removed" in info and "1 finished run of other people" in info, info
+    assert "their secret run" not in info and not theirs.exists()
+    jobs_started = [j for j in (capped / ".jobs").iterdir() if not j.name.startswith(".")]
+    assert len(jobs_started) == 1 and at.session_state["norm_job"] == jobs_started[0].name
+    cancel(jobs_started[0].name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tlviz import jobs
+from tlviz import diskcap, jobs
 from tlviz.errors import TlvizError
 from tlviz.jobs import waiting_text
 from ui import cache
@@ -70,6 +70,9 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
         status = jobs.poll(job_id) if job_id else None
         if report is None and (start or (auto and status is None)) and (status is None or not status.active):
             job_id = jobs.start_analysis(kind, loaded, images, params, source=source, owner=owner, image_key=ikey)
+            removed = diskcap.evicted_of_job(job_id)  # making room under TLVIZ_RUNS_MAX_GB: say what went
+            st.session_state[f"{prefix}_evicted"] = (job_id, diskcap.job_removed_text(
+                removed, owner, diskcap.max_bytes())) if removed else None
             status = jobs.poll(job_id)
             report = cache.stored_report(kind, key)
     except TlvizError as exc:
@@ -81,6 +84,9 @@ def analysis(kind: str, params: dict | None = None, *, start: bool = False, auto
         if kind in ("normalize", "diagnose") and not jobs.can_reopen(source):  # the kinds that decode files again
             st.caption(jobs.NO_SOURCE_NOTE)
         return report, None
+    evicted = st.session_state.get(f"{prefix}_evicted")
+    if evicted and status is not None and evicted[0] == status.job_id:
+        st.info(evicted[1], icon=":material/auto_delete:")
     if status is not None and status.active:
         st.session_state[f"{prefix}_job"] = status.job_id
         every = QUEUED_POLL_S if status.state == "queued" else ANALYSIS_POLL_S
