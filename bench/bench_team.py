@@ -32,6 +32,7 @@ The machine should be otherwise idle.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -47,11 +48,25 @@ BENCH = ROOT / "bench"
 for _p in (ROOT, ROOT / "tests", BENCH):
     sys.path.insert(0, str(_p))
 
-from bench_app import (OVERVIEW_DONE, TARGET_RATIO, BenchFailure, ProcWatch, cpu_note, describe_states,  # noqa: E402
-                       job_panel_or_result, job_states, n_state, nav, no_exception, say, summary, wait_text)
-from bench_memory import rss_mb  # noqa: E402
-from browser import CHROMIUM, CHROMIUM_ARGS, free_port, streamlit_server  # noqa: E402
-from playwright.sync_api import Error as PlaywrightError  # noqa: E402
+from bench_app import (
+    OVERVIEW_DONE,
+    TARGET_RATIO,
+    BenchFailure,
+    ProcWatch,
+    cpu_note,
+    describe_states,
+    job_panel_or_result,
+    job_states,
+    n_state,
+    nav,
+    no_exception,
+    say,
+    summary,
+    wait_text,
+)
+from bench_memory import rss_mb
+from browser import CHROMIUM, CHROMIUM_ARGS, free_port, streamlit_server
+from playwright.sync_api import Error as PlaywrightError
 
 DOMAIN = "team.example"
 PAGES = ("Freezing status", "Model & images")
@@ -65,21 +80,31 @@ class TeamWatch(ProcWatch):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.peak_one, self.peak_one_cmd = 0, ""
+        self.most_at_once: list[int] = []  # the workers' RSS when most of them ran at once, largest first
 
     def sample(self) -> None:
         super().sample()
+        now = []
         for pid in list(self.descendants):
             try:
                 with open(f"/proc/{pid}/statm") as f:
                     rss = int(f.read().split()[1]) * PAGE_SIZE
             except (OSError, IndexError, ValueError):
                 continue
+            now.append(rss)
             if rss > self.peak_one:
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120].strip()
                 except OSError:
                     cmd = "?"
                 self.peak_one, self.peak_one_cmd = rss, cmd
+        if (len(now), sum(now)) > (len(self.most_at_once), sum(self.most_at_once)):
+            self.most_at_once = sorted(now, reverse=True)
+
+    def queued_mb(self) -> float:
+        """A waiting job's worker process (MB): the median of the others when most workers ran at once."""
+        rest = self.most_at_once[1:]
+        return statistics.median(rest) / 2**20 if rest else float("nan")
 
 
 # -- the provider and the app ---------------------------------------------------------------------
@@ -286,8 +311,10 @@ def bench(args) -> bool:
             for j in left.get("queued", []) + left.get("running", []):
                 cancel(j["id"], root=Path(runs_dir))
             say(f"  cancelled {n_state(left, 'queued', 'running')} jobs still active after {t_load:.0f} s")
+        c_load1 = watch.totals()
+        server_share = (c_load1["server"] - c_load0["server"]) / max(t_load, 1e-6)
         say(f"  CPU from the first Start to the last job's end ({t_load:.0f} s): "
-            f"{cpu_note(c_load0, watch.totals(), t_load)} (100% = one core)")
+            f"{cpu_note(c_load0, c_load1, t_load)} (100% = one core)")
         say(f"  busiest processes meanwhile: {watch.top(mark)}")
         states = job_states(runs_dir)
         spans = [j["ended"] - j["started"] for js in states.values() for j in js if j["started"] and j["ended"]]
@@ -299,6 +326,8 @@ def bench(args) -> bool:
             no_exception(page, f"person{i} at the end")
         rss_end = rss_mb(url.pid)
         peak_one, peak_all, peak_n = watch.peak_one / 2**20, watch.peak_worker_rss / 2**20, watch.peak_workers
+        queued_mb = watch.queued_mb()
+    waiting = "-" if math.isnan(queued_mb) else f"{queued_mb:.0f}"  # none waited (one job only)
 
     # -- results --
     say("")
@@ -319,12 +348,14 @@ def bench(args) -> bool:
         f"{rss_n:.0f} MB with {args.sessions} signed in ({per_session:.1f} MB per session over all "
         f"{args.sessions}, {marginal:.1f} MB per session after the first), {rss_end:.0f} MB at the end")
     say(f"memory: largest worker process (one job) {peak_one:.0f} MB; workers at once: at most {peak_n} processes, "
-        f"{peak_all:.0f} MB together")
+        f"{peak_all:.0f} MB together; a waiting job's process {waiting} MB")
     cpu_idle = statistics.median(idle_cpu) if idle_cpu else float("nan")
     cpu_loaded = statistics.median(loaded_cpu) if loaded_cpu else float("nan")
-    say(f"cpu: server {cpu_idle:.2f} s per page switch idle, {cpu_loaded:.2f} s loaded (medians)")
+    say(f"cpu: server {cpu_idle:.2f} s per page switch idle, {cpu_loaded:.2f} s loaded (medians); while the "
+        f"{args.sessions - 1} sessions followed their jobs the server used {100 * server_share:.0f}% of a core "
+        f"({100 * server_share / (args.sessions - 1):.1f}% per following session, page switches included)")
     say(f"sizing: server {rss1:.0f} MB + {marginal:.1f} MB per open session; each running job: {peak_one:.0f} MB; "
-        f"TLVIZ_MAX_JOBS={n_jobs} on this machine ({os.cpu_count()} cores); "
+        f"each waiting job: {waiting} MB; TLVIZ_MAX_JOBS={n_jobs} on this machine ({os.cpu_count()} cores); "
         f"{cpu_idle:.2f} s of server CPU per page switch")
     import shutil
 

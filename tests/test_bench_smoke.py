@@ -85,7 +85,7 @@ SMOKES = {
         rf"^memory: server RSS {NUMBER} MB before any session, .* \({NUMBER} MB per session over all",
         rf"^memory: largest worker process \(one job\) {NUMBER} MB", rf"^cpu: server {NUMBER} s per page switch",
         rf"^sizing: server {NUMBER} MB \+ {NUMBER} MB per open session; each running job: {NUMBER} MB; "
-        r"TLVIZ_MAX_JOBS=\d+"], browser),
+        r".*TLVIZ_MAX_JOBS=\d+"], browser),
 }
 
 #: Longest a smoke may take here before it counts as broken (the app's takes about 3 minutes on 2 busy cores).
