@@ -35,11 +35,9 @@ import argparse
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -65,7 +63,7 @@ from bench_app import (
     wait_text,
 )
 from bench_memory import rss_mb
-from browser import CHROMIUM, CHROMIUM_ARGS, free_port, streamlit_server
+from browser import CHROMIUM, CHROMIUM_ARGS, oidc_provider, sign_in, streamlit_server, team_secrets
 from playwright.sync_api import Error as PlaywrightError
 
 DOMAIN = "team.example"
@@ -109,54 +107,7 @@ class TeamWatch(ProcWatch):
 
 # -- the provider and the app ---------------------------------------------------------------------
 
-def start_provider(stack: ExitStack, timeout_s: float) -> str:
-    """A real OpenID Connect provider on 127.0.0.1 (stopped when `stack` unwinds); its base URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop():
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    stack.callback(stop)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(base + "/.well-known/openid-configuration", timeout=2)
-            return base
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise BenchFailure("the OpenID Connect provider (python -m oidc_provider_mock) did not start") from None
-            time.sleep(0.3)
-
-
-def write_secrets(folder: Path, provider: str) -> Path:
-    secrets = folder / "secrets.toml"
-    secrets.write_text(f'''[auth]
-redirect_uri = "http://127.0.0.1:{{port}}/oauth2callback"
-cookie_secret = "tlviz-bench-cookie-secret-0123456789abcdef0123456789"
-client_id = "tlviz"
-client_secret = "tlviz-secret"
-server_metadata_url = "{provider}/.well-known/openid-configuration"
-''')
-    return secrets
-
-
 # -- the page ---------------------------------------------------------------------------------------
-
-def sign_in(page, url: str, email: str, timeout_s: float) -> None:
-    page.goto(url + "/", timeout=timeout_s * 1000)
-    page.get_by_role("button", name="Sign in").click(timeout=timeout_s * 1000)
-    page.wait_for_url("**/oauth2/authorize**", timeout=timeout_s * 1000)
-    page.fill("input[name=sub]", email)  # the provider's form: the typed text becomes the `email` claim
-    page.get_by_role("button", name="Authorize").click()
-    wait_text(page, f"Signed in as {email}", timeout_s, f"{email} signing in")
-
 
 def wait_settled(page, timeout_s: float) -> None:
     """Until Streamlit's running indicator is gone (the script run, and any fragment run, has ended)."""
@@ -222,8 +173,11 @@ def bench(args) -> bool:
         f"{Path('/proc/loadavg').read_text().split()[0]}")
     idle, loaded, idle_cpu, loaded_cpu, skipped = [], [], [], [], 0
     with ExitStack() as stack:
-        provider = start_provider(stack, args.timeout)
-        secrets = write_secrets(tmp, provider)
+        try:
+            provider = stack.enter_context(oidc_provider(args.timeout))
+        except RuntimeError as exc:
+            raise BenchFailure(str(exc)) from None
+        secrets = team_secrets(tmp, provider)
         url = stack.enter_context(streamlit_server(env=env, timeout=args.timeout,
                                                      args=["--secrets.files", str(secrets)]))
         watch = TeamWatch(url.pid, runs_dir)

@@ -24,6 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server process: politely, then for good after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ServerURL(str):
     """The served app's base URL; ``.pid`` is the server process's id, ``.log`` its output file."""
 
@@ -68,11 +78,7 @@ def streamlit_server(env: dict | None = None, timeout: float = 90, args=()):
             raise RuntimeError("streamlit did not start in time")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
         Path(log.name).unlink(missing_ok=True)
 
@@ -119,3 +125,54 @@ def browser_page(width: int = 1400, height: int = 1000, extra_args=(), permissio
             yield page
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def oidc_provider(timeout: float = 30):
+    """A real OpenID Connect provider (``python -m oidc_provider_mock``) on 127.0.0.1; yields its base URL.
+
+    Its authorization form has a ``sub`` field: the text typed there becomes the person's ``sub`` and ``email``.
+    """
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(base + "/.well-known/openid-configuration", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the OpenID Connect provider (python -m oidc_provider_mock) did not start") \
+                        from None
+                time.sleep(0.3)
+        yield base
+    finally:
+        stop(proc)
+
+
+def team_secrets(folder: Path, provider: str) -> Path:
+    """Write a ``secrets.toml`` whose ``[auth]`` section signs people in at `provider`; its path (for
+    ``streamlit_server(args=["--secrets.files", path])``)."""
+    secrets = Path(folder) / "secrets.toml"
+    secrets.write_text(f'''[auth]
+redirect_uri = "http://127.0.0.1:{{port}}/oauth2callback"
+cookie_secret = "tlviz-test-cookie-secret-0123456789abcdef0123456789"
+client_id = "tlviz"
+client_secret = "tlviz-secret"
+server_metadata_url = "{provider}/.well-known/openid-configuration"
+''')
+    return secrets
+
+
+def sign_in(page, url: str, email: str, timeout_s: float = 90, expect_in: bool = True) -> None:
+    """Sign in as `email` through the provider's own form (`oidc_provider`), from the app's sign-in page."""
+    page.goto(url + "/", timeout=timeout_s * 1000)
+    page.get_by_role("button", name="Sign in").click(timeout=timeout_s * 1000)
+    page.wait_for_url("**/oauth2/authorize**", timeout=timeout_s * 1000)
+    page.fill("input[name=sub]", email)
+    page.get_by_role("button", name="Authorize").click()
+    if expect_in:
+        page.get_by_text(f"Signed in as {email}").wait_for(timeout=timeout_s * 1000)

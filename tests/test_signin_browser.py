@@ -8,14 +8,10 @@ in their own browser context (own cookies), as two people on two machines would.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from browser import CHROMIUM, CHROMIUM_ARGS, free_port, save_screenshot, streamlit_server
+from browser import CHROMIUM, CHROMIUM_ARGS, oidc_provider, save_screenshot, sign_in, streamlit_server, team_secrets
 from tlviz import signin
 
 ALLOWED = "alice@example.com, @team.example"
@@ -24,38 +20,15 @@ ALLOWED = "alice@example.com, @team.example"
 @pytest.fixture(scope="module")
 def provider():
     """A real OpenID Connect provider on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/.well-known/openid-configuration", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the OpenID Connect provider did not start")
-                time.sleep(0.3)
+    with oidc_provider() as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
 def team_server(provider, tmp_path_factory):
     """The app with sign-in on (its own secrets file and runs folder); yields its URL."""
     d = tmp_path_factory.mktemp("team")
-    secrets = d / "secrets.toml"
-    secrets.write_text(f'''[auth]
-redirect_uri = "http://127.0.0.1:{{port}}/oauth2callback"
-cookie_secret = "tlviz-test-cookie-secret-0123456789abcdef0123456789"
-client_id = "tlviz"
-client_secret = "tlviz-secret"
-server_metadata_url = "{provider}/.well-known/openid-configuration"
-''')
+    secrets = team_secrets(d, provider)
     env = {"TLVIZ_RUNS_DIR": str(d / "runs"), signin.ENV_ALLOWED: ALLOWED}
     with streamlit_server(env=env, args=["--secrets.files", str(secrets)]) as url:
         yield url
@@ -77,16 +50,6 @@ def person(browser):
     page = context.new_page()
     page.set_default_timeout(90_000)
     return page
-
-
-def sign_in(page, url: str, email: str, expect_in: bool = True):
-    page.goto(url)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/oauth2/authorize**")
-    page.fill("input[name=sub]", email)  # the provider's own form; it issues the e-mail claim `email`
-    page.get_by_role("button", name="Authorize").click()
-    if expect_in:
-        page.get_by_text(f"Signed in as {email}").wait_for()
 
 
 def no_exception(page):
