@@ -12,6 +12,7 @@ Where each is raised:
 - `ClusterUnreachable` — `tlviz.jobs.executors`: the Ray cluster of ``TLVIZ_RAY_ADDRESS`` cannot be reached
   (the caller may offer to run on this machine instead).
 - `ConfigError` — `tlviz.config`: a ``TLVIZ_*`` environment variable with a value that makes no sense.
+- `AuthMisconfigured` — `tlviz.signin`: sign-in asked for (an ``[auth]`` section, an allowlist) that cannot work.
 - `CheckSkipped` — not an error for the user: a diagnosis check raises it to say why it could not decide.
 - `ImageSkipped` — not an error for the user: `tlviz.imagesets` raises it while reading or decoding one file and
   catches it to skip that file (the message is the reason listed with the skipped files).
@@ -60,6 +61,11 @@ class PhotoRefused(TlvizError):
 
 class ConfigError(TlvizError, ValueError):
     """A ``TLVIZ_*`` environment variable is set to something tlviz cannot use (the message names it)."""
+
+
+class AuthMisconfigured(ConfigError):
+    """Sign-in was asked for (an ``[auth]`` section, ``TLVIZ_ALLOWED_USERS``) but cannot work; the message names
+    every problem and its fix (`tlviz.signin`)."""
 
 
 class CheckSkipped(Exception):

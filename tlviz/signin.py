@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from tlviz import config
-from tlviz.errors import ConfigError
+from tlviz.errors import AuthMisconfigured
 
 ENV_ALLOWED = "TLVIZ_ALLOWED_USERS"
 #: Keys every provider needs (top level of ``[auth]`` for the default provider, else in ``[auth.NAME]``).
@@ -39,10 +39,6 @@ _DOMAIN = re.compile(r"^@([A-Za-z0-9-]+\.)+[A-Za-z0-9-]{2,}$")
 #: What `read_auth`'s message ends with.
 FIX = ("Fix the [auth] section of .streamlit/secrets.toml (see docs/team.md) and restart tlviz; until then "
        "nobody can sign in, and tlviz does not open without sign-in.")
-
-
-class AuthMisconfigured(ConfigError):
-    """The ``[auth]`` section (or the allowlist) cannot work; the message names every problem."""
 
 
 @dataclass(frozen=True)
