@@ -221,3 +221,17 @@ def test_evidence_reads_as_people_write_numbers():
     assert evidence_text("excess", d) == "+12.0 points (+5.0 to +20.0 points)"
     assert evidence_text("files", [f"f{i}.png" for i in range(12)]).endswith("… (12 in all)")
     assert evidence_text("accuracy", 1) == "1"  # a count-like integer stays a count, never "100.0%"
+
+
+def test_run_comparison_fits_the_page_column_with_long_run_labels():
+    """The comparison's legends list one run per line under the panels: four runs' long labels in one row made
+    the drawn chart 1,542 px wide, past the main column (940 px at a 1400 px window)."""
+    from tlviz.charts.export import to_svg
+
+    h = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.8], "accuracy": [0.5, 0.6], "val_loss": [1.1, 0.9],
+                      "val_accuracy": [0.4, 0.5], "phase": ["main", "main"]})
+    names = [f"2026-12-07 17:5{i} · depth {i} · lr 1e-0{i} · Adam · batch 32 · a long label of run {i}"
+             for i in range(4)]
+    svg = to_svg(charts.compare_chart({n: h for n in names}))
+    width = float(re.search(r'<svg[^>]*width="([\d.]+)"', svg).group(1))
+    assert width <= 940, width

@@ -74,9 +74,10 @@ def compare_chart(histories: dict[str, pd.DataFrame]) -> alt.HConcatChart:
     """Overlaid curves of several runs: colour = run, dash = train / validation."""
     frames = [history_long(h, run=name) for name, h in histories.items()]
     long = pd.concat(frames, ignore_index=True) if frames else history_long(pd.DataFrame(), run="")
-    # The legends go under the panels: beside them, the runs' long labels pushed the chart past the page's column.
+    # The legends go under the panels, one entry per line: beside the panels, or in one row, the runs' long labels
+    # pushed the chart past the page's column (four runs' labels in one row: 1,542 px wide; in a column: 756).
     return alt.hconcat(_metric_chart(long, "loss", "run", "split"), _metric_chart(long, "accuracy", "run", "split")
-                       ).configure_legend(orient="bottom", labelLimit=320)
+                       ).configure_legend(orient="bottom", labelLimit=320, columns=1)
 
 
 @palette.legible
