@@ -14,6 +14,8 @@ import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS, oidc_provider, save_screenshot, sign_in, streamlit_server, team_secrets
 from tlviz import signin
 
+pytestmark = pytest.mark.browser
+
 ALLOWED = "alice@example.com, @team.example"
 
 

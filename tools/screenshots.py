@@ -25,8 +25,11 @@ TOUR = {
     "journey_teachable_layers.png": "realsize_layers.png",
     "journey_teachable_run.png": "realsize_finetune.png",
     "journey_teachable_diagnose.png": "realsize_diagnose.png",
+    "team_signed_in.png": "team_signed_in.png",
+    "team_refused.png": "team_refused.png",
 }
-TESTS = ["tests/test_browser.py", "tests/test_browser_try.py", "tests/test_journeys.py::test_teachable_machine_user"]
+TESTS = ["tests/test_browser.py", "tests/test_browser_try.py", "tests/test_journeys.py::test_teachable_machine_user",
+         "tests/test_signin_browser.py"]
 
 
 def main() -> int:
