@@ -20,7 +20,7 @@ person which of *their* runs were removed (`evicted_for`); a job records what it
 its ``job.json`` (``evicted``: `evicted_of_job`).
 
 Public API: `SETTING`, `KEEP_FILE`, `Removed`, `Removals`, `max_bytes()`, `space_used(root)`,
-`make_room(root, incoming)`, `set_keep(run_id, keep, root, owner)`, `is_kept(run_id, root)`,
+`make_room(root, incoming)`, `job_folder_active(jdir)`, `set_keep(run_id, keep, root, owner)`, `is_kept(run_id, root)`,
 `evicted_for(owner, root, since)`, `evicted_of_job(job_id, root)`, and the sentences the pages show:
 `format_bytes`, `space_text`, `runs_removed_text`, `job_removed_text`.
 """
@@ -231,7 +231,7 @@ def _age(path: Path) -> float:
         return float("inf")
 
 
-def _job_active(jdir: Path) -> bool:
+def job_folder_active(jdir: Path) -> bool:
     """Whether a job folder belongs to a job still queued or running (or one being created right now)."""
     status = read_json(jdir / "status.json")
     if not isinstance(status, dict):
@@ -249,7 +249,7 @@ def _active_jobs(base: Path) -> tuple[set[str], set[str]]:
     jobs, runs = set(), set()
     jobs_folder = base / ".jobs"
     for j in jobs_folder.iterdir() if jobs_folder.is_dir() else []:
-        if j.name.startswith(".") or not j.is_dir() or not _job_active(j):
+        if j.name.startswith(".") or not j.is_dir() or not job_folder_active(j):
             continue
         jobs.add(j.name)
         job = read_json(j / "job.json", {})

@@ -28,7 +28,6 @@ from tlviz import diskcap
 from tlviz.finetune.store import check_run_id, new_run_id, runs_dir
 from tlviz.jobs import queue
 from tlviz.jsonfiles import now_iso, read_json, write_json
-from tlviz.processes import pid_alive
 
 #: Saved inputs and job folders unused for this many days are removed when a new job starts.
 KEEP_DAYS = 7
@@ -119,9 +118,7 @@ def tidy(root=None, keep_days: float = KEEP_DAYS) -> int:
         if j.name.startswith("."):
             continue  # the queue (`tlviz.jobs.queue`): its lock files must outlive every job
         try:
-            st = read_status(j)
-            if j.stat().st_mtime < cutoff and (st.get("state") not in ("running", "queued")
-                                                or not pid_alive(st.get("pid"))):
+            if j.stat().st_mtime < cutoff and not diskcap.job_folder_active(j):
                 shutil.rmtree(j, ignore_errors=True)
                 removed += 1
         except OSError:
