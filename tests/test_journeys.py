@@ -748,6 +748,21 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         pages_show(page, name, n_params, steps, sample=False)
         lap(f"(a) upload interrupted {'while loading' if loading else '(load not seen)'}, every page checked")
 
+        # (a2) Start clicked twice 0.2 s apart on the uploaded model: the first click's run is still saving its
+        # inputs (seconds for this model) when the second lands, in a second script run: one run, not two.
+        go(page, "Fine-tuning runs")
+        set_number(page, "Epochs", 1)
+        start = page.get_by_role("button", name="Start run")
+        start.click()
+        page.wait_for_timeout(200)
+        start.click(force=True)  # force: lands even once the button is disabled (then it does nothing)
+        page.get_by_text("Download the fine-tuned model").first.wait_for(timeout=240_000)
+        page.wait_for_timeout(2000)
+        uploaded_runs = set(list_runs(runs, owner=ws)["run_id"])
+        assert len(uploaded_runs) == 1, list_runs(runs, owner=ws)[["run_id", "state"]]
+        no_exception(page, server)
+        lap("(a2) Start twice on the uploaded model")
+
         # (d) Back to the sample; the Normalization page starts its comparison; reload while it runs.
         sidebar(page).get_by_text("Sample", exact=True).first.click()
         sidebar_model(page, SAMPLE)
@@ -771,8 +786,8 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         page.get_by_role("button", name="Start run").dblclick()
         page.get_by_text("freezing works").first.wait_for(timeout=180_000)
         listed = list_runs(runs, owner=ws)
-        assert len(listed) == 1, listed[["run_id", "state"]]
-        first = listed["run_id"].iloc[0]
+        assert len(listed) == 2, listed[["run_id", "state"]]  # (a2)'s and this one
+        first = next(r for r in listed["run_id"] if r not in uploaded_runs)
         no_exception(page, server)
         lap("(c) double-click")
 
@@ -789,13 +804,13 @@ def test_impatient_user(served, files, impatient_model, base_model_path):
         back = run_settings(page)
         assert back == settings, f"coming back to the Fine-tuning page changed its settings: {back} (were {settings})"
         listed = list_runs(runs, owner=ws)
-        assert len(listed) == 2, listed[["run_id", "state"]]
-        second = next(r for r in listed["run_id"] if r != first)
+        assert len(listed) == 3, listed[["run_id", "state"]]
+        second = next(r for r in listed["run_id"] if r != first and r not in uploaded_runs)
         if listed.set_index("run_id").loc[second, "state"] in ("queued", "running"):
             page.locator('[data-testid="stProgress"]').first.wait_for()  # followed again, not forgotten
         page.get_by_text(re.compile(rf"{second} · completed")).first.wait_for(timeout=180_000)
         assert len(load_run(second, runs, owner=ws).history) == 3
-        assert len(list_runs(runs, owner=ws)) == 2
+        assert len(list_runs(runs, owner=ws)) == 3
         no_exception(page, server)
         shot(page, "journey_impatient_run_followed.png")
         lap("(b) navigate away and back")

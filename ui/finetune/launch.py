@@ -3,12 +3,16 @@ to run on this machine when the cluster cannot be reached, and what starting it 
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
+
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from tlviz import diskcap
 from tlviz.errors import ClusterUnreachable, ConfigError, TlvizError
 from tlviz.finetune import RunConfig, RunRefused
-from tlviz.jobs import default_executor, describe_executor, start_job, start_lr_finder
+from tlviz.jobs import default_executor, describe_executor, poll, start_job, start_lr_finder
 from tlviz.presets import preset_resize
 from ui.finetune.original import current_original
 from ui.state import workspace
@@ -40,8 +44,48 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
 
     Every run of the job reports the original task's retention when that image set is loaded (`original_task`).
     """
-    if st.session_state.get("ft_job"):
-        return  # a second click (a double-click on Start) while this session follows a job: nothing runs twice
+    # A second click (a double-click on Start) may land in a second run of this page while the first is still
+    # starting a job (a large model's inputs take seconds to save), and what that first run writes to the session
+    # state is then lost: wait for it, and follow the job it started rather than start another.
+    starting = _starting()
+    if not starting.lock.acquire(timeout=START_WAIT_S):
+        return
+    try:
+        if st.session_state.get("ft_job"):
+            return  # this session follows a job already: nothing runs twice
+        if starting.job_id is not None and poll(starting.job_id).active:
+            st.session_state["ft_job"], st.session_state["ft_job_kind"] = starting.job_id, starting.kind
+            st.rerun()
+        _start(starting, kind, loaded, images, config, configs, executor, asha, controls)
+    finally:
+        starting.lock.release()
+
+
+@dataclass
+class _Starting:
+    """One session's job start: a lock around it, and the last job it started (shared by overlapping runs)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    job_id: str | None = None
+    kind: str | None = None
+
+
+_STARTING: dict[tuple[str, str], _Starting] = {}
+_STARTING_GUARD = threading.Lock()
+#: How long a click waits for another run of the page that is starting a job.
+START_WAIT_S = 120.0
+
+
+def _starting() -> _Starting:
+    """This browser session's `_Starting`, kept by session id and workspace: not in the session state, which a
+    run cut short does not update (the workspace too, as test sessions share one id)."""
+    ctx = get_script_run_ctx()
+    with _STARTING_GUARD:
+        return _STARTING.setdefault((ctx.session_id if ctx else "", workspace()), _Starting())
+
+
+def _start(starting: _Starting, kind: str, loaded, images, config: RunConfig, configs, executor, asha,
+           controls) -> None:
     configs = configs or [config]
     try:
         diskcap.max_bytes()  # a bad TLVIZ_RUNS_MAX_GB stops here, before any run folder is written
@@ -62,8 +106,9 @@ def start(kind: str, loaded, images, config: RunConfig, configs: list[RunConfig]
     except TlvizError as exc:
         st.error(str(exc), icon=":material/block:")
         return
-    st.session_state.pop("ft_offer_local", None)
+    starting.job_id, starting.kind = job.job_id, kind  # first, before any Streamlit call can cut this run short
     st.session_state["ft_job"] = job.job_id
+    st.session_state.pop("ft_offer_local", None)
     st.session_state["ft_job_kind"] = kind
     _remember_evicted(job.job_id)
     st.rerun()
